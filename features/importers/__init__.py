@@ -1,0 +1,1 @@
+"""Importers that map real datasets onto the canonical schema (core.schema)."""
