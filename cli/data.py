@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -12,14 +12,14 @@ import_app = typer.Typer(help="Import a real dataset into the canonical schema."
 app.add_typer(import_app, name="import")
 
 
-class Scale(str, Enum):
+class Scale(StrEnum):
     nano = "nano"
     small = "small"
     medium = "medium"
     large = "large"
 
 
-class Drift(str, Enum):
+class Drift(StrEnum):
     none = "none"
     topic_shift = "topic_shift"
     new_users = "new_users"

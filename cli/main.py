@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import Any
 
 import typer
 
@@ -20,16 +18,34 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 
 
-def main(argv: list[str] | None = None) -> Any:
-    """Runs the CLI; a UserError becomes one line on stderr and exit status 2 (no traceback)."""
+def main(argv: list[str] | None = None) -> None:
+    """Runs the CLI. Bad input (a UserError or a bad option) is one line on stderr and exit status 2."""
+    # typer 0.29 vendors click: its exceptions live in typer._click.
+    from typer._click import exceptions as click_errors
+
     from core.errors import UserError
 
-    runner: Callable[..., Any] = app
     try:
-        return runner(args=argv, standalone_mode=True)
+        code = app(args=argv, standalone_mode=False)
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
+    except click_errors.NoArgsIsHelpError as err:
+        typer.echo(err.ctx.get_help() if err.ctx else "")
+        sys.exit(0)
+    except click_errors.UsageError as err:
+        where = f"{err.ctx.command_path}: " if err.ctx else ""
+        typer.echo(f"error: {where}{err.format_message()}", err=True)
+        sys.exit(2)
+    except click_errors.ClickException as err:
+        typer.echo(f"error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

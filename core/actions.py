@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Polarity(str, Enum):
+class Polarity(StrEnum):
     """Whether an action is something the product wants more of (positive) or less of (negative)."""
 
     POSITIVE = "positive"

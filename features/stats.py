@@ -27,7 +27,9 @@ def dataset_stats(directory: Path) -> dict[str, Any]:
     n = imp.num_rows
     stats: dict[str, Any] = {"dataset": manifest.dataset, "rows": manifest.rows}
     stats["action_rate"] = {
-        a: round(float(pc.mean(imp.column(a)).as_py() or 0.0), 6) for a in ACTION_NAMES if a in manifest.observed_actions
+        a: round(float(pc.mean(imp.column(a)).as_py() or 0.0), 6)
+        for a in ACTION_NAMES
+        if a in manifest.observed_actions
     }
     stats["in_network_share"] = round(float(pc.mean(imp.column("in_network").cast("int8")).as_py() or 0.0), 6)
     stats["impressions_per_user"] = round(n / max(1, len(pc.unique(imp.column("user_id")))), 3)

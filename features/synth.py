@@ -37,11 +37,11 @@ Same config and seed give byte-identical files.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -277,7 +277,7 @@ def build_world(cfg: SynthConfig) -> World:
         is_author = np.concatenate([is_author, np.ones(n_spam, dtype=bool)])
         quality = np.concatenate([quality, np.full(n_spam, -3.0, dtype=np.float32)])
         # They game the popularity source: their weight matches the 99th percentile of real authors, x3.
-        pop = np.concatenate([pop, np.full(n_spam, 3.0 * np.quantile(pop[is_author], 0.99))])
+        pop = np.concatenate([pop, np.full(n_spam, 3.0 * np.quantile(pop[:n_base][is_author[:n_base]], 0.99))])
         author_pref = np.concatenate([author_pref, _dirichlet(r_drift, 0.2, n_spam, k)])
         is_spam = np.concatenate([is_spam, np.ones(n_spam, dtype=bool)])
     n_users = len(act)
@@ -566,7 +566,9 @@ def generate(cfg: SynthConfig, out: Path, progress: bool = False) -> Manifest:
     rows: dict[str, int] = {}
     files: dict[str, str] = {}
     n_users = len(world.user_act)
-    chunks = [(d, lo, min(lo + cfg.user_chunk, n_users)) for d in range(cfg.days) for lo in range(0, n_users, cfg.user_chunk)]
+    chunks = [
+        (d, lo, min(lo + cfg.user_chunk, n_users)) for d in range(cfg.days) for lo in range(0, n_users, cfg.user_chunk)
+    ]
     with atomic_dir(out) as tmp:
         for name, table in entity_tables(world).items():
             schema = {"users": USERS, "follows": FOLLOWS, "posts": POSTS}[name]
@@ -610,6 +612,8 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("impressions"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True) as bar:
+    with Progress(
+        TextColumn("impressions"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    ) as bar:
         task = bar.add_task("impressions", total=total)
         yield lambda done: bar.update(task, completed=done)
