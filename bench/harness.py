@@ -1,0 +1,96 @@
+"""Repeated, isolated measurements of a command: wall time and peak resident memory per run, median and p99."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class Row:
+    """One BENCHMARKS.md row: what was run, how often, and the distribution of what was measured."""
+
+    group: str
+    name: str
+    command: str
+    settings: str
+    repeats: int
+    wall_s_median: float
+    wall_s_p99: float
+    peak_rss_mb_max: float
+    throughput: str = ""
+    target: str = ""
+    verdict: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_once(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Runs `argv` in a fresh process; returns (wall seconds, peak RSS in MB of that process tree)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise RuntimeError(f"{shlex.join(argv)} exited {proc.returncode}: {err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024.0  # ru_maxrss is KiB on Linux
+
+
+def measure(argv: list[str], repeats: int) -> tuple[list[float], list[float]]:
+    walls, rss = [], []
+    for _ in range(repeats):
+        w, m = run_once(argv)
+        walls.append(w)
+        rss.append(m)
+    return walls, rss
+
+
+def p99(values: list[float]) -> float:
+    return float(np.percentile(values, 99))
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory_gb": f"{mem_gb:.0f}",
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "commit": commit or "unknown",
+    }
+
+
+def save(group: str, rows: list[Row]) -> Path:
+    """Writes one group's rows with the machine they ran on to bench/results/<group>.json."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{group}.json"
+    body: dict[str, Any] = {
+        "group": group,
+        "machine": machine(),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    body["rows"] = [asdict(r) for r in rows]
+    path.write_text(json.dumps(body, indent=2) + "\n")
+    return path

@@ -1,0 +1,58 @@
+"""`make bench`: runs every benchmark group, then rewrites BENCHMARKS.md from bench/results/*.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.harness import RESULTS
+
+REPO = Path(__file__).resolve().parents[1]
+GROUPS = ["bench.data"]  # each module's main() measures and saves bench/results/<group>.json
+
+
+def render() -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m bench.run`) from `bench/results/*.json`; every row names the command that",
+        "reproduces it. Each run is a fresh process; wall time is the median and p99 over the repeats, peak memory the",
+        "largest resident set of any repeat. These machines are shared and noisy: compare medians, not single runs.",
+        "",
+    ]
+    for path in sorted(RESULTS.glob("*.json")):
+        body = json.loads(path.read_text())
+        m = body["machine"]
+        lines += [
+            f"## {body['group']}",
+            "",
+            f"Measured {body['measured_at']} on {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB RAM, "
+            f"Python {m['python']}, commit `{m['commit']}`.",
+            "",
+            "| benchmark | settings | command | repeats | median s | p99 s | peak RSS MB | throughput | target "
+            "| vs target |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in body["rows"]:
+            lines.append(
+                f"| {r['name']} | {r['settings']} | `{r['command']}` | {r['repeats']} | {r['wall_s_median']} | "
+                f"{r['wall_s_p99']} | {r['peak_rss_mb_max']} | {r['throughput']} | {r['target']} | {r['verdict']} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    only = sys.argv[1:]
+    for module in GROUPS:
+        if only and module.split(".")[-1] not in only:
+            continue
+        subprocess.run([sys.executable, "-m", module], cwd=REPO, check=True)
+    (REPO / "BENCHMARKS.md").write_text(render())
+    print(REPO / "BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
