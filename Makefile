@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 # The main job on the embedded default (synthetic feed): the DVC pipeline, then its metrics.
 run: setup
-	dvc repro synth data_stats
+	dvc repro synth data_stats features_build
 	dvc metrics show
 
 # Every DVC stage, the real-data imports included (they read ../shared/data).

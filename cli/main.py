@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli import data
+from cli import data, features
 
 app = typer.Typer(
     name="ember",
@@ -16,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data.app, name="data")
+app.add_typer(features.app, name="features")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -209,3 +209,35 @@ def read_table(directory: Path, name: str, columns: list[str] | None = None) -> 
             raise SchemaError(f"{directory / 'impressions'}: no impression parts")
         return pa.concat_tables(pq.read_table(p, columns=columns) for p in parts)
     return pq.read_table(directory / f"{name}.parquet", columns=columns)
+
+
+def write_dataset(
+    directory: Path,
+    tables: dict[str, pa.Table],
+    dataset: str,
+    observed_actions: tuple[str, ...],
+    params: dict[str, Any] | None = None,
+) -> Manifest:
+    """Validates and writes whole in-memory tables as a dataset directory (impressions as one part).
+
+    Missing int8 columns (actions, surface) and `dwell_time` of `impressions` are added as zeros, so small
+    hand-written tables stay short.
+    The caller provides atomicity (write into `core.io.atomic_dir`).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "impressions").mkdir(exist_ok=True)
+    files, rows = {}, {}
+    for name, schema in TABLES.items():
+        table = tables.get(name, schema.required.empty_table())
+        if name == "impressions":
+            for f in schema.required:
+                if f.name not in table.column_names and (f.type == pa.int8() or f.name == DWELL_TIME):
+                    table = table.append_column(f, pa.array([0] * table.num_rows, type=f.type))
+        table = conform(table, schema)
+        validate(table, schema, f"{name}.parquet")
+        rel = "impressions/part-00000.parquet" if name == "impressions" else f"{name}.parquet"
+        files[rel] = write_table(table, directory / rel)
+        rows[name] = table.num_rows
+    manifest = Manifest(dataset, SCHEMA_VERSION, rows, files, tuple(observed_actions), params or {})
+    (directory / "manifest.json").write_text(manifest.to_json())
+    return manifest
