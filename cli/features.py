@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from features.store import StoreConfig
 
 app = typer.Typer(
     help="Feature store: batch features, Feast registry, online store, training sets.", no_args_is_help=True
@@ -23,3 +28,56 @@ def build(
 
     rows = build_features(data, out, BuildConfig(history_length=history_length, memory_limit=memory_limit))
     typer.echo(f"wrote {out}: " + ", ".join(f"{k}={v:,}" for k, v in rows.items()))
+
+
+def _store(online_store: str, repo: Path) -> StoreConfig:
+    from features.store import StoreConfig
+
+    return StoreConfig(repo=repo, online_store=online_store)
+
+
+ONLINE = typer.Option("sqlite", "--online-store", help="Online store: sqlite (default) or redis (production).")
+REPO = typer.Option(Path("features/repo"), "--repo", help="The Feast repository directory.")
+
+
+@app.command("apply")
+def apply_cmd(online_store: str = ONLINE, repo: Path = REPO) -> None:
+    """Register entities, feature views and feature services (`feast apply`)."""
+    from features.store import apply
+
+    output = apply(_store(online_store, repo)).strip().splitlines()
+    typer.echo(f"applied {repo}: {len([line for line in output if line.startswith('Created')])} objects created")
+
+
+@app.command("materialize")
+def materialize_cmd(
+    online_store: str = ONLINE,
+    repo: Path = REPO,
+    end: datetime | None = typer.Option(None, "--end", help="Materialize up to this time (default: newest snapshot)."),
+) -> None:
+    """Load the newest feature rows into the online store, incrementally."""
+    from features.store import materialize
+
+    end_utc = end.replace(tzinfo=UTC) if end is not None and end.tzinfo is None else end
+    result = materialize(_store(online_store, repo), end=end_utc)
+    typer.echo(f"materialized {len(result['views'])} views in {result['seconds']} s")
+
+
+@app.command("training-set")
+def training_set_cmd(
+    model: str = typer.Option(..., "--model", help="retrieval or ranker."),
+    start: datetime = typer.Option(..., "--start", help="First impression time (UTC)."),
+    end: datetime = typer.Option(..., "--end", help="End of the window, exclusive (UTC)."),
+    out: Path = typer.Option(..., "--out", help="Output directory (replaced atomically)."),
+    data: Path = typer.Option(Path("data/synth"), "--data", help="Canonical dataset the impressions come from."),
+    online_store: str = ONLINE,
+    repo: Path = REPO,
+) -> None:
+    """Point-in-time training set from Feast's offline store (get_historical_features)."""
+    from features.store import training_set
+
+    def utc(t: datetime) -> datetime:
+        return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+    result = training_set(_store(online_store, repo), model, data, utc(start), utc(end), out)
+    typer.echo(f"wrote {out}: {result['rows']:,} rows x {result['columns']} columns")

@@ -1,0 +1,155 @@
+"""Feast wrappers: apply the repo, materialize incrementally, build point-in-time training sets.
+
+`import feast` costs seconds (STACK.md), so it happens inside these functions only; serving reads the online store
+through `features.online` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from core.actions import ACTION_NAMES, DWELL_TIME, prob_column
+from core.errors import UserError
+from core.io import atomic_dir
+from core.schema import Manifest, read_table
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+REPO = Path(__file__).resolve().parent / "repo"
+ONLINE_STORES = ("sqlite", "redis")
+FEATURE_SERVICES = {"retrieval": "retrieval_v1", "ranker": "ranker_v1"}
+# Serving needs the freshest row of each entity; older rows only matter offline. Posts live ~48 h.
+DEFAULT_WINDOW = timedelta(days=2)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the Feast repo is and which online store it uses (params.yaml `feast`)."""
+
+    repo: Path = REPO
+    online_store: str = "sqlite"
+    redis: str = "127.0.0.1:6379"
+
+    def __post_init__(self) -> None:
+        if self.online_store not in ONLINE_STORES:
+            raise UserError(f"--online-store: unknown store {self.online_store!r} (choose from sqlite, redis)")
+
+    @property
+    def yaml(self) -> Path:
+        name = "feature_store.yaml" if self.online_store == "sqlite" else f"feature_store.{self.online_store}.yaml"
+        return self.repo / name
+
+    @property
+    def data_dir(self) -> Path:
+        """The repo's relative paths point at <repo>/../../data."""
+        return (self.repo / ".." / ".." / "data").resolve()
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "EMBER_REDIS": self.redis}
+
+
+def open_store(cfg: StoreConfig) -> FeatureStore:
+    """A FeatureStore over the repo with the configured online store."""
+    os.environ.setdefault("EMBER_REDIS", cfg.redis)
+    from feast import FeatureStore
+
+    return FeatureStore(repo_path=str(cfg.repo), fs_yaml_file=cfg.yaml)
+
+
+def apply(cfg: StoreConfig) -> str:
+    """Runs `feast apply` on the repo (the real CLI: it imports every .py file of the repo directory)."""
+    (cfg.data_dir / "feast").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "feast"), "-c", str(cfg.repo), "-f", str(cfg.yaml), "apply"],
+        capture_output=True,
+        text=True,
+        env=cfg.env(),
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["(no output)"]
+        raise UserError(f"{cfg.repo}: feast apply failed: {last[0]}")
+    return proc.stdout
+
+
+def offline_end(cfg: StoreConfig) -> datetime:
+    """The simulated 'now': the newest snapshot time in the offline feature tables."""
+    newest = None
+    for path in sorted((cfg.data_dir / "features").glob("*.parquet")):
+        col = pq.read_table(path, columns=["event_timestamp"]).column("event_timestamp")
+        value = pc.max(col).as_py()
+        if value is not None and (newest is None or value > newest):
+            newest = value
+    if newest is None:
+        raise UserError(f"{cfg.data_dir / 'features'}: no offline features (run `ember features build` first)")
+    return newest.astimezone(UTC)
+
+
+def materialize(cfg: StoreConfig, end: datetime | None = None, window: timedelta = DEFAULT_WINDOW) -> dict[str, Any]:
+    """Loads the newest feature rows into the online store, incrementally.
+
+    A view never materialized before gets [end - window, end]; afterwards only what is new since its last
+    materialization end (`materialize_incremental`).
+
+    Returns:
+        {view: [start, end]} of what was loaded, and the wall time.
+    """
+    import time
+
+    store = open_store(cfg)
+    end = end or offline_end(cfg)
+    loaded: dict[str, Any] = {}
+    start_t = time.perf_counter()
+    last_end = {fv.name: fv.most_recent_end_time for fv in store.list_feature_views()}
+    fresh = [name for name, t in last_end.items() if t is None]
+    if fresh:
+        store.materialize(start_date=end - window, end_date=end, feature_views=fresh)
+        loaded.update({name: [(end - window).isoformat(), end.isoformat()] for name in fresh})
+    seen = {name: t for name, t in last_end.items() if t is not None and t < end}  # skip views already at `end`
+    if seen:
+        store.materialize_incremental(end_date=end, feature_views=list(seen))
+        loaded.update({name: [t.isoformat(), end.isoformat()] for name, t in seen.items()})
+    return {"views": loaded, "seconds": round(time.perf_counter() - start_t, 2)}
+
+
+def training_set(
+    cfg: StoreConfig, model: str, dataset: Path, start: datetime, end: datetime, out: Path
+) -> dict[str, int]:
+    """Point-in-time training set: each impression in [start, end) joined with the features as of its time.
+
+    Ranker rows are all impressions (labels: every action, dwell_time, and the oracle probabilities when the data has
+    them). Retrieval rows are the clicked impressions (the positives of the two-tower model).
+    Every feature row was computed from events strictly before its event_timestamp (features.build), and Feast
+    joins the newest row with event_timestamp <= the impression time, so no feature can see its own label.
+    """
+    if model not in FEATURE_SERVICES:
+        raise UserError(f"--model: unknown model {model!r} (choose from {', '.join(FEATURE_SERVICES)})")
+    if start >= end:
+        raise UserError(f"--start/--end: empty window [{start.isoformat()}, {end.isoformat()})")
+    manifest = Manifest.load(dataset)
+    labels = [*ACTION_NAMES, DWELL_TIME]
+    extras = [prob_column(a) for a in ACTION_NAMES] if manifest.dataset == "synthetic" else []
+    keys = ["impression_id", "request_id", "user_id", "post_id", "author_id", "ts", "surface", "position", "in_network"]
+    imp = read_table(dataset, "impressions", columns=keys + labels + extras).to_pandas()
+    imp = imp[(imp.ts >= start) & (imp.ts < end)]
+    if model == "retrieval":
+        imp = imp[imp.click == 1]
+    if imp.empty:
+        raise UserError(f"--start/--end: no impressions of {dataset} in [{start.isoformat()}, {end.isoformat()})")
+    entity_df = imp.rename(columns={"ts": "event_timestamp"}).reset_index(drop=True)
+    store = open_store(cfg)
+    service = store.get_feature_service(FEATURE_SERVICES[model])
+    frame = store.get_historical_features(entity_df=entity_df, features=service).to_df()
+    frame = frame.sort_values("impression_id").reset_index(drop=True)
+    with atomic_dir(out) as tmp:
+        frame.to_parquet(tmp / "training_set.parquet", index=False)
+    return {"rows": len(frame), "columns": frame.shape[1]}
