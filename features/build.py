@@ -18,10 +18,10 @@ from core.actions import ACTION_NAMES, NEGATIVE_ACTIONS, POSITIVE_ACTIONS
 from core.errors import UserError
 from core.io import atomic_dir
 from core.schema import Manifest, impression_files
+from features.catalog import WINDOWS
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
-WINDOWS = (1, 7, 28)  # days
 FEATURE_TABLES = ("user_stats", "author_stats", "post_stats", "user_history", "user_graph")
 
 

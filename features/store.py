@@ -25,6 +25,8 @@ from core.schema import Manifest, read_table
 if TYPE_CHECKING:
     from feast import FeatureStore
 
+    from features.online import Backend
+
 REPO = Path(__file__).resolve().parent / "repo"
 ONLINE_STORES = ("sqlite", "redis")
 FEATURE_SERVICES = {"retrieval": "retrieval_v1", "ranker": "ranker_v1"}
@@ -118,7 +120,17 @@ def materialize(cfg: StoreConfig, end: datetime | None = None, window: timedelta
     if seen:
         store.materialize_incremental(end_date=end, feature_views=list(seen))
         loaded.update({name: [t.isoformat(), end.isoformat()] for name, t in seen.items()})
+    online_backend(cfg).mark_materialized(end.isoformat() + f"@{time.time():.3f}")  # readers drop their caches
     return {"views": loaded, "seconds": round(time.perf_counter() - start_t, 2)}
+
+
+def online_backend(cfg: StoreConfig) -> Backend:
+    """The direct reader's backend for the same store Feast writes (features.online)."""
+    from features.online import RedisBackend, SqliteBackend
+
+    if cfg.online_store == "redis":
+        return RedisBackend(cfg.redis)
+    return SqliteBackend(cfg.data_dir / "feast" / "online.db")
 
 
 def training_set(

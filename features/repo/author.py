@@ -2,23 +2,15 @@
 
 from datetime import timedelta
 
-from entities import author, parquet_source
-from feast import FeatureView, Field
-from feast.types import Float32, Int32
+from entities import author, fields, parquet_source
+from feast import FeatureView
 
-from core.actions import ACTION_NAMES
+from features.catalog import AUTHOR_STATS
 
-author_stats_source = parquet_source("author_stats")
 author_stats = FeatureView(
-    name="author_stats",
+    name=AUTHOR_STATS.name,
     entities=[author],
     ttl=timedelta(days=2),
-    schema=[
-        Field(name="author_follower_count", dtype=Int32),
-        Field(name="author_posts_per_day", dtype=Float32),
-        Field(name="author_impressions_28d", dtype=Int32),
-        Field(name="author_negative_rate", dtype=Float32),
-        *[Field(name=f"author_{a}_rate", dtype=Float32) for a in ACTION_NAMES],
-    ],
-    source=author_stats_source,
+    schema=fields(AUTHOR_STATS),
+    source=parquet_source(AUTHOR_STATS.name),
 )

@@ -2,25 +2,15 @@
 
 from datetime import timedelta
 
-from entities import parquet_source, post
-from feast import FeatureView, Field
-from feast.types import Float32, Int32, Int64, String
+from entities import fields, parquet_source, post
+from feast import FeatureView
 
-from core.actions import ACTION_NAMES
+from features.catalog import POST_STATS
 
-post_stats_source = parquet_source("post_stats")
 post_stats = FeatureView(
-    name="post_stats",
+    name=POST_STATS.name,
     entities=[post],
     ttl=timedelta(days=7),  # posts older than the 48 h serving window rarely matter; a week leaves margin
-    schema=[
-        Field(name="post_created_at_ms", dtype=Int64),
-        Field(name="post_author_id", dtype=Int64),
-        Field(name="post_topic", dtype=Int32),
-        Field(name="post_media_type", dtype=String),
-        Field(name="post_impressions", dtype=Int32),
-        *[Field(name=f"post_{a}_count", dtype=Int32) for a in ACTION_NAMES],
-        *[Field(name=f"post_{a}_rate", dtype=Float32) for a in ACTION_NAMES],
-    ],
-    source=post_stats_source,
+    schema=fields(POST_STATS),
+    source=parquet_source(POST_STATS.name),
 )

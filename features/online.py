@@ -1,0 +1,420 @@
+"""The serving hot path: one batched read of a user's features, history and graph, and of up to 1,000 candidates'
+post and author features, straight from the online store Feast materializes into (SQLite or Redis).
+
+Why not `FeatureStore.get_online_features`: `import feast` costs 7-8 s and ~370 MB, and its per-call overhead is
+several times a direct read (bench/features.py measures both; tests prove they return the same values). This
+module reads Feast's own storage layout (entity key serialization v3, `feast.types.Value` protobufs) with a
+protobuf message class built here from the field numbers of Feast's Value.proto, so it needs only `protobuf`.
+
+Post and author features are cached in process; the cache is dropped when a new materialization is recorded
+(`mark_materialized`), so the next read fetches fresh rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from core.errors import UserError
+from features.catalog import (
+    AUTHOR_STATS,
+    DEFAULTS,
+    POST_STATS,
+    PROJECT,
+    USER_GRAPH,
+    USER_HISTORY,
+    USER_STATS,
+    Dtype,
+    View,
+)
+
+META_KEY = b"ember:meta:materialized_at"  # Redis key / SQLite row recording the last materialization
+
+
+class FeatureStoreUnavailable(Exception):
+    """The online store cannot be reached: serving catches this and falls back (degraded response)."""
+
+
+class FeatureSchemaError(UserError):
+    """The online store does not hold what the feature catalog declares (apply/materialize are out of date)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Wire format: Feast's entity keys and Value protobufs, without importing feast.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _value_class() -> Any:
+    """A message class wire-compatible with `feast.types.Value` for the types the catalog uses."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    fdp = descriptor_pb2.FileDescriptorProto(name="ember/feast_value.proto", package="ember.wire", syntax="proto3")
+    f = descriptor_pb2.FieldDescriptorProto
+    int64_list = fdp.message_type.add(name="Int64List")
+    int64_list.field.add(name="val", number=1, type=f.TYPE_INT64, label=f.LABEL_REPEATED)
+    value = fdp.message_type.add(name="Value")
+    value.oneof_decl.add(name="val")
+    # Field numbers of feast/types/Value.proto (Feast 0.67).
+    scalars = [
+        ("string_val", 2, f.TYPE_STRING),
+        ("int32_val", 3, f.TYPE_INT32),
+        ("int64_val", 4, f.TYPE_INT64),
+        ("double_val", 5, f.TYPE_DOUBLE),
+        ("float_val", 6, f.TYPE_FLOAT),
+        ("bool_val", 7, f.TYPE_BOOL),
+        ("null_val", 19, f.TYPE_INT32),  # an enum on Feast's side; same varint on the wire
+    ]
+    for name, number, kind in scalars:
+        value.field.add(name=name, number=number, type=kind, label=f.LABEL_OPTIONAL, oneof_index=0)
+    value.field.add(
+        name="int64_list_val",
+        number=14,
+        type=f.TYPE_MESSAGE,
+        type_name=".ember.wire.Int64List",
+        label=f.LABEL_OPTIONAL,
+        oneof_index=0,
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("ember.wire.Value"))
+
+
+Value = _value_class()
+
+
+def decode_value(raw: bytes | None) -> Any:
+    """Decodes one stored Value (None when absent or null)."""
+    if raw is None:
+        return None
+    v = Value.FromString(raw)
+    which = v.WhichOneof("val")
+    if which is None or which == "null_val":
+        return None
+    if which == "int64_list_val":
+        return tuple(v.int64_list_val.val)
+    return getattr(v, which)
+
+
+def entity_key(join_key: str, value: int) -> bytes:
+    """Feast's entity key serialization (version 3) for one int64 join key."""
+    k = join_key.encode()
+    return struct.pack("<III", 1, 2, len(k)) + k + struct.pack("<IIq", 4, 8, int(value))
+
+
+def _mmh3_field(view: str, feature: str) -> bytes:
+    import mmh3
+
+    return struct.pack("<I", mmh3.hash(f"{view}:{feature}", signed=False))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backends: SQLite (development) and Redis (production), one batched read per view.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Backend(Protocol):
+    def read(self, view: View, ids: Sequence[int]) -> list[dict[str, Any] | None]:
+        """One dict of raw feature values per id (None when the store has no row for it)."""
+        ...
+
+    def check(self, view: View) -> None:
+        """Raises FeatureSchemaError when the store lacks a feature of `view`."""
+        ...
+
+    def materialized_at(self) -> str | None: ...
+
+    def mark_materialized(self, stamp: str) -> None: ...
+
+
+class SqliteBackend:
+    """Feast's SQLite online store: table `<project>_<view>`, one row per (entity key, feature)."""
+
+    def __init__(self, path: Path, project: str = PROJECT) -> None:
+        if not Path(path).is_file():
+            raise FeatureStoreUnavailable(f"{path}: no SQLite online store (run `ember features apply`)")
+        self.path, self.project = Path(path), project
+        # check_same_thread=False: the service reads from worker threads; reads only, guarded by SQLite itself.
+        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+
+    def table(self, view: View) -> str:
+        return f"{self.project}_{view.name}"
+
+    def read(self, view: View, ids: Sequence[int]) -> list[dict[str, Any] | None]:
+        keys = [entity_key(view.join_key, i) for i in ids]
+        out: dict[bytes, dict[str, Any]] = {}
+        try:
+            for lo in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+                chunk = keys[lo : lo + 500]
+                marks = ",".join("?" * len(chunk))
+                sql = f'SELECT entity_key, feature_name, value FROM "{self.table(view)}" WHERE entity_key IN ({marks})'
+                for key, name, raw in self.db.execute(sql, chunk):
+                    out.setdefault(key, {})[name] = decode_value(raw)
+        except sqlite3.OperationalError as err:
+            if "no such table" in str(err):
+                raise FeatureSchemaError(
+                    f"feature view '{view.name}': no table {self.table(view)} in {self.path}"
+                ) from err
+            raise FeatureStoreUnavailable(f"{self.path}: {err}") from err
+        return [out.get(k) for k in keys]
+
+    def check(self, view: View) -> None:
+        try:
+            row = self.db.execute(f'SELECT entity_key FROM "{self.table(view)}" LIMIT 1').fetchone()
+        except sqlite3.OperationalError as err:
+            raise FeatureSchemaError(
+                f"feature view '{view.name}': no table {self.table(view)} in {self.path} (run `ember features apply`)"
+            ) from err
+        if row is None:
+            return  # applied but not materialized yet: every entity reads as missing
+        names = {
+            n for (n,) in self.db.execute(f'SELECT feature_name FROM "{self.table(view)}" WHERE entity_key = ?', row)
+        }
+        lacking = [f for f in view.names if f not in names]
+        if lacking:
+            raise FeatureSchemaError(
+                f"feature view '{view.name}': the store lacks {lacking[0]!r}"
+                + (f" and {len(lacking) - 1} more" if len(lacking) > 1 else "")
+                + " (re-run `ember features apply` and `ember features materialize`)"
+            )
+
+    def materialized_at(self) -> str | None:
+        try:
+            row = self.db.execute("SELECT value FROM ember_meta WHERE key = 'materialized_at'").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return row[0] if row else None
+
+    def mark_materialized(self, stamp: str) -> None:
+        with sqlite3.connect(self.path) as rw:
+            rw.execute("CREATE TABLE IF NOT EXISTS ember_meta (key TEXT PRIMARY KEY, value TEXT)")
+            rw.execute("INSERT OR REPLACE INTO ember_meta VALUES ('materialized_at', ?)", (stamp,))
+
+
+class RedisBackend:
+    """Feast's Redis online store: one hash per entity key (+ project), fields mmh3('<view>:<feature>')."""
+
+    def __init__(self, address: str = "127.0.0.1:6379", project: str = PROJECT, timeout_s: float = 0.5) -> None:
+        import redis
+
+        host, _, rest = address.partition(":")
+        port, _, db_part = rest.partition(",")
+        db = int(db_part.split("=", 1)[1]) if db_part.startswith("db=") else 0
+        # No retries and short timeouts: a dead store must fail fast so the service can fall back.
+        self.client = redis.Redis(
+            host=host, port=int(port or 6379), db=db, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self.project, self.address = project.encode(), address
+        self._fields = {
+            v.name: [_mmh3_field(v.name, f) for f in v.names]
+            for v in (USER_STATS, USER_HISTORY, USER_GRAPH, AUTHOR_STATS, POST_STATS)
+        }
+
+    def _call(self, fn: Any) -> Any:
+        import redis
+
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError) as err:
+            raise FeatureStoreUnavailable(f"redis {self.address}: {err}") from err
+
+    def read(self, view: View, ids: Sequence[int]) -> list[dict[str, Any] | None]:
+        fields = self._fields[view.name]
+
+        def run() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for i in ids:
+                pipe.hmget(entity_key(view.join_key, i) + self.project, fields)
+            return pipe.execute()
+
+        rows: list[dict[str, Any] | None] = []
+        for raw in self._call(run):
+            if all(r is None for r in raw):
+                rows.append(None)
+            else:
+                rows.append({name: decode_value(r) for name, r in zip(view.names, raw, strict=True)})
+        return rows
+
+    def check(self, view: View) -> None:
+        ts_field = f"_ts:{view.name}".encode()
+        cursor, seen = 0, 0
+        while True:
+            cursor, keys = self._call(lambda c=cursor: self.client.scan(c, match=b"*" + self.project, count=200))
+            for key in keys:
+                got = self._call(lambda k=key: self.client.hkeys(k))
+                if ts_field in got:
+                    lacking = [f for f, h in zip(view.names, self._fields[view.name], strict=True) if h not in got]
+                    if lacking:
+                        raise FeatureSchemaError(
+                            f"feature view '{view.name}': the store lacks {lacking[0]!r} (re-run `ember features "
+                            "apply` and `ember features materialize`)"
+                        )
+                    return
+                seen += 1
+            if cursor == 0 or seen > 2000:
+                return
+
+    def materialized_at(self) -> str | None:
+        raw = self._call(lambda: self.client.get(META_KEY))
+        return raw.decode() if raw else None
+
+    def mark_materialized(self, stamp: str) -> None:
+        self._call(lambda: self.client.set(META_KEY, stamp))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reader the service uses.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UserFeatures:
+    """One user's features. `missing` lists the views the store had no row for (defaults were used)."""
+
+    user_id: int
+    stats: dict[str, Any]
+    history: dict[str, Any]
+    graph: dict[str, Any]
+    missing: tuple[str, ...] = ()
+
+
+@dataclass
+class CandidateFeatures:
+    """Post and author features of a candidate list, aligned with the post ids asked for.
+
+    `post` and `author` map feature name -> array (C,); `post_missing` / `author_missing` are (C,) bool masks.
+    """
+
+    post_ids: np.ndarray
+    author_ids: np.ndarray
+    post: dict[str, np.ndarray]
+    author: dict[str, np.ndarray]
+    post_missing: np.ndarray
+    author_missing: np.ndarray
+
+
+def _with_defaults(view: View, row: dict[str, Any] | None) -> dict[str, Any]:
+    row = row or {}
+    return {name: (DEFAULTS[dtype] if row.get(name) is None else row[name]) for name, dtype in view.features}
+
+
+@dataclass
+class OnlineFeatures:
+    """Batched, cached reads of the online store for one service process."""
+
+    backend: Backend
+    refresh_every_s: float = 5.0  # how often the request path checks for a new materialization
+    _cache: dict[str, dict[int, _Row | None]] = field(default_factory=lambda: {"post": {}, "author": {}})
+    _stamp: str | None = None
+    _checked_at: float = 0.0
+
+    def check_schema(self) -> None:
+        """Fails fast, naming the view, when the store does not match the catalog."""
+        for view in (USER_STATS, USER_HISTORY, USER_GRAPH, AUTHOR_STATS, POST_STATS):
+            self.backend.check(view)
+
+    def _maybe_refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at < self.refresh_every_s:
+            return
+        self._checked_at = now
+        stamp = self.backend.materialized_at()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._cache = {"post": {}, "author": {}}
+
+    def user(self, user_id: int) -> UserFeatures:
+        """A user's stats, history and graph in one round of reads; unknown users get defaults + `missing`."""
+        rows = {v.name: self.backend.read(v, [user_id])[0] for v in (USER_STATS, USER_HISTORY, USER_GRAPH)}
+        missing = tuple(name for name, row in rows.items() if row is None)
+        return UserFeatures(
+            user_id=user_id,
+            stats=_with_defaults(USER_STATS, rows[USER_STATS.name]),
+            history=_with_defaults(USER_HISTORY, rows[USER_HISTORY.name]),
+            graph=_with_defaults(USER_GRAPH, rows[USER_GRAPH.name]),
+            missing=missing,
+        )
+
+    def _cached(self, kind: str, view: View, ids: list[int]) -> list[_Row | None]:
+        cache = self._cache[kind]
+        todo = list(dict.fromkeys(i for i in ids if i not in cache))
+        if todo:
+            cache.update(zip(todo, (_encode(view, r) for r in self.backend.read(view, todo)), strict=True))
+        return [cache[i] for i in ids]
+
+    def candidates(self, post_ids: Sequence[int], author_ids: Sequence[int] | None = None) -> CandidateFeatures:
+        """Post and author features of up to 1,000 candidates (authors default to the post's own author)."""
+        self._maybe_refresh()
+        pids = [int(i) for i in post_ids]
+        posts = self._cached("post", POST_STATS, pids)
+        if author_ids is None:
+            j = POST_STATS.names.index("post_author_id")
+            aids = [int(p.numeric[j]) if p is not None else 0 for p in posts]
+        else:
+            aids = [int(i) for i in author_ids]
+        authors = self._cached("author", AUTHOR_STATS, aids)
+        return CandidateFeatures(
+            post_ids=np.asarray(pids, dtype=np.int64),
+            author_ids=np.asarray(aids, dtype=np.int64),
+            post=_columns(POST_STATS, posts),
+            author=_columns(AUTHOR_STATS, authors),
+            post_missing=np.fromiter((p is None for p in posts), dtype=bool, count=len(posts)),
+            author_missing=np.fromiter((a is None for a in authors), dtype=bool, count=len(authors)),
+        )
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A cached entity: its numeric features as one float64 vector (catalog order) and its string features."""
+
+    numeric: np.ndarray
+    strings: tuple[str, ...]
+
+
+def _split(view: View) -> tuple[list[tuple[str, Dtype]], list[str]]:
+    numeric: list[tuple[str, Dtype]] = [(n, d) for n, d in view.features if d in NUMPY]
+    strings = [n for n, d in view.features if d == Dtype.STRING]
+    return numeric, strings
+
+
+def _encode(view: View, row: dict[str, Any] | None) -> _Row | None:
+    if row is None:
+        return None
+    full = _with_defaults(view, row)
+    numeric, strings = _split(view)
+    return _Row(np.array([full[n] for n, _ in numeric], dtype=np.float64), tuple(full[n] for n in strings))
+
+
+def _columns(view: View, rows: list[_Row | None]) -> dict[str, np.ndarray]:
+    """Feature name -> (C,) column; numeric columns are views into one stacked (C, F) matrix."""
+    numeric, strings = _split(view)
+    default = _encode(view, {})
+    assert default is not None
+    matrix = np.stack([(r or default).numeric for r in rows]) if rows else np.zeros((0, len(numeric)))
+    out: dict[str, np.ndarray] = {}
+    for j, (name, dtype) in enumerate(numeric):
+        out[name] = matrix[:, j].astype(NUMPY[dtype], copy=False)
+    for j, name in enumerate(strings):
+        out[name] = np.array([(r or default).strings[j] for r in rows], dtype=object)
+    return out
+
+
+NUMPY = {Dtype.INT32: np.int32, Dtype.INT64: np.int64, Dtype.FLOAT32: np.float32}
+
+
+def open_online(
+    online_store: str = "sqlite", sqlite_path: Path | None = None, redis: str = "127.0.0.1:6379"
+) -> OnlineFeatures:
+    """The reader for the configured store (the same switch as features.store.StoreConfig)."""
+    if online_store == "sqlite":
+        path = sqlite_path or Path(__file__).resolve().parents[1] / "data" / "feast" / "online.db"
+        return OnlineFeatures(SqliteBackend(path))
+    if online_store == "redis":
+        return OnlineFeatures(RedisBackend(redis))
+    raise UserError(f"--online-store: unknown store {online_store!r} (choose from sqlite, redis)")
