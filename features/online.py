@@ -202,13 +202,20 @@ class RedisBackend:
 
     def __init__(self, address: str = "127.0.0.1:6379", project: str = PROJECT, timeout_s: float = 0.5) -> None:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         host, _, rest = address.partition(":")
         port, _, db_part = rest.partition(",")
         db = int(db_part.split("=", 1)[1]) if db_part.startswith("db=") else 0
         # No retries and short timeouts: a dead store must fail fast so the service can fall back.
         self.client = redis.Redis(
-            host=host, port=int(port or 6379), db=db, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            host=host,
+            port=int(port or 6379),
+            db=db,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
         )
         self.project, self.address = project.encode(), address
         self._fields = {
@@ -230,7 +237,7 @@ class RedisBackend:
         def run() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for i in ids:
-                pipe.hmget(entity_key(view.join_key, i) + self.project, fields)
+                pipe.hmget(entity_key(view.join_key, i) + self.project, fields)  # type: ignore[arg-type]
             return pipe.execute()
 
         rows: list[dict[str, Any] | None] = []

@@ -62,7 +62,7 @@ class StoreConfig:
 
 def open_store(cfg: StoreConfig) -> FeatureStore:
     """A FeatureStore over the repo with the configured online store."""
-    os.environ.setdefault("EMBER_REDIS", cfg.redis)
+    os.environ["EMBER_REDIS"] = cfg.redis  # feature_store.redis.yaml reads it; set per store, never inherited
     from feast import FeatureStore
 
     return FeatureStore(repo_path=str(cfg.repo), fs_yaml_file=cfg.yaml)
@@ -165,3 +165,52 @@ def training_set(
     with atomic_dir(out) as tmp:
         frame.to_parquet(tmp / "training_set.parquet", index=False)
     return {"rows": len(frame), "columns": frame.shape[1]}
+
+
+@dataclass(frozen=True)
+class Engagement:
+    """One new engagement to append to a user's real-time history."""
+
+    user_id: int
+    post_id: int
+    author_id: int
+    actions: int  # bitmask over core.actions
+    surface: int
+    ts: datetime
+
+
+def push_history(cfg: StoreConfig, engagements: list[Engagement], history_length: int = 128) -> int:
+    """Appends engagements to their users' online histories through the Feast PushSource (PushMode.ONLINE).
+
+    Each user's current history is read from the online store, extended oldest-first and cut to the last
+    `history_length`; the pushed row's event_timestamp is the newest engagement time (Redis ignores a push that is not
+    newer than what it holds, so engagements must arrive in time order per user).
+
+    Returns:
+        the number of users pushed.
+    """
+    import pandas as pd
+    from feast.data_source import PushMode
+
+    from features.online import OnlineFeatures
+
+    reader = OnlineFeatures(online_backend(cfg))
+    by_user: dict[int, list[Engagement]] = {}
+    for e in sorted(engagements, key=lambda e: e.ts):
+        by_user.setdefault(e.user_id, []).append(e)
+    rows = []
+    for user_id, new in by_user.items():
+        h = reader.user(user_id).history
+        cols = {
+            "hist_post_ids": [*h["hist_post_ids"], *(e.post_id for e in new)],
+            "hist_author_ids": [*h["hist_author_ids"], *(e.author_id for e in new)],
+            "hist_actions": [*h["hist_actions"], *(e.actions for e in new)],
+            "hist_surfaces": [*h["hist_surfaces"], *(e.surface for e in new)],
+            "hist_timestamps": [*h["hist_timestamps"], *(int(e.ts.timestamp() * 1000) for e in new)],
+        }
+        row: dict[str, Any] = {k: [int(x) for x in v[-history_length:]] for k, v in cols.items()}
+        row.update(user_id=user_id, hist_length=len(row["hist_post_ids"]), event_timestamp=new[-1].ts)
+        rows.append(row)
+    store = open_store(cfg)
+    store.push("user_history_push", pd.DataFrame(rows), to=PushMode.ONLINE)
+    return len(rows)
