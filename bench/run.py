@@ -10,7 +10,7 @@ from pathlib import Path
 from bench.harness import RESULTS
 
 REPO = Path(__file__).resolve().parents[1]
-GROUPS = ["bench.data"]  # each module's main() measures and saves bench/results/<group>.json
+GROUPS = ["bench.data", "bench.features"]  # each module's main() measures and saves bench/results/<group>.json
 
 
 def render() -> str:

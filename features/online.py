@@ -355,7 +355,9 @@ class OnlineFeatures:
             cache.update(zip(todo, (_encode(view, r) for r in self.backend.read(view, todo)), strict=True))
         return [cache[i] for i in ids]
 
-    def candidates(self, post_ids: Sequence[int], author_ids: Sequence[int] | None = None) -> CandidateFeatures:
+    def candidates(
+        self, post_ids: Sequence[int] | np.ndarray, author_ids: Sequence[int] | np.ndarray | None = None
+    ) -> CandidateFeatures:
         """Post and author features of up to 1,000 candidates (authors default to the post's own author)."""
         self._maybe_refresh()
         pids = [int(i) for i in post_ids]
