@@ -81,3 +81,33 @@ def training_set_cmd(
 
     result = training_set(_store(online_store, repo), model, data, utc(start), utc(end), out)
     typer.echo(f"wrote {out}: {result['rows']:,} rows x {result['columns']} columns")
+
+
+@app.command("show")
+def show_cmd(
+    user: int = typer.Option(..., "--user", help="User id to read from the online store."),
+    posts: str = typer.Option("", "--posts", help="Comma-separated post ids to read as candidates."),
+    online_store: str = ONLINE,
+    redis: str = typer.Option("127.0.0.1:6379", "--redis", help="Redis address when --online-store redis."),
+) -> None:
+    """Read one user (and optional candidates) through the serving hot path (direct store read, no Feast import)."""
+    import time
+
+    from features.online import open_online
+
+    reader = open_online(online_store, redis=redis)
+    start = time.perf_counter()
+    u = reader.user(user)
+    ms = (time.perf_counter() - start) * 1000
+    stats = {k: u.stats[k] for k in ("user_country", "user_activity", "user_impressions_7d", "user_click_7d")}
+    typer.echo(f"user {user} ({ms:.2f} ms, missing={list(u.missing)}): {stats}")
+    typer.echo(f"  history: {u.history['hist_length']} engagements, last posts {list(u.history['hist_post_ids'][-5:])}")
+    typer.echo(f"  graph: {len(u.graph['followee_ids'])} followees, {len(u.graph['blocked_author_ids'])} blocked")
+    if posts:
+        ids = [int(p) for p in posts.split(",") if p.strip()]
+        c = reader.candidates(ids)
+        for k, pid in enumerate(ids):
+            typer.echo(
+                f"  post {pid}: author {c.author_ids[k]}, clicks {c.post['post_click_count'][k]}, "
+                f"author click rate {c.author['author_click_rate'][k]:.3f}, missing={bool(c.post_missing[k])}"
+            )
