@@ -143,7 +143,7 @@ def materialize_row(cfg: StoreConfig, label: str) -> Row:
         import redis
 
         r = redis.Redis(db=13)
-        n = sum(int(r.hlen(k)) for k in r.scan_iter(count=1000))  # type: ignore[arg-type, misc]
+        n = sum(int(r.hlen(k)) for k in r.scan_iter(match=b"*ember", count=1000))  # type: ignore[arg-type, misc]
     return Row(
         group="features",
         name=f"materialize, 2-day window ({label})",

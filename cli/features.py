@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,8 +27,16 @@ def build(
     """Build event-time windowed feature snapshots (users, authors, posts, histories, graphs) with DuckDB."""
     from features.build import BuildConfig, build_features
 
-    rows = build_features(data, out, BuildConfig(history_length=history_length, memory_limit=memory_limit))
+    with _status(f"building features from {data}"):
+        rows = build_features(data, out, BuildConfig(history_length=history_length, memory_limit=memory_limit))
     typer.echo(f"wrote {out}: " + ", ".join(f"{k}={v:,}" for k, v in rows.items()))
+
+
+def _status(message: str) -> AbstractContextManager[object]:
+    """A rich spinner with elapsed time on stderr for steps that take seconds to minutes."""
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)
 
 
 def _store(online_store: str, repo: Path) -> StoreConfig:
@@ -45,7 +54,8 @@ def apply_cmd(online_store: str = ONLINE, repo: Path = REPO) -> None:
     """Register entities, feature views and feature services (`feast apply`)."""
     from features.store import apply
 
-    output = apply(_store(online_store, repo)).strip().splitlines()
+    with _status(f"feast apply {repo}"):
+        output = apply(_store(online_store, repo)).strip().splitlines()
     typer.echo(f"applied {repo}: {len([line for line in output if line.startswith('Created')])} objects created")
 
 
@@ -79,7 +89,8 @@ def training_set_cmd(
     def utc(t: datetime) -> datetime:
         return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
-    result = training_set(_store(online_store, repo), model, data, utc(start), utc(end), out)
+    with _status(f"point-in-time join of {model} rows in [{start}, {end})"):
+        result = training_set(_store(online_store, repo), model, data, utc(start), utc(end), out)
     typer.echo(f"wrote {out}: {result['rows']:,} rows x {result['columns']} columns")
 
 
