@@ -33,6 +33,7 @@ class BuildConfig:
     smoothing: float = 20.0  # pseudo-impressions of the global rate added to author/post rates
     memory_limit: str = "2GB"  # DuckDB spills to disk beyond this: bounded memory at medium scale
     threads: int = 2
+    rows_per_chunk: int = 2_000_000  # impressions per user bucket in the history/graph joins
 
 
 def _sql_str_list(paths: list[str]) -> str:
@@ -91,8 +92,10 @@ def build_features(dataset: Path, out: Path, cfg: BuildConfig | None = None) -> 
         rows["user_stats"] = _user_stats(con, tmp)
         rows["author_stats"] = _author_stats(con, tmp, cfg)
         rows["post_stats"] = _post_stats(con, tmp, cfg, t0, n_snap)
-        rows["user_history"] = _user_history(con, tmp, cfg)
-        rows["user_graph"] = _user_graph(con, tmp)
+        (n_imp,) = con.execute("SELECT count(*) FROM imp").fetchone()
+        n_chunks = max(1, int(n_imp) // cfg.rows_per_chunk)
+        rows["user_history"] = _user_history(con, tmp, cfg, n_chunks)
+        rows["user_graph"] = _user_graph(con, tmp, n_chunks)
         con.close()
         shutil.rmtree(tmp / ".duckdb_tmp", ignore_errors=True)
         source = {"dataset": manifest.dataset, "observed_actions": list(manifest.observed_actions), "rows": rows}
@@ -104,6 +107,25 @@ def _copy(con, query: str, path: Path) -> int:
     con.execute(f"COPY ({query}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
     (count,) = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()
     return int(count)
+
+
+def _copy_by_user(con, query: str, path: Path, n_chunks: int) -> int:
+    """Runs `query` once per user bucket and concatenates the parts (`<user column> {bucket}` selects a bucket).
+
+    The per-user windows of the history and graph joins grow with users x snapshots; a bucket at a time keeps
+    DuckDB within its memory limit at medium scale and beyond.
+    """
+    if n_chunks <= 1:
+        return _copy(con, query.format(bucket="% 1 = 0"), path)
+    parts = []
+    for b in range(n_chunks):
+        part = path.with_name(f".{path.stem}.part{b:03d}.parquet")
+        _copy(con, query.format(bucket=f"% {n_chunks} = {b}"), part)
+        parts.append(str(part))
+    total = _copy(con, f"SELECT * FROM read_parquet({_sql_str_list(parts)})", path)
+    for part in parts:
+        Path(part).unlink()
+    return total
 
 
 def _user_stats(con, tmp: Path) -> int:
@@ -211,18 +233,18 @@ def _post_stats(con, tmp: Path, cfg: BuildConfig, t0: int, n_snap: int) -> int:
            {_sql_list(ACTION_NAMES, f'((r."{{a}}" + {a} * g."{{a}}") / (r.n + {a}))::FLOAT AS post_{{a}}_rate')}
     FROM rows r JOIN posts p USING (post_id)
     JOIN prior g ON g.k = greatest(0, least((r.t_ms - {t0}) // {DAY_MS}, {n_snap - 1}))
-    ORDER BY r.post_id, event_timestamp"""
+    """  # no ORDER BY: sorting 10M+ wide rows is what exhausts the memory limit at medium scale
     return _copy(con, query, tmp / "post_stats.parquet")
 
 
-def _user_history(con, tmp: Path, cfg: BuildConfig) -> int:
+def _user_history(con, tmp: Path, cfg: BuildConfig, n_chunks: int) -> int:
     """Per user and day boundary: the last N engagements before it, oldest first, as parallel arrays."""
     bits = " | ".join(f'("{a}"::BIGINT << {i})' for i, a in enumerate(ACTION_NAMES))
     any_action = " OR ".join(f'"{a}" = 1' for a in ACTION_NAMES)
     n = cfg.history_length
     query = f"""
     WITH eng AS (SELECT user_id, post_id, author_id, surface, epoch_ms(ts) AS ts_ms, ({bits}) AS mask
-                 FROM imp WHERE {any_action}),
+                 FROM imp WHERE ({any_action}) AND user_id {{bucket}}),
     ranked AS (SELECT s.k, s.t_ms, e.*,
                       row_number() OVER (PARTITION BY e.user_id, s.k ORDER BY e.ts_ms DESC, e.post_id DESC) AS rn
                FROM eng e JOIN snaps s ON e.ts_ms < s.t_ms),
@@ -237,18 +259,19 @@ def _user_history(con, tmp: Path, cfg: BuildConfig) -> int:
     FROM kept GROUP BY user_id, k ORDER BY user_id, event_timestamp"""
     # POSITIVE_ACTIONS order equals the bit order of core.actions: bit i is ACTION_NAMES[i].
     assert ACTION_NAMES[: len(POSITIVE_ACTIONS)] == POSITIVE_ACTIONS
-    return _copy(con, query, tmp / "user_history.parquet")
+    return _copy_by_user(con, query, tmp / "user_history.parquet", n_chunks)
 
 
-def _user_graph(con, tmp: Path) -> int:
+def _user_graph(con, tmp: Path, n_chunks: int) -> int:
     """Per user and day boundary: followees, and authors the user blocked or muted before it."""
     query = """
     WITH fee AS (SELECT s.k, f.follower_id AS user_id, list(f.followee_id ORDER BY f.followee_id) AS ids
-                 FROM follows f JOIN snaps s ON epoch_ms(f.created_at) < s.t_ms GROUP BY ALL),
+                 FROM follows f JOIN snaps s ON epoch_ms(f.created_at) < s.t_ms
+                 WHERE f.follower_id {bucket} GROUP BY ALL),
     blk AS (SELECT s.k, i.user_id, list(DISTINCT i.author_id ORDER BY i.author_id) AS ids FROM imp i JOIN snaps s
-            ON epoch_ms(i.ts) < s.t_ms WHERE i.block_author = 1 GROUP BY ALL),
+            ON epoch_ms(i.ts) < s.t_ms WHERE i.block_author = 1 AND i.user_id {bucket} GROUP BY ALL),
     mut AS (SELECT s.k, i.user_id, list(DISTINCT i.author_id ORDER BY i.author_id) AS ids FROM imp i JOIN snaps s
-            ON epoch_ms(i.ts) < s.t_ms WHERE i.mute_author = 1 GROUP BY ALL),
+            ON epoch_ms(i.ts) < s.t_ms WHERE i.mute_author = 1 AND i.user_id {bucket} GROUP BY ALL),
     keys AS (SELECT k, user_id FROM fee UNION SELECT k, user_id FROM blk UNION SELECT k, user_id FROM mut)
     SELECT keys.user_id, make_timestamptz(s.t_ms * 1000) AS event_timestamp,
            coalesce(fee.ids, []::BIGINT[]) AS followee_ids,
@@ -257,4 +280,4 @@ def _user_graph(con, tmp: Path) -> int:
     FROM keys JOIN snaps s USING (k)
     LEFT JOIN fee USING (k, user_id) LEFT JOIN blk USING (k, user_id) LEFT JOIN mut USING (k, user_id)
     ORDER BY keys.user_id, event_timestamp"""
-    return _copy(con, query, tmp / "user_graph.parquet")
+    return _copy_by_user(con, query, tmp / "user_graph.parquet", n_chunks)

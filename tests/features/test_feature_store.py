@@ -45,14 +45,25 @@ def _project(root: Path, dataset: str = "tiny") -> Path:
     return data
 
 
+MATERIALIZED: dict[str, dict] = {}
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[StoreConfig, Path]:
     root = tmp_path_factory.mktemp("fs-sqlite")
     data = _project(root)
     cfg = StoreConfig(repo=root / "features" / "repo")
     apply(cfg)
-    materialize(cfg, end=ts(4))
+    MATERIALIZED["first"] = materialize(cfg, end=ts(3))
+    MATERIALIZED["second"] = materialize(cfg, end=ts(4))  # incremental: only (ts(3), ts(4)]
     return cfg, data
+
+
+def test_materialize_is_incremental(tiny: tuple[StoreConfig, Path]) -> None:
+    first, second = MATERIALIZED["first"]["views"], MATERIALIZED["second"]["views"]
+    assert set(first) == set(second) == {"user_stats", "user_history", "user_graph", "author_stats", "post_stats"}
+    assert all(window == [ts(1).isoformat(), ts(3).isoformat()] for window in first.values())
+    assert all(window == [ts(3).isoformat(), ts(4).isoformat()] for window in second.values())
 
 
 def _redis_available() -> bool:
