@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from bench.harness import Row, measure, p99, save
 from core.schema import Manifest
 
@@ -27,7 +29,7 @@ def bench_synth(scales: list[str], work: Path) -> list[Row]:
         argv = [*EMBER, "data", "synth", "--out", str(out), "--scale", scale, "--seed", "7"]
         walls, rss = measure(argv, REPEATS[scale])
         n = Manifest.load(out).rows["impressions"]
-        med = sorted(walls)[len(walls) // 2]
+        med = float(np.median(walls))
         row = Row(
             group="data",
             name=f"synth {scale}",
@@ -57,7 +59,7 @@ def bench_features_build(scale: str, dataset: Path, work: Path) -> Row:
     argv = [*EMBER, "features", "build", "--data", str(dataset), "--out", str(out), "--memory-limit", "2GB"]
     walls, rss = measure(argv, REPEATS[scale])
     n = Manifest.load(dataset).rows["impressions"]
-    med = sorted(walls)[len(walls) // 2]
+    med = float(np.median(walls))
     shutil.rmtree(out, ignore_errors=True)
     return Row(
         group="data",
@@ -82,7 +84,7 @@ def bench_imports(work: Path, repeats: int) -> list[Row]:
         out = work / name
         walls, rss = measure([*EMBER, "data", "import", name, "--src", str(src), "--out", str(out)], repeats)
         n = Manifest.load(out).rows["impressions"]
-        med = sorted(walls)[len(walls) // 2]
+        med = float(np.median(walls))
         rows.append(
             Row(
                 group="data",

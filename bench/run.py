@@ -38,13 +38,15 @@ def render() -> str:
         for r in body["rows"]:
             lines.append(
                 f"| {r['name']} | {r['settings']} | `{r['command']}` | {r['repeats']} | {r['wall_s_median']} | "
-                f"{r['wall_s_p99']} | {r['peak_rss_mb_max']} | {r['throughput']} | {r['target']} | {r['verdict']} |"
+                f"{r['wall_s_p99']} | {r['peak_rss_mb_max'] or 'n/a (in-process)'} | {r['throughput']} | {r['target']} | "
+                f"{r['verdict']} |"
             )
         lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
+    """`python -m bench.run [group ...]`: measure the named groups (all by default), then rewrite BENCHMARKS.md."""
     only = sys.argv[1:]
     for module in GROUPS:
         if only and module.split(".")[-1] not in only:

@@ -228,7 +228,7 @@ class RedisBackend:
 
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError) as err:
+        except redis.RedisError as err:  # refused, timed out, or not Redis at all (a proxy answering)
             raise FeatureStoreUnavailable(f"redis {self.address}: {err}") from err
 
     def read(self, view: View, ids: Sequence[int]) -> list[dict[str, Any] | None]:
