@@ -38,8 +38,8 @@ def render() -> str:
         for r in body["rows"]:
             lines.append(
                 f"| {r['name']} | {r['settings']} | `{r['command']}` | {r['repeats']} | {r['wall_s_median']} | "
-                f"{r['wall_s_p99']} | {r['peak_rss_mb_max'] or 'n/a (in-process)'} | {r['throughput']} | {r['target']} | "
-                f"{r['verdict']} |"
+                f"{r['wall_s_p99']} | {r['peak_rss_mb_max'] or 'n/a (in-process)'} | {r['throughput']} | "
+                f"{r['target']} | {r['verdict']} |"
             )
         lines.append("")
     return "\n".join(lines)

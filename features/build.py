@@ -92,8 +92,7 @@ def build_features(dataset: Path, out: Path, cfg: BuildConfig | None = None) -> 
         rows["user_stats"] = _user_stats(con, tmp)
         rows["author_stats"] = _author_stats(con, tmp, cfg)
         rows["post_stats"] = _post_stats(con, tmp, cfg, t0, n_snap)
-        (n_imp,) = con.execute("SELECT count(*) FROM imp").fetchone()
-        n_chunks = max(1, int(n_imp) // cfg.rows_per_chunk)
+        n_chunks = max(1, _count(con, "SELECT count(*) FROM imp") // cfg.rows_per_chunk)
         rows["user_history"] = _user_history(con, tmp, cfg, n_chunks)
         rows["user_graph"] = _user_graph(con, tmp, n_chunks)
         con.close()
@@ -105,8 +104,12 @@ def build_features(dataset: Path, out: Path, cfg: BuildConfig | None = None) -> 
 
 def _copy(con, query: str, path: Path) -> int:
     con.execute(f"COPY ({query}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
-    (count,) = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()
-    return int(count)
+    return _count(con, f"SELECT count(*) FROM read_parquet('{path}')")
+
+
+def _count(con, query: str) -> int:
+    row = con.execute(query).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _copy_by_user(con, query: str, path: Path, n_chunks: int) -> int:
@@ -117,14 +120,12 @@ def _copy_by_user(con, query: str, path: Path, n_chunks: int) -> int:
     """
     if n_chunks <= 1:
         return _copy(con, query.format(bucket="% 1 = 0"), path)
-    parts = []
-    for b in range(n_chunks):
-        part = path.with_name(f".{path.stem}.part{b:03d}.parquet")
+    parts = [path.with_name(f".{path.stem}.part{b:03d}.parquet") for b in range(n_chunks)]
+    for b, part in enumerate(parts):
         _copy(con, query.format(bucket=f"% {n_chunks} = {b}"), part)
-        parts.append(str(part))
-    total = _copy(con, f"SELECT * FROM read_parquet({_sql_str_list(parts)})", path)
+    total = _copy(con, f"SELECT * FROM read_parquet({_sql_str_list([str(p) for p in parts])})", path)
     for part in parts:
-        Path(part).unlink()
+        part.unlink()
     return total
 
 
