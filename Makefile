@@ -19,13 +19,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock -e ".[dev]"
 	touch $@
 
-# The main job on the embedded default (synthetic feed): the DVC pipeline (data -> features -> Feast registry),
-# the online store loaded incrementally, one read through the serving hot path, and the metrics.
+# The main job on the embedded default (synthetic feed): the `ember-pipeline` Prefect flow (DVC stages data ->
+# features -> Feast registry, then the online store loaded incrementally), then one read through the serving hot path.
 run: setup
-	dvc repro synth data_stats features_build features_apply
-	ember features materialize
+	ember run
 	ember features show --user 1
-	dvc metrics show --md
 
 # Every DVC stage, the real-data imports included (they read ../shared/data).
 data: setup

@@ -64,13 +64,20 @@ def materialize_cmd(
     online_store: str = ONLINE,
     repo: Path = REPO,
     end: datetime | None = typer.Option(None, "--end", help="Materialize up to this time (default: newest snapshot)."),
+    redis: str = typer.Option("127.0.0.1:6379", "--redis", help="Redis address when --online-store redis."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for flows)."),
 ) -> None:
     """Load the newest feature rows into the online store, incrementally."""
-    from features.store import materialize
+    import json
+
+    from features.store import StoreConfig, materialize
 
     end_utc = end.replace(tzinfo=UTC) if end is not None and end.tzinfo is None else end
-    result = materialize(_store(online_store, repo), end=end_utc)
-    typer.echo(f"materialized {len(result['views'])} views in {result['seconds']} s")
+    result = materialize(StoreConfig(repo=repo, online_store=online_store, redis=redis), end=end_utc)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"materialized {len(result['views'])} views in {result['seconds']} s")
 
 
 @app.command("training-set")

@@ -20,6 +20,20 @@ app.add_typer(data.app, name="data")
 app.add_typer(features.app, name="features")
 
 
+@app.command("run")
+def run(
+    online_store: str = typer.Option("sqlite", "--online-store", help="Online store to load: sqlite or redis."),
+    redis: str = typer.Option("127.0.0.1:6379", "--redis", help="Redis address when --online-store redis."),
+    push: bool = typer.Option(False, "--push", help="`dvc push` the artifacts at the end."),
+) -> None:
+    """Run the main job, the `ember-pipeline` Prefect flow (against PREFECT_API_URL, or an ephemeral API)."""
+    from flows.pipeline import ember_pipeline
+
+    result = ember_pipeline(online_store=online_store, redis=redis, push=push)
+    ran = ", ".join(result["stages_run"]) or "none (all cached)"
+    typer.echo(f"ember-pipeline done: stages run: {ran}; online store: {len(result['online']['views'])} views")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Runs the CLI. Bad input (a UserError or a bad option) is one line on stderr and exit status 2."""
     # typer 0.29 vendors click: its exceptions live in typer._click.

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from core.schema import Manifest, file_sha256
+from tests.project import copy_project, use_nano
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,30 +21,13 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     return proc.stdout
 
 
-def _copy_project(dst: Path) -> None:
-    """Copies the tracked and not-ignored files of the working tree (uncommitted edits included)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for rel in filter(None, (p.decode() for p in listed)):
-        src = REPO / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-
-
 @pytest.mark.slow
 def test_dvc_repro_push_then_pull_in_a_fresh_clone_restores_outputs(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DO_NOT_TRACK": "1"}
     project, remote, clone = tmp_path / "project", tmp_path / "remote", tmp_path / "clone"
     project.mkdir()
-    _copy_project(project)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["synth"].update(scale="nano", days=4, drift_day=2)
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    copy_project(project)
+    use_nano(project)
 
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     _run(["git", "init", "-q"], project, env)

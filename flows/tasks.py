@@ -1,0 +1,80 @@
+"""Prefect tasks: each calls one DVC stage or one layer function, with retries where failure can be transient."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+
+def _env() -> dict[str, str]:
+    """DVC stages call `ember`: put this interpreter's bin directory first on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+@task(timeout_seconds=3600)  # no retries: a stage fails the same way twice; store I/O below is retried
+def dvc_repro(project: Path, stage: str) -> bool:
+    """Runs one DVC stage; returns whether it did work (False when its inputs were unchanged)."""
+    proc = subprocess.run(["dvc", "repro", stage], cwd=project, env=_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        # DVC clears a stage's outputs before running it: put the last good version back from the cache, so a
+        # failed run leaves the previous artifacts in place and the next run resumes from them.
+        subprocess.run(["dvc", "checkout", stage], cwd=project, env=_env(), capture_output=True)
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
+        raise RuntimeError(f"dvc repro {stage} failed: {' | '.join(tail)}")
+    ran = f"Running stage '{stage}'" in proc.stdout
+    get_run_logger().info("stage %s: %s", stage, "ran" if ran else "up to date (cached)")
+    return ran
+
+
+@task(retries=3, retry_delay_seconds=[2, 10, 30], timeout_seconds=1800)
+def materialize_online(project: Path, online_store: str, redis: str) -> dict[str, Any]:
+    """Loads the newest feature rows into the online store (store I/O: retried with backoff).
+
+    Runs `ember features materialize` in its own process: Feast's DuckDB offline store leaves native objects that
+    only a process exit cleans up, and the flow's process must stay clean to shut its Prefect API down.
+    """
+    argv = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "features",
+        "materialize",
+        "--json",
+        "--repo",
+        str(project / "features" / "repo"),
+    ]
+    argv += ["--online-store", online_store, "--redis", redis]
+    proc = subprocess.run(argv, cwd=project, env=_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"materialize failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    get_run_logger().info("materialized %d views in %.1f s", len(result["views"]), result["seconds"])
+    return result
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], timeout_seconds=1800)
+def dvc_push(project: Path) -> None:
+    """Sends the versioned artifacts to the DVC remote."""
+    subprocess.run(["dvc", "push"], cwd=project, env=_env(), check=True, capture_output=True)
+
+
+@task
+def publish_data_metrics(project: Path) -> dict[str, Any]:
+    """Publishes the dataset metrics as a markdown artifact (rows, action rates against the oracle)."""
+    metrics = json.loads((project / "metrics" / "data.json").read_text())
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [f"| rows.{k} | {v:,} |" for k, v in metrics["rows"].items()]
+    oracle = metrics.get("oracle_mean_probability", {})
+    lines += [
+        f"| rate.{a} | {r:.4f}" + (f" (oracle {oracle[a]:.4f})" if a in oracle else "") + " |"
+        for a, r in metrics["action_rate"].items()
+    ]
+    create_markdown_artifact("\n".join(lines), key="data-metrics", description="Synthetic feed metrics")
+    return metrics

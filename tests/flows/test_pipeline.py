@@ -1,0 +1,75 @@
+"""The `ember-pipeline` flow through a real (ephemeral, test-harness) Prefect API on a nano copy of the project."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from features.online import OnlineFeatures, SqliteBackend
+from tests.project import copy_project, use_nano
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline") / "project"
+    root.mkdir()
+    copy_project(root)
+    use_nano(root)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@e"}  # fmt: skip
+    for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        subprocess.run(args, cwd=root, env=env, check=True, capture_output=True)
+    return root
+
+
+def test_pipeline_runs_every_stage_then_reruns_as_a_no_op(prefect_api: None, project: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import STAGES, ember_pipeline
+
+    first = ember_pipeline(project=str(project))
+    assert first["stages_run"] == list(STAGES)
+    assert first["rows"]["users"] == 300
+    reader = OnlineFeatures(SqliteBackend(project / "data" / "feast" / "online.db"))
+    reader.check_schema()
+    assert reader.user(1).missing == ()
+
+    second = ember_pipeline(project=str(project))
+    assert second["stages_run"] == [], "unchanged inputs must not redo any DVC stage"
+
+    import asyncio
+
+    async def artifact_keys() -> list[str]:
+        async with get_client() as client:
+            return [a.key for a in await client.read_artifacts()]
+
+    assert "data-metrics" in asyncio.run(artifact_keys())
+
+
+def test_a_failing_stage_fails_the_flow_and_names_the_stage(prefect_api: None, project: Path) -> None:
+    from flows.pipeline import ember_pipeline
+
+    ember_pipeline(project=str(project))  # a good run first (cached if the other test ran)
+    before = (project / "data" / "synth" / "manifest.json").read_bytes()
+    params = project / "params.yaml"
+    good = params.read_text()
+    params.write_text(good.replace("scale: nano", "scale: gigantic"))
+    try:
+        with pytest.raises(RuntimeError, match="dvc repro synth failed"):
+            ember_pipeline(project=str(project))
+        assert (project / "data" / "synth" / "manifest.json").read_bytes() == before, "the last good output is back"
+    finally:
+        params.write_text(good)

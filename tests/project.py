@@ -1,0 +1,33 @@
+"""A copy of the project in a temporary directory, for tests that run DVC stages or flows end to end."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def copy_project(dst: Path) -> None:
+    """Copies the tracked and not-ignored files of the working tree (uncommitted edits included)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for rel in filter(None, (p.decode() for p in listed)):
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
+def use_nano(project: Path) -> None:
+    """Switches the copy's params.yaml to the nano synthetic scale (seconds instead of a minute)."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["synth"].update(scale="nano", days=4, drift_day=2)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
