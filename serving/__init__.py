@@ -1,0 +1,1 @@
+"""Serving: the multi-stage recommendation pipeline (sources -> filters -> scorers -> selection) behind BentoML."""
