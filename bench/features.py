@@ -182,6 +182,17 @@ def training_set_row(repeats: int) -> Row:
     )
 
 
+def repo_over(root: Path, source: StoreConfig) -> Path:
+    """A copy of the Feast repo under `root` reading `source`'s offline features: its own registry and online
+    store, so a fresh materialization can be timed without touching the project's."""
+    shutil.copytree(
+        REPO / "features" / "repo", root / "features" / "repo", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (root / "data").mkdir()
+    (root / "data" / "features").symlink_to(source.data_dir / "features")
+    return root / "features" / "repo"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=1000)
@@ -202,25 +213,13 @@ def main() -> None:
 
     redis.Redis(db=13).flushdb()
     with tempfile.TemporaryDirectory(prefix="ember-bench-redis-") as tmp:
-        root = Path(tmp)
-        shutil.copytree(
-            REPO / "features" / "repo", root / "features" / "repo", ignore=shutil.ignore_patterns("__pycache__")
-        )
-        (root / "data").mkdir()
-        (root / "data" / "features").symlink_to(sqlite_cfg.data_dir / "features")
-        redis_cfg = StoreConfig(repo=root / "features" / "repo", online_store="redis", redis=REDIS)
+        redis_cfg = StoreConfig(repo=repo_over(Path(tmp), sqlite_cfg), online_store="redis", redis=REDIS)
         apply(redis_cfg)
         rows.append(materialize_row(redis_cfg, "redis"))
         rows += online_rows(redis_cfg, "redis", users, posts, author_of, args.reps)
     redis.Redis(db=13).flushdb()
     with tempfile.TemporaryDirectory(prefix="ember-bench-sqlite-") as tmp:
-        root = Path(tmp)
-        shutil.copytree(
-            REPO / "features" / "repo", root / "features" / "repo", ignore=shutil.ignore_patterns("__pycache__")
-        )
-        (root / "data").mkdir()
-        (root / "data" / "features").symlink_to(sqlite_cfg.data_dir / "features")
-        fresh = StoreConfig(repo=root / "features" / "repo")
+        fresh = StoreConfig(repo=repo_over(Path(tmp), sqlite_cfg))
         apply(fresh)
         rows.append(materialize_row(fresh, "sqlite"))
     rows.append(training_set_row(args.training_set_repeats))
