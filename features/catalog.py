@@ -101,3 +101,4 @@ POST_STATS = View(
     ),
 )
 VIEWS: dict[str, View] = {v.name: v for v in (USER_STATS, USER_HISTORY, USER_GRAPH, AUTHOR_STATS, POST_STATS)}
+SERVICES = ("retrieval_v1", "ranker_v1", "serving_graph_v1")  # the FeatureServices of features/repo/services.py

@@ -6,6 +6,7 @@ through `features.online` instead.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,8 +20,8 @@ import pyarrow.parquet as pq
 
 from core.actions import ACTION_NAMES, DWELL_TIME, prob_column
 from core.errors import UserError
-from core.io import atomic_dir
-from core.schema import Manifest, read_table
+from core.io import atomic_dir, atomic_write_text
+from core.schema import Manifest, file_sha256, read_table
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -69,7 +70,12 @@ def open_store(cfg: StoreConfig) -> FeatureStore:
 
 
 def apply(cfg: StoreConfig) -> str:
-    """Runs `feast apply` on the repo (the real CLI: it imports every .py file of the repo directory)."""
+    """Runs `feast apply` on the repo (the real CLI: it imports every .py file of the repo directory).
+
+    Also writes `data/feast/definitions.json`, the versioned description of what was applied (the catalog and a
+    hash of each definition file): DVC tracks it, not the registry database, which Feast rewrites on every
+    materialization.
+    """
     (cfg.data_dir / "feast").mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "feast"), "-c", str(cfg.repo), "-f", str(cfg.yaml), "apply"],
@@ -80,7 +86,22 @@ def apply(cfg: StoreConfig) -> str:
     if proc.returncode != 0:
         last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["(no output)"]
         raise UserError(f"{cfg.repo}: feast apply failed: {last[0]}")
+    atomic_write_text(cfg.data_dir / "feast" / "definitions.json", json.dumps(definitions(cfg), indent=2) + "\n")
     return proc.stdout
+
+
+def definitions(cfg: StoreConfig) -> dict[str, Any]:
+    """What the registry holds, deterministically: views and their typed features, and the definition files."""
+    from features.catalog import PROJECT, SERVICES, VIEWS
+
+    return {
+        "project": PROJECT,
+        "views": {
+            v.name: {"join_key": v.join_key, "features": [[f, str(d)] for f, d in v.features]} for v in VIEWS.values()
+        },
+        "feature_services": list(SERVICES),
+        "files": {p.name: file_sha256(p) for p in sorted(cfg.repo.glob("*.py")) + sorted(cfg.repo.glob("*.yaml"))},
+    }
 
 
 def offline_end(cfg: StoreConfig) -> datetime:
@@ -122,6 +143,25 @@ def materialize(cfg: StoreConfig, end: datetime | None = None, window: timedelta
         loaded.update({name: [t.isoformat(), end.isoformat()] for name, t in seen.items()})
     online_backend(cfg).mark_materialized(end.isoformat() + f"@{time.time():.3f}")  # readers drop their caches
     return {"views": loaded, "seconds": round(time.perf_counter() - start_t, 2)}
+
+
+def materialized_through(cfg: StoreConfig) -> bool:
+    """Whether the online store already holds the newest offline snapshot, for the registry as it is now.
+
+    Reads the marker `materialize` leaves in the online store (no Feast import): true when it covers the newest
+    snapshot and was written after the registry's last change (a re-applied registry needs a new materialization).
+    """
+    from features.online import FeatureStoreUnavailable
+
+    registry = cfg.data_dir / "feast" / "registry.db"
+    try:
+        stamp = online_backend(cfg).materialized_at()
+    except FeatureStoreUnavailable:
+        return False
+    if not stamp or "@" not in stamp or not registry.is_file():
+        return False
+    end, written = stamp.split("@", 1)
+    return datetime.fromisoformat(end) >= offline_end(cfg) and float(written) > registry.stat().st_mtime
 
 
 def online_backend(cfg: StoreConfig) -> Backend:

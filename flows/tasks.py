@@ -40,16 +40,13 @@ def materialize_online(project: Path, online_store: str, redis: str) -> dict[str
     Runs `ember features materialize` in its own process: Feast's DuckDB offline store leaves native objects that
     only a process exit cleans up, and the flow's process must stay clean to shut its Prefect API down.
     """
-    argv = [
-        sys.executable,
-        "-m",
-        "cli.main",
-        "features",
-        "materialize",
-        "--json",
-        "--repo",
-        str(project / "features" / "repo"),
-    ]
+    from features.store import StoreConfig, materialized_through
+
+    cfg = StoreConfig(repo=project / "features" / "repo", online_store=online_store, redis=redis)
+    if materialized_through(cfg):
+        get_run_logger().info("online store already holds the newest snapshot: nothing to materialize")
+        return {"views": {}, "seconds": 0.0, "skipped": True}
+    argv = [sys.executable, "-m", "cli.main", "features", "materialize", "--json", "--repo", str(cfg.repo)]
     argv += ["--online-store", online_store, "--redis", redis]
     proc = subprocess.run(argv, cwd=project, env=_env(), capture_output=True, text=True)
     if proc.returncode != 0:
