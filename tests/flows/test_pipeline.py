@@ -49,6 +49,7 @@ def test_pipeline_runs_every_stage_then_reruns_as_a_no_op(prefect_api: None, pro
 
     second = ember_pipeline(project=str(project))
     assert second["stages_run"] == [], "unchanged inputs must not redo any DVC stage"
+    assert second["online"].get("skipped"), "the online store already held the newest snapshot"
 
     import asyncio
 
