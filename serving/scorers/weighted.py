@@ -1,0 +1,93 @@
+"""Weighted scorer: blends per-action probabilities with signed weights into one score (x-algorithm's RankingScorer)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from core.actions import BY_NAME, DWELL_TIME, Polarity
+from core.errors import UserError
+from serving.types import Candidate, Query
+
+NEGATIVE_SCORES_OFFSET = 0.001  # x-algorithm: non-negative blends sit above it, negative ones are squeezed below it
+
+
+def _default_weights() -> dict[str, float]:
+    # x-algorithm R3 defaults (home-mixer params) mapped onto our vocabulary; they fold in base rates: a report is
+    # far rarer than a like, so its weight is far larger in magnitude.
+    return {
+        "like": 0.5,
+        "reply": 5.0,
+        "repost": 1.0,
+        "quote": 5.0,
+        "click": 0.4,
+        "share": 2.0,
+        "follow_author": 4.0,
+        "profile_click": 0.0,
+        "dwell": 0.0,
+        DWELL_TIME: 0.004,
+        "not_interested": -43.2,
+        "block_author": -31.2,
+        "mute_author": -58.8,
+        "report": -234.0,
+    }
+
+
+@dataclass(frozen=True)
+class ScoringWeights:
+    """Signed blend weights, checked when loaded: negative-feedback actions may not carry a positive weight."""
+
+    weights: dict[str, float] = field(default_factory=_default_weights)
+
+    def __post_init__(self) -> None:
+        for name, w in self.weights.items():
+            if name != DWELL_TIME and name not in BY_NAME:
+                raise UserError(f"weights.{name}: unknown action")
+            if not math.isfinite(w):
+                raise UserError(f"weights.{name}: must be finite, got {w}")
+            if name in BY_NAME and BY_NAME[name].polarity is Polarity.NEGATIVE and w > 0:
+                raise UserError(f"weights.{name}: a negative action needs a weight <= 0, got {w}")
+            if name in BY_NAME and BY_NAME[name].polarity is Polarity.POSITIVE and w < 0:
+                raise UserError(f"weights.{name}: a positive action needs a weight >= 0, got {w}")
+
+    @property
+    def positive_total(self) -> float:
+        return sum(w for w in self.weights.values() if w > 0)
+
+    @property
+    def negative_total(self) -> float:
+        return -sum(w for w in self.weights.values() if w < 0)
+
+
+def blend(actions: dict[str, float], weights: ScoringWeights) -> float:
+    """The offset weighted score: x = sum(w_i * p_i), then negative x is squeezed into [0, offset).
+
+    Args:
+        actions: per-action probability (and the expected `dwell_time` in seconds); missing actions count as 0.
+    """
+    x = sum(w * actions.get(name, 0.0) for name, w in weights.weights.items())
+    total = weights.positive_total + weights.negative_total
+    if total == 0:
+        return max(x, 0.0)
+    if x >= 0:
+        return x + NEGATIVE_SCORES_OFFSET
+    return (x + weights.negative_total) / total * NEGATIVE_SCORES_OFFSET
+
+
+@dataclass
+class WeightedScorer:
+    weights: ScoringWeights = field(default_factory=ScoringWeights)
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def enabled(self, query: Query) -> bool:
+        return True
+
+    def score(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
+        for c in candidates:
+            # Non-finite probabilities (a broken model) sink to the bottom instead of winning a slot.
+            finite = all(math.isfinite(v) for v in c.actions.values())
+            c.score = blend(c.actions, self.weights) if c.actions and finite else None
+        return candidates

@@ -1,0 +1,1 @@
+"""Selectors: order the scored candidates and keep the top of the list."""
