@@ -1,1 +1,1 @@
-"""Scorers: the ranker's per-action probabilities, their signed blend, author diversity and the out-of-network factor."""
+"""Scorers: the ranker's per-action probabilities, their signed blend, author diversity, the out-of-network factor."""
