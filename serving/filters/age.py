@@ -5,17 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from serving.component import Component
 from serving.filters import FilterResult
 from serving.types import Candidate, Query
 
 
 @dataclass
-class AgeFilter:
+class AgeFilter(Component):
     max_age: timedelta = timedelta(hours=48)  # x-algorithm MAX_POST_AGE
-    name: str = "AgeFilter"
-
-    def enabled(self, query: Query) -> bool:
-        return True
 
     def filter(self, query: Query, candidates: list[Candidate]) -> FilterResult:
         now_ms = int(query.now.timestamp() * 1000)

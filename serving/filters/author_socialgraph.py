@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from serving.component import Component
 from serving.filters import FilterResult
 from serving.types import Candidate, Query
 
 
-class AuthorSocialgraphFilter:
-    name = "AuthorSocialgraphFilter"
-
+class AuthorSocialgraphFilter(Component):
     def enabled(self, query: Query) -> bool:
         return bool(query.blocked_author_ids or query.muted_author_ids)
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
+from serving.component import Component
 from serving.filters import FilterResult
 from serving.types import Candidate, Query
 
 
-class DropDuplicatesFilter:
-    name = "DropDuplicatesFilter"
-
-    def enabled(self, query: Query) -> bool:
-        return True
-
+class DropDuplicatesFilter(Component):
     def filter(self, query: Query, candidates: list[Candidate]) -> FilterResult:
         seen: set[int] = set()
         kept: list[Candidate] = []

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from serving.component import Component
 from serving.filters import FilterResult
 from serving.types import Candidate, Query
 
 
 @dataclass
-class PreviouslySeenFilter:
+class PreviouslySeenFilter(Component):
     served: dict[int, set[int]] = field(default_factory=dict)  # user -> post ids served (from the exposure log)
-    name: str = "PreviouslySeenFilter"
-
-    def enabled(self, query: Query) -> bool:
-        return True
 
     def filter(self, query: Query, candidates: list[Candidate]) -> FilterResult:
         seen = query.seen_ids | self.served.get(query.user_id, set())

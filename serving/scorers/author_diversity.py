@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from serving.component import Component
 from serving.types import Candidate, Query
 
 
 @dataclass
-class AuthorDiversityScorer:
+class AuthorDiversityScorer(Component):
     decay: float = 0.5  # x-algorithm AuthorDiversityDecay
     floor: float = 0.25  # x-algorithm AuthorDiversityFloor: multipliers 1, 0.625, 0.4375, ... -> 0.25
-
-    @property
-    def name(self) -> str:
-        return type(self).__name__
-
-    def enabled(self, query: Query) -> bool:
-        return True
 
     def multiplier(self, k: int) -> float:
         return (1.0 - self.floor) * self.decay**k + self.floor

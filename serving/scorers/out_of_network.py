@@ -4,19 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from serving.component import Component
 from serving.types import Candidate, Query
 
 
 @dataclass
-class OutOfNetworkScorer:
+class OutOfNetworkScorer(Component):
     factor: float = 0.75  # x-algorithm OonWeightFactor
-
-    @property
-    def name(self) -> str:
-        return type(self).__name__
-
-    def enabled(self, query: Query) -> bool:
-        return True
 
     def score(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
         for c in candidates:

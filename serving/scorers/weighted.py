@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from core.actions import BY_NAME, DWELL_TIME, Polarity
 from core.errors import UserError
+from serving.component import Component
 from serving.types import Candidate, Query
 
 NEGATIVE_SCORES_OFFSET = 0.001  # x-algorithm: non-negative blends sit above it, negative ones are squeezed below it
@@ -75,15 +76,8 @@ def blend(actions: dict[str, float], weights: ScoringWeights) -> float:
 
 
 @dataclass
-class WeightedScorer:
+class WeightedScorer(Component):
     weights: ScoringWeights = field(default_factory=ScoringWeights)
-
-    @property
-    def name(self) -> str:
-        return type(self).__name__
-
-    def enabled(self, query: Query) -> bool:
-        return True
 
     def score(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
         for c in candidates:

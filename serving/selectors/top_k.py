@@ -5,19 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from serving.component import Component
 from serving.types import Candidate, Query
 
 
 @dataclass
-class TopKSelector:
+class TopKSelector(Component):
     k: int = 50  # x-algorithm TOP_K_CANDIDATES_TO_SELECT; the response is cut to query.k afterwards
-
-    @property
-    def name(self) -> str:
-        return type(self).__name__
-
-    def enabled(self, query: Query) -> bool:
-        return True
 
     def select(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
         def key(c: Candidate) -> tuple[float, int]:

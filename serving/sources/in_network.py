@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from serving.component import Component
 from serving.recent_posts import RecentPostStore
 from serving.types import Candidate, Query
 
 
 @dataclass
-class InNetworkSource:
+class InNetworkSource(Component):
     """x-algorithm's Thunder source: followees' posts of the last `max_age`, newest first.
 
     Attributes:
@@ -25,10 +26,6 @@ class InNetworkSource:
     per_author_cap: int = 50
     max_results: int = 1200
     max_followees: int = 10_000
-
-    @property
-    def name(self) -> str:
-        return type(self).__name__
 
     def enabled(self, query: Query) -> bool:
         return bool(query.followee_ids)
