@@ -26,7 +26,7 @@ def _source(name: str) -> Path:
     if not src.is_dir():
         if os.environ.get("CI"):
             pytest.fail(f"{src}: real data missing (CI must have it)")
-        pytest.skip(f"{src}: real data not present")
+        pytest.skip(f"{src}: real data not present (not CI: in CI this fails above)")
     return src
 
 
