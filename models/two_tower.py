@@ -1,0 +1,324 @@
+"""Two-tower retrieval model (Phoenix retrieval design): a transformer user tower over [user, history] tokens and an
+MLP candidate tower, both L2-normalised, scored by cosine / temperature.
+
+Inputs are plain tensors in two dataclasses, `UserFeatures` and `CandidateFeatures` (built from a training set by
+`models.data`, from online features by serving). History is right-padded: the events of a user sit in positions
+0..n-1, oldest first, and post id 0 marks padding after them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.actions import ACTIONS
+from core.io import atomic_dir
+from core.schema import N_SURFACES
+from models.layers import Block, MultiHashEmbedding, RMSNorm, Rotary, entity_seed
+
+MIN_TEMPERATURE = 0.01  # a learned temperature below this blows the logits up (CLIP caps 1/T at 100 too)
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    """Every hyperparameter of the model; written as config.json beside model.pt and used to rebuild it."""
+
+    d_model: int = 64  # D: transformer width and output embedding size
+    emb_dim: int = 32  # E: width of a hash-table row
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2  # < n_heads: grouped-query attention
+    ffn_mult: float = 4.0
+    gate: str = "geglu"  # geglu | swiglu (models.layers.GATES)
+    causal: bool = False  # Phoenix R1 retrieval is causal, R3 production bidirectional; mean pooling wants the latter
+    max_history: int = 64  # S: the newest S history events are kept
+    n_hashes: int = 2
+    hash_seed: int = 0
+    user_rows: int = 100_000  # hash-table rows per entity (row 0 is padding)
+    post_rows: int = 200_000
+    author_rows: int = 50_000
+    attribute_rows: int = 256  # per string attribute: a handful of distinct values each
+    user_attributes: tuple[str, ...] = ("country", "language", "age_bucket", "activity")  # columns user_<name>
+    post_features: tuple[str, ...] = ("post_impressions", "post_click_count", "post_like_count")  # counts, log1p
+    use_post_age: bool = True  # candidate tower sees the post-age bucket (age at request / index-build time)
+    n_actions: int = len(ACTIONS)  # bits of the history action mask read (stored: the vocabulary is append-only)
+    n_surfaces: int = N_SURFACES
+    n_time_buckets: int = 40  # half-octave log buckets of minutes (time_bucket); 0 = padding/unknown
+    temperature: float = 0.05  # initial value when learned
+    learn_temperature: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("user_attributes", "post_features"):  # JSON gives lists; keep the config hashable
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.d_model % self.n_heads or self.n_heads % self.n_kv_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(
+                f"TwoTowerConfig: need n_heads | d_model, n_kv_heads | n_heads and an even head size "
+                f"(d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads})"
+            )
+        if self.temperature < MIN_TEMPERATURE:
+            raise ValueError(f"TwoTowerConfig: temperature={self.temperature} < {MIN_TEMPERATURE}")
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # Tests and `make demo`: trains on CPU in seconds.
+        "nano": dict(
+            d_model=32,
+            emb_dim=16,
+            n_layers=1,
+            n_heads=2,
+            n_kv_heads=1,
+            max_history=16,
+            user_rows=2_048,
+            post_rows=4_096,
+            author_rows=1_024,
+            attribute_rows=64,
+        ),  # fmt: skip
+        "small": {},  # the defaults: the synthetic `small` scale (~10k users, 100k posts)
+        # Phoenix R1 retrieval shape (D128, history 128), wider layers and tables.
+        "base": dict(
+            d_model=128,
+            emb_dim=64,
+            n_layers=4,
+            n_heads=4,
+            n_kv_heads=2,
+            max_history=128,
+            user_rows=500_000,
+            post_rows=1_000_000,
+            author_rows=200_000,
+            attribute_rows=1_024,
+        ),  # fmt: skip
+    }
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> Self:
+        """A named preset (nano | small | base) with optional field overrides."""
+        if name not in cls.PRESETS:
+            raise ValueError(f"TwoTowerConfig: unknown preset {name!r} (choose from {', '.join(cls.PRESETS)})")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        body = json.loads(text)
+        unknown = set(body) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"TwoTowerConfig: unknown keys {sorted(unknown)}")
+        return cls(**body)
+
+
+class _Tensors:
+    """Row-wise helpers for the tensor dataclasses below: every field is a tensor with the row dimension first."""
+
+    def to(self, device: torch.device | str) -> Self:
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})  # type: ignore[arg-type,type-var]
+
+    def rows(self, idx: torch.Tensor | slice) -> Self:
+        """The rows `idx` (a LongTensor of positions or a slice)."""
+        return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)})  # type: ignore[arg-type,type-var]
+
+    def __len__(self) -> int:
+        return len(getattr(self, fields(self)[0].name))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class UserFeatures(_Tensors):
+    """What the user tower reads for B requests (S = max_history, A = len(user_attributes))."""
+
+    user_ids: torch.Tensor  # (B,) int64
+    attribute_ids: torch.Tensor  # (B, A) int64: models.layers.string_id of each attribute, 0 = missing
+    hist_post_ids: torch.Tensor  # (B, S) int64, right-padded with 0
+    hist_author_ids: torch.Tensor  # (B, S) int64
+    hist_actions: torch.Tensor  # (B, S) int64 bitmask over core.actions
+    hist_surfaces: torch.Tensor  # (B, S) int64 in [0, n_surfaces)
+    hist_gap_ms: torch.Tensor  # (B, S) int64: request time - event time, >= 0
+
+
+@dataclass(frozen=True)
+class CandidateFeatures(_Tensors):
+    """What the candidate tower reads for N posts (F = len(post_features))."""
+
+    post_ids: torch.Tensor  # (N,) int64
+    author_ids: torch.Tensor  # (N,) int64
+    dense: torch.Tensor  # (N, F) float32 raw counts (log1p is applied in the tower)
+    age_ms: torch.Tensor  # (N,) int64 post age at request time, -1 = unknown
+
+
+def time_bucket(ms: torch.Tensor, n_buckets: int) -> torch.Tensor:
+    """Half-octave log buckets of a duration: 1 + floor(2 log2(1 + minutes)), capped at n_buckets - 1.
+
+    Bucket k >= 1 starts at 2^((k - 1) / 2) - 1 minutes: 1 is under 25 s, 2 to 1 min, 3 to 1.8 min, 4 to 3 min,
+    ..., 21 from ~17 h, 25 from ~2.8 days, 39 from ~1 year. Fine where recency matters (minutes), coarse where it
+    does not (weeks). A negative duration means unknown and gets bucket 0 (the padding row).
+
+    Args:
+        ms: (...) int64 milliseconds.
+
+    Returns:
+        (...) int64 in [0, n_buckets).
+    """
+    minutes = ms.clamp(min=0).double() / 60_000.0
+    bucket = (1 + torch.floor(2 * torch.log2(1 + minutes))).long().clamp(max=n_buckets - 1)
+    return torch.where(ms < 0, torch.zeros_like(bucket), bucket)
+
+
+class UserTower(nn.Module):
+    """Transformer over [user token, history tokens], mean-pooled over valid positions, L2-normalised."""
+
+    action_bits: torch.Tensor  # (n_actions,) 0, 1, 2, ...
+
+    def __init__(self, cfg: TwoTowerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        E, D, H = cfg.emb_dim, cfg.d_model, cfg.n_hashes
+        self.user_emb = MultiHashEmbedding(cfg.user_rows, E, H, entity_seed(cfg.hash_seed, "user"))
+        self.attribute_emb = nn.ModuleList(
+            MultiHashEmbedding(cfg.attribute_rows, D, H, entity_seed(cfg.hash_seed, f"user_{a}"))
+            for a in cfg.user_attributes
+        )
+        self.user_proj = nn.Linear(H * E, D, bias=False)
+        self.action_proj = nn.Linear(cfg.n_actions, E, bias=False)
+        self.surface_emb = nn.Embedding(cfg.n_surfaces, E)
+        self.history_proj = nn.Linear(2 * H * E + 2 * E, D, bias=False)  # post rows, author rows, action, surface
+        self.gap_emb = nn.Embedding(cfg.n_time_buckets, D, padding_idx=0)
+        self.rotary = Rotary(D // cfg.n_heads, 1 + cfg.max_history)
+        self.blocks = nn.ModuleList(
+            Block(D, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_mult, cfg.gate) for _ in range(cfg.n_layers)
+        )
+        self.norm = RMSNorm(D)
+        self.register_buffer("action_bits", torch.arange(cfg.n_actions), persistent=False)
+
+    def history_tokens(self, x: UserFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor) -> torch.Tensor:
+        """(B, S, D) history tokens, zero at padding positions."""
+        valid = x.hist_post_ids != 0  # (B, S)
+        bits = (x.hist_actions.unsqueeze(-1) >> self.action_bits) & 1  # (B, S, n_actions)
+        # Phoenix's signed multi-hot: +1 for an action taken, -1 for one not taken; all zero with no action at all.
+        signed = (2 * bits - 1).float() * (x.hist_actions != 0).unsqueeze(-1)  # (B, S, n_actions)
+        surface = self.surface_emb(x.hist_surfaces.clamp(0, self.cfg.n_surfaces - 1))  # (B, S, E)
+        tokens = torch.cat([post_rows.flatten(-2), author_rows.flatten(-2), self.action_proj(signed), surface], -1)
+        gap = torch.where(valid, time_bucket(x.hist_gap_ms, self.cfg.n_time_buckets), 0)  # (B, S)
+        return (self.history_proj(tokens) + self.gap_emb(gap)) * valid.unsqueeze(-1)  # (B, S, D)
+
+    def user_token(self, x: UserFeatures) -> torch.Tensor:
+        """(B, D): projected user hash rows plus the summed attribute embeddings."""
+        token = self.user_proj(self.user_emb(x.user_ids).flatten(-2))  # (B, D)
+        for k, emb in enumerate(self.attribute_emb):
+            token = token + emb(x.attribute_ids[:, k]).sum(-2)  # (B, H, D) -> (B, D)
+        return token
+
+    def forward(self, x: UserFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor) -> torch.Tensor:
+        """User embeddings.
+
+        Args:
+            x: B requests.
+            post_rows, author_rows: (B, S, n_hashes, E) hash rows of the history posts and authors (the tables are
+                shared with the candidate tower, so the caller looks them up).
+
+        Returns:
+            (B, D) float32, unit L2 norm.
+        """
+        B, S = x.hist_post_ids.shape
+        h = torch.cat([self.user_token(x).unsqueeze(1), self.history_tokens(x, post_rows, author_rows)], 1)  # (B,T,D)
+        # The user token is always valid, so no query row is fully masked (no NaN from softmax).
+        valid = torch.cat([torch.ones_like(x.hist_post_ids[:, :1], dtype=torch.bool), x.hist_post_ids != 0], 1)
+        mask = valid[:, None, None, :]  # (B, 1, 1, T): keys
+        if self.cfg.causal:
+            mask = mask & torch.ones(S + 1, S + 1, dtype=torch.bool, device=h.device).tril()  # (B, 1, T, T)
+        cos, sin = self.rotary(S + 1)
+        for block in self.blocks:
+            h = block(h, cos, sin, mask)
+        h = self.norm(h).float()  # (B, T, D)
+        w = valid.unsqueeze(-1).float()  # (B, T, 1)
+        pooled = (h * w).sum(1) / w.sum(1)  # (B, D)
+        return F.normalize(pooled, dim=-1, eps=1e-12)
+
+
+class CandidateTower(nn.Module):
+    """Linear -> SiLU -> Linear over post and author hash rows (+ log1p counts, post-age bucket), L2-normalised."""
+
+    def __init__(self, cfg: TwoTowerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        E, D, H = cfg.emb_dim, cfg.d_model, cfg.n_hashes
+        self.age_emb = nn.Embedding(cfg.n_time_buckets, E, padding_idx=0) if cfg.use_post_age else None
+        n_in = 2 * H * E + len(cfg.post_features) + (E if cfg.use_post_age else 0)
+        self.mlp = nn.Sequential(nn.Linear(n_in, 2 * D, bias=False), nn.SiLU(), nn.Linear(2 * D, D, bias=False))
+
+    def forward(self, x: CandidateFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor) -> torch.Tensor:
+        """Candidate embeddings.
+
+        Args:
+            x: N posts.
+            post_rows, author_rows: (N, n_hashes, E) hash rows.
+
+        Returns:
+            (N, D) float32, unit L2 norm.
+        """
+        parts = [post_rows.flatten(-2), author_rows.flatten(-2), torch.log1p(x.dense.float().clamp(min=0))]
+        if self.age_emb is not None:
+            parts.append(self.age_emb(time_bucket(x.age_ms, self.cfg.n_time_buckets)))  # (N, E)
+        return F.normalize(self.mlp(torch.cat(parts, -1)).float(), dim=-1, eps=1e-12)  # (N, D)
+
+
+class TwoTower(nn.Module):
+    """The retrieval model: returns embeddings only; the loss lives in models.train_retrieval."""
+
+    def __init__(self, cfg: TwoTowerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # One post and one author table serve both towers: a post in a history and the same post as a candidate
+        # read the same rows.
+        self.post_emb = MultiHashEmbedding(cfg.post_rows, cfg.emb_dim, cfg.n_hashes, entity_seed(cfg.hash_seed, "post"))
+        self.author_emb = MultiHashEmbedding(
+            cfg.author_rows, cfg.emb_dim, cfg.n_hashes, entity_seed(cfg.hash_seed, "author")
+        )
+        self.user_tower = UserTower(cfg)
+        self.candidate_tower = CandidateTower(cfg)
+        log_t = torch.tensor(math.log(cfg.temperature))
+        if cfg.learn_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """() float: the softmax temperature T (score = cos / T)."""
+        return self.log_temperature.exp().clamp(min=MIN_TEMPERATURE)
+
+    def user_embedding(self, x: UserFeatures) -> torch.Tensor:
+        """(B, D) unit-norm user embeddings."""
+        return self.user_tower(x, self.post_emb(x.hist_post_ids), self.author_emb(x.hist_author_ids))
+
+    def candidate_embedding(self, x: CandidateFeatures) -> torch.Tensor:
+        """(N, D) unit-norm candidate embeddings (what the ANN index stores)."""
+        return self.candidate_tower(x, self.post_emb(x.post_ids), self.author_emb(x.author_ids))
+
+    def forward(self, user: UserFeatures, candidate: CandidateFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) user and (N, D) candidate embeddings."""
+        return self.user_embedding(user), self.candidate_embedding(candidate)
+
+    def score(self, user_emb: torch.Tensor, candidate_emb: torch.Tensor) -> torch.Tensor:
+        """Logits cos / T: user_emb (B, D), candidate_emb (N, D) -> (B, N)."""
+        return user_emb @ candidate_emb.T / self.temperature
+
+
+def save(model: TwoTower, path: Path) -> None:
+    """Writes `path/model.pt` (state_dict) and `path/config.json`, atomically (the directory is replaced)."""
+    with atomic_dir(Path(path)) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model.pt")
+        (tmp / "config.json").write_text(model.cfg.to_json())
+
+
+def load_two_tower(path: Path, map_location: str | torch.device = "cpu") -> TwoTower:
+    """Rebuilds the model from `path/config.json` and loads `path/model.pt` (weights_only: no pickled code)."""
+    path = Path(path)
+    model = TwoTower(TwoTowerConfig.from_json((path / "config.json").read_text()))
+    model.load_state_dict(torch.load(path / "model.pt", map_location=map_location, weights_only=True))
+    return model.eval()
