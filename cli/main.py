@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from cli import data, features
+from cli import data, features, models
 
 app = typer.Typer(
     name="ember",
@@ -18,6 +18,9 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(features.app, name="features")
+app.add_typer(models.train_app, name="train")
+app.add_typer(models.evaluate_app, name="evaluate")
+app.add_typer(models.index_app, name="index")
 
 
 @app.command("run")

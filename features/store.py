@@ -198,6 +198,8 @@ def training_set(
     if imp.empty:
         raise UserError(f"--start/--end: no impressions of {dataset} in [{start.isoformat()}, {end.isoformat()})")
     entity_df = imp.rename(columns={"ts": "event_timestamp"}).reset_index(drop=True)
+    if not (cfg.data_dir / "feast" / "registry.db").exists():
+        apply(cfg)  # a fresh clone has the versioned definitions (DVC) but not the registry database (state)
     store = open_store(cfg)
     service = store.get_feature_service(FEATURE_SERVICES[model])
     frame = store.get_historical_features(entity_df=entity_df, features=service).to_df()

@@ -4,6 +4,9 @@ AdamW, early stopping on full-corpus validation Recall@K, resumable checkpoints.
 Positives are the rows of a retrieval training set (clicked impressions). The other positives of a batch are its
 negatives; since popular posts show up in batches more often, each in-batch logit is corrected by subtracting the
 log of the post's expected count in the batch (Yi et al. 2019, "Sampling-bias-corrected neural modeling").
+
+Launched by torchrun (WORLD_SIZE > 1), `train` runs data-parallel (DistributedDataParallel): see `distributed_context`
+and `_rank_batches` for how the work is split and which rank writes what.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,8 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from core.errors import UserError
 from models.data import RetrievalBatch, RetrievalDataset, candidate_features, epoch_ms
@@ -225,14 +230,92 @@ def _optimizer(model: TwoTower, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a data-parallel run; the default (world_size 1) is a plain single-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # distributed_context() initialised the process group, so train() destroys it
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only rank that evaluates, logs and writes files."""
+        return self.rank == 0
+
+
+def distributed_context() -> DistContext:
+    """Joins the process group of a torchrun launch (env WORLD_SIZE > 1, RANK, LOCAL_RANK), creating it unless the
+    caller already did: backend nccl with CUDA, gloo without. Anything else is a single-process run."""
+    if dist.is_available() and dist.is_initialized():
+        rank, world, owns = dist.get_rank(), dist.get_world_size(), False
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world, owns = dist.get_rank(), dist.get_world_size(), True
+    else:
+        return DistContext()
+    ctx = DistContext(rank, world, int(os.environ.get("LOCAL_RANK", "0")), owns)
+    if ctx.distributed and torch.cuda.is_available():
+        torch.cuda.set_device(ctx.local_rank)
+    return ctx
+
+
+def _device(ctx: DistContext) -> torch.device:
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", ctx.local_rank) if ctx.distributed else torch.device("cuda")
+
+
+def _rank_batches(n: int, batch_size: int, generator: torch.Generator, ctx: DistContext) -> list[torch.Tensor]:
+    """This rank's row positions for each step of a data-parallel epoch.
+
+    One seeded permutation of the rows (the same on every rank: same generator, same state) is cut into whole
+    batches; rank r takes batches r, r + W, r + 2W, ... Batches past the last whole round of W, and the rows of an
+    incomplete batch, are dropped, so every rank runs the same number of steps on exactly `batch_size` rows (the
+    dropped rows change with every epoch's permutation).
+    """
+    steps = n // batch_size // ctx.world_size
+    if steps == 0:
+        raise UserError(
+            f"train: {n} training rows make no batch of {batch_size} for each of {ctx.world_size} ranks; "
+            f"lower batch_size"
+        )
+    batches = torch.randperm(n, generator=generator)[: steps * ctx.world_size * batch_size].split(batch_size)
+    return list(batches[ctx.rank :: ctx.world_size])
 
 
 def _write_checkpoint(path: Path, body: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(body, tmp)
     os.replace(tmp, path)
+
+
+def _epoch_entry(
+    ctx: DistContext, epoch: int, losses: list[float], t0: float, evaluate_model: Callable[[], dict[str, float]]
+) -> dict[str, Any]:
+    """The epoch's history entry: epoch, train_loss, seconds (since t0, evaluation included) and the metrics.
+
+    Data-parallel: train_loss averages all ranks' steps; rank 0 alone evaluates and broadcasts the entry, from which
+    every rank then makes the same best-epoch and early-stopping decision.
+    """
+    if not ctx.distributed:
+        metrics = evaluate_model()
+        return {"epoch": epoch, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, **metrics}
+    device = torch.device("cuda", ctx.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    entry: list[Any] = [None]
+    if ctx.is_main:
+        metrics = evaluate_model()
+        train_loss, seconds = float(total[0] / total[1]), time.perf_counter() - t0
+        entry[0] = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds, **metrics}
+    dist.broadcast_object_list(entry, src=0, device=device)
+    return dict(entry[0])
 
 
 def train(
@@ -259,14 +342,44 @@ def train(
         evaluate_fn: replaces `evaluate` (tests).
         log: receives one line per epoch.
 
+    Data-parallel (launched by torchrun, see `distributed_context`): every rank builds the same seeded model, loads
+    the checkpoint when resuming and trains its share of each epoch's batches (`_rank_batches`) with gradients
+    averaged by DistributedDataParallel; all ranks draw the same uniform negatives at each step (the same seeded
+    generator). Rank 0 alone evaluates, logs and writes `out`; it broadcasts each epoch's history entry, from which
+    every rank makes the same best-epoch and early-stopping decision. `train_loss` is the mean over all ranks' steps;
+    `step_losses` are this rank's own.
+
     Returns:
-        the best epoch's model, its metrics and the per-epoch history.
+        the best epoch's model, its metrics and the per-epoch history (the same on every rank).
     """
     tc = train_cfg or TrainConfig()
     if len(train_df) == 0 or len(valid_df) == 0 or len(corpus_df) == 0:
         raise UserError(f"train: empty input (train {len(train_df)}, valid {len(valid_df)}, corpus {len(corpus_df)})")
+    ctx = distributed_context()
+    try:
+        result = _train(ctx, config, train_df, valid_df, corpus_df, tc, out, resume, evaluate_fn, log)
+        if ctx.distributed:
+            dist.barrier()  # rank 0's last writes are done before any rank returns
+        return result
+    finally:
+        if ctx.owns_group:
+            dist.destroy_process_group()
+
+
+def _train(
+    ctx: DistContext,
+    config: TwoTowerConfig,
+    train_df: pd.DataFrame,
+    valid_df: pd.DataFrame,
+    corpus_df: pd.DataFrame,
+    tc: TrainConfig,
+    out: Path | None,
+    resume: bool,
+    evaluate_fn: Callable[[TwoTower, RetrievalDataset, CandidateFeatures], dict[str, float]] | None,
+    log: Callable[[str], None] | None,
+) -> TrainResult:
     torch.manual_seed(tc.seed)
-    device = _device()
+    device = _device(ctx)
     model = TwoTower(config).to(device)
     optimizer = _optimizer(model, tc)
 
@@ -275,7 +388,7 @@ def train(
         valid_df = valid_df.sample(tc.max_eval_rows, random_state=tc.seed).sort_index()
     valid_ds = RetrievalDataset(valid_df, config)
     corpus = candidate_features(corpus_df, config, now_ms=int(epoch_ms(valid_df["event_timestamp"]).max()))
-    task = TwoTowerTrainTask(model, corpus, tc.n_negatives, tc.logq_correction)
+    task: nn.Module = TwoTowerTrainTask(model, corpus, tc.n_negatives, tc.logq_correction)
     evaluate_fn = evaluate_fn or (lambda m, q, c: evaluate(m, q, c, tc.eval_batch_size))
 
     start_epoch, best_epoch, best_metric, bad_epochs = 1, 0, -math.inf, 0
@@ -294,9 +407,11 @@ def train(
         start_epoch, best_epoch, best_metric = ckpt["epoch"] + 1, ckpt["best_epoch"], ckpt["best_metric"]
         bad_epochs, history = ckpt["bad_epochs"], ckpt["history"]
         best_state = load_two_tower(ckpt_path.parent / "best").state_dict()
-    elif out is not None:
+    elif out is not None and ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(config.to_json())
+    if ctx.distributed:  # after resuming: every rank starts from the same weights and optimizer state
+        task = DistributedDataParallel(task, device_ids=[ctx.local_rank] if device.type == "cuda" else None)
 
     step_losses: list[float] = []
     for epoch in range(start_epoch, tc.epochs + 1):
@@ -306,7 +421,12 @@ def train(
         generator = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
         model.train()
         t0, losses = time.perf_counter(), []
-        for batch in train_ds.loader(tc.batch_size, shuffle=True, generator=generator):
+        batches: Iterable[RetrievalBatch]
+        if ctx.distributed:
+            batches = (train_ds[rows] for rows in _rank_batches(len(train_ds), tc.batch_size, generator, ctx))
+        else:
+            batches = train_ds.loader(tc.batch_size, shuffle=True, generator=generator)
+        for batch in batches:
             with _autocast(device):
                 loss = task(batch.to(device), generator)
             optimizer.zero_grad(set_to_none=True)
@@ -315,19 +435,18 @@ def train(
             optimizer.step()
             losses.append(loss.item())
         step_losses += losses
-        metrics = evaluate_fn(model, valid_ds, corpus)
-        entry = {"epoch": epoch, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, **metrics}
+        entry = _epoch_entry(ctx, epoch, losses, t0, lambda: evaluate_fn(model, valid_ds, corpus))
         history.append(entry)
-        if metrics[f"recall@{tc.select_k}"] > best_metric:
-            best_epoch, best_metric, bad_epochs = epoch, metrics[f"recall@{tc.select_k}"], 0
+        if entry[f"recall@{tc.select_k}"] > best_metric:
+            best_epoch, best_metric, bad_epochs = epoch, entry[f"recall@{tc.select_k}"], 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if out is not None:
+            if out is not None and ctx.is_main:
                 save(model, out / "best")
         else:
             bad_epochs += 1
-        if log is not None:
+        if log is not None and ctx.is_main:
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
-        if ckpt_path is not None:
+        if ckpt_path is not None and ctx.is_main:
             body = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
             body |= {"best_epoch": best_epoch, "best_metric": best_metric, "bad_epochs": bad_epochs}
             body |= {"history": history, "train_config": json.dumps(asdict(tc))}

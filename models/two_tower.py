@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.actions import ACTIONS
+from core.errors import UserError
 from core.io import atomic_dir
 from core.schema import N_SURFACES
 from models.layers import Block, MultiHashEmbedding, RMSNorm, Rotary, entity_seed
@@ -319,6 +321,16 @@ def save(model: TwoTower, path: Path) -> None:
 def load_two_tower(path: Path, map_location: str | torch.device = "cpu") -> TwoTower:
     """Rebuilds the model from `path/config.json` and loads `path/model.pt` (weights_only: no pickled code)."""
     path = Path(path)
-    model = TwoTower(TwoTowerConfig.from_json((path / "config.json").read_text()))
-    model.load_state_dict(torch.load(path / "model.pt", map_location=map_location, weights_only=True))
+    for name in ("config.json", "model.pt"):
+        if not (path / name).is_file():
+            raise UserError(f"{path}: not a saved two-tower model (no {name})")
+    try:
+        model = TwoTower(TwoTowerConfig.from_json((path / "config.json").read_text()))
+    except (ValueError, TypeError) as err:  # unknown or invalid keys: written by other code than this
+        raise UserError(f"{path / 'config.json'}: does not match this code's TwoTowerConfig: {err}") from None
+    try:
+        model.load_state_dict(torch.load(path / "model.pt", map_location=map_location, weights_only=True))
+    except (RuntimeError, pickle.UnpicklingError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{path / 'model.pt'}: weights do not match {path / 'config.json'}: {first}") from None
     return model.eval()

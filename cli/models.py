@@ -1,0 +1,100 @@
+"""`ember train ...`, `ember evaluate ...`, `ember index ...`: model training, offline evaluation, ANN indexes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+train_app = typer.Typer(help="Train models on point-in-time training sets.", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Offline evaluation against baselines on one split.", no_args_is_help=True)
+index_app = typer.Typer(help="ANN indexes over candidate-tower embeddings.", no_args_is_help=True)
+
+SET = typer.Option(
+    [], "--set", help="Override a config field: model.<field>=<value> or train.<field>=<value> (repeatable)."
+)
+
+
+def _overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    from models.config_overrides import split_overrides
+
+    return split_overrides(items)
+
+
+@train_app.command("retrieval")
+def train_retrieval_cmd(
+    training_set: Path = typer.Option(
+        Path("data/training/retrieval"),
+        "--training-set",
+        help="Retrieval training set (`ember features training-set`).",
+    ),
+    out: Path = typer.Option(Path("artifacts/retrieval"), "--out", help="Model directory (best/, checkpoint.pt)."),
+    preset: str = typer.Option("small", "--preset", help="Model size: nano, small or base."),
+    valid_fraction: float = typer.Option(0.2, "--valid-fraction", help="Newest share of rows used for validation."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
+    metrics_out: Path | None = typer.Option(None, "--metrics", help="Also write the metrics JSON here (DVC)."),
+    overrides: list[str] = SET,
+) -> None:
+    """Train the two-tower retrieval model (early stopping on validation Recall@K)."""
+    from models.retrieval_job import train_retrieval
+
+    sets = _overrides(overrides)
+    metrics = train_retrieval(
+        training_set, out, preset, sets["model"], sets["train"], valid_fraction, resume, log=typer.echo
+    )
+    if metrics_out is not None:
+        from core.io import atomic_write_text
+
+        atomic_write_text(metrics_out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    shown = ", ".join(f"{k}={metrics[k]}" for k in ("recall@10", "recall@200", "ndcg@10", "best_epoch", "seconds"))
+    typer.echo(f"wrote {out}: {shown}")
+
+
+@index_app.command("build")
+def index_build_cmd(
+    model: Path = typer.Option(Path("artifacts/retrieval/best"), "--model", help="Saved two-tower directory."),
+    features: Path = typer.Option(Path("data/features"), "--features", help="Offline features (post_stats)."),
+    training_set: Path = typer.Option(
+        Path("data/training/retrieval"), "--training-set", help="Training set: build time and held-out users."
+    ),
+    out: Path = typer.Option(Path("artifacts/index"), "--out", help="Index directory (replaced atomically)."),
+    min_recall: float = typer.Option(0.95, "--min-recall", min=0.0, max=1.0, help="Recall@100 gate vs exact."),
+    exact_below: int = typer.Option(50_000, "--exact-below", min=1, help="Exact search below this many posts."),
+) -> None:
+    """Embed every post with the candidate tower into faiss; refuse to publish below the recall gate."""
+    from models.index import IndexConfig
+    from models.retrieval_job import build_retrieval_index
+
+    meta = build_retrieval_index(
+        model, features, training_set, out, IndexConfig(exact_below=exact_below, min_recall=min_recall)
+    )
+    typer.echo(
+        f"wrote {out}: {meta['kind']} index of {meta['n_items']:,} posts, Recall@100 vs exact {meta['recall_at_100']}"
+        f", model {meta['model']}"
+    )
+
+
+@evaluate_app.command("retrieval")
+def evaluate_retrieval_cmd(
+    data: Path = typer.Option(Path("data/movielens"), "--data", help="Canonical dataset to evaluate on."),
+    protocol: str = typer.Option("leave-one-out", "--protocol", help="leave-one-out or temporal."),
+    out: Path = typer.Option(Path("metrics/retrieval_eval.json"), "--out", help="Metrics JSON (all models)."),
+    preset: str = typer.Option("nano", "--preset", help="Two-tower and SASRec size."),
+    budget_s: float = typer.Option(60.0, "--budget-s", min=1.0, help="Training budget per trained model, seconds."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every trained model."),
+    overrides: list[str] = SET,
+) -> None:
+    """Two-tower vs most-popular, item-kNN and SASRec on the same split, full ranking, seen items filtered."""
+    from core.io import atomic_write_text
+    from models.evaluate_retrieval import evaluate_retrieval
+
+    sets = _overrides(overrides)
+    report = evaluate_retrieval(data, protocol, preset, budget_s, seed, sets["model"], sets["train"], log=typer.echo)
+    atomic_write_text(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    for name, row in report["models"].items():
+        typer.echo(
+            f"{name:>12}: NDCG@10 {row['ndcg@10']:.4f}  Recall@10 {row['recall@10']:.4f}  "
+            f"Recall@200 {row['recall@200']:.4f}  ({row.get('seconds', 0):.1f} s)"
+        )
+    typer.echo(f"wrote {out}")

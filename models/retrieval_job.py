@@ -1,0 +1,176 @@
+"""The retrieval jobs that `ember train retrieval`, `ember index build`, the DVC stages and the Prefect flow all call.
+
+training set (features.store.training_set, retrieval rows)
+    -> train_retrieval: temporal split, two-tower training, out/best/{model.pt,config.json}, out/metrics.json
+    -> build_retrieval_index: every post of the dataset embedded by the candidate tower (post features as of the
+       index-build time), faiss index checked against exact search on held-out users, out/index.faiss
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.errors import UserError
+from core.io import atomic_write_text
+from models.config_overrides import coerce
+from models.index import IndexConfig
+from models.two_tower import TwoTowerConfig
+
+TRAINING_SET_FILE = "training_set.parquet"
+
+
+def read_training_set(path: Path) -> pd.DataFrame:
+    """A training set written by `ember features training-set` (the directory or its parquet file)."""
+    path = Path(path)
+    file = path / TRAINING_SET_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise UserError(f"{path}: no training set (expected {file}; run `ember features training-set`)")
+    return pd.read_parquet(file)
+
+
+def model_config(preset: str, overrides: dict[str, Any]) -> TwoTowerConfig:
+    """The preset with overrides; an invalid combination is a UserError naming the config."""
+    try:
+        return TwoTowerConfig.preset(preset, **coerce(TwoTowerConfig, overrides, prefix="model"))
+    except (ValueError, TypeError) as err:
+        raise UserError(str(err)) from None
+
+
+def train_retrieval(
+    training_set: Path,
+    out: Path,
+    preset: str = "small",
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    valid_fraction: float = 0.2,
+    resume: bool = False,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Trains the two-tower on a retrieval training set; returns (and writes to out/metrics.json) its metrics.
+
+    The last `valid_fraction` of the rows by time is the validation window (early stopping and the reported
+    metrics); the corpus is every post clicked in either window. `out` holds `checkpoint.pt` (resumable, rewritten
+    atomically each epoch), `config.json`, `best/` (the model to serve) and `metrics.json` (written last: its
+    presence means the run finished).
+    """
+    from models.data import corpus_from_rows, temporal_split
+    from models.train_retrieval import TrainConfig, train
+
+    cfg = model_config(preset, model_overrides or {})
+    tc = TrainConfig(**coerce(TrainConfig, train_overrides or {}, prefix="train"))
+    df = read_training_set(training_set)
+    if df.empty:
+        raise UserError(f"{training_set}: empty training window (0 rows)")
+    train_df, valid_df = temporal_split(df, valid_fraction)
+    if train_df.empty or valid_df.empty:
+        raise UserError(f"{training_set}: the temporal split left train {len(train_df)} / valid {len(valid_df)} rows")
+    out = Path(out)
+    if not resume:
+        for stale in ("metrics.json", "checkpoint.pt", "config.json", "best"):
+            target = out / stale
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)
+    corpus = corpus_from_rows(train_df, valid_df)
+    start = time.perf_counter()
+    result = train(cfg, train_df, valid_df, corpus, tc, out=out, resume=resume, log=log)
+    seconds = time.perf_counter() - start
+    steps = sum(int(np.ceil(len(train_df) / tc.batch_size)) for _ in result.history)
+    metrics = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        **{k: round(v, 5) for k, v in result.best_metrics.items()},
+        "train_rows": len(train_df),
+        "valid_rows": len(valid_df),
+        "corpus": len(corpus),
+        "seconds": round(seconds, 2),
+        "train_examples_per_s": round(len(train_df) * len(result.history) / sum(h["seconds"] for h in result.history)),
+        "steps": steps,
+        "preset": preset,
+        "train_config": asdict(tc),
+    }
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
+
+
+def model_version(model_dir: Path) -> str:
+    """Content hash of a saved model (weights and config): what the index and the serving logs name."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.pt"):
+        digest.update((Path(model_dir) / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def post_corpus(features: Path, as_of_ms: int | None = None) -> pd.DataFrame:
+    """One row per post with the columns the candidate tower reads, from the newest post_stats row at or before
+    `as_of_ms` (None: the newest of all).
+
+    Returns:
+        post_id, author_id, post_created_at_ms and every post_* count, sorted by post_id.
+    """
+    import duckdb
+
+    source = Path(features) / "post_stats.parquet"
+    if not source.exists():
+        raise UserError(f"{features}: no post_stats.parquet (run `ember features build`)")
+    where = "" if as_of_ms is None else f"WHERE epoch_ms(event_timestamp::TIMESTAMPTZ) <= {int(as_of_ms)}"
+    pattern = f"{source}/**/*.parquet" if source.is_dir() else str(source)
+    con = duckdb.connect()
+    try:
+        frame = con.execute(
+            f"""SELECT * EXCLUDE (rn) FROM (
+                    SELECT *, row_number() OVER (PARTITION BY post_id ORDER BY event_timestamp DESC) AS rn
+                    FROM read_parquet('{pattern}', union_by_name = true) {where})
+                WHERE rn = 1 ORDER BY post_id"""
+        ).df()
+    finally:
+        con.close()
+    if frame.empty:
+        raise UserError(f"{source}: no post rows at or before {as_of_ms}")
+    return frame.rename(columns={"post_author_id": "author_id"}).reset_index(drop=True)
+
+
+def build_retrieval_index(
+    model_dir: Path,
+    features: Path,
+    training_set: Path,
+    out: Path,
+    index_cfg: IndexConfig | None = None,
+    valid_fraction: float = 0.2,
+    max_queries: int = 2_000,
+) -> dict[str, Any]:
+    """Embeds every post with the candidate tower and publishes a faiss index (models.index.publish).
+
+    Post features and ages are taken as of the newest training-set time (the index-build time); the recall gate's
+    queries are the user embeddings of the training set's validation window (users the index was never tuned on).
+    """
+    import torch
+
+    from models.data import candidate_features, epoch_ms, temporal_split, user_features
+    from models.index import publish
+    from models.train_retrieval import embed_corpus
+    from models.two_tower import load_two_tower
+
+    model = load_two_tower(Path(model_dir))
+    df = read_training_set(training_set)
+    if df.empty:
+        raise UserError(f"{training_set}: empty training window (0 rows)")
+    now_ms = int(epoch_ms(df["event_timestamp"]).max())
+    corpus_df = post_corpus(features, now_ms)
+    corpus = candidate_features(corpus_df, model.cfg, now_ms=now_ms)
+    item_emb = embed_corpus(model, corpus).cpu().numpy()
+    _, valid_df = temporal_split(df, valid_fraction)
+    valid_df = valid_df.sample(min(max_queries, len(valid_df)), random_state=0) if len(valid_df) else df.tail(1)
+    with torch.inference_mode():
+        queries = model.user_embedding(user_features(valid_df, model.cfg)).cpu().numpy()
+    return publish(
+        Path(out), corpus.post_ids.numpy(), item_emb, queries, index_cfg or IndexConfig(), model_version(model_dir)
+    )
