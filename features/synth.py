@@ -462,6 +462,32 @@ def _in_network_posts(
     return post, has & same & fresh
 
 
+def relevance(world: World, user: np.ndarray, post: np.ndarray, t: np.ndarray, in_network: np.ndarray) -> np.ndarray:
+    """The true relevance r of each (user, post) pair at time t (seconds from EPOCH), all arrays broadcastable:
+    topic match (with the topic-shift drift after its onset), in-network and user-author affinity, author quality."""
+    cfg, tm = world.cfg, world.cfg.truth
+    author = world.post_author[post]
+    topic, topic2, w = world.post_topic[post], world.post_topic2[post], world.post_weight[post]
+    p1 = world.user_pref[user, topic].astype(np.float64)
+    p2 = np.where(topic2 >= 0, world.user_pref[user, np.maximum(topic2, 0)], 0.0)
+    if cfg.drift == "topic_shift":
+        shifted = t >= world.onset_s
+        target = cfg.n_topics - 1
+        p1 = np.where(shifted, 0.5 * p1 + 0.5 * (topic == target), p1)
+        p2 = np.where(shifted, 0.5 * p2 + 0.5 * (topic2 == target), p2)
+    match = w * p1 + (1.0 - w) * p2
+    pair = tm.pair_scale * _pair_effect(user, author, cfg.seed)
+    q = world.quality[author].astype(np.float64)
+    return tm.w_topic * np.log(cfg.n_topics * match + 0.05) + tm.w_aff * (in_network + pair) + tm.w_quality * q
+
+
+def click_logit(world: World, rel: np.ndarray, post: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The true click logit at the top of the slate: bias + relevance - freshness decay of the post's age at t."""
+    tm = world.cfg.truth
+    age_h = (t - world.post_created_s[post]) / 3600.0
+    return tm.b_click + rel - tm.w_fresh * age_h / 24.0
+
+
 def impressions_chunk(world: World, day: int, lo: int, hi: int, first_id: int, first_request: int) -> pa.Table:
     """Impressions of users [lo, hi) on `day`, with outcomes and their true probabilities."""
     cfg, tm = world.cfg, world.cfg.truth
@@ -507,21 +533,9 @@ def impressions_chunk(world: World, day: int, lo: int, hi: int, first_id: int, f
     in_network = np.isin((user << 32) | author, world.follow_keys, assume_unique=False)
 
     # Ground-truth probabilities.
-    pref = world.user_pref
-    topic, topic2, w = world.post_topic[post], world.post_topic2[post], world.post_weight[post]
-    p1 = pref[user, topic].astype(np.float64)
-    p2 = np.where(topic2 >= 0, pref[user, np.maximum(topic2, 0)], 0.0)
-    if cfg.drift == "topic_shift":
-        shifted = t >= world.onset_s
-        target = cfg.n_topics - 1
-        p1 = np.where(shifted, 0.5 * p1 + 0.5 * (topic == target), p1)
-        p2 = np.where(shifted, 0.5 * p2 + 0.5 * (topic2 == target), p2)
-    match = w * p1 + (1.0 - w) * p2
-    pair = tm.pair_scale * _pair_effect(user, author, cfg.seed)
     q = world.quality[author].astype(np.float64)
-    rel = tm.w_topic * np.log(cfg.n_topics * match + 0.05) + tm.w_aff * (in_network + pair) + tm.w_quality * q
-    age_h = (t - world.post_created_s[post]) / 3600.0
-    p_click = _sigmoid(tm.b_click + rel - tm.w_fresh * age_h / 24.0 - tm.w_pos * np.log1p(position))
+    rel = relevance(world, user, post, t, in_network)
+    p_click = _sigmoid(click_logit(world, rel, post, t) - tm.w_pos * np.log1p(position))
     click = rng.random(n) < p_click
 
     cols: dict[str, np.ndarray] = {"click": click}
