@@ -10,7 +10,8 @@ from pathlib import Path
 from bench.harness import RESULTS
 
 REPO = Path(__file__).resolve().parents[1]
-GROUPS = ["bench.data", "bench.features"]  # each module's main() measures and saves bench/results/<group>.json
+# Each module's main() measures and saves bench/results/<group>.json.
+GROUPS = ["bench.data", "bench.features", "bench.models"]
 
 
 def render() -> str:

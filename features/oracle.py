@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,17 +24,12 @@ def load_world(dataset: Path) -> World:
         raise UserError(f"{dataset}: the oracle needs a synthetic dataset, this one is {manifest.dataset!r}")
     params = dict(manifest.params)
     truth = params.pop("truth")
-    known = {f.name for f in fields(SynthConfig)}
-    cfg = SynthConfig(
-        **{k: v for k, v in params.items() if k in known and k != "truth"},
-        truth=TruthModel(
-            **{
-                k: tuple(tuple(row) for row in v) if isinstance(v, list) else v
-                for k, v in truth.items()
-                if k in {f.name for f in fields(TruthModel)}
-            }
-        ),
-    )
+    known = {f.name for f in fields(SynthConfig)} - {"truth"}
+    truth_known = {f.name for f in fields(TruthModel)}
+    truth_args: dict[str, Any] = {
+        k: tuple(tuple(row) for row in v) if isinstance(v, list) else v for k, v in truth.items() if k in truth_known
+    }
+    cfg = SynthConfig(**{k: v for k, v in params.items() if k in known}, truth=TruthModel(**truth_args))
     return build_world(cfg)
 
 

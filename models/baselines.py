@@ -411,4 +411,3 @@ def evaluate_baselines(
         if valid_metrics:
             out[name]["valid_ndcg@10"] = valid_metrics["ndcg@10"]
     return out
-
