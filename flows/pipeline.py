@@ -15,14 +15,23 @@ from flows.tasks import dvc_push, dvc_repro, materialize_online, publish_data_me
 
 PROJECT = Path(__file__).resolve().parents[1]
 # The landed stages, in dependency order; each later capability appends its own.
-STAGES = ("synth", "data_stats", "features_build", "features_apply")
+STAGES = (
+    "synth",
+    "data_stats",
+    "features_build",
+    "features_apply",
+    "training_set_retrieval",
+    "train_retrieval",
+    "build_index",
+)
 
 
 @flow(name="ember-pipeline", log_prints=True)
 def ember_pipeline(
     project: str = str(PROJECT), online_store: str = "sqlite", redis: str = "127.0.0.1:6379", push: bool = False
 ) -> dict[str, Any]:
-    """Data -> features -> Feast registry -> online store, then the metrics artifact (and `dvc push`)."""
+    """Data -> features -> Feast registry -> retrieval training set -> two-tower -> ANN index, then the online store,
+    the metrics artifact (and `dvc push`)."""
     root = Path(project)
     ran = {stage: dvc_repro(root, stage) for stage in STAGES}
     online = materialize_online(root, online_store, redis)

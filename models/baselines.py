@@ -296,9 +296,9 @@ def evaluate_retriever(model: Retriever, history_events: pd.DataFrame, targets: 
     """Full-ranking metrics of one baseline: each target ranked among the corpus, its history's items removed."""
     histories = user_histories(history_events, targets)
     target_cols = torch.as_tensor(corpus_columns(model.corpus, targets["post_id"].to_numpy()))
-    ranks = []
-    for start in range(0, len(targets), 1024):
-        chunk = histories[start : start + 1024]
+    ranks, step = [], max(1, min(1024, 2**24 // len(model.corpus)))  # at most ~16M scores (64 MB) at a time
+    for start in range(0, len(targets), step):
+        chunk = histories[start : start + step]
         seen = [corpus_columns(model.corpus, h) for h in chunk]
         ranks.append(target_ranks(model.score(chunk), target_cols[start : start + len(chunk)], seen).cpu())
     return ranking_metrics(torch.cat(ranks), len(model.corpus))

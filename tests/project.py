@@ -27,7 +27,8 @@ def copy_project(dst: Path) -> None:
 
 
 def use_nano(project: Path) -> None:
-    """Switches the copy's params.yaml to the nano synthetic scale (seconds instead of a minute)."""
+    """Switches the copy's params.yaml to the nano synthetic scale and model preset (seconds instead of minutes)."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["synth"].update(scale="nano", days=4, drift_day=2)
+    params["train_retrieval"].update(preset="nano", epochs=1, batch_size=256)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
