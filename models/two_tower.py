@@ -226,6 +226,16 @@ class UserTower(nn.Module):
         Returns:
             (B, D) float32, unit L2 norm.
         """
+        h, valid = self.hidden_states(x, post_rows, author_rows)
+        w = valid.unsqueeze(-1).float()  # (B, T, 1)
+        pooled = (h * w).sum(1) / w.sum(1)  # (B, D)
+        return F.normalize(pooled, dim=-1, eps=1e-12)
+
+    def hidden_states(
+        self, x: UserFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) float32 final-norm hidden states of [user token, history] (T = S + 1) and (B, T) bool validity
+        (the user token is always valid)."""
         B, S = x.hist_post_ids.shape
         h = torch.cat([self.user_token(x).unsqueeze(1), self.history_tokens(x, post_rows, author_rows)], 1)  # (B,T,D)
         # The user token is always valid, so no query row is fully masked (no NaN from softmax).
@@ -236,9 +246,32 @@ class UserTower(nn.Module):
         cos, sin = self.rotary(S + 1)
         for block in self.blocks:
             h = block(h, cos, sin, mask)
-        h = self.norm(h).float()  # (B, T, D)
+        return self.norm(h).float(), valid
+
+    def prefix_forward(self, x: UserFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor) -> torch.Tensor:
+        """The user embedding after each history position, from one causal pass (sequence training).
+
+        Output i is the mean of the hidden states of the user token and the valid history events 0..i (a cumulative
+        mean), L2-normalised: with causal attention the same as `forward` on the history cut to its first i + 1
+        events, provided each event's features (hist_gap_ms included) do not depend on i. Positions past the
+        history (padding) repeat the last valid prefix and must be ignored by the caller.
+
+        Args:
+            x, post_rows, author_rows: as in `forward`.
+
+        Returns:
+            (B, S, D) float32, unit L2 norm.
+
+        Raises:
+            ValueError: the config is not causal (bidirectional attention lets early positions see later events).
+        """
+        if not self.cfg.causal:
+            raise ValueError(
+                "prefix embeddings need TwoTowerConfig(causal=True): a bidirectional tower leaks the future"
+            )
+        h, valid = self.hidden_states(x, post_rows, author_rows)
         w = valid.unsqueeze(-1).float()  # (B, T, 1)
-        pooled = (h * w).sum(1) / w.sum(1)  # (B, D)
+        pooled = (h * w).cumsum(1)[:, 1:] / w.cumsum(1)[:, 1:]  # (B, S, D): prefixes ending at history 0..S-1
         return F.normalize(pooled, dim=-1, eps=1e-12)
 
 
@@ -297,6 +330,11 @@ class TwoTower(nn.Module):
     def user_embedding(self, x: UserFeatures) -> torch.Tensor:
         """(B, D) unit-norm user embeddings."""
         return self.user_tower(x, self.post_emb(x.hist_post_ids), self.author_emb(x.hist_author_ids))
+
+    def prefix_user_embeddings(self, x: UserFeatures) -> torch.Tensor:
+        """(B, S, D) unit-norm user embedding after each history position (`UserTower.prefix_forward`); needs a
+        causal config (ValueError otherwise)."""
+        return self.user_tower.prefix_forward(x, self.post_emb(x.hist_post_ids), self.author_emb(x.hist_author_ids))
 
     def candidate_embedding(self, x: CandidateFeatures) -> torch.Tensor:
         """(N, D) unit-norm candidate embeddings (what the ANN index stores)."""

@@ -1,0 +1,169 @@
+"""`ember evaluate retrieval`: the two-tower against most-popular, item-kNN and SASRec on ONE split, full ranking.
+
+Every model is fitted on the same train events, early-stopped on the same validation targets, and ranks the same
+corpus (every post with an event in the split) for the same test targets, with the user's seen posts removed. On a
+synthetic dataset the oracle (ranking by the true click logit, features.oracle) is reported too, and every model as
+a fraction of it.
+
+Protocols (models.sequences): `leave-one-out` (per user: last event test, second-last validation) and `temporal`
+(global cutoffs at 80% and 90% of the time range: each user's first new post after a cutoff is a target).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.errors import UserError
+from core.schema import Manifest
+from models.baselines import SASRecConfig, evaluate_baselines, make_corpus
+from models.metrics import corpus_columns, ranking_metrics, target_ranks
+from models.sequences import Split, leave_one_out, positive_events, temporal_targets, user_histories
+from models.train_sequences import SequenceTrainConfig, evaluate_sequence_retriever, train_sequences
+from models.two_tower import TwoTowerConfig
+
+PROTOCOLS = ("leave-one-out", "temporal")
+
+
+def make_split(events: pd.DataFrame, protocol: str) -> Split:
+    """The split of one protocol (see the module docstring)."""
+    if protocol == "leave-one-out":
+        return leave_one_out(events)
+    if protocol == "temporal":
+        lo, hi = int(events["ts_ms"].min()), int(events["ts_ms"].max())
+        return temporal_targets(events, cutoff_ms=lo + int(0.9 * (hi - lo)), valid_cutoff_ms=lo + int(0.8 * (hi - lo)))
+    raise UserError(f"--protocol: unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
+
+
+def oracle_metrics(dataset: Path, split: Split, corpus: np.ndarray, chunk: int = 256) -> dict[str, float]:
+    """Full-ranking metrics of the synthetic oracle: the corpus ranked by the true click logit at each target's
+    request time, seen posts removed exactly as for the models."""
+    from features.oracle import load_world, oracle_click_logits
+
+    world = load_world(dataset)
+    test = split.test
+    histories = user_histories(split.test_history, test)
+    target_cols = torch.as_tensor(corpus_columns(corpus, test["post_id"].to_numpy()))
+    users, ts = test["user_id"].to_numpy(), test["ts_ms"].to_numpy()
+    ranks = []
+    for start in range(0, len(test), chunk):
+        stop = min(start + chunk, len(test))
+        scores = torch.from_numpy(oracle_click_logits(world, users[start:stop], ts[start:stop], corpus))
+        seen = [corpus_columns(corpus, h) for h in histories[start:stop]]
+        ranks.append(target_ranks(scores, target_cols[start:stop], seen))
+    return ranking_metrics(torch.cat(ranks), len(corpus))
+
+
+def evaluate_retrieval(
+    data: Path,
+    protocol: str = "leave-one-out",
+    preset: str = "nano",
+    budget_s: float = 60.0,
+    seed: int = 0,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+    names: tuple[str, ...] = ("most_popular", "item_knn", "sasrec", "two_tower"),
+) -> dict[str, Any]:
+    """Fits and scores every model on one split; returns the report `ember evaluate retrieval` writes.
+
+    Args:
+        preset: size of the two-tower and of SASRec (both get the same wall-clock budget `budget_s`).
+        model_overrides, train_overrides: `--set model.*` / `train.*` for the two-tower.
+    """
+    if protocol not in PROTOCOLS:
+        raise UserError(f"--protocol: unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
+    cfg, tc = two_tower_configs(preset, budget_s, seed, model_overrides or {}, train_overrides or {})  # fail early
+    manifest = Manifest.load(Path(data))
+    events = positive_events(Path(data))
+    split = make_split(events, protocol)
+    if split.test.empty or split.valid.empty:
+        raise UserError(f"{data}: the {protocol} split has no test or validation targets")
+    corpus = make_corpus(split.train, split.valid, split.test)
+    models: dict[str, dict[str, float]] = {}
+    baselines = tuple(n for n in names if n != "two_tower")
+    if baselines:
+        sasrec = SASRecConfig.preset(preset if preset in SASRecConfig.PRESETS else "small", budget_seconds=budget_s)
+        models |= evaluate_baselines(
+            split.train, split.valid, split.test, corpus, split.test_history, sasrec=_seeded(sasrec, seed),
+            names=baselines, log=log,
+        )  # fmt: skip
+    if "two_tower" in names:
+        models["two_tower"] = two_tower_metrics(Path(data), split, corpus, cfg, tc, log)
+    report: dict[str, Any] = {
+        "dataset": manifest.dataset,
+        "data": str(data),
+        "protocol": protocol,
+        "split": {
+            "train_events": len(split.train),
+            "valid_targets": len(split.valid),
+            "test_targets": len(split.test),
+            "corpus": len(corpus),
+        },
+        "budget_s": budget_s,
+        "preset": preset,
+        "seed": seed,
+        "models": models,
+    }
+    if manifest.dataset == "synthetic":
+        start = time.perf_counter()
+        models["oracle"] = oracle_metrics(Path(data), split, corpus) | {"seconds": time.perf_counter() - start}
+        report["vs_oracle"] = {
+            name: {k: _ratio(row[k], models["oracle"][k]) for k in ("recall@200", "ndcg@10")}
+            for name, row in models.items()
+            if name != "oracle"
+        }
+    if "two_tower" in models and "sasrec" in models:
+        report["two_tower_vs_sasrec"] = {
+            k: _ratio(models["two_tower"][k], models["sasrec"][k]) for k in ("ndcg@10", "recall@10")
+        }
+    return report
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 4) if b > 0 else float("nan")
+
+
+def _seeded(cfg: SASRecConfig, seed: int) -> SASRecConfig:
+    from dataclasses import replace
+
+    return replace(cfg, seed=seed)
+
+
+def two_tower_configs(
+    preset: str, budget_s: float, seed: int, model_overrides: dict[str, Any], train_overrides: dict[str, Any]
+) -> tuple[TwoTowerConfig, SequenceTrainConfig]:
+    """The causal two-tower config and its one-pass training config, `--set` overrides checked by name and type."""
+    from models.config_overrides import coerce
+    from models.retrieval_job import model_config
+
+    cfg = model_config(preset, {"causal": True, **model_overrides})
+    # context "full": the tower reads user attributes, actions, surfaces and time gaps too (models.train_sequences).
+    defaults = {"budget_seconds": budget_s, "seed": seed, "context": "full", "patience": 8}
+    return cfg, SequenceTrainConfig(**{**defaults, **coerce(SequenceTrainConfig, train_overrides, prefix="train")})
+
+
+def two_tower_metrics(
+    data: Path,
+    split: Split,
+    corpus: np.ndarray,
+    cfg: TwoTowerConfig,
+    tc: SequenceTrainConfig,
+    log: Callable[[str], None] | None,
+) -> dict[str, float]:
+    """The two-tower trained one pass per user sequence (models.train_sequences) within the budget, then scored with
+    the baselines' protocol (same targets, corpus, seen filtering and tie rule)."""
+    result = train_sequences(cfg, split.train, split.valid, data, corpus, tc, log=log)
+    valid = evaluate_sequence_retriever(result.retriever, split.train, split.valid)
+    return {
+        **evaluate_sequence_retriever(result.retriever, split.test_history, split.test),
+        "seconds": result.seconds,
+        "best_epoch": float(result.best_epoch),
+        "valid_ndcg@10": valid["ndcg@10"],
+    }

@@ -1,0 +1,478 @@
+"""One-pass sequence training of the two-tower (SASRec-style): each user sequence is encoded once by the causal user
+tower and the user embedding after every position i (`TwoTower.prefix_user_embeddings`) is trained to retrieve
+event i + 1, so a sequence of length L costs one pass instead of L (models.train_retrieval re-encodes every prefix).
+
+Sequences. A user's train events (models.sequences order) are cut into windows of at most max_history + 1 events,
+newest first: the newest window ends at the last event, each older one ends where the next starts, so every event
+but the user's first is the target of exactly one prefix (`SequenceTrainConfig.max_windows` keeps only the newest
+few). Inputs are a window's first S = max_history events, targets its events 1..S.
+
+Time gaps. UserFeatures.hist_gap_ms is normally "request time - event time" (models.data.user_features), which
+differs for every prefix of a sequence, so one pass cannot reproduce it. Sequence mode therefore uses *successor
+gaps*: the gap of an event is the time to what came after it, the next event of the history, or for the newest
+event the request time. Every event's gap is then fixed once the next event or the request exists, and prefix i
+(request = the time of event i + 1) sees exactly the gaps a serving request at that time would build with
+`successor_gaps`. A model trained this way must be served with successor gaps, not with models.data.user_features.
+context="items" instead passes unknown gaps (-1, the zero padding bucket), no user id, attributes, actions or
+surface: the tower reads post and author ids only, the same input the baselines get through the `Retriever`
+protocol (`SequenceRetriever.score`).
+
+Candidates. Every corpus post gets one static feature row: its author (posts table, else its events), its counts
+among the train events (post_impressions = positive events, post_click_count / post_like_count = those with the
+action bit, the definitions of models.sequences.retrieval_rows at the end of training) and its age at the newest
+train event (created_at from the posts table; unknown without a dataset). The loss is a full softmax over the corpus
+when it has <= full_softmax_max_items posts (the candidate tower embeds the whole corpus every step), else a sampled
+softmax over the batch's targets and n_negatives uniform corpus posts with logQ correction.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.actions import BY_NAME
+from core.errors import UserError
+from core.schema import read_table
+from models.baselines import evaluate_retriever
+from models.layers import string_ids
+from models.metrics import corpus_columns, ranking_metrics, target_ranks
+from models.sequences import _before, sort_events
+from models.two_tower import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
+
+GAP_UNKNOWN = -1  # hist_gap_ms of an unknown gap: time bucket 0, the zero padding row
+CONTEXTS = ("items", "full")
+
+
+@dataclass(frozen=True)
+class SequenceTrainConfig:
+    """Optimisation, loss and early-stopping settings of `train_sequences`."""
+
+    epochs: int = 200
+    batch_size: int = 64  # sequences (windows) per step
+    lr: float = 3e-3
+    weight_decay: float = 0.01  # on Linear weights only (as models.train_retrieval)
+    grad_clip: float = 1.0
+    n_negatives: int = 1024  # uniform corpus negatives per step (sampled softmax only)
+    logq_correction: bool = True  # sampled softmax only; a full softmax needs none
+    full_softmax_max_items: int = 20_000  # corpora up to this size get a full softmax
+    max_windows: int | None = None  # windows per user, newest first; None = all
+    context: str = "items"  # items | full (see the module doc)
+    budget_seconds: float = 300.0  # wall-clock limit: training stops and evaluates once past it
+    patience: int = 5  # evaluations without a better validation NDCG@10 before stopping
+    eval_every: int = 1  # epochs between validation evaluations
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.context not in CONTEXTS:
+            raise UserError(f"context: {self.context!r} is not one of {', '.join(CONTEXTS)}")
+        if self.batch_size < 1 or self.epochs < 1 or self.eval_every < 1:
+            raise UserError("SequenceTrainConfig: batch_size, epochs and eval_every must be >= 1")
+
+
+def successor_gaps(ts_ms: np.ndarray, request_ms: int) -> np.ndarray:
+    """Successor gaps of one history (oldest first): each event's time to the next event, the newest event's time to
+    the request; negative differences (out-of-order clocks) clamp to 0.
+
+    Args:
+        ts_ms: (n,) int64 event times.
+        request_ms: the request time.
+
+    Returns:
+        (n,) int64 milliseconds.
+    """
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    nxt = np.append(ts[1:], np.int64(request_ms))
+    return np.maximum(nxt - ts, 0)
+
+
+@dataclass(frozen=True)
+class PostTable:
+    """Static per-post features of a corpus (column j = corpus[j]) and the author lookup histories use."""
+
+    corpus: np.ndarray  # (N,) sorted unique post ids
+    features: CandidateFeatures  # N rows
+
+    def authors(self, post_ids: np.ndarray) -> np.ndarray:
+        """Author id of each post id (0 = unknown, i.e. not in the corpus)."""
+        cols = corpus_columns(self.corpus, post_ids)
+        authors = self.features.author_ids.numpy()
+        return np.where(cols >= 0, authors[np.maximum(cols, 0)], 0)
+
+
+def post_table(
+    cfg: TwoTowerConfig, corpus: np.ndarray, train_events: pd.DataFrame, dataset: Path | None = None
+) -> PostTable:
+    """The static candidate features of every corpus post (see the module doc)."""
+    corpus = np.asarray(corpus, dtype=np.int64)
+    N = len(corpus)
+    cols = corpus_columns(corpus, train_events["post_id"].to_numpy())
+    ok = cols >= 0
+    mask = train_events["actions"].to_numpy(dtype=np.int64)[ok]
+    counts = {
+        "post_impressions": np.bincount(cols[ok], minlength=N),
+        "post_click_count": np.bincount(cols[ok], weights=(mask >> BY_NAME["click"].bit) & 1, minlength=N),
+        "post_like_count": np.bincount(cols[ok], weights=(mask >> BY_NAME["like"].bit) & 1, minlength=N),
+    }
+    authors = np.zeros(N, dtype=np.int64)
+    authors[cols[ok]] = train_events["author_id"].to_numpy(dtype=np.int64)[ok]
+    created = np.full(N, np.nan)
+    if dataset is not None:
+        posts = read_table(dataset, "posts", columns=["post_id", "author_id", "created_at"])
+        posts = posts.set_column(2, "created_at", posts.column("created_at").cast(pa.int64())).to_pandas()
+        pc = corpus_columns(corpus, posts["post_id"].to_numpy())
+        known = pc >= 0
+        authors[pc[known]] = posts["author_id"].to_numpy(dtype=np.int64)[known]
+        created[pc[known]] = posts["created_at"].to_numpy(dtype=np.float64)[known]
+    dense = np.stack([np.asarray(counts.get(f, np.zeros(N)), np.float32) for f in cfg.post_features], 1)
+    age = np.full(N, -1, dtype=np.int64)
+    now_ms = int(train_events["ts_ms"].max()) if len(train_events) else 0
+    if cfg.use_post_age:
+        known = ~np.isnan(created)
+        age[known] = np.maximum(now_ms - created[known].astype(np.int64), 0)
+    features = CandidateFeatures(
+        post_ids=torch.from_numpy(corpus.copy()),
+        author_ids=torch.from_numpy(authors),
+        dense=torch.from_numpy(np.ascontiguousarray(dense.reshape(N, len(cfg.post_features)))),
+        age_ms=torch.from_numpy(age),
+    )
+    return PostTable(corpus, features)
+
+
+def _user_attributes(cfg: TwoTowerConfig, user_ids: np.ndarray, dataset: Path | None) -> np.ndarray:
+    """(B, A) int64 attribute ids of each user (0 = missing; all 0 without a dataset)."""
+    out = np.zeros((len(user_ids), len(cfg.user_attributes)), dtype=np.int64)
+    if dataset is None or not cfg.user_attributes:
+        return out
+    users = read_table(dataset, "users").to_pandas().set_index("user_id")
+    for k, a in enumerate(cfg.user_attributes):
+        if a in users.columns:
+            out[:, k] = string_ids(pd.Series(user_ids).map(users[a]).astype(object))
+    return out
+
+
+def _features(
+    cfg: TwoTowerConfig,
+    context: str,
+    user_ids: np.ndarray,
+    attributes: np.ndarray,
+    posts: np.ndarray,
+    authors: np.ndarray,
+    actions: np.ndarray,
+    surfaces: np.ndarray,
+    gaps: np.ndarray,
+) -> UserFeatures:
+    """UserFeatures of right-padded (B, S) arrays; context "items" keeps post and author ids only."""
+    valid = posts != 0
+    if context == "items":
+        zeros = np.zeros_like(posts)
+        user_ids, attributes = np.zeros_like(user_ids), np.zeros_like(attributes)
+        actions, surfaces, gaps = zeros, zeros, np.full_like(posts, GAP_UNKNOWN)
+    t = torch.from_numpy
+    return UserFeatures(
+        user_ids=t(np.ascontiguousarray(user_ids, dtype=np.int64)),
+        attribute_ids=t(np.ascontiguousarray(attributes, dtype=np.int64)),
+        hist_post_ids=t(np.ascontiguousarray(posts, dtype=np.int64)),
+        hist_author_ids=t(np.ascontiguousarray(np.where(valid, authors, 0), dtype=np.int64)),
+        hist_actions=t(np.ascontiguousarray(np.where(valid, actions, 0), dtype=np.int64)),
+        hist_surfaces=t(np.ascontiguousarray(np.where(valid, surfaces, 0), dtype=np.int64)),
+        hist_gap_ms=t(np.ascontiguousarray(np.where(valid, gaps, GAP_UNKNOWN), dtype=np.int64)),
+    )
+
+
+@dataclass(frozen=True)
+class SequenceBatches:
+    """Every training window as tensors: inputs (W, S) and the corpus column of each position's target (-1 = none)."""
+
+    user: UserFeatures
+    target_cols: torch.Tensor  # (W, S) int64
+
+    def __len__(self) -> int:
+        return len(self.target_cols)
+
+
+def sequence_windows(
+    cfg: TwoTowerConfig,
+    train_events: pd.DataFrame,
+    table: PostTable,
+    context: str = "items",
+    max_windows: int | None = None,
+    dataset: Path | None = None,
+) -> SequenceBatches:
+    """Each user's train events cut into windows of max_history + 1 events (see the module doc)."""
+    S = cfg.max_history
+    ev = sort_events(train_events)
+    users = ev["user_id"].to_numpy(dtype=np.int64)
+    cols = {c: ev[c].to_numpy(dtype=np.int64) for c in ("post_id", "author_id", "actions", "surface", "ts_ms")}
+    bounds = np.flatnonzero(np.diff(users)) + 1
+    starts, ends = np.concatenate([[0], bounds]), np.concatenate([bounds, [len(ev)]])
+    spans: list[tuple[int, int]] = []  # [start, end) event rows of each window
+    for s0, e0 in zip(starts.tolist(), ends.tolist(), strict=True):
+        end, k = e0, 0
+        while end - s0 >= 2 and (max_windows is None or k < max_windows):
+            start = max(s0, end - S - 1)
+            spans.append((start, end))
+            end, k = start + 1, k + 1
+    W = len(spans)
+    if W == 0:
+        raise UserError("train_sequences: no user has 2 or more train events")
+    win = {c: np.zeros((W, S + 1), dtype=np.int64) for c in cols}
+    win_user = np.zeros(W, dtype=np.int64)
+    gaps = np.full((W, S), GAP_UNKNOWN, dtype=np.int64)
+    for w, (a, b) in enumerate(spans):
+        n = b - a
+        for c, values in cols.items():
+            win[c][w, :n] = values[a:b]
+        gaps[w, : n - 1] = successor_gaps(cols["ts_ms"][a : b - 1], int(cols["ts_ms"][b - 1]))  # to each successor
+        win_user[w] = users[a]
+    has_target = win["post_id"][:, 1:] != 0  # (W, S)
+    inputs = np.where(has_target, win["post_id"][:, :S], 0)
+    target_cols = np.where(has_target, corpus_columns(table.corpus, win["post_id"][:, 1:]), -1)
+    user = _features(
+        cfg,
+        context,
+        win_user,
+        _user_attributes(cfg, win_user, dataset),
+        inputs,
+        win["author_id"][:, :S],
+        win["actions"][:, :S],
+        win["surface"][:, :S],
+        gaps,
+    )
+    return SequenceBatches(user, torch.from_numpy(target_cols))
+
+
+def sequence_loss(
+    model: TwoTower,
+    user: UserFeatures,
+    target_cols: torch.Tensor,
+    candidates: CandidateFeatures,
+    tc: SequenceTrainConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """() mean next-item cross-entropy over every position with a target in the corpus.
+
+    Full softmax over all N candidates when N <= tc.full_softmax_max_items; otherwise a softmax over the union of
+    the batch's distinct targets and tc.n_negatives uniform posts, each column's logit corrected (logQ) by the log
+    probability that it is in that union: 1 - (1 - q_j)^P (1 - 1/N)^M, q_j its share of the batch's P targets.
+    """
+    prefix = model.prefix_user_embeddings(user)  # (B, S, D)
+    keep = target_cols >= 0
+    u, t = prefix[keep], target_cols[keep]  # (P, D), (P,)
+    if len(t) == 0:
+        return prefix.sum() * 0.0
+    N = len(candidates)
+    if tc.full_softmax_max_items >= N:
+        logits = model.score(u, model.candidate_embedding(candidates))  # (P, N)
+        return F.cross_entropy(logits, t)
+    neg = torch.randint(N, (tc.n_negatives,), generator=generator).to(t.device)
+    cols, inverse = torch.unique(torch.cat([t, neg]), return_inverse=True)  # (C,)
+    logits = model.score(u, model.candidate_embedding(candidates.rows(cols)))  # (P, C)
+    P = len(t)
+    if tc.logq_correction:
+        q = torch.zeros(len(cols), device=t.device).index_add_(0, inverse[:P], torch.ones(P, device=t.device)) / P
+        log_miss = P * torch.log1p(-q.clamp(max=1 - 1e-7)) + tc.n_negatives * math.log1p(-1.0 / N)
+        logits = logits - torch.log(-torch.expm1(log_miss)).clamp(min=-30.0)[None, :]
+    return F.cross_entropy(logits, inverse[:P])
+
+
+class SequenceRetriever:
+    """A trained two-tower behind models.baselines' `Retriever` protocol.
+
+    `score(histories)` builds the tower's input from post ids alone (authors from the post table; no user,
+    actions, surface or gaps): the input of a context="items" model. `score_events` builds the full input from
+    events (user, attributes, actions, surface, successor gaps to each target's time): a context="full" model.
+    """
+
+    def __init__(self, model: TwoTower, table: PostTable, context: str = "items", dataset: Path | None = None) -> None:
+        self.model, self.table, self.context, self.dataset = model.eval(), table, context, dataset
+        self.corpus = table.corpus
+        self._item_emb: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def refresh(self) -> None:
+        """Forgets the cached corpus embeddings (call after the weights change)."""
+        self._item_emb = None
+
+    @torch.no_grad()
+    def item_embeddings(self) -> torch.Tensor:
+        """(N, D) candidate embeddings of the corpus, cached."""
+        if self._item_emb is None:
+            self.model.eval()
+            self._item_emb = self.model.candidate_embedding(self.table.features.to(self.device)).float()
+        return self._item_emb
+
+    @torch.no_grad()
+    def _scores(self, user: UserFeatures) -> torch.Tensor:
+        self.model.eval()
+        return (self.model.user_embedding(user.to(self.device)).float() @ self.item_embeddings().T).cpu()
+
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """(Q, N) float32 cosine scores from each history's post ids (oldest first; the newest S are read)."""
+        S = self.model.cfg.max_history
+        posts = np.zeros((len(histories), S), dtype=np.int64)
+        for q, h in enumerate(histories):
+            h = np.asarray(h, dtype=np.int64)[-S:]
+            posts[q, : len(h)] = h
+        none = np.zeros_like(posts)
+        users = np.zeros(len(histories), dtype=np.int64)
+        attrs = np.zeros((len(histories), len(self.model.cfg.user_attributes)), dtype=np.int64)
+        user = _features(self.model.cfg, "items", users, attrs, posts, self.table.authors(posts), none, none, none)
+        return self._scores(user)
+
+    def score_events(self, history_events: pd.DataFrame, targets: pd.DataFrame) -> tuple[torch.Tensor, list]:
+        """(Q, N) scores of each target's request (its user's history_events before it, the request at its time) and
+        each query's seen post ids (its whole history)."""
+        S, cfg = self.model.cfg.max_history, self.model.cfg
+        h = {c: history_events[c].to_numpy(dtype=np.int64) for c in history_events.columns if c in _EVENT_INT}
+        tu, tts, timp = (targets[c].to_numpy(dtype=np.int64) for c in ("user_id", "ts_ms", "impression_id"))
+        order, start, end = _before(h["user_id"], h["ts_ms"], h["impression_id"], tu, tts, timp)
+        Q = len(targets)
+        arr = {c: np.zeros((Q, S), dtype=np.int64) for c in ("post_id", "author_id", "actions", "surface")}
+        gaps = np.full((Q, S), GAP_UNKNOWN, dtype=np.int64)
+        seen = []
+        for q, (s, e) in enumerate(zip(start.tolist(), end.tolist(), strict=True)):
+            rows = order[s:e]
+            seen.append(h["post_id"][rows])
+            rows = rows[-S:]
+            for c in arr:
+                arr[c][q, : len(rows)] = h[c][rows]
+            gaps[q, : len(rows)] = successor_gaps(h["ts_ms"][rows], int(tts[q]))
+        attrs = _user_attributes(cfg, tu, self.dataset)
+        user = _features(
+            cfg, self.context, tu, attrs, arr["post_id"], arr["author_id"], arr["actions"], arr["surface"], gaps
+        )
+        return self._scores(user), seen
+
+
+_EVENT_INT = ("user_id", "post_id", "author_id", "actions", "surface", "ts_ms", "impression_id")
+
+
+def evaluate_sequence_retriever(
+    retriever: SequenceRetriever, history_events: pd.DataFrame, targets: pd.DataFrame, batch_size: int = 1024
+) -> dict[str, float]:
+    """Full-ranking metrics under the baselines' protocol (models.baselines.evaluate_retriever): context "items"
+    goes through `score`, "full" through `score_events`, with the same seen-item removal and tie rule."""
+    if retriever.context == "items":
+        return evaluate_retriever(retriever, history_events, targets)
+    ranks = []
+    for start in range(0, len(targets), batch_size):
+        chunk = targets.iloc[start : start + batch_size]
+        scores, seen = retriever.score_events(history_events, chunk)
+        target_cols = torch.as_tensor(corpus_columns(retriever.corpus, chunk["post_id"].to_numpy()))
+        ranks.append(target_ranks(scores, target_cols, [corpus_columns(retriever.corpus, s) for s in seen]))
+    return ranking_metrics(torch.cat(ranks), len(retriever.corpus))
+
+
+@dataclass
+class SequenceTrainResult:
+    model: TwoTower  # the best evaluation's weights
+    retriever: SequenceRetriever
+    best_epoch: int
+    best_ndcg10: float  # NaN without validation targets
+    seconds: float
+    history: list[dict[str, float]]  # per evaluation: epoch, steps, train_loss, seconds, validation metrics
+
+
+def _optimizer(model: TwoTower, tc: SequenceTrainConfig) -> torch.optim.AdamW:
+    decay = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    decay_ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in decay_ids]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tc.lr)
+
+
+def train_sequences(
+    config: TwoTowerConfig,
+    train_events: pd.DataFrame,
+    valid: pd.DataFrame | None,
+    dataset: Path | None,
+    corpus: np.ndarray,
+    train_cfg: SequenceTrainConfig | None = None,
+    log: Callable[[str], None] | None = None,
+    device: str | None = None,
+) -> SequenceTrainResult:
+    """Trains a causal TwoTower on next-item prediction over user sequences, one pass per window per epoch.
+
+    Evaluates validation NDCG@10 (`evaluate_sequence_retriever`, histories = train_events) every eval_every epochs
+    and once the wall-clock budget is spent (checked after every step); stops after `patience` evaluations without
+    improvement, after `epochs`, or past the budget, and returns the best evaluation's weights (the last without
+    validation targets).
+
+    Args:
+        config: the model; must be causal.
+        train_events: events frame (models.sequences); valid: validation targets (events rows) or None.
+        dataset: the canonical dataset (users and posts tables) or None (no attributes, no post ages).
+        corpus: (N,) sorted unique post ids to retrieve from (models.baselines.make_corpus).
+    """
+    tc = train_cfg or SequenceTrainConfig()
+    if not config.causal:
+        raise UserError("train_sequences: needs a causal user tower (TwoTowerConfig causal=True)")
+    t0 = time.perf_counter()
+    torch.manual_seed(tc.seed)
+    gen = torch.Generator().manual_seed(tc.seed)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    table = post_table(config, corpus, train_events, dataset)
+    data = sequence_windows(config, train_events, table, tc.context, tc.max_windows, dataset)
+    model = TwoTower(config).to(dev)
+    retriever = SequenceRetriever(model, table, tc.context, dataset)
+    optimizer = _optimizer(model, tc)
+    candidates = table.features.to(dev)
+    has_valid = valid is not None and len(valid) > 0
+
+    best_epoch, best, bad, steps = 0, -math.inf, 0, 0
+    history: list[dict[str, float]] = []
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    losses: list[float] = []
+    for epoch in range(1, tc.epochs + 1):
+        model.train()
+        over_budget = False
+        for idx in torch.randperm(len(data), generator=gen).split(tc.batch_size):
+            loss = sequence_loss(model, data.user.rows(idx).to(dev), data.target_cols[idx].to(dev), candidates, tc, gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            losses.append(loss.item())
+            steps += 1
+            if time.perf_counter() - t0 > tc.budget_seconds:
+                over_budget = True
+                break
+        if epoch % tc.eval_every and epoch != tc.epochs and not over_budget:
+            continue
+        retriever.refresh()
+        entry: dict[str, float] = {"epoch": epoch, "steps": steps, "train_loss": float(np.mean(losses))}
+        losses = []
+        if has_valid:
+            assert valid is not None
+            entry |= evaluate_sequence_retriever(retriever, train_events, valid)
+        entry["seconds"] = time.perf_counter() - t0
+        history.append(entry)
+        if log is not None:
+            log(" ".join(f"{k}={v:.4f}" for k, v in entry.items()))
+        metric = entry.get("ndcg@10", float(epoch))
+        if metric > best:
+            best_epoch, best, bad = epoch, metric, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+        if bad >= tc.patience or over_budget:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    retriever.refresh()
+    return SequenceTrainResult(
+        model, retriever, best_epoch, best if has_valid else math.nan, time.perf_counter() - t0, history
+    )
