@@ -8,10 +8,9 @@ Inputs are plain tensors in two dataclasses, `UserFeatures` and `CandidateFeatur
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -24,12 +23,13 @@ from core.errors import UserError
 from core.io import atomic_dir
 from core.schema import N_SURFACES
 from models.layers import Block, MultiHashEmbedding, RMSNorm, Rotary, entity_seed
+from models.model_config import ModelConfig
 
 MIN_TEMPERATURE = 0.01  # a learned temperature below this blows the logits up (CLIP caps 1/T at 100 too)
 
 
 @dataclass(frozen=True)
-class TwoTowerConfig:
+class TwoTowerConfig(ModelConfig):
     """Every hyperparameter of the model; written as config.json beside model.pt and used to rebuild it."""
 
     d_model: int = 64  # D: transformer width and output embedding size
@@ -57,13 +57,8 @@ class TwoTowerConfig:
     learn_temperature: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("user_attributes", "post_features"):  # JSON gives lists; keep the config hashable
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.d_model % self.n_heads or self.n_heads % self.n_kv_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(
-                f"TwoTowerConfig: need n_heads | d_model, n_kv_heads | n_heads and an even head size "
-                f"(d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads})"
-            )
+        self._freeze_tuples("user_attributes", "post_features")
+        self._check_attention()
         if self.temperature < MIN_TEMPERATURE:
             raise ValueError(f"TwoTowerConfig: temperature={self.temperature} < {MIN_TEMPERATURE}")
 
@@ -96,24 +91,6 @@ class TwoTowerConfig:
             attribute_rows=1_024,
         ),  # fmt: skip
     }
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> Self:
-        """A named preset (nano | small | base) with optional field overrides."""
-        if name not in cls.PRESETS:
-            raise ValueError(f"TwoTowerConfig: unknown preset {name!r} (choose from {', '.join(cls.PRESETS)})")
-        return cls(**{**cls.PRESETS[name], **overrides})
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> Self:
-        body = json.loads(text)
-        unknown = set(body) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"TwoTowerConfig: unknown keys {sorted(unknown)}")
-        return cls(**body)
 
 
 class _Tensors:

@@ -1,0 +1,556 @@
+"""Phoenix-style ranking transformer: [user] + [history] + [candidates] with candidate isolation, one head per task.
+
+Sequence (phoenix.md 2.2): one user token, S history tokens (right-padded, oldest first, post id 0 = padding), C
+candidate tokens. The attention mask (2.3) isolates candidates:
+
+    user + history -> valid user + history positions (bidirectional, or causal with `causal=True`); never candidates
+    candidate i    -> every valid user + history position, and itself; no other candidate
+
+Positions are right-anchored (R2 `right_anchored_rope`): the newest valid history event sits at rotary position
+max_history, older ones count down from it, the user token and padding sit at 0, and EVERY candidate shares position
+max_history + 1. A candidate's output therefore depends only on the user and on the candidate itself: not on the
+other candidates, their order or count, nor on how much history padding the batch carries. That is what makes
+scores cacheable: `encode_user` runs user + history once and keeps each layer's keys and values, and
+`score_candidates` scores any number of candidates against them in chunks.
+
+The model returns logits (`RankerOutput`); the loss is `models.tasks.ranker_loss`, and probabilities and blending
+(`Ranker.predictions`, `Ranker.blend`) belong to serving.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.actions import ACTIONS
+from core.errors import UserError
+from core.io import atomic_dir
+from core.schema import N_SURFACES
+from features.catalog import AUTHOR_STATS, POST_STATS, Dtype
+from models.layers import Block, MultiHashEmbedding, RMSNorm, Rotary, apply_rotary, entity_seed
+from models.model_config import ModelConfig
+from models.tasks import TASK_NAMES, Task, TaskKind, select_tasks
+from models.two_tower import UserFeatures, time_bucket
+
+HEAD_MODES = ("independent", "funnel")
+# Numeric post_* / author_* columns of the feature catalog: what a ranker training set carries per candidate.
+DENSE_FEATURES: frozenset[str] = frozenset(
+    name
+    for view in (POST_STATS, AUTHOR_STATS)
+    for name, dtype in view.features
+    if dtype in (Dtype.INT32, Dtype.FLOAT32) and name not in ("post_topic",)
+)
+
+
+@dataclass(frozen=True)
+class RankerConfig(ModelConfig):
+    """Every hyperparameter of the ranker; written as config.json beside model.pt and used to rebuild it.
+
+    Entity tables use the two-tower's names and seeds (entity_seed(hash_seed, "post"), ...): with equal emb_dim,
+    rows and hash_seed, a two-tower's post/author/user tables load into the ranker unchanged.
+    """
+
+    d_model: int = 64  # D: transformer width
+    emb_dim: int = 32  # E: width of a hash-table row
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2  # < n_heads: grouped-query attention
+    ffn_mult: float = 4.0
+    gate: str = "geglu"  # geglu | swiglu (models.layers.GATES)
+    causal: bool = False  # user + history attention: R1 code is causal, R3 production bidirectional
+    max_history: int = 64  # S: the newest S history events are kept
+    max_candidates: int = 64  # C per plain forward pass (Phoenix R2/R3: 64); also score_candidates' default chunk
+    n_hashes: int = 2
+    hash_seed: int = 0
+    user_rows: int = 100_000  # hash-table rows per entity (row 0 is padding), as in TwoTowerConfig
+    post_rows: int = 200_000
+    author_rows: int = 50_000
+    attribute_rows: int = 256
+    user_attributes: tuple[str, ...] = ("country", "language", "age_bucket", "activity")  # columns user_<name>
+    # Candidate dense features (numeric post_*/author_* catalog columns): log1p(max(x, 0)), then standardised with
+    # the mean/std buffers that `Ranker.fit_dense_stats` sets from the training set.
+    candidate_features: tuple[str, ...] = (
+        "post_impressions",
+        "post_click_count",
+        "post_like_count",
+        "post_click_rate",
+        "post_like_rate",
+        "post_not_interested_rate",
+        "author_follower_count",
+        "author_negative_rate",
+    )
+    n_actions: int = len(ACTIONS)  # bits of the history action mask read
+    n_surfaces: int = N_SURFACES
+    n_time_buckets: int = 40  # two_tower.time_bucket: history time gaps and candidate post ages
+    tasks: tuple[str, ...] = TASK_NAMES  # heads, a subset of models.tasks.TASKS (kept in TASKS order)
+    head_mode: str = "independent"  # independent sigmoids (Phoenix) | funnel: P(child) = P(parent) P(child | parent)
+    learn_blend: bool = False  # a combination MLP scales each blend weight per user (`BlendCombiner`)
+
+    def __post_init__(self) -> None:
+        self._freeze_tuples("user_attributes", "candidate_features", "tasks")
+        self._check_attention()
+        if self.head_mode not in HEAD_MODES:
+            raise ValueError(
+                f"RankerConfig: unknown head_mode {self.head_mode!r} (choose from {', '.join(HEAD_MODES)})"
+            )
+        unknown = set(self.candidate_features) - DENSE_FEATURES
+        if unknown:
+            raise ValueError(f"RankerConfig: candidate_features {sorted(unknown)} are not numeric post/author features")
+        tasks = select_tasks(self.tasks)  # ValueError on unknown names
+        if len(tasks) != len(self.tasks):
+            raise ValueError(f"RankerConfig: duplicate tasks in {self.tasks}")
+        if self.head_mode == "funnel":
+            missing = {t.parent for t in tasks if t.parent is not None} - set(self.tasks)
+            if missing:
+                raise ValueError(f"RankerConfig: funnel heads need their parent tasks {sorted(missing)}")
+        if min(self.max_history, self.max_candidates) < 1:
+            raise ValueError("RankerConfig: max_history and max_candidates must be >= 1")
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # Tests and `make demo`: trains on CPU in seconds.
+        "nano": dict(
+            d_model=32,
+            emb_dim=16,
+            n_layers=1,
+            n_heads=2,
+            n_kv_heads=1,
+            max_history=16,
+            max_candidates=16,
+            user_rows=2_048,
+            post_rows=4_096,
+            author_rows=1_024,
+            attribute_rows=64,
+        ),  # fmt: skip
+        "small": {},  # the defaults: the synthetic `small` scale (~10k users, 100k posts)
+        # Phoenix R2 "mini" ranking shape: D128, 4 layers, 4/4 heads (key 32), FFN x2, history 127; up to 512
+        # candidates per pass. Tables as in TwoTowerConfig "base", so the two can share them.
+        "base": dict(
+            d_model=128,
+            emb_dim=64,
+            n_layers=4,
+            n_heads=4,
+            n_kv_heads=4,
+            ffn_mult=2.0,
+            max_history=127,
+            max_candidates=512,
+            user_rows=500_000,
+            post_rows=1_000_000,
+            author_rows=200_000,
+            attribute_rows=1_024,
+        ),  # fmt: skip
+    }
+
+
+@dataclass(frozen=True)
+class CandidateBatch:
+    """C candidates for each of B requests (F = len(candidate_features)); padding slots have valid = False."""
+
+    post_ids: torch.Tensor  # (B, C) int64
+    author_ids: torch.Tensor  # (B, C) int64
+    surfaces: torch.Tensor  # (B, C) int64 in [0, n_surfaces): where the candidate would be shown
+    age_ms: torch.Tensor  # (B, C) int64 post age at request time, -1 = unknown
+    dense: torch.Tensor  # (B, C, F) float32 raw values (log1p and standardisation happen in the model)
+    valid: torch.Tensor  # (B, C) bool
+
+    def to(self, device: torch.device | str) -> CandidateBatch:
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def slice(self, start: int, stop: int) -> CandidateBatch:
+        """Candidates start..stop-1 of every request."""
+        return replace(self, **{f.name: getattr(self, f.name)[:, start:stop] for f in fields(self)})
+
+    @property
+    def num_candidates(self) -> int:
+        return int(self.post_ids.shape[1])
+
+
+@dataclass(frozen=True)
+class RankerOutput:
+    """What the ranker returns (K = number of tasks, in `Ranker.tasks` order)."""
+
+    logits: torch.Tensor  # (B, C, K): binary tasks a logit of P(task), continuous tasks the regression value
+    blend_multipliers: torch.Tensor | None  # (B, K) >= 0 from the combination module, None without one
+
+
+@dataclass(frozen=True)
+class UserCache:
+    """User + history encoded once (`Ranker.encode_user`) for scoring any number of candidates against it."""
+
+    keys: tuple[torch.Tensor, ...]  # per layer (B, Hkv, T0, hd), rotary applied; T0 = 1 + S
+    values: tuple[torch.Tensor, ...]  # per layer (B, Hkv, T0, hd)
+    valid: torch.Tensor  # (B, T0) bool: user token and valid history events
+    user_hidden: torch.Tensor  # (B, D) final-norm hidden state of the user token
+
+
+class TokenEmbedder(nn.Module):
+    """Builds the three kinds of input tokens. The user and history tokens are those of the two-tower user tower."""
+
+    action_bits: torch.Tensor  # (n_actions,) 0, 1, 2, ...
+    dense_mean: torch.Tensor  # (F,) of log1p features
+    dense_std: torch.Tensor  # (F,)
+
+    def __init__(self, cfg: RankerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        E, D, H, F_ = cfg.emb_dim, cfg.d_model, cfg.n_hashes, len(cfg.candidate_features)
+        self.user_emb = MultiHashEmbedding(cfg.user_rows, E, H, entity_seed(cfg.hash_seed, "user"))
+        self.post_emb = MultiHashEmbedding(cfg.post_rows, E, H, entity_seed(cfg.hash_seed, "post"))
+        self.author_emb = MultiHashEmbedding(cfg.author_rows, E, H, entity_seed(cfg.hash_seed, "author"))
+        self.attribute_emb = nn.ModuleList(
+            MultiHashEmbedding(cfg.attribute_rows, D, H, entity_seed(cfg.hash_seed, f"user_{a}"))
+            for a in cfg.user_attributes
+        )
+        self.user_proj = nn.Linear(H * E, D, bias=False)
+        self.action_proj = nn.Linear(cfg.n_actions, E, bias=False)
+        self.surface_emb = nn.Embedding(cfg.n_surfaces, E)  # shared by history events and candidates
+        self.history_proj = nn.Linear(2 * H * E + 2 * E, D, bias=False)  # post rows, author rows, action, surface
+        self.gap_emb = nn.Embedding(cfg.n_time_buckets, D, padding_idx=0)
+        self.age_emb = nn.Embedding(cfg.n_time_buckets, E, padding_idx=0)
+        self.candidate_proj = nn.Linear(2 * H * E + 2 * E + F_, D, bias=False)  # post, author, surface, age, dense
+        self.register_buffer("action_bits", torch.arange(cfg.n_actions), persistent=False)
+        self.register_buffer("dense_mean", torch.zeros(F_))
+        self.register_buffer("dense_std", torch.ones(F_))
+
+    def user_token(self, x: UserFeatures) -> torch.Tensor:
+        """(B, D): projected user hash rows plus the summed attribute embeddings."""
+        token = self.user_proj(self.user_emb(x.user_ids).flatten(-2))  # (B, D)
+        for k, emb in enumerate(self.attribute_emb):
+            token = token + emb(x.attribute_ids[:, k]).sum(-2)  # (B, H, D) -> (B, D)
+        return token
+
+    def history_tokens(self, x: UserFeatures) -> torch.Tensor:
+        """(B, S, D) history tokens, zero at padding positions."""
+        valid = x.hist_post_ids != 0  # (B, S)
+        bits = (x.hist_actions.unsqueeze(-1) >> self.action_bits) & 1  # (B, S, n_actions)
+        # Phoenix's signed multi-hot: +1 for an action taken, -1 for one not taken; all zero with no action at all.
+        signed = (2 * bits - 1).float() * (x.hist_actions != 0).unsqueeze(-1)  # (B, S, n_actions)
+        surface = self.surface_emb(x.hist_surfaces.clamp(0, self.cfg.n_surfaces - 1))  # (B, S, E)
+        post, author = self.post_emb(x.hist_post_ids).flatten(-2), self.author_emb(x.hist_author_ids).flatten(-2)
+        tokens = torch.cat([post, author, self.action_proj(signed), surface], -1)  # (B, S, 2HE + 2E)
+        gap = torch.where(valid, time_bucket(x.hist_gap_ms, self.cfg.n_time_buckets), 0)  # (B, S)
+        return (self.history_proj(tokens) + self.gap_emb(gap)) * valid.unsqueeze(-1)  # (B, S, D)
+
+    def candidate_tokens(self, c: CandidateBatch) -> torch.Tensor:
+        """(B, C, D): post and author rows, surface, post-age bucket and standardised log1p dense features."""
+        post, author = self.post_emb(c.post_ids).flatten(-2), self.author_emb(c.author_ids).flatten(-2)
+        surface = self.surface_emb(c.surfaces.clamp(0, self.cfg.n_surfaces - 1))  # (B, C, E)
+        age = self.age_emb(time_bucket(c.age_ms, self.cfg.n_time_buckets))  # (B, C, E)
+        dense = (torch.log1p(c.dense.float().clamp(min=0)) - self.dense_mean) / self.dense_std  # (B, C, F)
+        return self.candidate_proj(torch.cat([post, author, surface, age, dense.to(post.dtype)], -1))
+
+
+class TaskHeads(nn.Module):
+    """One linear output per task on the final candidate states, combined into per-task logits.
+
+    Independent mode: each output is the task's logit (Phoenix's independent sigmoids). Funnel mode: a child's
+    output is the logit of P(child | parent), and the marginal is P(child) = P(parent) * sigmoid(z). It is carried
+    in log space as the pair (log p, log(1 - p)):
+
+        log p_child       = log p_parent + logsigmoid(z)
+        log (1 - p_child) = logaddexp(log(1 - p_parent), log p_parent + logsigmoid(-z))
+
+    so the returned logit log p - log(1 - p) is finite for any finite input, and p_child <= p_parent holds exactly
+    in floating point (every step is monotone). Negative actions are roots, i.e. plain heads.
+    """
+
+    def __init__(self, d_model: int, tasks: Sequence[Task], funnel: bool) -> None:
+        super().__init__()
+        self.tasks, self.funnel = tuple(tasks), funnel
+        self.proj = nn.Linear(d_model, len(tasks))  # biases: rare tasks (report) need a base rate far from 0.5
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h (..., D) final-norm candidate states -> (..., K) logits / regression values."""
+        raw = self.proj(h)  # (..., K)
+        if not self.funnel:
+            return raw
+        log_p: dict[str, torch.Tensor] = {}
+        log_q: dict[str, torch.Tensor] = {}
+        out = []
+        for k, t in enumerate(self.tasks):
+            z = raw[..., k]
+            if t.kind is TaskKind.CONTINUOUS:
+                out.append(z)
+                continue
+            if t.parent is None:
+                p, q = F.logsigmoid(z), F.logsigmoid(-z)
+            else:
+                pp, pq = log_p[t.parent], log_q[t.parent]
+                p, q = pp + F.logsigmoid(z), torch.logaddexp(pq, pp + F.logsigmoid(-z))
+            log_p[t.name], log_q[t.name] = p, q
+            out.append(p - q)
+        return torch.stack(out, -1)
+
+
+class BlendCombiner(nn.Module):
+    """The combination module: a small MLP from the user representation to one multiplier per task in [0, 2].
+
+    The blended score is sum_k m_k(user) * w_k * p_k. A multiplier is non-negative, so it rescales a blend weight
+    but never flips its sign: a negative action stays a penalty (the `ScoringWeights` sign rule). The last layer
+    starts at zero, so every multiplier starts at exactly 1 and the blend starts as the fixed Phoenix weights.
+    `ranker_loss` does not train it (it has no blend target); a training loop that wants it adds a loss on the
+    blended score, e.g. a listwise loss against the observed engagement value.
+    """
+
+    def __init__(self, d_model: int, n_tasks: int) -> None:
+        super().__init__()
+        last = nn.Linear(d_model, n_tasks)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), last)
+
+    def forward(self, user_hidden: torch.Tensor) -> torch.Tensor:
+        """user_hidden (B, D) -> (B, K) multipliers in [0, 2]."""
+        return 2 * torch.sigmoid(self.mlp(user_hidden))
+
+
+class Ranker(nn.Module):
+    """The ranking model. `forward` is the reference (and training) path; `encode_user` + `score_candidates` is
+    the serving path and returns the same outputs."""
+
+    blend_weights: torch.Tensor  # (K,) signed Task.blend_weight
+    continuous: torch.Tensor  # (K,) bool
+
+    def __init__(self, cfg: RankerConfig, compile: bool = False) -> None:
+        """Builds the model from its config.
+
+        Args:
+            cfg: the configuration.
+            compile: torch.compile the transformer blocks and the candidate scorer (dynamic shapes); the
+                state_dict is unchanged, so checkpoints are the same either way.
+        """
+        super().__init__()
+        self.cfg = cfg
+        self.tasks = select_tasks(cfg.tasks)
+        D = cfg.d_model
+        self.embedder = TokenEmbedder(cfg)
+        # Positions 0..max_history for user + history (right-anchored), max_history + 1 for every candidate.
+        self.rotary = Rotary(D // cfg.n_heads, cfg.max_history + 2)
+        self.blocks = nn.ModuleList(
+            Block(D, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_mult, cfg.gate) for _ in range(cfg.n_layers)
+        )
+        self.norm = RMSNorm(D)
+        self.heads = TaskHeads(D, self.tasks, funnel=cfg.head_mode == "funnel")
+        self.combiner = BlendCombiner(D, len(self.tasks)) if cfg.learn_blend else None
+        self.register_buffer("blend_weights", torch.tensor([t.blend_weight for t in self.tasks]), persistent=False)
+        continuous = torch.tensor([t.kind is TaskKind.CONTINUOUS for t in self.tasks])
+        self.register_buffer("continuous", continuous, persistent=False)
+        if compile:
+            for block in self.blocks:
+                block.compile(dynamic=True)
+            self._score_layers = torch.compile(self._score_layers, dynamic=True)  # type: ignore[method-assign]
+
+    @property
+    def layers(self) -> list[Block]:
+        """The transformer blocks, typed (iterating an nn.ModuleList gives plain Modules)."""
+        return cast(list[Block], list(self.blocks))
+
+    @property
+    def candidate_position(self) -> int:
+        """The one rotary position every candidate sits at."""
+        return self.cfg.max_history + 1
+
+    @torch.no_grad()
+    def fit_dense_stats(self, dense: torch.Tensor) -> None:
+        """Sets the dense-feature standardisation from training rows: dense (N, F) raw values."""
+        x = torch.log1p(dense.float().clamp(min=0))
+        self.embedder.dense_mean.copy_(x.mean(0))
+        self.embedder.dense_std.copy_(x.std(0).nan_to_num(1.0).clamp(min=1e-3))
+
+    def _context(self, user: UserFeatures) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """User + history tokens (B, T0, D), their validity (B, T0) and right-anchored positions (B, T0)."""
+        S = user.hist_post_ids.shape[1]
+        if self.cfg.max_history < S:
+            raise ValueError(f"Ranker: history of {S} positions, max_history is {self.cfg.max_history}")
+        e = self.embedder
+        h = torch.cat([e.user_token(user).unsqueeze(1), e.history_tokens(user)], 1)  # (B, T0, D)
+        hist_valid = user.hist_post_ids != 0  # (B, S)
+        # The user token is always valid, so no query row is fully masked (no NaN from softmax).
+        valid = torch.cat([torch.ones_like(hist_valid[:, :1]), hist_valid], 1)  # (B, T0)
+        newer = hist_valid.sum(1, keepdim=True) - hist_valid.cumsum(1)  # (B, S) valid events after this one
+        hist_pos = torch.where(hist_valid, self.cfg.max_history - newer, 0)  # newest valid event at max_history
+        positions = torch.cat([torch.zeros_like(hist_pos[:, :1]), hist_pos], 1)  # (B, T0): user token at 0
+        return h, valid, positions
+
+    def _context_mask(self, valid: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T0, T0) bool: user + history attend to valid user + history keys (causally if configured)."""
+        mask = valid[:, None, None, :]  # (B, 1, 1, T0)
+        if self.cfg.causal:
+            T0 = valid.shape[1]
+            mask = mask & torch.ones(T0, T0, dtype=torch.bool, device=valid.device).tril()
+        return mask
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (B, T) -> cos, sin (B, 1, T, hd), broadcasting over heads."""
+        return self.rotary.cos[positions].unsqueeze(1), self.rotary.sin[positions].unsqueeze(1)
+
+    def hidden_states(self, user: UserFeatures, candidates: CandidateBatch) -> torch.Tensor:
+        """Final-norm hidden states of the whole sequence [user, history, candidates]: (B, 1 + S + C, D)."""
+        C = candidates.num_candidates
+        if self.cfg.max_candidates < C:
+            raise ValueError(
+                f"Ranker: {C} candidates in one pass, max_candidates is {self.cfg.max_candidates} "
+                f"(score_candidates chunks any number)"
+            )
+        ctx, ctx_valid, ctx_pos = self._context(user)
+        B, T0, _ = ctx.shape
+        h = torch.cat([ctx, self.embedder.candidate_tokens(candidates)], 1)  # (B, T, D), T = T0 + C
+        positions = torch.cat([ctx_pos, ctx_pos.new_full((B, C), self.candidate_position)], 1)  # (B, T)
+        cos, sin = self._rope(positions)
+        # Candidate isolation (phoenix.md 2.3): rows are queries, columns keys.
+        mask = torch.zeros(B, 1, T0 + C, T0 + C, dtype=torch.bool, device=h.device)
+        mask[:, :, :T0, :T0] = self._context_mask(ctx_valid)  # user + history: never candidates
+        mask[:, :, T0:, :T0] = ctx_valid[:, None, None, :]  # candidates: every valid user + history key
+        mask[:, :, T0:, T0:] = torch.eye(C, dtype=torch.bool, device=h.device)  # ... and themselves only
+        for block in self.layers:
+            h = block(h, cos, sin, mask)
+        return self.norm(h)
+
+    def forward(self, user: UserFeatures, candidates: CandidateBatch) -> RankerOutput:
+        """Scores B requests' candidates in one pass (training).
+
+        Args:
+            user: B requests (S <= max_history).
+            candidates: C <= max_candidates per request. Padding slots get outputs too; mask them (`loss_mask`).
+
+        Returns:
+            logits (B, C, K) and the blend multipliers (B, K) when the config has a combination module.
+        """
+        h = self.hidden_states(user, candidates)  # (B, T, D)
+        T0 = user.hist_post_ids.shape[1] + 1
+        logits = self.heads(h[:, T0:])  # (B, C, K)
+        multipliers = self.combiner(h[:, 0]) if self.combiner is not None else None
+        return RankerOutput(logits.float(), None if multipliers is None else multipliers.float())
+
+    # Serving path -------------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_user(self, user: UserFeatures) -> UserCache:
+        """Runs user + history once and keeps each layer's keys and values: candidates never change them."""
+        h, valid, positions = self._context(user)
+        cos, sin = self._rope(positions)
+        mask = self._context_mask(valid)
+        keys, values = [], []
+        for block in self.layers:
+            attn = block.attn
+            B, T0, _ = h.shape
+            kv = attn.kv(block.attn_norm(h)).view(B, T0, 2, attn.n_kv_heads, attn.head_dim)
+            k, v = kv.permute(2, 0, 3, 1, 4)  # (B, Hkv, T0, hd) each
+            keys.append(apply_rotary(k, cos, sin))
+            values.append(v)
+            h = block(h, cos, sin, mask)
+        return UserCache(tuple(keys), tuple(values), valid, self.norm(h[:, 0]))
+
+    def _score_layers(self, cache: UserCache, h: torch.Tensor) -> torch.Tensor:
+        """Candidate tokens h (B, C, D) through every layer against the cached keys/values -> (B, C, D) final-norm.
+
+        Per layer, candidate i's attention is a softmax over [valid cached keys, its own key]: the candidate rows of
+        the isolation mask, without building the (T, T) mask or recomputing user + history.
+        """
+        B, C, _ = h.shape
+        cos_row, sin_row = self.rotary.cos[self.candidate_position], self.rotary.sin[self.candidate_position]  # (hd,)
+        key_mask = cache.valid[:, None, None, None, :]  # (B, 1, 1, 1, T0)
+        for block, k_ctx, v_ctx in zip(self.layers, cache.keys, cache.values, strict=True):
+            attn = block.attn
+            Hkv, hd = attn.n_kv_heads, attn.head_dim
+            rep = attn.n_heads // Hkv
+            x = block.attn_norm(h)
+            q = attn.q(x).view(B, C, attn.n_heads, hd).transpose(1, 2)  # (B, H, C, hd)
+            k, v = attn.kv(x).view(B, C, 2, Hkv, hd).permute(2, 0, 3, 1, 4)  # (B, Hkv, C, hd) each
+            q, k = apply_rotary(q, cos_row, sin_row), apply_rotary(k, cos_row, sin_row)
+            # Query head j reads kv head j // rep (Attention's repeat_interleave): group queries by kv head instead
+            # of repeating the cached keys.
+            q = q.view(B, Hkv, rep, C, hd)  # (B, Hkv, rep, C, hd)
+            scale = 1.0 / math.sqrt(hd)
+            s_ctx = q @ k_ctx.unsqueeze(2).transpose(-1, -2) * scale  # (B, Hkv, rep, C, T0)
+            s_ctx = s_ctx.masked_fill(~key_mask, float("-inf"))
+            s_self = (q * k.unsqueeze(2)).sum(-1, keepdim=True) * scale  # (B, Hkv, rep, C, 1)
+            w = torch.softmax(torch.cat([s_ctx, s_self], -1).float(), -1).to(q.dtype)  # (B, Hkv, rep, C, T0 + 1)
+            y = w[..., :-1] @ v_ctx.unsqueeze(2) + w[..., -1:] * v.unsqueeze(2)  # (B, Hkv, rep, C, hd)
+            y = y.reshape(B, attn.n_heads, C, hd).transpose(1, 2).reshape(B, C, attn.n_heads * hd)
+            h = h + attn.out(y)
+            h = h + block.ffn(block.ffn_norm(h))
+        return self.norm(h)
+
+    @torch.inference_mode()
+    def score_candidates(self, cache: UserCache, candidates: CandidateBatch, chunk: int | None = None) -> RankerOutput:
+        """Scores any number of candidates against an encoded user, `chunk` at a time (default max_candidates).
+
+        Args:
+            cache: from `encode_user` for the same B requests.
+            candidates: (B, C) candidates, any C.
+            chunk: candidates per step; the result does not depend on it.
+
+        Returns:
+            The same as `forward(user, candidates)`.
+        """
+        chunk = chunk or self.cfg.max_candidates
+        C = candidates.num_candidates
+        parts = []
+        for start in range(0, C, chunk):
+            part = candidates.slice(start, min(start + chunk, C))
+            h = self._score_layers(cache, self.embedder.candidate_tokens(part))  # (B, c, D)
+            parts.append(self.heads(h))
+        B, K = cache.valid.shape[0], len(self.tasks)
+        logits = torch.cat(parts, 1) if parts else cache.user_hidden.new_zeros(B, 0, K)
+        multipliers = self.combiner(cache.user_hidden) if self.combiner is not None else None
+        return RankerOutput(logits.float(), None if multipliers is None else multipliers.float())
+
+    # Serving-side read-outs ---------------------------------------------------------------------------------------
+
+    def predictions(self, out: RankerOutput) -> torch.Tensor:
+        """(B, C, K): probabilities for binary tasks; for continuous ones the regression value mapped back from log1p
+        (dwell_time: predicted seconds, >= 0)."""
+        seconds = torch.expm1(out.logits.clamp(min=0))
+        return torch.where(self.continuous, seconds, torch.sigmoid(out.logits))
+
+    def blend(self, probs: torch.Tensor, multipliers: torch.Tensor | None = None) -> torch.Tensor:
+        """The default blended score sum_k m_k w_k p_k with w = Task.blend_weight (negative actions subtract).
+
+        Args:
+            probs: (B, C, K) from `predictions`.
+            multipliers: (B, K) non-negative per-user scales (`RankerOutput.blend_multipliers`); None = all 1.
+
+        Returns:
+            (B, C) scores.
+        """
+        w = self.blend_weights.to(probs.dtype)  # (K,)
+        if multipliers is not None:
+            return (probs * (w * multipliers).unsqueeze(1)).sum(-1)
+        return (probs * w).sum(-1)
+
+
+def save_ranker(model: Ranker, path: Path) -> None:
+    """Writes `path/model.pt` (state_dict) and `path/config.json`, atomically (the directory is replaced)."""
+    with atomic_dir(Path(path)) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model.pt")
+        (tmp / "config.json").write_text(model.cfg.to_json())
+
+
+def load_ranker(path: Path, map_location: str | torch.device = "cpu", compile: bool = False) -> Ranker:
+    """Rebuilds the ranker from `path/config.json` and loads `path/model.pt` (weights_only: no pickled code).
+
+    Raises:
+        UserError: not a saved ranker, a config this code does not accept, or weights that do not fit the config.
+    """
+    path = Path(path)
+    for name in ("config.json", "model.pt"):
+        if not (path / name).is_file():
+            raise UserError(f"{path}: not a saved ranker (no {name})")
+    try:
+        model = Ranker(RankerConfig.from_json((path / "config.json").read_text()), compile=compile)
+    except (ValueError, TypeError) as err:  # unknown or invalid keys: written by other code than this
+        raise UserError(f"{path / 'config.json'}: does not match this code's RankerConfig: {err}") from None
+    try:
+        model.load_state_dict(torch.load(path / "model.pt", map_location=map_location, weights_only=True))
+    except (RuntimeError, pickle.UnpicklingError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{path / 'model.pt'}: weights do not match {path / 'config.json'}: {first}") from None
+    return model.to(map_location).eval()

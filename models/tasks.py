@@ -1,0 +1,208 @@
+"""The ranker's prediction tasks as data: one declaration for the whole action vocabulary, labels, availability, loss.
+
+Each `Task` is one output head. The binary tasks are the 13 actions of `core.actions`, in vocabulary order; the one
+continuous task regresses `dwell_time` on log1p(seconds). A task names its funnel `parent`: in funnel mode the ranker
+predicts P(task) = P(parent) * P(task | parent), so a like can never be likelier than the click it needs.
+
+Datasets record different subsets of the vocabulary (`Manifest.observed_actions`: KuaiRand has no report, MovieLens
+only click/like/not_interested). Unrecorded actions are all-zero columns, which would teach a head "never happens";
+`availability` masks them out of the loss instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from core.actions import BY_NAME, DWELL_TIME, Polarity
+
+
+class TaskKind(StrEnum):
+    BINARY = "binary"  # a logit, trained with binary cross-entropy
+    CONTINUOUS = "continuous"  # a regression value, trained with a Huber loss
+
+
+@dataclass(frozen=True)
+class Task:
+    """One ranker head.
+
+    Attributes:
+        name: head name; also the label column in the impressions table.
+        kind: binary (an action) or continuous (a regression target).
+        loss_weight: weight of this task's mean loss in `ranker_loss`.
+        blend_weight: signed weight of the prediction in the default blended score (negative actions <= 0).
+        parent: the funnel parent (a binary task that must happen first), or None for a root / independent task.
+        observed_as: the manifest action whose presence means this task's label is real; None = `name`.
+    """
+
+    name: str
+    kind: TaskKind
+    loss_weight: float
+    blend_weight: float
+    parent: str | None = None
+    observed_as: str | None = None
+
+
+# Blend weights: home-mixer R3 `params/param.rs` defaults (phoenix.md 1.6), favorite -> like, retweet -> repost. They
+# fold in base rates (a report is ~1000x rarer than a like), which is why the negatives are so large. Funnel: every
+# positive engagement except the click itself needs the user to open the post first; negatives can come from the
+# feed without a click, so they are roots.
+TASKS: tuple[Task, ...] = (
+    Task("click", TaskKind.BINARY, 1.0, 0.4),
+    Task("like", TaskKind.BINARY, 1.0, 0.5, parent="click"),
+    Task("reply", TaskKind.BINARY, 1.0, 5.0, parent="click"),
+    Task("repost", TaskKind.BINARY, 1.0, 1.0, parent="click"),
+    Task("quote", TaskKind.BINARY, 1.0, 5.0, parent="click"),
+    Task("share", TaskKind.BINARY, 1.0, 2.0, parent="click"),
+    Task("profile_click", TaskKind.BINARY, 1.0, 0.0, parent="click"),
+    Task("follow_author", TaskKind.BINARY, 1.0, 4.0, parent="click"),
+    Task("dwell", TaskKind.BINARY, 1.0, 0.0, parent="click"),
+    Task("not_interested", TaskKind.BINARY, 1.0, -43.2),
+    Task("block_author", TaskKind.BINARY, 1.0, -31.2),
+    Task("mute_author", TaskKind.BINARY, 1.0, -58.8),
+    Task("report", TaskKind.BINARY, 1.0, -234.0),
+    # Regression on log1p(seconds) over every impression (0 s when not opened); blended as predicted seconds, so
+    # 0.004 makes 100 s worth one click. Real wherever the dataset records dwell at all.
+    Task(DWELL_TIME, TaskKind.CONTINUOUS, 1.0, 0.004, observed_as="dwell"),
+)
+TASK_NAMES: tuple[str, ...] = tuple(t.name for t in TASKS)
+TASKS_BY_NAME: dict[str, Task] = {t.name: t for t in TASKS}
+
+
+def validate_tasks(tasks: Sequence[Task]) -> None:
+    """Checks a task list: unique names, binary tasks are known actions with blend signs matching their polarity,
+    parents are binary tasks declared earlier (so one pass in order resolves the funnel).
+
+    Raises:
+        ValueError: the first problem found.
+    """
+    seen: dict[str, Task] = {}
+    for t in tasks:
+        if t.name in seen:
+            raise ValueError(f"task {t.name!r} declared twice")
+        if t.kind is TaskKind.BINARY:
+            if t.name not in BY_NAME:
+                raise ValueError(f"binary task {t.name!r} is not an action of core.actions")
+            negative = BY_NAME[t.name].polarity is Polarity.NEGATIVE
+            if (t.blend_weight > 0 and negative) or (t.blend_weight < 0 and not negative):
+                raise ValueError(f"task {t.name!r}: blend weight {t.blend_weight} has the wrong sign")
+        if t.parent is not None and (t.parent not in seen or seen[t.parent].kind is not TaskKind.BINARY):
+            raise ValueError(f"task {t.name!r}: parent {t.parent!r} is not a binary task declared before it")
+        if t.loss_weight < 0:
+            raise ValueError(f"task {t.name!r}: negative loss weight {t.loss_weight}")
+        seen[t.name] = t
+
+
+validate_tasks(TASKS)
+
+
+def select_tasks(names: Iterable[str]) -> tuple[Task, ...]:
+    """The tasks named, in `TASKS` order (the head order is fixed by the declaration, not by the caller).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    wanted = set(names)
+    unknown = wanted - set(TASK_NAMES)
+    if unknown:
+        raise ValueError(f"unknown tasks {sorted(unknown)} (choose from {', '.join(TASK_NAMES)})")
+    return tuple(t for t in TASKS if t.name in wanted)
+
+
+def availability(observed_actions: Iterable[str], tasks: Sequence[Task] = TASKS) -> torch.Tensor:
+    """Which tasks a dataset really labels, from its manifest's `observed_actions`.
+
+    Returns:
+        (K,) bool in `tasks` order; False tasks must be masked out of the loss.
+    """
+    observed = set(observed_actions)
+    return torch.tensor([(t.observed_as or t.name) in observed for t in tasks], dtype=torch.bool)
+
+
+def label_tensor(
+    columns: Mapping[str, Any] | pd.DataFrame, tasks: Sequence[Task] = TASKS, available: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Training targets from impression columns (a DataFrame or a name -> array mapping).
+
+    Binary tasks read their 0/1 column; continuous `dwell_time` becomes log1p(max(seconds, 0)). Columns of
+    unavailable tasks may be absent and read as zeros (they are masked out anyway).
+
+    Args:
+        columns: N rows; `columns[name]` array-like of length N.
+        available: (K,) bool from `availability`; None = every task must have its column.
+
+    Returns:
+        (N, K) float32.
+
+    Raises:
+        KeyError: an available task's column is missing.
+    """
+    names = list(columns)  # a DataFrame iterates its column names too
+    n = len(columns[names[0]]) if names else 0
+    out = torch.zeros(n, len(tasks), dtype=torch.float32)
+    for k, t in enumerate(tasks):
+        if t.name not in columns:
+            if available is None or bool(available[k]):
+                raise KeyError(f"label column {t.name!r} missing (task is available)")
+            continue
+        values = torch.from_numpy(np.asarray(columns[t.name], dtype=np.float32).copy())
+        out[:, k] = torch.log1p(values.clamp(min=0)) if t.kind is TaskKind.CONTINUOUS else values
+    return out
+
+
+def loss_mask(available: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Where the loss is taken: available tasks of valid (non-padding) candidates.
+
+    Args:
+        available: (K,) bool from `availability`.
+        valid: (...) bool, e.g. (B, C) candidate validity.
+
+    Returns:
+        (..., K) bool.
+    """
+    return valid.unsqueeze(-1) & available.to(valid.device)
+
+
+def ranker_loss(
+    outputs: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    tasks: Sequence[Task] = TASKS,
+    huber_delta: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Multi-task loss: binary cross-entropy on each binary task's logit, Huber on each continuous task (log1p
+    seconds for dwell_time; Huber because dwell has a long tail), each averaged over its unmasked entries and
+    weighted by `loss_weight`.
+
+    Masked entries contribute exactly zero loss and zero gradient, even where the labels are NaN. A task with no
+    unmasked entry contributes 0.
+
+    Args:
+        outputs: (..., K) head outputs (`RankerOutput.logits`): logits for binary tasks, values for continuous ones.
+        labels: (..., K) float targets (`label_tensor`).
+        mask: broadcastable to (..., K) bool (`loss_mask`).
+
+    Returns:
+        The total loss () and a {task name: () per-task mean loss, detached} dict for logging.
+    """
+    mask = torch.broadcast_to(mask, outputs.shape)
+    safe = torch.where(mask, labels, torch.zeros_like(labels))  # NaN labels under the mask never reach a gradient
+    total = outputs.new_zeros(())
+    per_task: dict[str, torch.Tensor] = {}
+    for k, t in enumerate(tasks):
+        m = mask[..., k]
+        if t.kind is TaskKind.BINARY:
+            elem = F.binary_cross_entropy_with_logits(outputs[..., k], safe[..., k], reduction="none")
+        else:
+            elem = F.huber_loss(outputs[..., k], safe[..., k], reduction="none", delta=huber_delta)
+        mean = torch.where(m, elem, torch.zeros_like(elem)).sum() / m.sum().clamp(min=1)
+        per_task[t.name] = mean.detach()
+        total = total + t.loss_weight * mean
+    return total, per_task
