@@ -6,20 +6,15 @@ negatives; since popular posts show up in batches more often, each in-batch logi
 log of the post's expected count in the batch (Yi et al. 2019, "Sampling-bias-corrected neural modeling").
 
 Launched by torchrun (WORLD_SIZE > 1), `train` runs data-parallel (DistributedDataParallel): see `distributed_context`
-and `_rank_batches` for how the work is split and which rank writes what.
+and `models.training.rank_batches` for how the work is split and which rank writes what.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import time
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,10 +22,19 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from core.errors import UserError
 from models.data import RetrievalBatch, RetrievalDataset, candidate_features, epoch_ms
+from models.training import (
+    DistContext,
+    Loop,
+    autocast,
+    device_for,
+    distributed_context,
+    rank_batches,
+    run_epochs,
+    settings_json,
+)
 from models.two_tower import CandidateFeatures, TwoTower, TwoTowerConfig, load_two_tower, save
 
 RECALL_KS = (10, 50, 200, 1000)
@@ -155,18 +159,13 @@ class TwoTowerTrainTask(nn.Module):
         )
 
 
-def _autocast(device: torch.device) -> AbstractContextManager[Any]:
-    """bf16 autocast on CUDA; plain fp32 on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
 @torch.no_grad()
 def embed_corpus(model: TwoTower, corpus: CandidateFeatures, batch_size: int = 4096) -> torch.Tensor:
     """(N, D) float32 candidate embeddings of the corpus, on the model's device."""
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(corpus), batch_size):
-        with _autocast(device):
+        with autocast(device):
             out.append(model.candidate_embedding(corpus.rows(slice(start, start + batch_size)).to(device)).float())
     return torch.cat(out)
 
@@ -201,7 +200,7 @@ def evaluate(
     for start in range(0, len(queries), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(queries)))
         batch = queries[rows].to(device)
-        with _autocast(device):
+        with autocast(device):
             scores = (model.user_embedding(batch.user).float() @ item_emb.T).float()  # (b, N)
         target = torch.as_tensor(column(batch.candidate.post_ids.cpu().numpy()), device=device)  # (b,)
         seen_r, seen_c = [], []
@@ -230,94 +229,6 @@ def _optimizer(model: TwoTower, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-@dataclass(frozen=True)
-class DistContext:
-    """This process's place in a data-parallel run; the default (world_size 1) is a plain single-process run."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False  # distributed_context() initialised the process group, so train() destroys it
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the only rank that evaluates, logs and writes files."""
-        return self.rank == 0
-
-
-def distributed_context() -> DistContext:
-    """Joins the process group of a torchrun launch (env WORLD_SIZE > 1, RANK, LOCAL_RANK), creating it unless the
-    caller already did: backend nccl with CUDA, gloo without. Anything else is a single-process run."""
-    if dist.is_available() and dist.is_initialized():
-        rank, world, owns = dist.get_rank(), dist.get_world_size(), False
-    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank, world, owns = dist.get_rank(), dist.get_world_size(), True
-    else:
-        return DistContext()
-    ctx = DistContext(rank, world, int(os.environ.get("LOCAL_RANK", "0")), owns)
-    if ctx.distributed and torch.cuda.is_available():
-        torch.cuda.set_device(ctx.local_rank)
-    return ctx
-
-
-def _device(ctx: DistContext) -> torch.device:
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", ctx.local_rank) if ctx.distributed else torch.device("cuda")
-
-
-def _rank_batches(n: int, batch_size: int, generator: torch.Generator, ctx: DistContext) -> list[torch.Tensor]:
-    """This rank's row positions for each step of a data-parallel epoch.
-
-    One seeded permutation of the rows (the same on every rank: same generator, same state) is cut into whole
-    batches; rank r takes batches r, r + W, r + 2W, ... Batches past the last whole round of W, and the rows of an
-    incomplete batch, are dropped, so every rank runs the same number of steps on exactly `batch_size` rows (the
-    dropped rows change with every epoch's permutation).
-    """
-    steps = n // batch_size // ctx.world_size
-    if steps == 0:
-        raise UserError(
-            f"train: {n} training rows make no batch of {batch_size} for each of {ctx.world_size} ranks; "
-            f"lower batch_size"
-        )
-    batches = torch.randperm(n, generator=generator)[: steps * ctx.world_size * batch_size].split(batch_size)
-    return list(batches[ctx.rank :: ctx.world_size])
-
-
-def _write_checkpoint(path: Path, body: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(body, tmp)
-    os.replace(tmp, path)
-
-
-def _epoch_entry(
-    ctx: DistContext, epoch: int, losses: list[float], t0: float, evaluate_model: Callable[[], dict[str, float]]
-) -> dict[str, Any]:
-    """The epoch's history entry: epoch, train_loss, seconds (since t0, evaluation included) and the metrics.
-
-    Data-parallel: train_loss averages all ranks' steps; rank 0 alone evaluates and broadcasts the entry, from which
-    every rank then makes the same best-epoch and early-stopping decision.
-    """
-    if not ctx.distributed:
-        metrics = evaluate_model()
-        return {"epoch": epoch, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, **metrics}
-    device = torch.device("cuda", ctx.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
-    total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=device)
-    dist.all_reduce(total)
-    entry: list[Any] = [None]
-    if ctx.is_main:
-        metrics = evaluate_model()
-        train_loss, seconds = float(total[0] / total[1]), time.perf_counter() - t0
-        entry[0] = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds, **metrics}
-    dist.broadcast_object_list(entry, src=0, device=device)
-    return dict(entry[0])
-
-
 def train(
     config: TwoTowerConfig,
     train_df: pd.DataFrame,
@@ -343,7 +254,7 @@ def train(
         log: receives one line per epoch.
 
     Data-parallel (launched by torchrun, see `distributed_context`): every rank builds the same seeded model, loads
-    the checkpoint when resuming and trains its share of each epoch's batches (`_rank_batches`) with gradients
+    the checkpoint when resuming and trains its share of each epoch's batches (`rank_batches`) with gradients
     averaged by DistributedDataParallel; all ranks draw the same uniform negatives at each step (the same seeded
     generator). Rank 0 alone evaluates, logs and writes `out`; it broadcasts each epoch's history entry, from which
     every rank makes the same best-epoch and early-stopping decision. `train_loss` is the mean over all ranks' steps;
@@ -379,7 +290,7 @@ def _train(
     log: Callable[[str], None] | None,
 ) -> TrainResult:
     torch.manual_seed(tc.seed)
-    device = _device(ctx)
+    device = device_for(ctx)
     model = TwoTower(config).to(device)
     optimizer = _optimizer(model, tc)
 
@@ -391,69 +302,28 @@ def _train(
     task: nn.Module = TwoTowerTrainTask(model, corpus, tc.n_negatives, tc.logq_correction)
     evaluate_fn = evaluate_fn or (lambda m, q, c: evaluate(m, q, c, tc.eval_batch_size))
 
-    start_epoch, best_epoch, best_metric, bad_epochs = 1, 0, -math.inf, 0
-    history: list[dict[str, float]] = []
-    best_state: dict[str, torch.Tensor] = {}
-    ckpt_path = out / "checkpoint.pt" if out is not None else None
-    if resume:
-        if ckpt_path is None or not ckpt_path.is_file():
-            raise UserError(f"--resume: no checkpoint at {ckpt_path}")
-        saved_cfg = TwoTowerConfig.from_json((ckpt_path.parent / "config.json").read_text())
-        if saved_cfg != config:
-            raise UserError(f"--resume: {ckpt_path.parent / 'config.json'} differs from the requested model config")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, best_epoch, best_metric = ckpt["epoch"] + 1, ckpt["best_epoch"], ckpt["best_metric"]
-        bad_epochs, history = ckpt["bad_epochs"], ckpt["history"]
-        best_state = load_two_tower(ckpt_path.parent / "best").state_dict()
-    elif out is not None and ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(config.to_json())
-    if ctx.distributed:  # after resuming: every rank starts from the same weights and optimizer state
-        task = DistributedDataParallel(task, device_ids=[ctx.local_rank] if device.type == "cuda" else None)
-
-    step_losses: list[float] = []
-    for epoch in range(start_epoch, tc.epochs + 1):
-        if bad_epochs >= tc.patience:
-            break
-        # Shuffling and negatives are seeded by epoch, so a resumed run replays exactly what an unbroken one does.
-        generator = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
-        model.train()
-        t0, losses = time.perf_counter(), []
-        batches: Iterable[RetrievalBatch]
+    def batches(generator: torch.Generator) -> Iterable[RetrievalBatch]:
         if ctx.distributed:
-            batches = (train_ds[rows] for rows in _rank_batches(len(train_ds), tc.batch_size, generator, ctx))
-        else:
-            batches = train_ds.loader(tc.batch_size, shuffle=True, generator=generator)
-        for batch in batches:
-            with _autocast(device):
-                loss = task(batch.to(device), generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
-        step_losses += losses
-        entry = _epoch_entry(ctx, epoch, losses, t0, lambda: evaluate_fn(model, valid_ds, corpus))
-        history.append(entry)
-        if entry[f"recall@{tc.select_k}"] > best_metric:
-            best_epoch, best_metric, bad_epochs = epoch, entry[f"recall@{tc.select_k}"], 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if out is not None and ctx.is_main:
-                save(model, out / "best")
-        else:
-            bad_epochs += 1
-        if log is not None and ctx.is_main:
-            log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
-        if ckpt_path is not None and ctx.is_main:
-            body = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
-            body |= {"best_epoch": best_epoch, "best_metric": best_metric, "bad_epochs": bad_epochs}
-            body |= {"history": history, "train_config": json.dumps(asdict(tc))}
-            _write_checkpoint(ckpt_path, body)
+            return (train_ds[rows] for rows in rank_batches(len(train_ds), tc.batch_size, generator, ctx))
+        return train_ds.loader(tc.batch_size, shuffle=True, generator=generator)
 
-    if not best_state:
-        raise UserError(f"train: no epoch ran (epochs={tc.epochs}, resumed at {start_epoch})")
-    model.load_state_dict(best_state)
-    best = next(h for h in history if h["epoch"] == best_epoch)
-    return TrainResult(model.eval(), best_epoch, {k: v for k, v in best.items() if "@" in k}, history, step_losses)
+    loop = Loop(tc.epochs, tc.patience, tc.grad_clip, tc.seed, f"recall@{tc.select_k}", settings_json(tc))
+    done = run_epochs(
+        ctx,
+        model,
+        task,
+        optimizer,
+        loop,
+        config,
+        batches,
+        lambda: evaluate_fn(model, valid_ds, corpus),
+        save_best=lambda path: save(model, path),
+        load_best=lambda path: load_two_tower(path).state_dict(),
+        same_config=lambda text: TwoTowerConfig.from_json(text) == config,
+        out=out,
+        resume=resume,
+        log=log,
+    )
+    best = next(h for h in done.history if h["epoch"] == done.best_epoch)
+    metrics = {k: v for k, v in best.items() if "@" in k}
+    return TrainResult(model.eval(), done.best_epoch, metrics, done.history, done.step_losses)

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from models import train_retrieval
+from models import train_retrieval, training
 from models.data import corpus_from_rows, temporal_split
 from models.train_retrieval import TrainConfig, train
 from tests.models.test_train_retrieval import CFG, rows
@@ -37,7 +37,7 @@ def _free_ports(n: int) -> tuple[int, ...]:
 
 def _record_writes(rank: int, log: Path) -> None:
     """Makes this process note every checkpoint and best-model write it does in `log`."""
-    write_checkpoint, save = train_retrieval._write_checkpoint, train_retrieval.save
+    write_checkpoint, save = training.write_checkpoint, train_retrieval.save
 
     def logged_checkpoint(path: Path, body: dict[str, Any]) -> None:
         with log.open("a") as f:
@@ -49,7 +49,7 @@ def _record_writes(rank: int, log: Path) -> None:
             f.write(f"rank {rank} save {path.name}\n")
         save(model, path)
 
-    train_retrieval._write_checkpoint, train_retrieval.save = logged_checkpoint, logged_save
+    training.write_checkpoint, train_retrieval.save = logged_checkpoint, logged_save
 
 
 def _worker(rank: int, tmp: Path, ports: tuple[int, ...]) -> None:

@@ -1,0 +1,255 @@
+"""The training loop both models share: seeded epochs, early stopping on a validation metric, resumable checkpoints,
+bf16 autocast on CUDA, data-parallel under torchrun.
+
+A model plugs in three things: a loss module (`task(batch, generator) -> () loss`, wrapped in
+DistributedDataParallel when distributed), the batches of one epoch, and an `evaluate()` giving the validation
+metrics the best epoch is chosen by. `out/` then holds `config.json` (written first), `checkpoint.pt` (model,
+optimizer and progress after every epoch, written atomically) and `best/` (the best epoch, written by the model's
+own `save_best`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from core.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a data-parallel run; the default (world_size 1) is a plain single-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # distributed_context() initialised the process group, so the caller destroys it
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only rank that evaluates, logs and writes files."""
+        return self.rank == 0
+
+
+def distributed_context() -> DistContext:
+    """Joins the process group of a torchrun launch (env WORLD_SIZE > 1, RANK, LOCAL_RANK), creating it unless the
+    caller already did: backend nccl with CUDA, gloo without. Anything else is a single-process run."""
+    if dist.is_available() and dist.is_initialized():
+        rank, world, owns = dist.get_rank(), dist.get_world_size(), False
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world, owns = dist.get_rank(), dist.get_world_size(), True
+    else:
+        return DistContext()
+    ctx = DistContext(rank, world, int(os.environ.get("LOCAL_RANK", "0")), owns)
+    if ctx.distributed and torch.cuda.is_available():
+        torch.cuda.set_device(ctx.local_rank)
+    return ctx
+
+
+def device_for(ctx: DistContext) -> torch.device:
+    """CUDA (this rank's GPU) when present, else CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", ctx.local_rank) if ctx.distributed else torch.device("cuda")
+
+
+def autocast(device: torch.device) -> AbstractContextManager[Any]:
+    """bf16 autocast on CUDA; plain fp32 on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def rank_batches(n: int, batch_size: int, generator: torch.Generator, ctx: DistContext) -> list[torch.Tensor]:
+    """This rank's row positions for each step of a data-parallel epoch.
+
+    One seeded permutation of the rows (the same on every rank: same generator, same state) is cut into whole
+    batches; rank r takes batches r, r + W, r + 2W, ... Batches past the last whole round of W, and the rows of an
+    incomplete batch, are dropped, so every rank runs the same number of steps on exactly `batch_size` rows (the
+    dropped rows change with every epoch's permutation).
+    """
+    steps = n // batch_size // ctx.world_size
+    if steps == 0:
+        raise UserError(
+            f"train: {n} training rows make no batch of {batch_size} for each of {ctx.world_size} ranks; "
+            f"lower batch_size"
+        )
+    batches = torch.randperm(n, generator=generator)[: steps * ctx.world_size * batch_size].split(batch_size)
+    return list(batches[ctx.rank :: ctx.world_size])
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, ctx: DistContext) -> list[torch.Tensor]:
+    """Row positions of each step of one epoch: a seeded shuffle in batches (the last one may be short), or this
+    rank's share (`rank_batches`) when distributed."""
+    if ctx.distributed:
+        return rank_batches(n, batch_size, generator, ctx)
+    return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
+def write_checkpoint(path: Path, body: dict[str, Any]) -> None:
+    """torch.save to a temporary name, then an atomic rename: a killed run never leaves half a checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(body, tmp)
+    os.replace(tmp, path)
+
+
+def _epoch_entry(
+    ctx: DistContext, epoch: int, losses: list[float], t0: float, evaluate_model: Callable[[], dict[str, float]]
+) -> dict[str, Any]:
+    """The epoch's history entry: epoch, train_loss, seconds (since t0, evaluation included) and the metrics.
+
+    Data-parallel: train_loss averages all ranks' steps; rank 0 alone evaluates and broadcasts the entry, from which
+    every rank then makes the same best-epoch and early-stopping decision.
+    """
+    if not ctx.distributed:
+        metrics = evaluate_model()
+        return {"epoch": epoch, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, **metrics}
+    device = torch.device("cuda", ctx.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    entry: list[Any] = [None]
+    if ctx.is_main:
+        metrics = evaluate_model()
+        train_loss, seconds = float(total[0] / total[1]), time.perf_counter() - t0
+        entry[0] = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds, **metrics}
+    dist.broadcast_object_list(entry, src=0, device=device)
+    return dict(entry[0])
+
+
+class SavedConfig(Protocol):
+    def to_json(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Loop:
+    """What the shared loop needs to know of a model's training settings."""
+
+    epochs: int
+    patience: int  # epochs without a better `select` metric before stopping
+    grad_clip: float
+    seed: int
+    select: str  # the history key (a validation metric, higher is better) the best epoch is chosen by
+    settings: str  # JSON of the model's full training settings, stored in the checkpoint
+
+
+@dataclass
+class LoopResult:
+    best_epoch: int
+    history: list[dict[str, Any]]  # one entry per epoch: epoch, train_loss, seconds, metrics
+    step_losses: list[float] = field(default_factory=list)  # every step run by this call (this rank's), in order
+
+
+def run_epochs(
+    ctx: DistContext,
+    model: nn.Module,
+    task: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loop: Loop,
+    config: SavedConfig,
+    batches: Callable[[torch.Generator], Iterable[Any]],
+    evaluate: Callable[[], dict[str, float]],
+    save_best: Callable[[Path], None],
+    load_best: Callable[[Path], dict[str, torch.Tensor]],
+    same_config: Callable[[str], bool],
+    out: Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> LoopResult:
+    """Trains `model` through `task` and leaves the best epoch's weights in it.
+
+    Args:
+        model: the model (its state_dict is what the checkpoint and the best epoch keep).
+        task: module whose forward(batch, generator) returns the () loss of a batch moved to the model's device.
+        batches: the batches of one epoch, given that epoch's seeded CPU generator (the same on every rank).
+        evaluate: validation metrics of the current weights (run on rank 0 only).
+        save_best: writes the model to a directory (`out/best`).
+        load_best: reads a state_dict back from such a directory (resume).
+        same_config: whether a saved config.json text describes the same model as `config` (resume).
+        out: where config.json, checkpoint.pt and best/ go; None keeps everything in memory.
+        resume: continue from `out/checkpoint.pt` at the epoch after the saved one; shuffling is seeded by epoch,
+            so a resumed run replays exactly what an unbroken one does.
+    """
+    device = next(model.parameters()).device
+    start_epoch, best_epoch, best_metric, bad_epochs = 1, 0, -math.inf, 0
+    history: list[dict[str, Any]] = []
+    best_state: dict[str, torch.Tensor] = {}
+    ckpt_path = out / "checkpoint.pt" if out is not None else None
+    if resume:
+        if ckpt_path is None or not ckpt_path.is_file():
+            raise UserError(f"--resume: no checkpoint at {ckpt_path}")
+        if not same_config((ckpt_path.parent / "config.json").read_text()):
+            raise UserError(f"--resume: {ckpt_path.parent / 'config.json'} differs from the requested model config")
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, best_epoch, best_metric = ckpt["epoch"] + 1, ckpt["best_epoch"], ckpt["best_metric"]
+        bad_epochs, history = ckpt["bad_epochs"], ckpt["history"]
+        best_state = load_best(ckpt_path.parent / "best")
+    elif out is not None and ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(config.to_json())
+    if ctx.distributed:  # after resuming: every rank starts from the same weights and optimizer state
+        task = DistributedDataParallel(task, device_ids=[ctx.local_rank] if device.type == "cuda" else None)
+
+    step_losses: list[float] = []
+    for epoch in range(start_epoch, loop.epochs + 1):
+        if bad_epochs >= loop.patience:
+            break
+        generator = torch.Generator().manual_seed(loop.seed * 1_000_003 + epoch)
+        model.train()
+        t0, losses = time.perf_counter(), []
+        for batch in batches(generator):
+            with autocast(device):
+                loss = task(batch.to(device), generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
+            optimizer.step()
+            losses.append(loss.item())
+        step_losses += losses
+        model.eval()
+        entry = _epoch_entry(ctx, epoch, losses, t0, evaluate)
+        history.append(entry)
+        metric = entry.get(loop.select, math.nan)
+        if metric > best_metric or not best_state:  # NaN (nothing to rank by) keeps the first epoch as best
+            best_epoch, best_metric, bad_epochs = epoch, metric if metric == metric else -math.inf, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if out is not None and ctx.is_main:
+                save_best(out / "best")
+        else:
+            bad_epochs += 1
+        if log is not None and ctx.is_main:
+            log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
+        if ckpt_path is not None and ctx.is_main:
+            body = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+            body |= {"best_epoch": best_epoch, "best_metric": best_metric, "bad_epochs": bad_epochs}
+            body |= {"history": history, "train_config": loop.settings}
+            write_checkpoint(ckpt_path, body)
+
+    if not best_state:
+        raise UserError(f"train: no epoch ran (epochs={loop.epochs}, resumed at {start_epoch})")
+    model.load_state_dict(best_state)
+    return LoopResult(best_epoch, history, step_losses)
+
+
+def settings_json(settings: Any) -> str:
+    """A dataclass of training settings as the JSON stored in checkpoints."""
+    from dataclasses import asdict
+
+    return json.dumps(asdict(settings))
