@@ -41,6 +41,7 @@ from models.tasks import TASK_NAMES, Task, TaskKind, select_tasks
 from models.two_tower import UserFeatures, time_bucket
 
 HEAD_MODES = ("independent", "funnel")
+MAX_LOG_SECONDS = math.log1p(86_400.0)  # a predicted dwell is at most a day (finite for any head output)
 # Numeric post_* / author_* columns of the feature catalog: what a ranker training set carries per candidate.
 DENSE_FEATURES: frozenset[str] = frozenset(
     name
@@ -87,6 +88,13 @@ class RankerConfig(ModelConfig):
         "author_follower_count",
         "author_negative_rate",
     )
+    # Categorical post attributes (string or small-int columns), hashed like the user attributes.
+    candidate_attributes: tuple[str, ...] = ("post_topic", "post_media_type")
+    use_in_network: bool = True  # the candidate token sees whether the user follows its author
+    # Position-bias tower (YouTube 2019 "shallow tower"): a learned per-task logit offset for the slot a logged
+    # impression was shown in, added in training and offline evaluation only. Serving scores with position
+    # unknown (-1), which adds exactly 0, so the ranking learns relevance and not where the old policy put posts.
+    max_position: int = 16  # slots 0..max_position-1 get their own offset (later ones share the last); 0 = off
     n_actions: int = len(ACTIONS)  # bits of the history action mask read
     n_surfaces: int = N_SURFACES
     n_time_buckets: int = 40  # two_tower.time_bucket: history time gaps and candidate post ages
@@ -95,7 +103,7 @@ class RankerConfig(ModelConfig):
     learn_blend: bool = False  # a combination MLP scales each blend weight per user (`BlendCombiner`)
 
     def __post_init__(self) -> None:
-        self._freeze_tuples("user_attributes", "candidate_features", "tasks")
+        self._freeze_tuples("user_attributes", "candidate_features", "candidate_attributes", "tasks")
         self._check_attention()
         if self.head_mode not in HEAD_MODES:
             raise ValueError(
@@ -158,6 +166,9 @@ class CandidateBatch:
     surfaces: torch.Tensor  # (B, C) int64 in [0, n_surfaces): where the candidate would be shown
     age_ms: torch.Tensor  # (B, C) int64 post age at request time, -1 = unknown
     dense: torch.Tensor  # (B, C, F) float32 raw values (log1p and standardisation happen in the model)
+    attributes: torch.Tensor  # (B, C, A) int64 `string_id`s of cfg.candidate_attributes, 0 = unknown
+    in_network: torch.Tensor  # (B, C) bool: the user follows the author
+    positions: torch.Tensor  # (B, C) int64 logged slot of the impression, -1 = unknown (serving)
     valid: torch.Tensor  # (B, C) bool
 
     def to(self, device: torch.device | str) -> CandidateBatch:
@@ -215,6 +226,11 @@ class TokenEmbedder(nn.Module):
         self.gap_emb = nn.Embedding(cfg.n_time_buckets, D, padding_idx=0)
         self.age_emb = nn.Embedding(cfg.n_time_buckets, E, padding_idx=0)
         self.candidate_proj = nn.Linear(2 * H * E + 2 * E + F_, D, bias=False)  # post, author, surface, age, dense
+        self.candidate_attribute_emb = nn.ModuleList(
+            MultiHashEmbedding(cfg.attribute_rows, D, H, entity_seed(cfg.hash_seed, a))
+            for a in cfg.candidate_attributes
+        )
+        self.in_network_emb = nn.Embedding(2, D) if cfg.use_in_network else None
         self.register_buffer("action_bits", torch.arange(cfg.n_actions), persistent=False)
         self.register_buffer("dense_mean", torch.zeros(F_))
         self.register_buffer("dense_std", torch.ones(F_))
@@ -239,12 +255,18 @@ class TokenEmbedder(nn.Module):
         return (self.history_proj(tokens) + self.gap_emb(gap)) * valid.unsqueeze(-1)  # (B, S, D)
 
     def candidate_tokens(self, c: CandidateBatch) -> torch.Tensor:
-        """(B, C, D): post and author rows, surface, post-age bucket and standardised log1p dense features."""
+        """(B, C, D): post and author rows, surface, post-age bucket, standardised log1p dense features, the hashed
+        post attributes and the in-network flag."""
         post, author = self.post_emb(c.post_ids).flatten(-2), self.author_emb(c.author_ids).flatten(-2)
         surface = self.surface_emb(c.surfaces.clamp(0, self.cfg.n_surfaces - 1))  # (B, C, E)
         age = self.age_emb(time_bucket(c.age_ms, self.cfg.n_time_buckets))  # (B, C, E)
         dense = (torch.log1p(c.dense.float().clamp(min=0)) - self.dense_mean) / self.dense_std  # (B, C, F)
-        return self.candidate_proj(torch.cat([post, author, surface, age, dense.to(post.dtype)], -1))
+        token = self.candidate_proj(torch.cat([post, author, surface, age, dense.to(post.dtype)], -1))
+        for k, emb in enumerate(self.candidate_attribute_emb):
+            token = token + emb(c.attributes[..., k]).sum(-2)  # (B, C, H, D) -> (B, C, D)
+        if self.in_network_emb is not None:
+            token = token + self.in_network_emb(c.in_network.long())
+        return token
 
 
 class TaskHeads(nn.Module):
@@ -266,9 +288,14 @@ class TaskHeads(nn.Module):
         self.tasks, self.funnel = tuple(tasks), funnel
         self.proj = nn.Linear(d_model, len(tasks))  # biases: rare tasks (report) need a base rate far from 0.5
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h (..., D) final-norm candidate states -> (..., K) logits / regression values."""
+    def forward(self, h: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """h (..., D) final-norm candidate states -> (..., K) logits / regression values.
+
+        `offset` (..., K) is added to the raw outputs before the funnel (the position-bias tower), so it shifts a
+        conditional logit and the funnel order still holds."""
         raw = self.proj(h)  # (..., K)
+        if offset is not None:
+            raw = raw + offset.to(raw.dtype)
         if not self.funnel:
             return raw
         log_p: dict[str, torch.Tensor] = {}
@@ -339,6 +366,12 @@ class Ranker(nn.Module):
         self.norm = RMSNorm(D)
         self.heads = TaskHeads(D, self.tasks, funnel=cfg.head_mode == "funnel")
         self.combiner = BlendCombiner(D, len(self.tasks)) if cfg.learn_blend else None
+        # Row 0 = position unknown: zero and never trained, so serving (positions -1) gets no offset.
+        self.position_bias = (
+            nn.Embedding(cfg.max_position + 1, len(self.tasks), padding_idx=0) if cfg.max_position > 0 else None
+        )
+        if self.position_bias is not None:
+            nn.init.zeros_(self.position_bias.weight)
         self.register_buffer("blend_weights", torch.tensor([t.blend_weight for t in self.tasks]), persistent=False)
         continuous = torch.tensor([t.kind is TaskKind.CONTINUOUS for t in self.tasks])
         self.register_buffer("continuous", continuous, persistent=False)
@@ -425,9 +458,16 @@ class Ranker(nn.Module):
         """
         h = self.hidden_states(user, candidates)  # (B, T, D)
         T0 = user.hist_post_ids.shape[1] + 1
-        logits = self.heads(h[:, T0:])  # (B, C, K)
+        logits = self.heads(h[:, T0:], self._position_offset(candidates))  # (B, C, K)
         multipliers = self.combiner(h[:, 0]) if self.combiner is not None else None
         return RankerOutput(logits.float(), None if multipliers is None else multipliers.float())
+
+    def _position_offset(self, candidates: CandidateBatch) -> torch.Tensor | None:
+        """(B, C, K) position-bias offsets of logged slots (unknown positions, -1, get 0); None without the tower."""
+        if self.position_bias is None:
+            return None
+        slot = torch.where(candidates.positions < 0, 0, candidates.positions.clamp(max=self.cfg.max_position - 1) + 1)
+        return self.position_bias(slot)
 
     # Serving path -------------------------------------------------------------------------------------------------
 
@@ -497,7 +537,7 @@ class Ranker(nn.Module):
         for start in range(0, C, chunk):
             part = candidates.slice(start, min(start + chunk, C))
             h = self._score_layers(cache, self.embedder.candidate_tokens(part))  # (B, c, D)
-            parts.append(self.heads(h))
+            parts.append(self.heads(h, self._position_offset(part)))
         B, K = cache.valid.shape[0], len(self.tasks)
         logits = torch.cat(parts, 1) if parts else cache.user_hidden.new_zeros(B, 0, K)
         multipliers = self.combiner(cache.user_hidden) if self.combiner is not None else None
@@ -508,7 +548,7 @@ class Ranker(nn.Module):
     def predictions(self, out: RankerOutput) -> torch.Tensor:
         """(B, C, K): probabilities for binary tasks; for continuous ones the regression value mapped back from log1p
         (dwell_time: predicted seconds, >= 0)."""
-        seconds = torch.expm1(out.logits.clamp(min=0))
+        seconds = torch.expm1(out.logits.clamp(min=0, max=MAX_LOG_SECONDS))
         return torch.where(self.continuous, seconds, torch.sigmoid(out.logits))
 
     def blend(self, probs: torch.Tensor, multipliers: torch.Tensor | None = None) -> torch.Tensor:

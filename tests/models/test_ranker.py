@@ -58,6 +58,9 @@ def candidates(cfg: RankerConfig, B: int, C: int, seed: int = 1) -> CandidateBat
         surfaces=torch.randint(0, 4, (B, C), generator=g),
         age_ms=torch.randint(-1, 10**9, (B, C), generator=g),
         dense=torch.rand(B, C, len(cfg.candidate_features), generator=g) * 100,
+        attributes=torch.randint(0, 10**6, (B, C, len(cfg.candidate_attributes)), generator=g),
+        in_network=torch.randint(0, 2, (B, C), generator=g).bool(),
+        positions=torch.randint(-1, 12, (B, C), generator=g),
         valid=torch.ones(B, C, dtype=torch.bool),
     )
 
@@ -70,7 +73,11 @@ def cat(a: CandidateBatch, b: CandidateBatch) -> CandidateBatch:
 
 def build(cfg: RankerConfig = CFG, seed: int = 0) -> Ranker:
     torch.manual_seed(seed)
-    return Ranker(cfg).eval()
+    model = Ranker(cfg).eval()
+    if model.position_bias is not None:  # zero at init: make it matter, as after training
+        with torch.no_grad():
+            model.position_bias.weight[1:].normal_()
+    return model
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -258,6 +265,8 @@ def test_learns_a_synthetic_rule() -> None:
     for step in range(150):
         u, c = users(cfg, [6] * 16, seed=step), candidates(cfg, 16, 8, seed=10_000 + step)
         c = replace(c, author_ids=torch.randint(1, 9, (16, 8), generator=torch.Generator().manual_seed(step)))
+        c = replace(c, positions=torch.full_like(c.positions, -1))  # the rule ignores slot, attributes, network
+        c = replace(c, attributes=torch.zeros_like(c.attributes), in_network=torch.zeros_like(c.in_network))
         click = (c.dense[..., 0] > 50).float()
         like = click * (c.author_ids % 2 == 0).float()
         labels = torch.zeros(16, 8, len(TASKS))
@@ -269,3 +278,20 @@ def test_learns_a_synthetic_rule() -> None:
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.5 * first, (first, last)
+
+
+def test_position_bias_is_an_offset_of_logged_slots_and_zero_when_unknown() -> None:
+    model, u, c = build(CFG), users(CFG, [4, 2]), candidates(CFG, 2, 5)
+    unknown = replace(c, positions=torch.full_like(c.positions, -1))
+    first = replace(c, positions=torch.zeros_like(c.positions))
+    far = replace(c, positions=torch.full_like(c.positions, 10_000))  # beyond max_position: the last slot's offset
+    with torch.no_grad():
+        base = model(u, unknown).logits
+        off = model.position_bias.weight.detach()  # (max_position + 1, K)
+        assert max_diff(model(u, first).logits, base + off[1]) <= TOL
+        assert max_diff(model(u, far).logits, base + off[CFG.max_position]) <= TOL
+        without = Ranker(replace(CFG, max_position=0)).eval()
+        without.load_state_dict({k: v for k, v in model.state_dict().items() if k != "position_bias.weight"})
+        assert max_diff(without(u, c).logits, base) <= TOL  # unknown slots add exactly nothing
+        cached = model.score_candidates(model.encode_user(u), first, chunk=2).logits
+    assert max_diff(cached, base + off[1]) <= TOL

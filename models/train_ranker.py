@@ -1,0 +1,175 @@
+"""Training the ranker: multi-task loss (BCE per available action, Huber on log1p dwell seconds) over request groups,
+AdamW, early stopping on the validation mean AUC of the recorded actions, resumable checkpoints, DDP under torchrun
+(the loop of `models.training`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from core.errors import UserError
+from models.ranker import Ranker, RankerConfig, load_ranker, save_ranker
+from models.ranker_data import RankerBatch, RankerDataset, RankerTrainTask, predict
+from models.ranker_metrics import ranking_report
+from models.tasks import TaskKind, availability
+from models.training import Loop, device_for, distributed_context, epoch_batches, run_epochs, settings_json
+
+
+@dataclass(frozen=True)
+class RankerTrainConfig:
+    """Optimisation and evaluation settings (the model's own settings are in RankerConfig)."""
+
+    epochs: int = 10
+    batch_size: int = 64  # request groups per step
+    lr: float = 2e-3
+    weight_decay: float = 0.01  # on Linear weights only (hash-table rows of rare ids would shrink to nothing)
+    grad_clip: float = 1.0
+    patience: int = 2
+    max_eval_requests: int = 20_000  # validation request groups (a seeded sample beyond this)
+    eval_batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience", "max_eval_requests", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UserError(f"train.lr: must be > 0, got {self.lr}")
+
+
+@dataclass
+class RankerTrainResult:
+    model: Ranker  # holds the best epoch's weights
+    best_epoch: int
+    best_metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    step_losses: list[float] = field(default_factory=list)
+
+
+def binary_tasks(model: Ranker, observed: Sequence[str]) -> list[str]:
+    """The model's binary tasks the dataset records, in head order."""
+    avail = availability(observed, model.tasks)
+    return [t.name for t, a in zip(model.tasks, avail.tolist(), strict=True) if a and t.kind is TaskKind.BINARY]
+
+
+def evaluate_ranker(
+    model: Ranker, ds: RankerDataset, observed: Sequence[str], batch_size: int = 256
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The per-action report (`models.ranker_metrics.ranking_report`) of the model on ds, and its (N, K) predictions.
+
+    Only recorded actions are reported; NDCG@10 uses the report's default +1/-1 blend of them.
+    """
+    preds = predict(model, ds, batch_size)
+    names = binary_tasks(model, observed)
+    col = {t.name: k for k, t in enumerate(model.tasks)}
+    probs = {a: preds[:, col[a]] for a in names}
+    labels = ds.df[names].astype(np.float64)
+    report = ranking_report(labels, probs, ds.user_ids, ds.request_ids, names)
+    return report, preds
+
+
+def summary(report: dict[str, Any]) -> dict[str, float]:
+    """Flat numbers of a report for the epoch history: mean AUC / GAUC / logloss over the actions that are not
+    noisy (all reported ones if every action is), per-action AUC and GAUC, and NDCG@k."""
+    actions = report["actions"]
+    solid = {a: m for a, m in actions.items() if not m["noisy"]} or actions
+    out: dict[str, float] = {
+        "auc_mean": float(np.mean([m["auc"] for m in solid.values()])) if solid else float("nan"),
+        "gauc_mean": float(np.nanmean([m["gauc"] for m in solid.values()])) if solid else float("nan"),
+        "logloss_mean": float(np.mean([m["logloss"] for m in solid.values()])) if solid else float("nan"),
+        f"ndcg@{report['ndcg']['k']}": float(report["ndcg"]["value"]),
+    }
+    for a, m in actions.items():
+        out[f"auc/{a}"], out[f"gauc/{a}"] = float(m["auc"]), float(m["gauc"])
+    return out
+
+
+def _optimizer(model: nn.Module, tc: RankerTrainConfig) -> torch.optim.AdamW:
+    decay = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    decay_ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in decay_ids]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tc.lr)
+
+
+def train_ranker(
+    config: RankerConfig,
+    train_df: pd.DataFrame,
+    valid_df: pd.DataFrame,
+    observed: Sequence[str],
+    train_cfg: RankerTrainConfig | None = None,
+    out: Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> RankerTrainResult:
+    """Trains the ranker with early stopping on the validation mean AUC (`summary`'s auc_mean).
+
+    Args:
+        config: the model.
+        train_df, valid_df: ranker training-set rows (`models.data.temporal_split` of one), whole requests each.
+        observed: the actions the dataset records; the others are masked out of the loss and the metrics.
+        out: config.json, checkpoint.pt (every epoch) and best/ (`save_ranker` of the best epoch); None = memory.
+        resume: continue from out/checkpoint.pt.
+        log: one line per epoch.
+    """
+    tc = train_cfg or RankerTrainConfig()
+    if len(train_df) == 0 or len(valid_df) == 0:
+        raise UserError(f"train: empty input (train {len(train_df)} rows, valid {len(valid_df)} rows)")
+    ctx = distributed_context()
+    try:
+        torch.manual_seed(tc.seed)
+        device = device_for(ctx)
+        model = Ranker(config)
+        available = availability(observed, model.tasks)
+        if not available.any():
+            raise UserError(f"train: the dataset records none of the model's tasks {list(config.tasks)}")
+        train_ds = RankerDataset(train_df, config, model.tasks, available)
+        valid_requests = valid_df["request_id"].unique()
+        if len(valid_requests) > tc.max_eval_requests:
+            keep = np.random.default_rng(tc.seed).choice(valid_requests, tc.max_eval_requests, replace=False)
+            valid_df = valid_df[valid_df["request_id"].isin(keep)].reset_index(drop=True)
+        valid_ds = RankerDataset(valid_df, config, model.tasks, available)
+        model.fit_dense_stats(train_ds.train_dense())
+        model = model.to(device)
+        optimizer = _optimizer(model, tc)
+        task = RankerTrainTask(model, available).to(device)
+
+        def batches(generator: torch.Generator) -> Iterable[RankerBatch]:
+            return (train_ds[rows] for rows in epoch_batches(len(train_ds), tc.batch_size, generator, ctx))
+
+        def evaluate() -> dict[str, float]:
+            return summary(evaluate_ranker(model, valid_ds, observed, tc.eval_batch_size)[0])
+
+        loop = Loop(tc.epochs, tc.patience, tc.grad_clip, tc.seed, "auc_mean", settings_json(tc))
+        done = run_epochs(
+            ctx,
+            model,
+            task,
+            optimizer,
+            loop,
+            config,
+            batches,
+            evaluate,
+            save_best=lambda path: save_ranker(model, path),
+            load_best=lambda path: load_ranker(path).state_dict(),
+            same_config=lambda text: RankerConfig.from_json(text) == config,
+            out=out,
+            resume=resume,
+            log=log,
+        )
+        if ctx.distributed:
+            dist.barrier()  # rank 0's last writes are done before any rank returns
+    finally:
+        if ctx.owns_group:
+            dist.destroy_process_group()
+    best = next(h for h in done.history if h["epoch"] == done.best_epoch)
+    metrics = {k: v for k, v in best.items() if k not in ("epoch", "train_loss", "seconds")}
+    return RankerTrainResult(model.eval(), done.best_epoch, metrics, done.history, done.step_losses)
