@@ -206,8 +206,8 @@ def training_set(
     frame = frame.sort_values("impression_id").reset_index(drop=True)
     with atomic_dir(out) as tmp:
         frame.to_parquet(tmp / "training_set.parquet", index=False)
-        meta = {"dataset": manifest.dataset, "model": model, "start": start.isoformat(), "end": end.isoformat()}
-        meta["observed_actions"] = list(manifest.observed_actions)
+        meta: dict[str, Any] = {"dataset": manifest.dataset, "model": model, "start": start.isoformat()}
+        meta |= {"end": end.isoformat(), "observed_actions": list(manifest.observed_actions)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return {"rows": len(frame), "columns": frame.shape[1]}
 

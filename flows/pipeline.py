@@ -23,6 +23,8 @@ STAGES = (
     "training_set_retrieval",
     "train_retrieval",
     "build_index",
+    "training_set_ranker",
+    "train_ranker",
 )
 
 
@@ -30,8 +32,8 @@ STAGES = (
 def ember_pipeline(
     project: str = str(PROJECT), online_store: str = "sqlite", redis: str = "127.0.0.1:6379", push: bool = False
 ) -> dict[str, Any]:
-    """Data -> features -> Feast registry -> retrieval training set -> two-tower -> ANN index, then the online store,
-    the metrics artifact (and `dvc push`)."""
+    """Data -> features -> Feast registry -> retrieval training set -> two-tower -> ANN index -> ranker training set
+    -> ranker, then the online store, the metrics artifact (and `dvc push`)."""
     root = Path(project)
     ran = {stage: dvc_repro(root, stage) for stage in STAGES}
     online = materialize_online(root, online_store, redis)

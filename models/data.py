@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,16 @@ def _is_array(value: object) -> bool:
     return isinstance(value, list | tuple | np.ndarray)
 
 
-def user_features(df: pd.DataFrame, cfg: TwoTowerConfig) -> UserFeatures:
+class UserInputs(Protocol):
+    """What `user_features` reads of a model config (TwoTowerConfig and RankerConfig both have it)."""
+
+    @property
+    def user_attributes(self) -> tuple[str, ...]: ...
+    @property
+    def max_history(self) -> int: ...
+
+
+def user_features(df: pd.DataFrame, cfg: UserInputs) -> UserFeatures:
     """The user-tower inputs of each row; history gaps are measured from the row's event_timestamp (request time)."""
     attributes = [f"user_{a}" for a in cfg.user_attributes]
     _require(df, ["user_id", "event_timestamp", *HISTORY, *attributes], "retrieval training set")

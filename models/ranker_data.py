@@ -167,6 +167,8 @@ def _padded(values: np.ndarray, fill: int = 0) -> torch.Tensor:
 class RankerTrainTask(torch.nn.Module):
     """The ranker plus its multi-task loss; `forward(batch, generator)` returns the () loss of a batch."""
 
+    available: torch.Tensor  # (K,) bool
+
     def __init__(self, model: Ranker, available: torch.Tensor) -> None:
         super().__init__()
         self.model = model

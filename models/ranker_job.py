@@ -1,0 +1,227 @@
+"""What `ember train ranker` and `ember evaluate ranker` (and the DVC stage `train_ranker`) run.
+
+Splits are temporal and by whole request: a request belongs to the window of its first impression, so no slate is
+cut in two and nothing of the future is in training.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.errors import UserError
+from core.io import atomic_write_text
+from models.config_overrides import coerce
+from models.ranker import HEAD_MODES, RankerConfig
+from models.ranker_data import read_ranker_set
+from models.train_ranker import RankerTrainConfig, binary_tasks, evaluate_ranker, summary, train_ranker
+
+BASELINES = ("logistic", "lightgbm", "mmoe")
+
+
+def ranker_config(preset: str, overrides: dict[str, Any]) -> RankerConfig:
+    """The preset with overrides; an invalid combination is a UserError naming the config."""
+    try:
+        return RankerConfig.preset(preset, **coerce(RankerConfig, overrides, prefix="model"))
+    except (ValueError, TypeError) as err:
+        raise UserError(str(err)) from None
+
+
+def train_config(overrides: dict[str, Any]) -> RankerTrainConfig:
+    return RankerTrainConfig(**coerce(RankerTrainConfig, overrides, prefix="train"))
+
+
+def request_start(df: pd.DataFrame) -> pd.Series:
+    """Each row's request time: the first impression time of its request."""
+    return df.groupby("request_id")["event_timestamp"].transform("min")
+
+
+def split_by_request(
+    df: pd.DataFrame, fraction: float | None = None, days: float | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(earlier, later): `later` is the requests of the last `days` days, or the newest `fraction` of requests.
+
+    Raises:
+        UserError: neither or both given, a value out of range, or an empty side.
+    """
+    if (fraction is None) == (days is None):
+        raise UserError("split: give exactly one of a fraction and a number of days")
+    start = request_start(df)
+    if days is not None:
+        if days <= 0:
+            raise UserError(f"--test-days: must be > 0, got {days}")
+        cutoff = df["event_timestamp"].max().normalize() - pd.Timedelta(days=days - 1)
+    else:
+        assert fraction is not None
+        if not 0.0 < fraction < 1.0:
+            raise UserError(f"valid_fraction: {fraction} is not in (0, 1)")
+        firsts = start.drop_duplicates().sort_values(ignore_index=True)
+        cutoff = firsts.iloc[min(int(len(firsts) * (1.0 - fraction)), len(firsts) - 1)]
+    later = start >= cutoff
+    early, late = df[~later].reset_index(drop=True), df[later].reset_index(drop=True)
+    if early.empty or late.empty:
+        raise UserError(f"split at {cutoff}: leaves {len(early)} earlier and {len(late)} later rows")
+    return early, late
+
+
+def train_ranker_job(
+    training_set: Path,
+    out: Path,
+    preset: str = "small",
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    valid_fraction: float = 0.2,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Trains the ranker on a ranker training set; returns (and writes to out/metrics.json) its metrics.
+
+    `out` holds checkpoint.pt (resumable), config.json, best/ (the model to serve) and metrics.json, written last:
+    its presence means the run finished.
+    """
+    cfg = ranker_config(preset, model_overrides or {})
+    tc = train_config(train_overrides or {})
+    df, observed = read_ranker_set(training_set)
+    train_df, valid_df = split_by_request(df, fraction=valid_fraction)
+    out = Path(out)
+    if not resume:
+        for stale in ("metrics.json", "checkpoint.pt", "config.json", "best"):
+            target = out / stale
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)
+    start = time.perf_counter()
+    result = train_ranker(cfg, train_df, valid_df, observed, tc, out=out, resume=resume, log=log)
+    seconds = time.perf_counter() - start
+    train_seconds = sum(h["seconds"] for h in result.history)
+    metrics = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        **{k: round(v, 5) for k, v in result.best_metrics.items()},
+        "train_rows": len(train_df),
+        "valid_rows": len(valid_df),
+        "observed_actions": list(observed),
+        "seconds": round(seconds, 2),
+        "train_impressions_per_s": round(len(train_df) * len(result.history) / max(train_seconds, 1e-9)),
+        "preset": preset,
+        "train_config": asdict(tc),
+    }
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
+
+
+def _compact(report: dict[str, Any]) -> dict[str, Any]:
+    """A ranking report with rounded numbers."""
+    actions = {
+        a: {k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()} for a, m in report["actions"].items()
+    }
+    return {"actions": actions, "skipped": report["skipped"], "ndcg": report["ndcg"]}
+
+
+def evaluate_ranker_job(
+    training_set: Path,
+    test_days: float | None = None,
+    test_fraction: float | None = None,
+    valid_fraction: float = 0.1,
+    preset: str = "nano",
+    head_modes: Sequence[str] = HEAD_MODES,
+    baselines: Sequence[str] = BASELINES,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The ranker (each head mode) against the baselines and, on synthetic data, the oracle: one temporal split,
+    the same training rows, early stopping on the same validation requests, metrics on the same test requests.
+
+    Returns:
+        {"split": sizes and windows, "observed_actions", "models": {name: {"seconds", "report"}}, "table": {action:
+        {name: {"auc", "gauc"}}}, "wins": {action: {"auc", "gauc"}: the best ranker mode beats every baseline},
+        "oracle_ratio": {name: {action: auc / oracle auc}} (synthetic only)}
+    """
+    log = log or (lambda line: None)
+    unknown = set(head_modes) - set(HEAD_MODES) or None
+    if unknown:
+        raise UserError(f"--heads: unknown head modes {sorted(unknown)} (choose from {', '.join(HEAD_MODES)})")
+    unknown = set(baselines) - set(BASELINES) or None
+    if unknown:
+        raise UserError(f"--baselines: unknown baselines {sorted(unknown)} (choose from {', '.join(BASELINES)})")
+    cfg = ranker_config(preset, model_overrides or {})
+    tc = replace(train_config(train_overrides or {}), seed=seed)
+    df, observed = read_ranker_set(training_set)
+    fit_df, test_df = split_by_request(df, fraction=test_fraction, days=test_days)
+    train_df, valid_df = split_by_request(fit_df, fraction=valid_fraction)
+    split = {
+        "train": len(train_df),
+        "valid": len(valid_df),
+        "test": len(test_df),
+        "test_requests": int(test_df["request_id"].nunique()),
+        "test_start": str(request_start(test_df).min()),
+        "test_end": str(test_df["event_timestamp"].max()),
+    }
+    log(f"split: {split}")
+    models: dict[str, dict[str, Any]] = {}
+    actions: list[str] = []
+    for mode in head_modes:
+        start = time.perf_counter()
+        result = train_ranker(replace(cfg, head_mode=mode), train_df, valid_df, observed, tc)
+        seconds = time.perf_counter() - start
+        from models.ranker_data import RankerDataset
+        from models.tasks import availability
+
+        ds = RankerDataset(test_df, result.model.cfg, result.model.tasks, availability(observed, result.model.tasks))
+        report, _ = evaluate_ranker(result.model, ds, observed, tc.eval_batch_size)
+        actions = binary_tasks(result.model, observed)
+        models[f"ranker_{mode}"] = {"seconds": round(seconds, 2), "best_epoch": result.best_epoch}
+        models[f"ranker_{mode}"]["report"] = _compact(report)
+        log(f"ranker_{mode}: {seconds:.1f} s, test {summary(report)['auc_mean']:.4f} mean AUC")
+    from models.ranker_baselines import run_baselines
+    from models.ranker_metrics import ranking_report
+
+    labels = test_df[actions].astype(np.float64)
+    for name, fitted in run_baselines(train_df, valid_df, test_df, actions, baselines, seed=seed).items():
+        report = ranking_report(labels, fitted["probs"], test_df["user_id"], test_df["request_id"], actions)
+        models[name] = {"seconds": round(fitted["seconds"], 2), "report": _compact(report)}
+        log(f"{name}: {fitted['seconds']:.1f} s, test {summary(report)['auc_mean']:.4f} mean AUC")
+    oracle = all(f"p_{a}" in test_df.columns for a in actions)
+    if oracle:
+        probs = {a: test_df[f"p_{a}"].to_numpy() for a in actions}
+        report = ranking_report(labels, probs, test_df["user_id"], test_df["request_id"], actions)
+        models["oracle"] = {"seconds": 0.0, "report": _compact(report)}
+    table = {
+        a: {n: {k: m["report"]["actions"][a][k] for k in ("auc", "gauc")} for n, m in models.items()}
+        for a in actions
+        if all(a in m["report"]["actions"] for m in models.values())
+    }
+    rankers = [n for n in models if n.startswith("ranker_")]
+    wins = {
+        a: {
+            k: max(row[n][k] for n in rankers) > max((row[b][k] for b in baselines if b in row), default=-1.0)
+            for k in ("auc", "gauc")
+        }
+        for a, row in table.items()
+    }
+    report_out: dict[str, Any] = {
+        "training_set": str(training_set),
+        "preset": preset,
+        "split": split,
+        "observed_actions": list(observed),
+        "train_config": asdict(tc),
+        "models": models,
+        "table": table,
+        "wins": wins,
+    }
+    if oracle:
+        report_out["oracle_ratio"] = {
+            n: {a: round(row[n]["auc"] / row["oracle"]["auc"], 4) for a, row in table.items()}
+            for n in models
+            if n != "oracle"
+        }
+    return report_out

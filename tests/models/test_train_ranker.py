@@ -1,0 +1,237 @@
+"""Ranker training sets as request groups, training (learns, resumes exactly), `ember train ranker` and
+`ember evaluate ranker` end to end, and how they treat bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.actions import ACTION_NAMES, DWELL_TIME
+from models.ranker import RankerConfig, load_ranker
+from models.ranker_data import RankerDataset, predict, read_ranker_set, request_slots
+from models.ranker_job import split_by_request
+from models.ranker_metrics import auc
+from models.tasks import TASKS, availability
+from models.train_ranker import RankerTrainConfig, train_ranker
+from tests.conftest import CliResult
+
+Cli = Callable[..., CliResult]
+T0 = pd.Timestamp("2026-01-02", tz="UTC")
+CFG = RankerConfig.preset("nano", max_history=8, max_candidates=8)
+FAST = RankerTrainConfig(epochs=2, batch_size=16, lr=5e-3)
+OBSERVED = ("click", "like", "not_interested", "dwell")
+TRAIN = ("--preset", "nano", "--set", "train.epochs=2", "--set", "train.batch_size=16")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rows(n_users: int = 60, requests: int = 6, slate: int = 6, seed: int = 0) -> pd.DataFrame:
+    """A learnable ranker training set: a click is likely when the user follows the author (in_network) or the
+    post is popular, a like needs a click and an even author, not_interested comes from out-of-network posts. The
+    true probabilities are stored as p_<action>, as on synthetic data."""
+    rng = np.random.default_rng(seed)
+    out = []
+    request_id = 0
+    for u in range(1, n_users + 1):
+        follows = set(rng.choice(np.arange(100, 120), 5, replace=False).tolist())
+        history: list[tuple[int, int, int]] = []  # (post, author, ms)
+        for r in range(requests):
+            request_id += 1
+            t = T0 + pd.Timedelta(hours=4 * r, minutes=u)
+            ms = int(t.value // 1_000_000)
+            for pos in range(slate):
+                author = int(rng.integers(100, 120))
+                post = int(rng.integers(1, 400))
+                popular = float(rng.integers(0, 1000))
+                in_net = author in follows
+                p_click = 1 / (1 + np.exp(-(-2.0 + 2.5 * in_net + 1.5 * (popular > 500))))
+                click = rng.random() < p_click
+                p_like = p_click * (0.7 if author % 2 == 0 else 0.05)
+                like = click and rng.random() < p_like / p_click
+                p_ni = 0.02 + 0.25 * (not in_net)
+                hist = history[-CFG.max_history :]
+                row = {
+                    "impression_id": len(out),
+                    "request_id": request_id,
+                    "user_id": u,
+                    "post_id": post,
+                    "author_id": author,
+                    "event_timestamp": t + pd.Timedelta(seconds=pos),
+                    "surface": 0,
+                    "position": pos,
+                    "in_network": in_net,
+                    **{a: 0 for a in ACTION_NAMES},
+                    "click": int(click),
+                    "like": int(like),
+                    "dwell": int(like),
+                    "not_interested": int(rng.random() < p_ni),
+                    DWELL_TIME: 20.0 * like + 2.0 * click,
+                    "p_click": p_click,
+                    "p_like": p_like,
+                    "p_dwell": p_like,
+                    "p_not_interested": p_ni,
+                    "user_country": "FR",
+                    "user_language": "fr",
+                    "user_age_bucket": "25-34",
+                    "user_activity": "high",
+                    "hist_post_ids": np.array([h[0] for h in hist]) if hist else None,
+                    "hist_author_ids": np.array([h[1] for h in hist]) if hist else None,
+                    "hist_actions": np.ones(len(hist), dtype=np.int64) if hist else None,
+                    "hist_surfaces": np.zeros(len(hist), dtype=np.int64) if hist else None,
+                    "hist_timestamps": np.array([h[2] for h in hist]) if hist else None,
+                    "post_created_at_ms": ms - 3_600_000,
+                    "post_topic": f"t{post % 5}",
+                    "post_media_type": "text",
+                    "post_impressions": popular,
+                    **{f: float(rng.random()) for f in CFG.candidate_features if f != "post_impressions"},
+                }
+                out.append(row)
+                if click:
+                    history.append((post, author, ms))
+    return pd.DataFrame(out)
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return rows()
+
+
+def test_request_slots_hold_every_row_once_in_position_order_and_cut_long_requests() -> None:
+    df = pd.DataFrame({"request_id": [7, 3, 7, 3, 7, 7, 7], "position": [4, 1, 0, 0, 2, 1, 3]})
+    slots = request_slots(df, max_candidates=3)
+    assert slots.shape == (3, 3)
+    assert slots.tolist() == [[3, 1, -1], [2, 5, 4], [6, 0, -1]]  # request 3, then request 7 cut in two
+    placed = slots[slots >= 0]
+    assert sorted(placed.tolist()) == list(range(len(df)))
+
+
+def test_dataset_batches_map_predictions_back_to_rows(frame: pd.DataFrame) -> None:
+    available = availability(OBSERVED)
+    ds = RankerDataset(frame, CFG, TASKS, available)
+    assert len(ds) == frame["request_id"].nunique()  # slates of 6 fit in 8 slots
+    batch = ds[torch.arange(3)]
+    assert batch.candidates.num_candidates == 6  # padding columns no group uses are trimmed
+    valid = batch.candidates.valid
+    rows_ = batch.rows[valid]
+
+    def column(name: str) -> torch.Tensor:
+        return torch.as_tensor(frame[name].to_numpy()[rows_])
+
+    click = [t.name for t in TASKS].index("click")
+    assert torch.equal(batch.candidates.post_ids[valid], column("post_id"))
+    assert torch.equal(batch.labels[..., click][valid], column("click").float())
+    assert torch.equal(batch.candidates.positions[valid], column("position"))
+
+
+def test_training_learns_the_rules_and_predictions_cover_every_row(frame: pd.DataFrame) -> None:
+    tr, va = split_by_request(frame, fraction=0.25)
+    assert set(tr.request_id).isdisjoint(va.request_id)
+    assert tr.event_timestamp.max() < va.groupby("request_id").event_timestamp.min().min()
+    result = train_ranker(CFG, tr, va, OBSERVED, replace(FAST, epochs=6))
+    m = result.best_metrics
+    oracle = {a: auc(va[a], va[f"p_{a}"]) for a in ("click", "like")}  # click ~0.80, like ~0.83
+    assert m["auc/click"] > 0.9 * oracle["click"], (m, oracle)
+    assert m["auc/like"] > 0.85 * oracle["like"], (m, oracle)
+    assert "auc/reply" not in m  # not observed: masked out of the loss and the report
+    preds = predict(result.model, RankerDataset(va, CFG, result.model.tasks, availability(OBSERVED)))
+    assert preds.shape == (len(va), len(TASKS)) and np.isfinite(preds).all()
+    assert (preds[:, :13] > 0).all()  # every row was predicted (none left at the zero fill)
+
+
+def test_resume_replays_the_next_steps_of_an_uninterrupted_run(frame: pd.DataFrame, tmp_path: Path) -> None:
+    tr, va = split_by_request(frame, fraction=0.25)
+    whole = train_ranker(CFG, tr, va, OBSERVED, FAST)
+    first = train_ranker(CFG, tr, va, OBSERVED, replace(FAST, epochs=1), out=tmp_path)
+    resumed = train_ranker(CFG, tr, va, OBSERVED, FAST, out=tmp_path, resume=True)
+    steps = len(first.step_losses)
+    assert first.step_losses == whole.step_losses[:steps]
+    assert resumed.step_losses == whole.step_losses[steps:]
+    saved = load_ranker(tmp_path / "best")
+    assert saved.cfg == CFG
+    with pytest.raises(Exception, match="differs"):
+        train_ranker(replace(CFG, d_model=64), tr, va, OBSERVED, FAST, out=tmp_path, resume=True)
+
+
+@pytest.fixture(scope="module")
+def training_set(frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ranker") / "training"
+    root.mkdir()
+    frame.to_parquet(root / "training_set.parquet", index=False)
+    (root / "meta.json").write_text(json.dumps({"dataset": "synthetic", "observed_actions": list(OBSERVED)}))
+    return root
+
+
+def test_train_ranker_cli_writes_the_model_and_metrics(run_cli: Cli, training_set: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    res = run_cli("train", "ranker", "--training-set", str(training_set), "--out", str(out), *TRAIN)
+    assert res.code == 0, res.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["observed_actions"] == list(OBSERVED) and metrics["epochs_run"] == 2
+    assert 0.5 < metrics["auc/click"] <= 1.0
+    assert load_ranker(out / "best").cfg.max_history == RankerConfig.preset("nano").max_history
+    _, observed = read_ranker_set(training_set)
+    assert observed == OBSERVED
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--set", "model.no_such_field=3"), "model.no_such_field"),
+        (("--set", "train.epochs=many"), "train.epochs"),
+        (("--set", "model.head_mode=cascade"), "head_mode"),
+        (("--valid-fraction", "1.5"), "valid_fraction"),
+    ],
+)
+def test_train_ranker_bad_input_names_the_parameter_and_writes_nothing(
+    run_cli: Cli, training_set: Path, tmp_path: Path, args: tuple[str, ...], named: str
+) -> None:
+    out = tmp_path / "model"
+    res = run_cli("train", "ranker", "--training-set", str(training_set), "--out", str(out), "--preset", "nano", *args)
+    assert res.code != 0
+    assert named in res.error_line() and "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_train_ranker_refuses_an_empty_training_set(run_cli: Cli, frame: pd.DataFrame, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    frame.head(0).to_parquet(tmp_path / "empty" / "training_set.parquet", index=False)
+    res = run_cli("train", "ranker", "--training-set", str(tmp_path / "empty"), "--out", str(tmp_path / "m"))
+    assert res.code != 0 and "no rows" in res.error_line()
+    assert not (tmp_path / "m").exists()
+
+
+def test_evaluate_ranker_compares_modes_baselines_and_the_oracle_on_one_split(
+    run_cli: Cli, training_set: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval.json"
+    res = run_cli(
+        "evaluate", "ranker", "--training-set", str(training_set), "--out", str(out), "--test-fraction", "0.3",
+        "--baselines", "logistic,lightgbm", *TRAIN[:2], "--set", "train.epochs=3", "--set", "train.batch_size=16",
+    )  # fmt: skip
+    assert res.code == 0, res.stderr
+    report = json.loads(out.read_text())
+    assert set(report["models"]) == {"ranker_independent", "ranker_funnel", "logistic", "lightgbm", "oracle"}
+    assert set(report["table"]) == set(OBSERVED) - {"dwell"} | {"dwell"}
+    click = report["table"]["click"]
+    assert click["oracle"]["auc"] > 0.7
+    assert all(0.0 <= row["auc"] <= 1.0 for row in click.values())
+    assert report["oracle_ratio"]["lightgbm"]["click"] == pytest.approx(
+        click["lightgbm"]["auc"] / click["oracle"]["auc"], abs=1e-4
+    )
+    assert set(report["wins"]["click"]) == {"auc", "gauc"}
+    n_test = report["split"]["test"]
+    assert report["models"]["lightgbm"]["report"]["actions"]["click"]["impressions"] == n_test
+    assert "click" in res.stdout and "oracle" in res.stdout
