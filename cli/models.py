@@ -61,6 +61,7 @@ def train_ranker_cmd(
     valid_fraction: float = typer.Option(0.2, "--valid-fraction", help="Newest share of requests for validation."),
     resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
     metrics_out: Path | None = typer.Option(None, "--metrics", help="Also write the metrics JSON here (DVC)."),
+    features: Path | None = typer.Option(None, "--features", help="Offline features: history posts' attributes."),
     overrides: list[str] = SET,
 ) -> None:
     """Train the multi-task ranker (early stopping on the validation mean AUC of the recorded actions)."""
@@ -68,7 +69,15 @@ def train_ranker_cmd(
 
     sets = _overrides(overrides)
     metrics = train_ranker_job(
-        training_set, out, preset, sets["model"], sets["train"], valid_fraction, resume, log=typer.echo
+        training_set,
+        out,
+        preset,
+        sets["model"],
+        sets["train"],
+        valid_fraction,
+        resume,
+        log=typer.echo,
+        features=features,
     )
     if metrics_out is not None:
         from core.io import atomic_write_text
@@ -140,6 +149,7 @@ def evaluate_ranker_cmd(
     heads: str = typer.Option("independent,funnel", "--heads", help="Ranker head modes to train, comma-separated."),
     baselines: str = typer.Option("logistic,lightgbm,mmoe", "--baselines", help="Baselines, comma-separated."),
     seed: int = typer.Option(0, "--seed", help="Seed of every trained model."),
+    features: Path | None = typer.Option(None, "--features", help="Offline features: history posts' attributes."),
     overrides: list[str] = SET,
 ) -> None:
     """The ranker (independent and funnel heads) vs logistic regression, LightGBM and MMoE on one temporal split;
@@ -160,6 +170,7 @@ def evaluate_ranker_cmd(
         train_overrides=sets["train"],
         seed=seed,
         log=typer.echo,
+        features=features,
     )
     atomic_write_text(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
     names = list(report["models"])

@@ -34,7 +34,7 @@ from core.actions import ACTIONS
 from core.errors import UserError
 from core.io import atomic_dir
 from core.schema import N_SURFACES
-from features.catalog import AUTHOR_STATS, POST_STATS, Dtype
+from features.catalog import AUTHOR_STATS, POST_STATS, USER_STATS, Dtype
 from models.layers import Block, MultiHashEmbedding, RMSNorm, Rotary, apply_rotary, entity_seed
 from models.model_config import ModelConfig
 from models.tasks import TASK_NAMES, Task, TaskKind, select_tasks
@@ -42,10 +42,12 @@ from models.two_tower import UserFeatures, time_bucket
 
 HEAD_MODES = ("independent", "funnel")
 MAX_LOG_SECONDS = math.log1p(86_400.0)  # a predicted dwell is at most a day (finite for any head output)
-# Numeric post_* / author_* columns of the feature catalog: what a ranker training set carries per candidate.
+# Numeric user_* / post_* / author_* columns of the feature catalog: what a ranker training set carries per
+# impression. User columns are the same for every candidate of a request; they sit in the candidate token because
+# the activity level of the user (how often they click at all) is most of a click's between-user variance.
 DENSE_FEATURES: frozenset[str] = frozenset(
     name
-    for view in (POST_STATS, AUTHOR_STATS)
+    for view in (USER_STATS, POST_STATS, AUTHOR_STATS)
     for name, dtype in view.features
     if dtype in (Dtype.INT32, Dtype.FLOAT32) and name not in ("post_topic",)
 )
@@ -87,10 +89,23 @@ class RankerConfig(ModelConfig):
         "post_not_interested_rate",
         "author_follower_count",
         "author_negative_rate",
+        "author_click_rate",
+        "author_like_rate",
+        "user_impressions_7d",
+        "user_click_rate_7d",
+        "user_like_rate_7d",
+        "user_dwell_rate_7d",
+        "user_not_interested_rate_7d",
+        "user_click_rate_28d",
+        "user_like_rate_28d",
+        "user_dwell_rate_28d",
     )
     # Categorical post attributes (string or small-int columns), hashed like the user attributes.
     candidate_attributes: tuple[str, ...] = ("post_topic", "post_media_type")
     use_in_network: bool = True  # the candidate token sees whether the user follows its author
+    # History tokens add the same attribute embeddings for their posts (when the caller passes them): a history
+    # post and a candidate of one topic then share that vector, which is how the model matches tastes to topics.
+    history_attributes: bool = True
     # Position-bias tower (YouTube 2019 "shallow tower"): a learned per-task logit offset for the slot a logged
     # impression was shown in, added in training and offline evaluation only. Serving scores with position
     # unknown (-1), which adds exactly 0, so the ranking learns relevance and not where the old policy put posts.
@@ -111,7 +126,9 @@ class RankerConfig(ModelConfig):
             )
         unknown = set(self.candidate_features) - DENSE_FEATURES
         if unknown:
-            raise ValueError(f"RankerConfig: candidate_features {sorted(unknown)} are not numeric post/author features")
+            raise ValueError(
+                f"RankerConfig: candidate_features {sorted(unknown)} are not numeric user/post/author features"
+            )
         tasks = select_tasks(self.tasks)  # ValueError on unknown names
         if len(tasks) != len(self.tasks):
             raise ValueError(f"RankerConfig: duplicate tasks in {self.tasks}")
@@ -242,8 +259,9 @@ class TokenEmbedder(nn.Module):
             token = token + emb(x.attribute_ids[:, k]).sum(-2)  # (B, H, D) -> (B, D)
         return token
 
-    def history_tokens(self, x: UserFeatures) -> torch.Tensor:
-        """(B, S, D) history tokens, zero at padding positions."""
+    def history_tokens(self, x: UserFeatures, attributes: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S, D) history tokens, zero at padding positions; `attributes` (B, S, A) are the `string_id`s of the
+        history posts' cfg.candidate_attributes (0 = unknown), embedded by the candidates' attribute tables."""
         valid = x.hist_post_ids != 0  # (B, S)
         bits = (x.hist_actions.unsqueeze(-1) >> self.action_bits) & 1  # (B, S, n_actions)
         # Phoenix's signed multi-hot: +1 for an action taken, -1 for one not taken; all zero with no action at all.
@@ -252,7 +270,11 @@ class TokenEmbedder(nn.Module):
         post, author = self.post_emb(x.hist_post_ids).flatten(-2), self.author_emb(x.hist_author_ids).flatten(-2)
         tokens = torch.cat([post, author, self.action_proj(signed), surface], -1)  # (B, S, 2HE + 2E)
         gap = torch.where(valid, time_bucket(x.hist_gap_ms, self.cfg.n_time_buckets), 0)  # (B, S)
-        return (self.history_proj(tokens) + self.gap_emb(gap)) * valid.unsqueeze(-1)  # (B, S, D)
+        out = self.history_proj(tokens) + self.gap_emb(gap)
+        if attributes is not None and self.cfg.history_attributes:
+            for k, emb in enumerate(self.candidate_attribute_emb):
+                out = out + emb(attributes[..., k]).sum(-2)  # (B, S, H, D) -> (B, S, D)
+        return out * valid.unsqueeze(-1)  # (B, S, D)
 
     def candidate_tokens(self, c: CandidateBatch) -> torch.Tensor:
         """(B, C, D): post and author rows, surface, post-age bucket, standardised log1p dense features, the hashed
@@ -397,13 +419,15 @@ class Ranker(nn.Module):
         self.embedder.dense_mean.copy_(x.mean(0))
         self.embedder.dense_std.copy_(x.std(0).nan_to_num(1.0).clamp(min=1e-3))
 
-    def _context(self, user: UserFeatures) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _context(
+        self, user: UserFeatures, history_attributes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """User + history tokens (B, T0, D), their validity (B, T0) and right-anchored positions (B, T0)."""
         S = user.hist_post_ids.shape[1]
         if self.cfg.max_history < S:
             raise ValueError(f"Ranker: history of {S} positions, max_history is {self.cfg.max_history}")
         e = self.embedder
-        h = torch.cat([e.user_token(user).unsqueeze(1), e.history_tokens(user)], 1)  # (B, T0, D)
+        h = torch.cat([e.user_token(user).unsqueeze(1), e.history_tokens(user, history_attributes)], 1)  # (B, T0, D)
         hist_valid = user.hist_post_ids != 0  # (B, S)
         # The user token is always valid, so no query row is fully masked (no NaN from softmax).
         valid = torch.cat([torch.ones_like(hist_valid[:, :1]), hist_valid], 1)  # (B, T0)
@@ -424,7 +448,9 @@ class Ranker(nn.Module):
         """positions (B, T) -> cos, sin (B, 1, T, hd), broadcasting over heads."""
         return self.rotary.cos[positions].unsqueeze(1), self.rotary.sin[positions].unsqueeze(1)
 
-    def hidden_states(self, user: UserFeatures, candidates: CandidateBatch) -> torch.Tensor:
+    def hidden_states(
+        self, user: UserFeatures, candidates: CandidateBatch, history_attributes: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Final-norm hidden states of the whole sequence [user, history, candidates]: (B, 1 + S + C, D)."""
         C = candidates.num_candidates
         if self.cfg.max_candidates < C:
@@ -432,7 +458,7 @@ class Ranker(nn.Module):
                 f"Ranker: {C} candidates in one pass, max_candidates is {self.cfg.max_candidates} "
                 f"(score_candidates chunks any number)"
             )
-        ctx, ctx_valid, ctx_pos = self._context(user)
+        ctx, ctx_valid, ctx_pos = self._context(user, history_attributes)
         B, T0, _ = ctx.shape
         h = torch.cat([ctx, self.embedder.candidate_tokens(candidates)], 1)  # (B, T, D), T = T0 + C
         positions = torch.cat([ctx_pos, ctx_pos.new_full((B, C), self.candidate_position)], 1)  # (B, T)
@@ -446,17 +472,20 @@ class Ranker(nn.Module):
             h = block(h, cos, sin, mask)
         return self.norm(h)
 
-    def forward(self, user: UserFeatures, candidates: CandidateBatch) -> RankerOutput:
+    def forward(
+        self, user: UserFeatures, candidates: CandidateBatch, history_attributes: torch.Tensor | None = None
+    ) -> RankerOutput:
         """Scores B requests' candidates in one pass (training).
 
         Args:
             user: B requests (S <= max_history).
             candidates: C <= max_candidates per request. Padding slots get outputs too; mask them (`loss_mask`).
+            history_attributes: (B, S, A) attribute ids of the history posts (`TokenEmbedder.history_tokens`).
 
         Returns:
             logits (B, C, K) and the blend multipliers (B, K) when the config has a combination module.
         """
-        h = self.hidden_states(user, candidates)  # (B, T, D)
+        h = self.hidden_states(user, candidates, history_attributes)  # (B, T, D)
         T0 = user.hist_post_ids.shape[1] + 1
         logits = self.heads(h[:, T0:], self._position_offset(candidates))  # (B, C, K)
         multipliers = self.combiner(h[:, 0]) if self.combiner is not None else None
@@ -472,9 +501,9 @@ class Ranker(nn.Module):
     # Serving path -------------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def encode_user(self, user: UserFeatures) -> UserCache:
+    def encode_user(self, user: UserFeatures, history_attributes: torch.Tensor | None = None) -> UserCache:
         """Runs user + history once and keeps each layer's keys and values: candidates never change them."""
-        h, valid, positions = self._context(user)
+        h, valid, positions = self._context(user, history_attributes)
         cos, sin = self._rope(positions)
         mask = self._context_mask(valid)
         keys, values = [], []

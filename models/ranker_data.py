@@ -88,20 +88,64 @@ class RankerBatch:
     candidates: CandidateBatch
     labels: torch.Tensor  # (b, C, K) float32
     rows: torch.Tensor  # (b, C) int64 frame row, -1 at padding
+    history_attributes: torch.Tensor  # (b, S, A) attribute ids of the history posts, 0 = unknown
 
     def to(self, device: torch.device | str) -> RankerBatch:
         return replace(
-            self, user=self.user.to(device), candidates=self.candidates.to(device), labels=self.labels.to(device)
+            self,
+            user=self.user.to(device),
+            candidates=self.candidates.to(device),
+            labels=self.labels.to(device),
+            history_attributes=self.history_attributes.to(device),
         )
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
 
-class RankerDataset:
-    """A ranker training set as request groups (see the module doc); indexing returns a `RankerBatch`."""
+def post_attributes(cfg: RankerConfig, *frames: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
+    """(P,) sorted post ids and (P, A) `string_id`s of their cfg.candidate_attributes, from every frame that has a
+    post_id column (the newest row of a post wins; a missing attribute column reads as unknown, 0)."""
+    parts = [f for f in frames if f is not None and "post_id" in f.columns and len(f)]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros((0, len(cfg.candidate_attributes)), np.int64)
+    cols = ["post_id", *(a for a in cfg.candidate_attributes if any(a in f.columns for f in parts))]
+    table = pd.concat([f[[c for c in cols if c in f.columns]] for f in parts], ignore_index=True)
+    table = table.drop_duplicates("post_id", keep="last").sort_values("post_id")
+    attrs = [
+        string_ids(table[a]) if a in table.columns else np.zeros(len(table), np.int64) for a in cfg.candidate_attributes
+    ]
+    matrix = np.stack(attrs, 1) if attrs else np.zeros((len(table), 0), np.int64)
+    return table["post_id"].to_numpy(dtype=np.int64), matrix
 
-    def __init__(self, df: pd.DataFrame, cfg: RankerConfig, tasks: Sequence[Task], available: torch.Tensor) -> None:
+
+def lookup_attributes(post_ids: np.ndarray, table: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(..., A) attribute ids of each post id (0 for id 0 / padding and for posts not in the table)."""
+    ids, attrs = table
+    out = np.zeros((*post_ids.shape, attrs.shape[1]), dtype=np.int64)
+    if len(ids) == 0:
+        return out
+    pos = np.clip(np.searchsorted(ids, post_ids), 0, len(ids) - 1)
+    hit = (ids[pos] == post_ids) & (post_ids != 0)
+    out[hit] = attrs[pos[hit]]
+    return out
+
+
+class RankerDataset:
+    """A ranker training set as request groups (see the module doc); indexing returns a `RankerBatch`.
+
+    `posts` (post_id + attribute columns, e.g. the feature store's post_stats) tells the attributes of history posts
+    that were never candidates in `df`; the frame's own candidate rows are always used.
+    """
+
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        cfg: RankerConfig,
+        tasks: Sequence[Task],
+        available: torch.Tensor,
+        posts: pd.DataFrame | None = None,
+    ) -> None:
         needed = ["request_id", "post_id", "author_id", "surface", "event_timestamp", *cfg.candidate_features]
         missing = [c for c in needed if c not in df.columns]
         if missing:
@@ -110,6 +154,8 @@ class RankerDataset:
         self.slots = torch.from_numpy(request_slots(df, cfg.max_candidates))  # (R, C)
         first = self.slots[:, 0].numpy()
         self.user = user_features(df.iloc[first].reset_index(drop=True), cfg)  # (R, ...)
+        table = post_attributes(cfg, posts, df)
+        self.history_attributes = torch.from_numpy(lookup_attributes(self.user.hist_post_ids.numpy(), table))
         n = len(df)
         # Per-row candidate arrays with one extra all-zero row at index n for padding slots (-1 -> n).
         self.post_ids = _padded(df["post_id"].to_numpy(dtype=np.int64))
@@ -152,7 +198,7 @@ class RankerDataset:
             positions=self.positions[at],
             valid=slots >= 0,
         )
-        return RankerBatch(self.user.rows(idx), candidates, self.labels[at], slots)
+        return RankerBatch(self.user.rows(idx), candidates, self.labels[at], slots, self.history_attributes[idx])
 
     def train_dense(self) -> torch.Tensor:
         """(N, F) the raw dense candidate features of every row (for `Ranker.fit_dense_stats`)."""
@@ -175,7 +221,7 @@ class RankerTrainTask(torch.nn.Module):
         self.register_buffer("available", available.clone(), persistent=False)
 
     def forward(self, batch: RankerBatch, generator: torch.Generator | None = None) -> torch.Tensor:
-        out = self.model(batch.user, batch.candidates)
+        out = self.model(batch.user, batch.candidates, batch.history_attributes)
         mask = loss_mask(self.available, batch.candidates.valid)
         loss, _ = ranker_loss(out.logits, batch.labels, mask, self.model.tasks)
         return loss
@@ -190,7 +236,9 @@ def predict(model: Ranker, ds: RankerDataset, batch_size: int = 256) -> np.ndarr
     out = np.zeros((len(ds.df), len(model.tasks)), dtype=np.float32)
     for start in range(0, len(ds), batch_size):
         batch = ds[slice(start, start + batch_size)]
-        probs = model.predictions(model(batch.user.to(device), batch.candidates.to(device))).float().cpu().numpy()
+        batch_on = batch.to(device)
+        out_ = model(batch_on.user, batch_on.candidates, batch_on.history_attributes)
+        probs = model.predictions(out_).float().cpu().numpy()
         rows = batch.rows.numpy()
         keep = rows >= 0
         out[rows[keep]] = probs[keep]

@@ -35,6 +35,21 @@ def ranker_config(preset: str, overrides: dict[str, Any]) -> RankerConfig:
         raise UserError(str(err)) from None
 
 
+def read_posts(features: Path | None, cfg: RankerConfig) -> pd.DataFrame | None:
+    """post_id and the config's attribute columns from the feature store's post_stats (None without one): what
+    history posts that were never candidates in the training set are known by."""
+    if features is None:
+        return None
+    file = Path(features) / "post_stats.parquet"
+    if not file.is_file():
+        raise UserError(f"--features: no post_stats.parquet in {features}")
+    import pyarrow.parquet as pq
+
+    names = set(pq.read_schema(file).names)
+    cols = ["post_id", *(a for a in cfg.candidate_attributes if a in names)]
+    return pd.read_parquet(file, columns=cols).drop_duplicates("post_id", keep="last")
+
+
 def train_config(overrides: dict[str, Any]) -> RankerTrainConfig:
     return RankerTrainConfig(**coerce(RankerTrainConfig, overrides, prefix="train"))
 
@@ -81,6 +96,7 @@ def train_ranker_job(
     valid_fraction: float = 0.2,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
+    features: Path | None = None,
 ) -> dict[str, Any]:
     """Trains the ranker on a ranker training set; returns (and writes to out/metrics.json) its metrics.
 
@@ -98,7 +114,8 @@ def train_ranker_job(
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)
     start = time.perf_counter()
-    result = train_ranker(cfg, train_df, valid_df, observed, tc, out=out, resume=resume, log=log)
+    posts = read_posts(features, cfg)
+    result = train_ranker(cfg, train_df, valid_df, observed, tc, out=out, resume=resume, log=log, posts=posts)
     seconds = time.perf_counter() - start
     train_seconds = sum(h["seconds"] for h in result.history)
     metrics = {
@@ -137,6 +154,7 @@ def evaluate_ranker_job(
     train_overrides: dict[str, Any] | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    features: Path | None = None,
 ) -> dict[str, Any]:
     """The ranker (each head mode) against the baselines and, on synthetic data, the oracle: one temporal split,
     the same training rows, early stopping on the same validation requests, metrics on the same test requests.
@@ -156,6 +174,7 @@ def evaluate_ranker_job(
     cfg = ranker_config(preset, model_overrides or {})
     tc = replace(train_config(train_overrides or {}), seed=seed)
     df, observed = read_ranker_set(training_set)
+    posts = read_posts(features, cfg)
     fit_df, test_df = split_by_request(df, fraction=test_fraction, days=test_days)
     train_df, valid_df = split_by_request(fit_df, fraction=valid_fraction)
     split = {
@@ -171,12 +190,13 @@ def evaluate_ranker_job(
     actions: list[str] = []
     for mode in head_modes:
         start = time.perf_counter()
-        result = train_ranker(replace(cfg, head_mode=mode), train_df, valid_df, observed, tc)
+        result = train_ranker(replace(cfg, head_mode=mode), train_df, valid_df, observed, tc, posts=posts)
         seconds = time.perf_counter() - start
         from models.ranker_data import RankerDataset
         from models.tasks import availability
 
-        ds = RankerDataset(test_df, result.model.cfg, result.model.tasks, availability(observed, result.model.tasks))
+        available = availability(observed, result.model.tasks)
+        ds = RankerDataset(test_df, result.model.cfg, result.model.tasks, available, posts)
         report, _ = evaluate_ranker(result.model, ds, observed, tc.eval_batch_size)
         actions = binary_tasks(result.model, observed)
         models[f"ranker_{mode}"] = {"seconds": round(seconds, 2), "best_epoch": result.best_epoch}

@@ -109,6 +109,7 @@ def train_ranker(
     out: Path | None = None,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
+    posts: pd.DataFrame | None = None,
 ) -> RankerTrainResult:
     """Trains the ranker with early stopping on the validation mean AUC (`summary`'s auc_mean).
 
@@ -119,6 +120,7 @@ def train_ranker(
         out: config.json, checkpoint.pt (every epoch) and best/ (`save_ranker` of the best epoch); None = memory.
         resume: continue from out/checkpoint.pt.
         log: one line per epoch.
+        posts: post attributes for history posts that are not candidates in the frames (`RankerDataset`).
     """
     tc = train_cfg or RankerTrainConfig()
     if len(train_df) == 0 or len(valid_df) == 0:
@@ -131,12 +133,12 @@ def train_ranker(
         available = availability(observed, model.tasks)
         if not available.any():
             raise UserError(f"train: the dataset records none of the model's tasks {list(config.tasks)}")
-        train_ds = RankerDataset(train_df, config, model.tasks, available)
+        train_ds = RankerDataset(train_df, config, model.tasks, available, posts)
         valid_requests = valid_df["request_id"].unique()
         if len(valid_requests) > tc.max_eval_requests:
             keep = np.random.default_rng(tc.seed).choice(valid_requests, tc.max_eval_requests, replace=False)
             valid_df = valid_df[valid_df["request_id"].isin(keep)].reset_index(drop=True)
-        valid_ds = RankerDataset(valid_df, config, model.tasks, available)
+        valid_ds = RankerDataset(valid_df, config, model.tasks, available, posts)
         model.fit_dense_stats(train_ds.train_dense())
         model = model.to(device)
         optimizer = _optimizer(model, tc)

@@ -14,8 +14,16 @@ import pytest
 import torch
 
 from core.actions import ACTION_NAMES, DWELL_TIME
+from models.layers import string_id
 from models.ranker import RankerConfig, load_ranker
-from models.ranker_data import RankerDataset, predict, read_ranker_set, request_slots
+from models.ranker_data import (
+    RankerDataset,
+    lookup_attributes,
+    post_attributes,
+    predict,
+    read_ranker_set,
+    request_slots,
+)
 from models.ranker_job import split_by_request
 from models.ranker_metrics import auc
 from models.tasks import TASKS, availability
@@ -134,6 +142,23 @@ def test_dataset_batches_map_predictions_back_to_rows(frame: pd.DataFrame) -> No
     assert torch.equal(batch.candidates.post_ids[valid], column("post_id"))
     assert torch.equal(batch.labels[..., click][valid], column("click").float())
     assert torch.equal(batch.candidates.positions[valid], column("position"))
+
+
+def test_history_posts_get_their_attributes_from_the_frame_and_the_post_table(frame: pd.DataFrame) -> None:
+    posts = pd.DataFrame({"post_id": [9_001], "post_topic": ["t-old"], "post_media_type": ["video"]})
+    table = post_attributes(CFG, posts, frame)
+    ids = np.array([[0, 9_001, int(frame.post_id.iloc[0]), 123_456]])  # padding, table-only, frame, unknown
+    got = lookup_attributes(ids, table)
+    assert got.shape == (1, 4, len(CFG.candidate_attributes))
+    assert (got[0, 0] == 0).all() and (got[0, 3] == 0).all()
+    assert got[0, 1].tolist() == [string_id("t-old"), string_id("video")]
+    assert got[0, 2, 0] == string_id(frame.post_topic.iloc[0])
+    ds = RankerDataset(frame, CFG, TASKS, availability(OBSERVED), posts)
+    batch = ds[torch.arange(len(ds))]
+    known = batch.user.hist_post_ids != 0
+    assert batch.history_attributes.shape[:2] == known.shape
+    assert (batch.history_attributes[known] != 0).all()  # every history post was a candidate somewhere
+    assert (batch.history_attributes[~known] == 0).all()
 
 
 def test_training_learns_the_rules_and_predictions_cover_every_row(frame: pd.DataFrame) -> None:
