@@ -95,7 +95,8 @@ def evaluate_retrieval(
             names=baselines, log=log,
         )  # fmt: skip
     if "two_tower" in names:
-        models["two_tower"] = two_tower_metrics(Path(data), split, corpus, cfg, tc, log)
+        reach = models["sasrec"]["valid_ndcg@10"] if "sasrec" in models else None
+        models["two_tower"] = two_tower_metrics(Path(data), split, corpus, cfg, tc, log, reach)
     report: dict[str, Any] = {
         "dataset": manifest.dataset,
         "data": str(data),
@@ -156,12 +157,18 @@ def two_tower_metrics(
     cfg: TwoTowerConfig,
     tc: SequenceTrainConfig,
     log: Callable[[str], None] | None,
+    reach: float | None = None,
 ) -> dict[str, float]:
     """The two-tower trained one pass per user sequence (models.train_sequences) within the budget, then scored with
-    the baselines' protocol (same targets, corpus, seen filtering and tie rule)."""
+    the baselines' protocol (same targets, corpus, seen filtering and tie rule).
+
+    With `reach` (SASRec's best validation NDCG@10), "seconds_to_reach" is the wall-clock time since training began
+    (evaluations included) of the first evaluation at or above it; NaN if none was."""
     result = train_sequences(cfg, split.train, split.valid, data, corpus, tc, log=log)
     valid = evaluate_sequence_retriever(result.retriever, split.train, split.valid)
+    reached = [h["seconds"] for h in result.history if reach is not None and h.get("ndcg@10", -1.0) >= reach]
     return {
+        "seconds_to_reach": reached[0] if reached else float("nan"),
         **evaluate_sequence_retriever(result.retriever, split.test_history, split.test),
         "seconds": result.seconds,
         "best_epoch": float(result.best_epoch),
