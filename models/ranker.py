@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.actions import ACTIONS
+from core.actions import ACTION_NAMES, ACTIONS
 from core.errors import UserError
 from core.io import atomic_dir
 from core.schema import N_SURFACES
@@ -50,6 +50,22 @@ DENSE_FEATURES: frozenset[str] = frozenset(
     for view in (USER_STATS, POST_STATS, AUTHOR_STATS)
     for name, dtype in view.features
     if dtype in (Dtype.INT32, Dtype.FLOAT32) and name not in ("post_topic",)
+)
+
+# The default dense inputs: every rate and count the tabular baselines see, minus the 1-day user windows (noisy).
+DEFAULT_DENSE: tuple[str, ...] = (
+    "post_impressions",
+    "post_click_count",
+    "post_like_count",
+    *(f"post_{a}_rate" for a in ACTION_NAMES),
+    "author_follower_count",
+    "author_posts_per_day",
+    "author_impressions_28d",
+    "author_negative_rate",
+    *(f"author_{a}_rate" for a in ACTION_NAMES),
+    "user_impressions_7d",
+    "user_impressions_28d",
+    *(f"user_{a}_rate_{w}d" for w in (7, 28) for a in ACTION_NAMES),
 )
 
 
@@ -80,26 +96,7 @@ class RankerConfig(ModelConfig):
     user_attributes: tuple[str, ...] = ("country", "language", "age_bucket", "activity")  # columns user_<name>
     # Candidate dense features (numeric post_*/author_* catalog columns): log1p(max(x, 0)), then standardised with
     # the mean/std buffers that `Ranker.fit_dense_stats` sets from the training set.
-    candidate_features: tuple[str, ...] = (
-        "post_impressions",
-        "post_click_count",
-        "post_like_count",
-        "post_click_rate",
-        "post_like_rate",
-        "post_not_interested_rate",
-        "author_follower_count",
-        "author_negative_rate",
-        "author_click_rate",
-        "author_like_rate",
-        "user_impressions_7d",
-        "user_click_rate_7d",
-        "user_like_rate_7d",
-        "user_dwell_rate_7d",
-        "user_not_interested_rate_7d",
-        "user_click_rate_28d",
-        "user_like_rate_28d",
-        "user_dwell_rate_28d",
-    )
+    candidate_features: tuple[str, ...] = DEFAULT_DENSE  # raw values; log1p and standardisation happen in the model
     # Categorical post attributes (string or small-int columns), hashed like the user attributes.
     candidate_attributes: tuple[str, ...] = ("post_topic", "post_media_type")
     use_in_network: bool = True  # the candidate token sees whether the user follows its author
