@@ -341,8 +341,8 @@ class BlendCombiner(nn.Module):
     The blended score is sum_k m_k(user) * w_k * p_k. A multiplier is non-negative, so it rescales a blend weight
     but never flips its sign: a negative action stays a penalty (the `ScoringWeights` sign rule). The last layer
     starts at zero, so every multiplier starts at exactly 1 and the blend starts as the fixed Phoenix weights.
-    `ranker_loss` does not train it (it has no blend target); a training loop that wants it adds a loss on the
-    blended score, e.g. a listwise loss against the observed engagement value.
+    It learns from `models.tasks.blend_loss` (pairs of a request's candidates ordered by observed engagement
+    value), which `RankerTrainTask` adds when the config has `learn_blend`.
     """
 
     def __init__(self, d_model: int, n_tasks: int) -> None:

@@ -23,7 +23,7 @@ from core.errors import UserError
 from models.data import POST_CREATED, epoch_ms, user_features
 from models.layers import string_ids
 from models.ranker import CandidateBatch, Ranker, RankerConfig
-from models.tasks import Task, label_tensor, loss_mask, ranker_loss
+from models.tasks import Task, blend_loss, label_tensor, loss_mask, ranker_loss
 from models.two_tower import UserFeatures
 
 TRAINING_SET_FILE = "training_set.parquet"
@@ -224,6 +224,9 @@ class RankerTrainTask(torch.nn.Module):
         out = self.model(batch.user, batch.candidates, batch.history_attributes)
         mask = loss_mask(self.available, batch.candidates.valid)
         loss, _ = ranker_loss(out.logits, batch.labels, mask, self.model.tasks)
+        if out.blend_multipliers is not None:  # learn_blend: the combination module learns from pairs in a request
+            probs = self.model.predictions(out)
+            loss = loss + blend_loss(probs, out.blend_multipliers, batch.labels, mask, self.model.tasks)
         return loss
 
 

@@ -206,3 +206,35 @@ def ranker_loss(
         per_task[t.name] = mean.detach()
         total = total + t.loss_weight * mean
     return total, per_task
+
+
+def blend_loss(
+    probs: torch.Tensor,
+    multipliers: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    tasks: Sequence[Task] = TASKS,
+) -> torch.Tensor:
+    """Pairwise loss that trains the combination module (`BlendCombiner`) to order a request's candidates by their
+    observed engagement value.
+
+    Score s_c = sum_k m_k w_k p_k over the binary tasks (w = Task.blend_weight, p detached: the per-task heads learn
+    from `ranker_loss` only); gain g_c = sum_k w_k y_k over the same tasks where labelled. For every pair of valid
+    candidates of one request with g_i > g_j the loss is softplus(s_j - s_i), averaged over pairs (0 without any).
+
+    Args:
+        probs: (B, C, K) predicted probabilities (`Ranker.predictions`).
+        multipliers: (B, K) from the combination module.
+        labels: (B, C, K) targets; mask: (B, C, K) bool (`loss_mask`).
+    """
+    binary = torch.tensor([t.kind is TaskKind.BINARY for t in tasks], device=probs.device)
+    w = torch.tensor([t.blend_weight for t in tasks], dtype=probs.dtype, device=probs.device) * binary
+    labelled = mask & binary
+    score = (probs.detach() * labelled * (w * multipliers).unsqueeze(1)).sum(-1)  # (B, C)
+    gain = (torch.where(labelled, labels, torch.zeros_like(labels)) * w).sum(-1)  # (B, C)
+    valid = mask.any(-1)  # (B, C)
+    pairs = (gain.unsqueeze(2) > gain.unsqueeze(1)) & valid.unsqueeze(2) & valid.unsqueeze(1)  # (B, C, C): i over j
+    if not pairs.any():
+        return score.sum() * 0.0
+    diff = score.unsqueeze(2) - score.unsqueeze(1)  # s_i - s_j
+    return F.softplus(-diff)[pairs].mean()

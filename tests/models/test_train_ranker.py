@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from models.ranker_data import (
 )
 from models.ranker_job import split_by_request
 from models.ranker_metrics import auc
-from models.tasks import TASKS, availability
+from models.tasks import TASKS, availability, blend_loss, loss_mask
 from models.train_ranker import RankerTrainConfig, train_ranker
 from tests.conftest import CliResult
 
@@ -260,3 +261,33 @@ def test_evaluate_ranker_compares_modes_baselines_and_the_oracle_on_one_split(
     n_test = report["split"]["test"]
     assert report["models"]["lightgbm"]["report"]["actions"]["click"]["impressions"] == n_test
     assert "click" in res.stdout and "oracle" in res.stdout
+
+
+def test_learned_blend_trains_the_combination_module_only_from_request_pairs(frame: pd.DataFrame) -> None:
+    tr, va = split_by_request(frame, fraction=0.25)
+    cfg = replace(CFG, learn_blend=True, head_mode="funnel")
+    result = train_ranker(cfg, tr, va, OBSERVED, replace(FAST, epochs=2))
+    assert result.model.combiner is not None
+    last = result.model.combiner.mlp[-1]
+    assert last.weight.abs().sum() > 0  # it starts at exactly zero (multipliers 1): only the blend loss moves it
+    ds = RankerDataset(va, cfg, result.model.tasks, availability(OBSERVED))
+    batch = ds[torch.arange(4)]
+    with torch.no_grad():
+        m = result.model(batch.user, batch.candidates, batch.history_attributes).blend_multipliers
+    assert m is not None and bool(((m >= 0) & (m <= 2)).all())
+
+
+def test_blend_loss_rewards_ordering_candidates_by_observed_value() -> None:
+    K = len(TASKS)
+    click, report = [t.name for t in TASKS].index("click"), [t.name for t in TASKS].index("report")
+    labels = torch.zeros(1, 3, K)
+    labels[0, 0, click] = 1.0  # candidate 0 clicked, 1 nothing, 2 reported: values 0 > 1 > 2
+    labels[0, 2, report] = 1.0
+    mask = loss_mask(availability(("click", "report")), torch.ones(1, 3, dtype=torch.bool))
+    good = torch.zeros(1, 3, K)
+    good[0, :, click] = torch.tensor([0.9, 0.5, 0.1])
+    good[0, :, report] = torch.tensor([0.0, 0.0, 0.01])
+    bad = good.flip(1)
+    ones = torch.ones(1, K)
+    assert blend_loss(good, ones, labels, mask) < math.log(2) < blend_loss(bad, ones, labels, mask)
+    assert blend_loss(good, ones, torch.zeros_like(labels), mask) == 0.0  # no ordered pair, no loss
