@@ -142,6 +142,16 @@ def _compact(report: dict[str, Any]) -> dict[str, Any]:
     return {"actions": actions, "skipped": report["skipped"], "ndcg": report["ndcg"]}
 
 
+def _epoch_line(log: Callable[[str], None], mode: str) -> Callable[[str], None]:
+    """Keeps the headline numbers of a training epoch's log line."""
+    keep = ("epoch=", "train_loss=", "seconds=", "auc_mean=", "gauc_mean=", "auc/click=")
+
+    def line(text: str) -> None:
+        log(f"  ranker_{mode}: " + " ".join(w for w in text.split() if w.startswith(keep)))
+
+    return line
+
+
 def evaluate_ranker_job(
     training_set: Path,
     test_days: float | None = None,
@@ -190,7 +200,9 @@ def evaluate_ranker_job(
     actions: list[str] = []
     for mode in head_modes:
         start = time.perf_counter()
-        result = train_ranker(replace(cfg, head_mode=mode), train_df, valid_df, observed, tc, posts=posts)
+        result = train_ranker(
+            replace(cfg, head_mode=mode), train_df, valid_df, observed, tc, posts=posts, log=_epoch_line(log, mode)
+        )
         seconds = time.perf_counter() - start
         from models.ranker_data import RankerDataset
         from models.tasks import availability
