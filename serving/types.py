@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,11 @@ class Query:
         now: request time (UTC); ages are measured from it.
         followee_ids: authors the viewer follows (from the user_graph feature view).
         seen_ids: posts the client says it has shown already.
+        surface: where the slate will be shown (core.schema surfaces); the ranker's candidate surface.
+        user_stats: the user_stats feature values (catalog names); None until a query hydrator has read them.
+        history: the user_history arrays (hist_post_ids, ..., oldest first) plus `hist_<attribute>` tuples aligned
+            with hist_post_ids (the history posts' topic/media, None where unknown); None until hydrated.
+        missing_views: feature views the store had no row for (their values are defaults).
     """
 
     user_id: int
@@ -24,6 +30,20 @@ class Query:
     muted_author_ids: frozenset[int] = frozenset()
     seen_ids: frozenset[int] = frozenset()
     k: int = 20
+    surface: int = 0
+    user_stats: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    history: dict[str, tuple[Any, ...]] | None = field(default=None, hash=False, compare=False)
+    missing_views: frozenset[str] = frozenset()
+
+    @property
+    def hydrated(self) -> bool:
+        """The user's features were read (a failed or skipped hydration leaves user_stats None)."""
+        return self.user_stats is not None
+
+    @property
+    def cold_start(self) -> bool:
+        """A user the stores do not know: no stats and no history (the popular source answers)."""
+        return self.hydrated and {"user_stats", "user_history"} <= self.missing_views
 
 
 @dataclass
@@ -37,3 +57,6 @@ class Candidate:
     in_network: bool = False
     score: float | None = None
     actions: dict[str, float] = field(default_factory=dict)
+    # post_* / author_* feature values from the candidate hydrator; a feature of a post or author the store does not
+    # hold is absent (the ranker then reads it as training reads a null: 0, attribute id 0).
+    features: dict[str, Any] = field(default_factory=dict)

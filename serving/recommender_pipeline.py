@@ -1,0 +1,466 @@
+"""`PipelineRecommender`: the real recommender behind the `Recommender` contract (serving/recommender.py).
+
+One loaded variant = a two-tower + its ANN index (out-of-network retrieval), an in-network recent-post store, a
+popular/fresh list (cold start and fallback), the ranker, blend weights and pipeline parameters, run through the
+generic runner (serving/pipeline.py) in x-algorithm's order:
+
+    query hydrators  UserFeaturesHydrator, UserGraphHydrator                      (online store)
+    sources          InNetworkSource, TwoTowerSource, PopularSource (cold start only)
+    hydrators        PostFeaturesHydrator                                         (online store)
+    filters          DropDuplicates, CoreData, Age, SelfPost, PreviouslySeen, AuthorSocialgraph
+    scorers          RankerScorer -> WeightedScorer -> AuthorDiversityScorer -> OutOfNetworkScorer
+    selector         TopKSelector
+    post-selection   AuthorCapFilter, then the slate is cut to k
+
+Fallbacks (never an exception): a user the stores do not know gets the popular source ranked by the full pipeline
+(fallback "cold_start"); when the user's features cannot be read (store unreachable) the popular list answers alone,
+by popularity (degraded, fallback "popular"); a full run that leaves nothing gets the popular slate too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.errors import UserError
+from features.catalog import View
+from features.online import Backend, FeatureStoreUnavailable, OnlineFeatures, RedisBackend, SqliteBackend
+from models.index import AnnIndex, load_index
+from models.ranker import Ranker, load_ranker
+from models.retrieval_job import model_version, post_corpus
+from models.two_tower import TwoTower, load_two_tower
+from serving.component import Component
+from serving.filters.age import AgeFilter
+from serving.filters.author_cap import AuthorCapFilter
+from serving.filters.author_socialgraph import AuthorSocialgraphFilter
+from serving.filters.core_data import CoreDataFilter
+from serving.filters.drop_duplicates import DropDuplicatesFilter
+from serving.filters.previously_seen import PreviouslySeenFilter
+from serving.filters.self_post import SelfPostFilter
+from serving.hydrators.post_features import PostFeaturesHydrator
+from serving.hydrators.user_features import UserFeaturesHydrator
+from serving.hydrators.user_graph import UserGraphHydrator
+from serving.pipeline import Pipeline, PipelineResult, QueryHydrator
+from serving.recent_posts import RecentPost, RecentPostStore
+from serving.recommender import Item, Recommendation
+from serving.scorers.author_diversity import AuthorDiversityScorer
+from serving.scorers.out_of_network import OutOfNetworkScorer
+from serving.scorers.ranker import RankerScorer
+from serving.scorers.weighted import ScoringWeights, WeightedScorer
+from serving.selectors.top_k import TopKSelector
+from serving.sources.in_network import InNetworkSource
+from serving.sources.popular import PopularPost, PopularSource, popular_posts
+from serving.sources.two_tower import TwoTowerSource
+from serving.types import Candidate, Query
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecommenderConfig:
+    """One variant: model directories, the stores, blend weights and pipeline parameters.
+
+    Attributes:
+        retrieval_model: saved two-tower directory (artifacts/retrieval/best).
+        index: ANN index directory built from that model (artifacts/index).
+        ranker: saved ranker directory (artifacts/ranker/best).
+        features: offline feature directory (post_stats): the popular list and the in-network recent posts are
+            loaded from it as of `as_of`; None = no popular/in-network sources (unless popular_posts is given).
+        online_store: "sqlite" or "redis"; sqlite_path (default data/feast/online.db) or redis ("host:port").
+        as_of: ISO time taken as "now" (a simulated or replayed world); None = the wall clock.
+        weights: signed blend weights per action (None = the x-algorithm defaults of ScoringWeights).
+        retrieval_max_results: posts the ANN source fetches (x-algorithm: 1000).
+        in_network, in_network_max_results, in_network_per_author: the in-network source (Thunder: 1200, 50).
+        popular_max_results: posts the popular source returns; popular_posts: a popularity list given at load
+            (post ids, most popular first) instead of the one ranked from `features`.
+        max_age_hours: posts older than this are filtered (x-algorithm MAX_POST_AGE: 48 h).
+        top_k: candidates kept by the selector before post-selection filters (x-algorithm: 50).
+        author_cap: at most this many posts per author in a slate.
+        diversity_decay, diversity_floor: author diversity (x-algorithm 0.5, 0.25).
+        oon_factor: out-of-network score factor (x-algorithm 0.75).
+        device: torch device of the models.
+    """
+
+    retrieval_model: Path
+    index: Path
+    ranker: Path
+    features: Path | None = None
+    online_store: str = "sqlite"
+    sqlite_path: Path | None = None
+    redis: str = "127.0.0.1:6379"
+    as_of: str | None = None
+    weights: dict[str, float] | None = None
+    retrieval_max_results: int = 500
+    in_network: bool = True
+    in_network_max_results: int = 1200
+    in_network_per_author: int = 50
+    popular_max_results: int = 200
+    popular_posts: tuple[int, ...] = ()
+    max_age_hours: float = 48.0
+    top_k: int = 50
+    author_cap: int = 2
+    diversity_decay: float = 0.5
+    diversity_floor: float = 0.25
+    oon_factor: float = 0.75
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("retrieval_model", "index", "ranker", "features", "sqlite_path"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "popular_posts", tuple(int(p) for p in self.popular_posts))
+        if self.online_store not in ("sqlite", "redis"):
+            raise UserError(
+                f"recommender.online_store: unknown store {self.online_store!r} (choose from sqlite, redis)"
+            )
+        positive = ("retrieval_max_results", "in_network_max_results", "in_network_per_author", "top_k", "author_cap")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"recommender.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.popular_max_results < 0 or self.max_age_hours <= 0:
+            raise UserError("recommender.popular_max_results must be >= 0 and max_age_hours > 0")
+        if not 0.0 < self.diversity_decay <= 1.0 or not 0.0 <= self.diversity_floor <= 1.0:
+            raise UserError("recommender.diversity_decay must be in (0, 1] and diversity_floor in [0, 1]")
+        if not 0.0 <= self.oon_factor <= 1.0:
+            raise UserError(f"recommender.oon_factor: must be in [0, 1], got {self.oon_factor}")
+        if self.as_of is not None:
+            self.now_at()  # a bad time is a load error, not a request error
+        if self.weights is not None:
+            ScoringWeights(dict(self.weights))  # checks names and signs at load
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RecommenderConfig:
+        """From a parsed JSON/YAML mapping; an unknown key or a wrong type is a UserError naming it."""
+        from models.config_overrides import coerce
+
+        known = {f.name for f in fields(cls)}
+        missing = [n for n in ("retrieval_model", "index", "ranker") if n not in values]
+        if missing:
+            raise UserError(f"recommender: missing {', '.join(missing)}")
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"recommender.{unknown[0]}: unknown config key (known: {', '.join(sorted(known))})")
+        return cls(**coerce(cls, values, prefix="recommender"))
+
+    @classmethod
+    def from_file(cls, path: Path) -> RecommenderConfig:
+        import yaml
+
+        try:
+            body = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise UserError(f"{path}: cannot read the recommender config: {err}") from None
+        if not isinstance(body, dict):
+            raise UserError(f"{path}: the recommender config must be a mapping")
+        return cls.from_dict(body)
+
+    def now_at(self) -> datetime | None:
+        if self.as_of is None:
+            return None
+        try:
+            t = datetime.fromisoformat(self.as_of)
+        except ValueError:
+            raise UserError(f"recommender.as_of: not an ISO time: {self.as_of!r}") from None
+        return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+    @property
+    def max_age(self) -> timedelta:
+        return timedelta(hours=self.max_age_hours)
+
+
+class ReopeningBackend:
+    """An online-store backend opened on first use and reopened after a failed open, so a store that is down when
+    the service starts (or a SQLite file not there yet) makes requests fall back instead of failing the load."""
+
+    def __init__(self, opener: Callable[[], Backend]) -> None:
+        self.opener = opener
+        self.backend: Backend | None = None
+
+    def _get(self) -> Backend:
+        if self.backend is None:
+            self.backend = self.opener()  # FeatureStoreUnavailable propagates: the caller falls back
+        return self.backend
+
+    def opened(self) -> bool:
+        try:
+            self._get()
+        except FeatureStoreUnavailable:
+            return False
+        return True
+
+    def read(self, view: View, ids: Sequence[int]) -> list[dict[str, Any] | None]:
+        return self._get().read(view, ids)
+
+    def check(self, view: View) -> None:
+        self._get().check(view)
+
+    def materialized_at(self) -> str | None:
+        return self._get().materialized_at()
+
+    def mark_materialized(self, stamp: str) -> None:
+        self._get().mark_materialized(stamp)
+
+
+def open_backend(cfg: RecommenderConfig) -> ReopeningBackend:
+    def opener() -> Backend:
+        if cfg.online_store == "redis":
+            return RedisBackend(cfg.redis)
+        path = cfg.sqlite_path or Path(__file__).resolve().parents[1] / "data" / "feast" / "online.db"
+        return SqliteBackend(path)
+
+    return ReopeningBackend(opener)
+
+
+@dataclass
+class GivenPostsSource(Component):
+    """The posts a `rank` call asks about, in the order given."""
+
+    post_ids: list[int] = field(default_factory=list)
+
+    def fetch(self, query: Query) -> list[Candidate]:
+        return [Candidate(post_id=p, author_id=0, created_at_ms=0, source="request") for p in self.post_ids]
+
+
+class PipelineRecommender:
+    """A loaded variant (see the module doc). Build with `load`; `recommend` and `rank` never raise for an unknown
+    user or an unreachable store."""
+
+    def __init__(
+        self,
+        cfg: RecommenderConfig,
+        two_tower: TwoTower,
+        index: AnnIndex,
+        ranker: Ranker,
+        online: OnlineFeatures,
+        popular: list[PopularPost],
+        recent: RecentPostStore | None,
+        version: str,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.cfg, self.two_tower, self.index, self.ranker, self.online = cfg, two_tower, index, ranker, online
+        self._version = version
+        fixed = cfg.now_at()
+        if clock is not None:
+            self.clock = clock
+        elif fixed is not None:
+            self.clock = lambda: fixed
+        else:
+            self.clock = lambda: datetime.now(UTC)
+        weights = ScoringWeights(cfg.weights) if cfg.weights is not None else ScoringWeights()
+        history = max(two_tower.cfg.max_history, ranker.cfg.max_history)
+        self.query_hydrators: list[QueryHydrator] = [
+            UserFeaturesHydrator(online, ranker.cfg.candidate_attributes, max_history=history),
+            UserGraphHydrator(online),
+        ]
+        self.post_hydrator = PostFeaturesHydrator(online)
+        self.ranker_scorer = RankerScorer(ranker)
+        self.weighted = WeightedScorer(weights)
+        sources: list[Any] = []
+        if recent is not None and cfg.in_network:
+            sources.append(
+                InNetworkSource(recent, cfg.max_age, cfg.in_network_per_author, max_results=cfg.in_network_max_results)
+            )
+        sources += [
+            TwoTowerSource(two_tower, index, cfg.retrieval_max_results),
+            PopularSource(popular, cfg.popular_max_results, cfg.max_age),
+        ]
+        self.pipeline = Pipeline(
+            query_hydrators=list(self.query_hydrators),
+            sources=sources,
+            hydrators=[self.post_hydrator],
+            filters=[
+                DropDuplicatesFilter(),
+                CoreDataFilter(),
+                AgeFilter(cfg.max_age),
+                SelfPostFilter(),
+                PreviouslySeenFilter(),
+                AuthorSocialgraphFilter(),
+            ],
+            scorers=[
+                self.ranker_scorer,
+                self.weighted,
+                AuthorDiversityScorer(cfg.diversity_decay, cfg.diversity_floor),
+                OutOfNetworkScorer(cfg.oon_factor),
+            ],
+            selector=TopKSelector(cfg.top_k),
+            post_filters=[AuthorCapFilter(cfg.author_cap)],
+        )
+        # No store needed: the popular list by popularity (the source sets each candidate's score).
+        self.fallback = Pipeline(
+            sources=[PopularSource(popular, cfg.popular_max_results, cfg.max_age, always=True)],
+            filters=[
+                DropDuplicatesFilter(),
+                AgeFilter(cfg.max_age),
+                SelfPostFilter(),
+                PreviouslySeenFilter(),
+                AuthorSocialgraphFilter(),
+            ],
+            selector=TopKSelector(cfg.top_k),
+            post_filters=[AuthorCapFilter(cfg.author_cap)],
+        )
+
+    @classmethod
+    def load(
+        cls, cfg: RecommenderConfig, online: OnlineFeatures | None = None, clock: Callable[[], datetime] | None = None
+    ) -> PipelineRecommender:
+        """Loads the models, the index and the popular / recent-post lists.
+
+        Raises:
+            UserError: a model or index directory is missing or does not fit this code, or the index was built from
+                another two-tower than `retrieval_model`.
+        """
+        device = torch.device(cfg.device)
+        two_tower = load_two_tower(cfg.retrieval_model, map_location=device).to(device).eval()
+        ranker = load_ranker(cfg.ranker, map_location=device)
+        if not (cfg.index / "index.json").is_file():
+            raise UserError(f"{cfg.index}: not an ANN index (no index.json; run `ember index build`)")
+        index = load_index(cfg.index)
+        retrieval_version = model_version(cfg.retrieval_model)
+        built_from = json.loads((cfg.index / "index.json").read_text()).get("model")
+        if built_from != retrieval_version:
+            raise UserError(
+                f"{cfg.index}: built from model {built_from}, not from {cfg.retrieval_model} ({retrieval_version})"
+            )
+        version = f"retrieval:{retrieval_version}+ranker:{model_version(cfg.ranker)}"
+        now = cfg.now_at()
+        popular: list[PopularPost] = []
+        recent: RecentPostStore | None = None
+        if cfg.features is not None:
+            corpus = post_corpus(cfg.features, None if now is None else int(now.timestamp() * 1000))
+            if cfg.popular_posts:
+                by_id = corpus.set_index("post_id")
+                popular = [
+                    PopularPost(
+                        p,
+                        int(by_id.at[p, "author_id"]) if p in by_id.index else 0,
+                        int(by_id.at[p, "post_created_at_ms"]) if p in by_id.index else 0,
+                        float(len(cfg.popular_posts) - i),
+                    )
+                    for i, p in enumerate(cfg.popular_posts)
+                ]
+            else:
+                popular = popular_posts(corpus)
+            recent = RecentPostStore()
+            recent.extend(
+                RecentPost(int(t), int(p), int(a))
+                for p, a, t in zip(corpus["post_id"], corpus["author_id"], corpus["post_created_at_ms"], strict=True)
+                if t == t  # NaN: creation time unknown
+            )
+            recent.trim(int((now or datetime.now(UTC)).timestamp() * 1000))
+        elif cfg.popular_posts:
+            n = len(cfg.popular_posts)
+            popular = [PopularPost(p, 0, 0, float(n - i)) for i, p in enumerate(cfg.popular_posts)]
+        if online is None:
+            online = OnlineFeatures(open_backend(cfg))
+        return cls(cfg, two_tower, index, ranker, online, popular, recent, version, clock)
+
+    # The Recommender protocol -------------------------------------------------------------------------------------
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def ready(self) -> bool:
+        """Models are loaded at construction; ready when the online store could be opened."""
+        backend = self.online.backend
+        return backend.opened() if isinstance(backend, ReopeningBackend) else True
+
+    def recommend(
+        self, user_id: int, k: int, seen_ids: frozenset[int] = frozenset(), surface: int = 0
+    ) -> Recommendation:
+        query = Query(user_id=user_id, now=self.clock(), seen_ids=frozenset(seen_ids), k=k, surface=surface)
+        try:
+            result = self.pipeline.run(query)
+        except Exception:  # the runner fails open per component; this is a bug, still not the caller's problem
+            log.exception("recommendation pipeline failed for user %s", user_id)
+            return self._popular(query, [], "popular")
+        hydrated = result.query
+        if not hydrated.hydrated:  # the user's features could not be read: the store is down
+            return self._popular(query, _stages(result), "popular")
+        if not result.selected and not hydrated.cold_start:
+            return self._popular(hydrated, _stages(result), "popular", degraded=result.degraded)
+        return Recommendation(
+            items=[_item(c) for c in result.selected],
+            degraded=result.degraded,
+            fallback="cold_start" if hydrated.cold_start else "",
+            stages=_stages(result),
+            features=_user_features(hydrated),
+        )
+
+    def rank(self, user_id: int, post_ids: list[int], surface: int = 0) -> Recommendation:
+        """Ranker predictions and the weighted blend for the given posts, in the order given (no filters, no
+        diversity or out-of-network factor: those depend on the rest of a slate)."""
+        ids = [int(p) for p in post_ids]
+        query = Query(user_id=user_id, now=self.clock(), k=max(len(ids), 1), surface=surface)
+        pipeline = Pipeline(
+            query_hydrators=list(self.query_hydrators),
+            sources=[GivenPostsSource(ids)],
+            hydrators=[self.post_hydrator],
+            scorers=[self.ranker_scorer, self.weighted],
+        )
+        result = pipeline.run(query)
+        by_post = {c.post_id: c for c in result.selected}
+        items = [_item(by_post.get(p) or Candidate(p, 0, 0, "request")) for p in ids]
+        return Recommendation(
+            items=items,
+            degraded=result.degraded,
+            # Store unreachable: the ranker scored the posts with default features.
+            fallback="" if result.query.hydrated else "default_features",
+            stages=_stages(result),
+            features=_user_features(result.query),
+        )
+
+    def _popular(
+        self, query: Query, stages: list[dict[str, Any]], fallback: str, degraded: bool = True
+    ) -> Recommendation:
+        result = self.fallback.run(query)
+        return Recommendation(
+            items=[_item(c) for c in result.selected],
+            degraded=degraded,
+            fallback=fallback,
+            stages=stages + _stages(result),
+            features=_user_features(query),
+        )
+
+
+def _item(c: Candidate) -> Item:
+    return Item(
+        post_id=c.post_id,
+        author_id=c.author_id,
+        score=float(c.score) if c.score is not None else 0.0,
+        source=c.source,
+        in_network=c.in_network,
+        actions=dict(c.actions),
+    )
+
+
+def _stages(result: PipelineResult) -> list[dict[str, Any]]:
+    out = []
+    for s in result.stats:
+        row: dict[str, Any] = {"stage": s.stage, "name": s.component, "ms": round(s.ms, 3), "in": s.count_in}
+        row["out"] = s.count_out
+        if s.error is not None:
+            row["error"] = s.error
+        out.append(row)
+    return out
+
+
+def _user_features(query: Query) -> dict[str, Any]:
+    """What the models saw of the user: the user_stats values, the history length and the views found missing."""
+    if not query.hydrated:
+        return {}
+    history = query.history or {}
+    return {
+        **(query.user_stats or {}),
+        "hist_length": len(history.get("hist_post_ids", ())),
+        "n_followees": len(query.followee_ids),
+        "missing_views": sorted(query.missing_views),
+    }

@@ -1,0 +1,43 @@
+"""Out-of-network source (x-algorithm's Phoenix retrieval): the two-tower user tower embeds the viewer, the ANN
+index returns the nearest `max_results` posts. Candidates carry the post id only; the post hydrator adds the rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.data import user_features
+from models.index import AnnIndex
+from models.two_tower import TwoTower
+from serving.component import Component
+from serving.inputs import user_frame
+from serving.types import Candidate, Query
+
+
+@dataclass
+class TwoTowerSource(Component):
+    """Attributes:
+    model: the loaded two-tower (eval mode).
+    index: the ANN index over its candidate-tower embeddings.
+    max_results: posts fetched per request (x-algorithm PhoenixMaxResults: 1000).
+    """
+
+    model: TwoTower
+    index: AnnIndex
+    max_results: int = 500
+
+    def enabled(self, query: Query) -> bool:
+        # An unknown user has nothing to embed but hashed ids: the popular source serves them instead.
+        return query.hydrated and not query.cold_start
+
+    def embed(self, query: Query) -> np.ndarray:
+        """(1, D) the viewer's unit-norm embedding (what the index is searched with)."""
+        user = user_features(user_frame(query, self.model.cfg.user_attributes), self.model.cfg)
+        with torch.inference_mode():
+            return self.model.user_embedding(user).float().cpu().numpy()
+
+    def fetch(self, query: Query) -> list[Candidate]:
+        ids, _ = self.index.search(self.embed(query), self.max_results)
+        return [Candidate(post_id=int(p), author_id=0, created_at_ms=0, source=self.name) for p in ids[0] if p >= 0]
