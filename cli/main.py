@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from cli import data, features, models
+from cli import data, features, models, serve
 
 app = typer.Typer(
     name="ember",
@@ -21,6 +21,7 @@ app.add_typer(features.app, name="features")
 app.add_typer(models.train_app, name="train")
 app.add_typer(models.evaluate_app, name="evaluate")
 app.add_typer(models.index_app, name="index")
+app.command("serve")(serve.serve)
 
 
 @app.command("run")

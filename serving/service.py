@@ -1,0 +1,487 @@
+"""The HTTP service (BentoML 1.4): recommend and rank through the A/B variants, shadow runs, exposure log, admin API.
+
+    ember serve --port 3000 --config serving/variants.yaml
+    EMBER_VARIANTS_CONFIG=serving/variants.yaml bentoml serve serving.service:Ember     # the same, by hand
+
+| route | what |
+|---|---|
+| POST /recommend, /rank | the variant the user is assigned to answers; a failure falls back to the popular slate |
+| GET /healthz, /readyz, /metrics, /docs.json | BentoML's probes (readyz asks `__is_ready__`), Prometheus, OpenAPI |
+| /admin/variants, /shares, /promote, /rollback | needs `Authorization: Bearer $EMBER_ADMIN_TOKEN` |
+
+Bad input is a 4xx with {"error": ..., "field": ...}: BentoML validates the typed API arguments, and `RequestGuard`
+(an ASGI middleware) caps the body size and gives BentoML's validation errors that shape. The state an admin call
+changes (shares, the live recommenders) lives in this process: the service runs one worker and scales by replicas.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from fastapi import Body, Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, StrictInt
+
+from serving.ab import PopularSpec, Router, Routing, in_shadow, load_config
+from serving.exposure import ExposureLog
+from serving.metrics import ServiceMetrics
+from serving.recommender import Item, Recommendation, Recommender
+from serving.shadow import ShadowRunner, compare
+from serving.static_recommender import PopularRecommender
+
+log = logging.getLogger(__name__)
+
+CONFIG_ENV = "EMBER_VARIANTS_CONFIG"
+ADMIN_TOKEN_ENV = "EMBER_ADMIN_TOKEN"
+DEFAULT_CONFIG = Path(__file__).with_name("variants.yaml")
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1000 post ids take ~10 kB; anything near the cap is a mistake or an attack.
+MAX_K = 200  # the slate a client may ask for; the pipeline's own candidate budget is larger
+MAX_RANK_POSTS = 1000  # one ranker call (x-algorithm ranks ~1000 candidates per request)
+MAX_SEEN_IDS = 10_000  # a client-side seen list beyond this is better served by the history feature
+
+
+# Responses (the request side is the typed arguments of each API) -------------------------------------------------
+
+
+class RecommendedItem(BaseModel):
+    post_id: int
+    author_id: int
+    score: float
+    source: str
+    in_network: bool
+    actions: dict[str, float]
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    variant: str
+    degraded: bool
+    items: list[RecommendedItem]
+
+
+class RankedItem(BaseModel):
+    post_id: int
+    score: float
+    actions: dict[str, float]
+
+
+class RankResponse(BaseModel):
+    request_id: str
+    variant: str
+    degraded: bool
+    items: list[RankedItem]
+
+
+# The admin API: a FastAPI app mounted under /admin, its handlers methods of the service ------------------------------
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, error: str, field: str) -> None:
+        super().__init__(error)
+        self.status, self.error, self.field = status, error, field
+
+
+class PromoteRequest(BaseModel):
+    variant: str
+
+
+admin = FastAPI(title="Ember admin", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@admin.exception_handler(AdminError)
+async def _admin_error(_: Request, err: AdminError) -> JSONResponse:
+    return JSONResponse({"error": err.error, "field": err.field}, status_code=err.status)
+
+
+@admin.exception_handler(RequestValidationError)
+async def _admin_invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+    return JSONResponse(error_body(err.errors(), skip=("body",)), status_code=400)
+
+
+def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+    """401 without the right bearer token; 403 when no token is configured (the admin API is then off)."""
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    if not token:
+        raise AdminError(403, f"the admin API is disabled: {ADMIN_TOKEN_ENV} is not set", "Authorization")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme != "Bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise AdminError(401, "missing or wrong bearer token", "Authorization")
+
+
+def error_body(errors: Any, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """{"error", "field"} from pydantic's error list: the first error, its location dotted ("seen_ids[3]")."""
+    first = errors[0] if errors else {}
+    field = ""
+    if first.get("type") == "json_invalid":
+        return {"error": f"body: {first.get('msg', 'invalid JSON')}", "field": "body"}
+    for part in first.get("loc", ()):
+        if part in skip:
+            continue
+        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+    field = field or "body"
+    return {"error": f"{field}: {first.get('msg', 'invalid request')}", "field": field}
+
+
+@bentoml.asgi_app(admin, path="/admin")
+@bentoml.service(name="ember", workers=1, traffic={"timeout": 30})
+class Ember:
+    """One process: the router (config + a recommender per variant), the exposure log, metrics and shadow runner."""
+
+    def __init__(self) -> None:
+        self.config_path = Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+        config = load_config(self.config_path)
+        self.metrics = ServiceMetrics()
+        self.exposure = ExposureLog(config.exposure, on_drop=self.metrics.exposure_dropped.inc)
+        self.shadow = ShadowRunner()
+        self.router = Router.build(config)
+        self.fallback = _fallback_recommender(self.router.routing)
+        log.info("ember service: %s, variants %s", self.config_path, [v.name for v in config.variants])
+
+    def __is_ready__(self) -> bool:
+        return all(r.ready() for r in self.router.routing.recommenders.values())
+
+    @bentoml.on_shutdown
+    def _close(self) -> None:
+        self.shadow.close(wait=False)
+        self.exposure.close()
+
+    @bentoml.api(route="/recommend")
+    def recommend(
+        self,
+        user_id: StrictInt,
+        k: Annotated[StrictInt, Field(ge=1, le=MAX_K)] = 20,
+        seen_ids: Annotated[list[StrictInt], Field(max_length=MAX_SEEN_IDS)] = [],  # noqa: B006 (pydantic copies)
+        surface: StrictInt = 0,
+    ) -> RecommendResponse:
+        """The top-k slate for a user, from the variant the user is assigned to."""
+        routing = self.router.routing  # one snapshot for the whole request, even if an admin swaps it meanwhile
+        request_id = uuid.uuid4().hex
+        variant = routing.assign(user_id)
+        recommender = routing.recommenders[variant]
+        seen = frozenset(seen_ids)
+        try:
+            rec = recommender.recommend(user_id, k, seen, surface)
+        except Exception:
+            log.exception("variant %s failed on recommend; serving the popular fallback", variant)
+            recommender = self.fallback
+            rec = _last_resort(lambda: recommender.recommend(user_id, k, seen, surface))
+        rec = replace(rec, items=rec.items[:k])  # what is logged is exactly what is served
+        self.metrics.observe("recommend", variant, rec)
+        self._log_exposure("recommend", request_id, user_id, surface, variant, recommender, rec)
+        if in_shadow(routing.config, request_id):
+            self._run_shadow(routing, request_id, user_id, k, seen, surface, variant, rec)
+        items = [
+            RecommendedItem(
+                post_id=i.post_id,
+                author_id=i.author_id,
+                score=i.score,
+                source=i.source,
+                in_network=i.in_network,
+                actions=i.actions,
+            )
+            for i in rec.items
+        ]
+        return RecommendResponse(request_id=request_id, variant=variant, degraded=rec.degraded, items=items)
+
+    @bentoml.api(route="/rank")
+    def rank(
+        self,
+        user_id: StrictInt,
+        post_ids: Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_RANK_POSTS)],
+        surface: StrictInt = 0,
+    ) -> RankResponse:
+        """Scores the given posts for a user; items come back in the order given."""
+        routing = self.router.routing
+        request_id = uuid.uuid4().hex
+        variant = routing.assign(user_id)
+        recommender = routing.recommenders[variant]
+        try:
+            rec = recommender.rank(user_id, list(post_ids), surface)
+            if [i.post_id for i in rec.items] != list(post_ids):
+                raise ValueError("rank returned other posts, or another order, than it was given")
+        except Exception:
+            log.exception("variant %s failed on rank; scoring with the popular fallback", variant)
+            recommender = self.fallback
+            rec = _last_resort(lambda: recommender.rank(user_id, list(post_ids), surface))
+            if len(rec.items) != len(post_ids):
+                rec = Recommendation([Item(p, 0, 0.0) for p in post_ids], degraded=True, fallback="error")
+        self.metrics.observe("rank", variant, rec)
+        self._log_exposure("rank", request_id, user_id, surface, variant, recommender, rec)
+        items = [RankedItem(post_id=i.post_id, score=i.score, actions=i.actions) for i in rec.items]
+        return RankResponse(request_id=request_id, variant=variant, degraded=rec.degraded, items=items)
+
+    # Off the response path ----------------------------------------------------------------------------------------
+
+    def _log_exposure(
+        self,
+        endpoint: str,
+        request_id: str,
+        user_id: int,
+        surface: int,
+        variant: str,
+        recommender: Recommender,
+        rec: Recommendation,
+    ) -> None:
+        self.exposure.log(
+            {
+                "kind": "exposure",
+                "endpoint": endpoint,
+                "request_id": request_id,
+                "ts": time.time(),
+                "user_id": user_id,
+                "surface": surface,
+                "variant": variant,
+                "version": recommender.version,
+                "degraded": rec.degraded,
+                "fallback": rec.fallback,
+                "items": [
+                    {"post_id": i.post_id, "position": n, "score": i.score, "source": i.source}
+                    for n, i in enumerate(rec.items)
+                ],
+                "features": rec.features,
+            }
+        )
+
+    def _run_shadow(
+        self,
+        routing: Routing,
+        request_id: str,
+        user_id: int,
+        k: int,
+        seen: frozenset[int],
+        surface: int,
+        served_variant: str,
+        served: Recommendation,
+    ) -> None:
+        assert routing.config.shadow is not None
+        name = routing.config.shadow.variant
+        if name == served_variant:
+            return  # the user already gets the shadow's slate: nothing to compare
+        shadow = routing.recommenders[name]
+        served_ids = [i.post_id for i in served.items]
+
+        def job() -> None:
+            try:
+                rec = shadow.recommend(user_id, k, seen, surface)
+            except Exception:
+                self.metrics.shadow_runs.labels(name, "failed").inc()
+                log.exception("shadow variant %s failed", name)
+                return
+            result = compare(served_ids, [i.post_id for i in rec.items], k)
+            self.metrics.observe_shadow(name, result)
+            self.exposure.log(
+                {
+                    "kind": "shadow",
+                    "request_id": request_id,
+                    "ts": time.time(),
+                    "user_id": user_id,
+                    "variant": name,
+                    "served_variant": served_variant,
+                    "version": shadow.version,
+                    "degraded": rec.degraded,
+                    "items": [{"post_id": i.post_id, "position": n, "score": i.score} for n, i in enumerate(rec.items)],
+                    "comparison": result.as_dict(),
+                }
+            )
+
+        if not self.shadow.submit(job):
+            self.metrics.shadow_runs.labels(name, "skipped").inc()
+
+    # The admin API (routes of `admin`, bound to this instance by BentoML) -----------------------------------------
+
+    def _describe(self) -> dict[str, Any]:
+        routing = self.router.routing
+        config = routing.config
+        return {
+            "salt": config.salt,
+            "champion": config.champion,
+            "previous_champion": self.router.previous_champion,
+            "rollbacks_available": len(self.router.history),
+            "shadow": None if config.shadow is None else config.shadow.model_dump(),
+            "variants": [
+                {
+                    "name": v.name,
+                    "share": v.share,
+                    "kind": v.recommender.kind,
+                    "version": routing.recommenders[v.name].version,
+                    "ready": routing.recommenders[v.name].ready(),
+                }
+                for v in config.variants
+            ],
+        }
+
+    @admin.get("/variants")
+    def admin_variants(self, _auth: None = Depends(require_admin)) -> dict[str, Any]:
+        return self._describe()
+
+    @admin.post("/shares")
+    def admin_shares(
+        self, shares: dict[str, float] = Body(...), _auth: None = Depends(require_admin)
+    ) -> dict[str, Any]:
+        try:
+            config = self.router.routing.config.with_shares(shares)
+        except ValueError as err:
+            raise AdminError(400, str(err), str(err).split(":", 1)[0]) from None
+        self._swap(lambda: self.router.apply(config))
+        return self._describe()
+
+    @admin.post("/promote")
+    def admin_promote(self, body: PromoteRequest, _auth: None = Depends(require_admin)) -> dict[str, Any]:
+        names = [v.name for v in self.router.routing.config.variants]
+        if body.variant not in names:
+            raise AdminError(400, f"variant: {body.variant!r} is not a variant (known: {', '.join(names)})", "variant")
+        self._swap(lambda: self.router.promote(body.variant))
+        return self._describe()
+
+    @admin.post("/rollback")
+    def admin_rollback(self, _auth: None = Depends(require_admin)) -> dict[str, Any]:
+        try:
+            self._swap(self.router.rollback)
+        except LookupError as err:
+            raise AdminError(409, str(err), "history") from None
+        return self._describe()
+
+    def _swap(self, change: Any) -> None:
+        routing = change()
+        self.fallback = _fallback_recommender(routing)
+        log.info("routing now: %s", {v.name: v.share for v in routing.config.variants})
+
+
+def _last_resort(answer: Callable[[], Recommendation]) -> Recommendation:
+    """The fallback's answer marked degraded; should even the fallback fail, an empty slate (never a 5xx)."""
+    try:
+        rec = answer()
+    except Exception:
+        log.exception("the popular fallback failed too; answering with an empty slate")
+        return Recommendation(items=[], degraded=True, fallback="error")
+    return Recommendation(items=rec.items, degraded=True, fallback="error", stages=rec.stages, features=rec.features)
+
+
+def _fallback_recommender(routing: Routing) -> Recommender:
+    """The first popular variant answers when a variant fails; with none configured, an empty slate does."""
+    for v in routing.config.variants:
+        if isinstance(v.recommender, PopularSpec):
+            return routing.recommenders[v.name]
+    return PopularRecommender({}, version="popular:empty")
+
+
+class RequestGuard:
+    """ASGI middleware: caps request bodies (413) and gives every 4xx of the APIs the {"error", "field"} shape.
+
+    BentoML answers a validation error with {"error": "1 validation error for ...", "detail": [pydantic errors]};
+    clients get the first error with its field named instead.
+    """
+
+    def __init__(self, app: Any, max_body_bytes: int = MAX_BODY_BYTES, paths: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.paths = paths
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, _ReshapeErrors(send) if scope["path"] in self.paths else send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._too_large(send)
+            return
+        # Read the body here (BentoML reads it whole anyway) so a chunked upload cannot pass the cap either.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        if scope["path"] not in self.paths:
+            await self.app(scope, replay, send)
+            return
+        # The APIs speak JSON only. BentoML picks its parser by Content-Type, so curl's default form encoding would
+        # turn the JSON body into a form key ("user_id: Field required") and a pickle type is refused with a 415.
+        headers = [(k, v) for k, v in scope.get("headers") or () if k != b"content-type"]
+        scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
+        await self.app(scope, replay, _ReshapeErrors(send))
+
+    async def _too_large(self, send: Any) -> None:
+        body = {"error": f"body: request body over {self.max_body_bytes} bytes", "field": "body"}
+        await _send_json(send, 413, body)
+
+
+class _ReshapeErrors:
+    """Wraps `send`: a 4xx response is buffered and re-sent as {"error", "field"}; anything else passes through."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.status = 0
+        self.buffer = b""
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            if not 400 <= self.status < 500:
+                await self.send(message)
+            return
+        if not 400 <= self.status < 500 or message["type"] != "http.response.body":
+            await self.send(message)
+            return
+        self.buffer += message.get("body", b"")
+        if message.get("more_body", False):
+            return
+        await _send_json(self.send, self.status, _reshape(self.buffer))
+
+
+def _reshape(raw: bytes) -> dict[str, str]:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return {"error": raw.decode("utf-8", "replace").strip() or "bad request", "field": "body"}
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]  # BentoML 1.4.39 wraps a BentoMLException's 4xx body in a one-element list
+    if not isinstance(body, dict):
+        return {"error": "bad request", "field": "body"}
+    if "field" in body and "error" in body:
+        return body
+    if isinstance(body.get("detail"), list):
+        return error_body(body["detail"])
+    return {"error": str(body.get("error") or body.get("detail") or "bad request"), "field": "body"}
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+# `Ember` is a bentoml Service object here; its stubs still type the decorated class as the class.
+Ember.add_asgi_middleware(  # type: ignore[attr-defined]
+    RequestGuard, max_body_bytes=MAX_BODY_BYTES, paths=("/recommend", "/rank")
+)

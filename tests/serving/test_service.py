@@ -1,0 +1,379 @@
+"""The HTTP service over real HTTP: `ember serve` in a subprocess on a free port, two popular variants, a shadow.
+
+One server serves the whole module (a start takes a few seconds); the stickiness test starts two more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from serving.ab import assign, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+USERS = range(1, 41)
+
+# Control ranks posts 1, 2, ..., 30; treatment has the same top 10 in reverse (10, 9, ..., 1), then 11..30: at k=10
+# the shadow comparison sees full overlap and opposite orders.
+CONTROL = {p: (100 + p, float(100 - p)) for p in range(1, 31)}
+TREATMENT = {p: (100 + p, float(p) if p <= 10 else float(-p)) for p in range(1, 31)}
+
+
+def _config(exposure: Path) -> dict[str, Any]:
+    return {
+        "salt": "test-salt",
+        "variants": [
+            {"name": "control", "share": 0.5, "recommender": {"kind": "popular", "table": CONTROL}},
+            {"name": "treatment", "share": 0.5, "recommender": {"kind": "popular", "table": TREATMENT}},
+        ],
+        "shadow": {"variant": "treatment", "share": 1.0},
+        "exposure": {"path": str(exposure), "max_bytes": 4096, "max_files": 3},
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    exposure: Path
+    startup_s: float
+    http: httpx.Client  # keep-alive: a fresh connection per request costs more than the request
+
+
+@contextmanager
+def running(root: Path, name: str) -> Iterator[Server]:
+    """`ember serve` with a fresh config under `root`, until /readyz answers 200; stopped (its process group) after."""
+    exposure = root / name / "exposure.jsonl"
+    config = root / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(_config(exposure)))
+    port = _free_port()
+    # Its own BENTOML_HOME: every `bentoml serve` wipes $BENTOML_HOME/prometheus_multiproc_dir when it starts, so two
+    # servers sharing one lose each other's metrics.
+    env = dict(
+        os.environ, EMBER_ADMIN_TOKEN=TOKEN, BENTOML_DO_NOT_TRACK="true", BENTOML_HOME=str(root / f"{name}-bentoml")
+    )
+    out = (root / f"{name}.log").open("wb")
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--config", str(config)],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stopping it stops BentoML's workers too
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ember serve exited {proc.returncode}: {(root / f'{name}.log').read_text()[-3000:]}")
+            if time.perf_counter() - start > 120:
+                pytest.fail(f"ember serve not ready after 120 s: {(root / f'{name}.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        with httpx.Client(base_url=url, timeout=10) as http:
+            yield Server(url, exposure, time.perf_counter() - start, http)
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        out.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running(tmp_path_factory.mktemp("service"), "main") as s:
+        yield s
+
+
+def _post(server: Server, path: str, body: Any, **kw: Any) -> httpx.Response:
+    return server.http.post(path, json=body, **kw)
+
+
+def _variants_of(server: Server) -> dict[int, str]:
+    return {u: _post(server, "/recommend", {"user_id": u, "k": 1}).json()["variant"] for u in USERS}
+
+
+def test_starts_in_reasonable_time(server: Server) -> None:
+    assert server.startup_s < 60, server.startup_s
+    assert server.http.get("/healthz").status_code == 200
+
+
+def test_recommend_returns_k_items(server: Server) -> None:
+    r = _post(server, "/recommend", {"user_id": 7, "k": 5, "seen_ids": [1, 30]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"request_id", "variant", "degraded", "items"}
+    assert body["variant"] in ("control", "treatment") and body["degraded"] is False
+    assert len(body["items"]) == 5
+    assert not {1, 30} & {i["post_id"] for i in body["items"]}
+    assert set(body["items"][0]) == {"post_id", "author_id", "score", "source", "in_network", "actions"}
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_rank_answers_in_the_order_given(server: Server) -> None:
+    r = _post(server, "/rank", {"user_id": 7, "post_ids": [5, 999, 2]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [i["post_id"] for i in body["items"]] == [5, 999, 2]
+    assert set(body["items"][0]) == {"post_id", "score", "actions"}
+    assert body["items"][1]["score"] == 0.0  # unknown to the popularity table
+
+
+def test_variant_is_sticky_across_two_restarts(tmp_path: Path) -> None:
+    expected = {u: assign(parse_config(_config(tmp_path / "x.jsonl")), u) for u in USERS}
+    assert set(expected.values()) == {"control", "treatment"}
+    for restart in ("first", "second"):
+        with running(tmp_path, restart) as s:
+            assert _variants_of(s) == expected, restart
+
+
+_OVER_LIMIT = {"user_id": 1, "seen_ids": [1] * 600_000}  # 1.2 MB of JSON
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "field"),
+    [
+        ("/recommend", {"k": 3}, 400, "user_id"),
+        ("/recommend", {"user_id": 1, "k": 0}, 400, "k"),
+        ("/recommend", {"user_id": 1, "k": 201}, 400, "k"),
+        ("/recommend", {"user_id": "7"}, 400, "user_id"),
+        ("/recommend", {"user_id": 1, "seen_ids": [1, "x"]}, 400, "seen_ids[1]"),
+        ("/recommend", b"{not json", 400, "body"),
+        ("/recommend", [1, 2], 400, "body"),
+        ("/recommend", _OVER_LIMIT, 413, "body"),
+        ("/rank", {"user_id": 1}, 400, "post_ids"),
+        ("/rank", {"user_id": 1, "post_ids": []}, 400, "post_ids"),
+        ("/rank", {"user_id": 1, "post_ids": list(range(1, 1002))}, 400, "post_ids"),
+        ("/rank", {"post_ids": [1]}, 400, "user_id"),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_the_field(server: Server, path: str, body: Any, status: int, field: str) -> None:
+    if isinstance(body, bytes):
+        r = server.http.post(path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = _post(server, path, body)
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field, r.text
+    assert r.json()["error"] and "Traceback" not in r.text
+
+
+def test_chunked_body_over_the_limit_is_refused(server: Server) -> None:
+    chunk = json.dumps({"user_id": 1, "seen_ids": [1] * 100_000}).encode()
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(4):
+            yield chunk
+
+    r = server.http.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["field"] == "body"
+
+
+def test_wrong_method_is_a_json_4xx(server: Server) -> None:
+    r = server.http.get("/recommend")
+    assert r.status_code == 405 and r.json()["field"] == "body"
+
+
+def test_json_without_content_type_is_still_json(server: Server) -> None:
+    # No Content-Type at all (and curl -d says form-urlencoded): the APIs read the body as JSON all the same.
+    r = server.http.post("/recommend", content=b'{"user_id": 3, "k": 2}')
+    assert r.status_code == 200 and len(r.json()["items"]) == 2
+
+
+def test_admin_needs_the_bearer_token(server: Server) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        r = server.http.get("/admin/variants", headers=headers)
+        assert r.status_code == 401 and r.json()["field"] == "Authorization", (headers, r.text)
+    r = server.http.post("/admin/promote", json={"variant": "treatment"})
+    assert r.status_code == 401
+    assert server.http.get("/admin/variants", headers=AUTH).json()["champion"] == "control"
+
+
+def test_shares_promote_and_rollback_take_effect(server: Server) -> None:
+    original = _variants_of(server)
+    assert set(original.values()) == {"control", "treatment"}
+
+    r = _post(server, "/admin/shares", {"control": 1.0, "treatment": 0.0}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert set(_variants_of(server).values()) == {"control"}
+
+    r = _post(server, "/admin/promote", {"variant": "treatment"}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["previous_champion"] == "control"
+    assert set(_variants_of(server).values()) == {"treatment"}
+
+    assert _post(server, "/admin/rollback", None, headers=AUTH).status_code == 200
+    assert set(_variants_of(server).values()) == {"control"}
+    assert _post(server, "/admin/rollback", None, headers=AUTH).status_code == 200
+    assert _variants_of(server) == original
+    r = _post(server, "/admin/rollback", None, headers=AUTH)
+    assert r.status_code == 409 and r.json()["field"] == "history"
+
+    bad = _post(server, "/admin/shares", {"control": 0.7}, headers=AUTH)
+    assert bad.status_code == 400 and bad.json()["field"] == "variants", bad.text
+    bad = _post(server, "/admin/shares", {"nobody": 1.0}, headers=AUTH)
+    assert bad.status_code == 400 and bad.json()["field"] == "nobody", bad.text
+    bad = _post(server, "/admin/promote", {"variant": "nobody"}, headers=AUTH)
+    assert bad.status_code == 400 and bad.json()["field"] == "variant", bad.text
+    assert _variants_of(server) == original
+
+
+def _log_records(server: Server) -> list[dict[str, Any]]:
+    records = []
+    for f in server.exposure.parent.glob("exposure.jsonl*"):
+        records += [json.loads(line) for line in f.read_text().splitlines()]
+    return records
+
+
+def test_exposure_log_is_written_and_rotated(server: Server) -> None:
+    served = [_post(server, "/recommend", {"user_id": u, "k": 10}).json() for u in range(100, 160)]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        ids = {r["request_id"] for r in _log_records(server) if r["kind"] == "exposure"}
+        if {s["request_id"] for s in served[-5:]} <= ids:
+            break
+        time.sleep(0.2)
+    names = sorted(p.name for p in server.exposure.parent.iterdir())
+    assert names == ["exposure.jsonl", "exposure.jsonl.1", "exposure.jsonl.2"]  # rotated, capped at 3 files
+    records = _log_records(server)
+    exposure = next(r for r in records if r["request_id"] == served[-1]["request_id"] and r["kind"] == "exposure")
+    for key in ("request_id", "user_id", "variant", "version", "items", "ts", "features", "degraded"):
+        assert key in exposure
+    assert exposure["variant"] == served[-1]["variant"]
+    assert [i["post_id"] for i in exposure["items"]] == [i["post_id"] for i in served[-1]["items"]]
+    assert set(exposure["items"][0]) >= {"post_id", "position", "score"}
+    shadows = [r for r in records if r["kind"] == "shadow"]
+    assert shadows and all(r["served_variant"] == "control" for r in shadows)
+    at_10 = [r["comparison"] for r in shadows if r["comparison"]["k"] == 10]
+    assert at_10 and all(c["overlap"] == 1.0 and c["kendall"] == -1.0 and c["spearman"] == -1.0 for c in at_10)
+
+
+def test_metrics_has_the_service_counters(server: Server) -> None:
+    text = server.http.get("/metrics").text
+    for needle in (
+        'ember_requests_total{endpoint="recommend",variant="control"}',
+        'ember_requests_total{endpoint="rank",',
+        'ember_fallbacks_total{kind="error"}',
+        "ember_exposure_records_dropped_total",
+        'ember_shadow_runs_total{outcome="compared",variant="treatment"}',
+        "ember_shadow_overlap_at_k_bucket",
+        "ember_shadow_kendall_bucket",
+    ):
+        assert needle in text, needle
+
+
+def test_openapi_lists_the_apis(server: Server) -> None:
+    spec = server.http.get("/docs.json").json()
+    assert {"/recommend", "/rank"} <= set(spec["paths"])
+    assert "post" in spec["paths"]["/recommend"]
+
+
+# In process (failures that cannot be provoked over HTTP) ------------------------------------------------------------
+
+
+class _Broken:
+    """A variant whose every call raises; `ready_flag` False plays one still loading."""
+
+    version = "broken"
+
+    def __init__(self, ready_flag: bool = True) -> None:
+        self.ready_flag = ready_flag
+
+    def ready(self) -> bool:
+        return self.ready_flag
+
+    def recommend(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("model exploded")
+
+    def rank(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("model exploded")
+
+
+@pytest.fixture
+def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from serving.service import Ember
+
+    config = tmp_path / "variants.yaml"
+    config.write_text(yaml.safe_dump(_config(tmp_path / "logs" / "exposure.jsonl")))
+    monkeypatch.setenv("EMBER_VARIANTS_CONFIG", str(config))
+    instance = Ember()
+    yield instance
+    instance.exposure.close()
+
+
+def test_a_failing_variant_falls_back_to_popular_degraded(service: Any) -> None:
+    from serving.ab import Routing
+
+    routing = service.router.routing
+    service.router.routing = Routing(routing.config, {name: _Broken() for name in routing.recommenders})
+    out = service.recommend(user_id=1, k=3)
+    assert out.degraded and [i.post_id for i in out.items] == [1, 2, 3]  # the control table, the first popular variant
+    ranked = service.rank(user_id=1, post_ids=[3, 1])
+    assert ranked.degraded and [i.post_id for i in ranked.items] == [3, 1]
+    assert 'ember_fallbacks_total{kind="error"} 2.0' in service.metrics.render()
+    service.exposure.flush()
+    lines = [json.loads(x) for x in (service.exposure.path).read_text().splitlines()]
+    assert [(r["degraded"], r["fallback"]) for r in lines if r["kind"] == "exposure"] == [(True, "error")] * 2
+
+
+def test_not_ready_until_every_variant_is(service: Any) -> None:
+    from serving.ab import Routing
+
+    assert service.__is_ready__()
+    routing = service.router.routing
+    service.router.routing = Routing(routing.config, {**routing.recommenders, "treatment": _Broken(ready_flag=False)})
+    assert not service.__is_ready__()
+
+
+def test_admin_is_disabled_without_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.service import AdminError, require_admin
+
+    monkeypatch.delenv("EMBER_ADMIN_TOKEN", raising=False)
+    with pytest.raises(AdminError) as err:
+        require_admin(f"Bearer {TOKEN}")
+    assert err.value.status == 403 and err.value.field == "Authorization"
+    monkeypatch.setenv("EMBER_ADMIN_TOKEN", TOKEN)
+    require_admin(f"Bearer {TOKEN}")
+    for wrong in (None, TOKEN, f"Bearer {TOKEN}x", f"Basic {TOKEN}"):
+        with pytest.raises(AdminError) as err:
+            require_admin(wrong)
+        assert err.value.status == 401
+
+
+def test_ember_serve_rejects_a_bad_config_in_one_line(tmp_path: Path, run_cli: Any) -> None:
+    bad = tmp_path / "variants.yaml"
+    body = _config(tmp_path / "e.jsonl")
+    body["variants"][1]["share"] = 0.7
+    bad.write_text(yaml.safe_dump(body))
+    line = run_cli("serve", "--config", str(bad)).error_line()
+    assert line == f"error: {bad}: variants: shares sum to 1.2, not 1"

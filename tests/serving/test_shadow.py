@@ -1,0 +1,61 @@
+"""Shadow comparison metrics (overlap@k, Spearman, Kendall) and the bounded shadow runner."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from serving.shadow import ShadowRunner, compare
+
+
+def test_identical_slates_agree_fully() -> None:
+    r = compare([1, 2, 3, 4], [1, 2, 3, 4], k=4)
+    assert (r.overlap, r.common, r.spearman, r.kendall) == (1.0, 4, 1.0, 1.0)
+
+
+def test_reversed_slate_has_full_overlap_and_negative_correlation() -> None:
+    r = compare([1, 2, 3, 4], [4, 3, 2, 1], k=4)
+    assert (r.overlap, r.spearman, r.kendall) == (1.0, -1.0, -1.0)
+
+
+def test_correlation_is_on_the_common_posts_only() -> None:
+    # Common: 1, 2, 3 (served order), shadow order 2, 1, 3: one discordant pair of three.
+    r = compare([1, 2, 3, 9], [2, 7, 1, 3], k=4)
+    assert r.common == 3 and r.overlap == 0.75
+    assert r.kendall == pytest.approx(1 / 3)
+    assert r.spearman == pytest.approx(0.5)  # d = (1, 1, 0): 1 - 6 * 2 / (3 * 8)
+
+
+def test_below_two_common_posts_there_is_no_correlation() -> None:
+    r = compare([1, 2], [2, 5], k=2)
+    assert (r.overlap, r.spearman, r.kendall) == (0.5, None, None)
+    assert compare([], [], k=3).overlap == 0.0
+
+
+def test_only_the_top_k_counts() -> None:
+    assert compare([1, 2, 3], [3, 2, 1], k=2).overlap == 0.5
+
+
+def test_runner_skips_when_the_backlog_is_full_and_survives_a_failing_job() -> None:
+    skipped: list[int] = []
+    runner = ShadowRunner(max_pending=2, on_skip=lambda: skipped.append(1))
+    release = threading.Event()
+    done: list[int] = []
+
+    def wait() -> None:
+        release.wait(5)
+        done.append(1)
+
+    def boom() -> None:
+        raise RuntimeError("shadow variant broke")
+
+    assert runner.submit(wait) and runner.submit(boom)
+    assert not runner.submit(wait)
+    assert skipped == [1]
+    release.set()
+    runner.close()
+    assert done == [1]
+    runner2 = ShadowRunner(max_pending=1)
+    assert runner2.submit(lambda: None)
+    runner2.close()
