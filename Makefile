@@ -20,10 +20,12 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 # The main job on the embedded default (synthetic feed): the `ember-pipeline` Prefect flow (DVC stages data ->
-# features -> Feast registry, then the online store loaded incrementally), then one read through the serving hot path.
+# features -> Feast registry -> retrieval -> index -> ranker, then the online store loaded incrementally), one read
+# through the feature hot path, then `ember serve` started, one POST /recommend over HTTP, and the server stopped.
 run: setup
 	ember run
 	ember features show --user 1
+	python -m serving.smoke --user 1 --k 10
 
 # Every DVC stage, the real-data imports included (they read ../shared/data).
 data: setup
