@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from cli import data, features, models, serve
+from cli import data, features, lineage, models, serve
 
 app = typer.Typer(
     name="ember",
@@ -22,6 +22,9 @@ app.add_typer(models.train_app, name="train")
 app.add_typer(models.evaluate_app, name="evaluate")
 app.add_typer(models.index_app, name="index")
 app.command("serve")(serve.serve)
+app.command("promote")(lineage.promote_cmd)
+app.command("rollback")(lineage.rollback_cmd)
+app.command("lineage")(lineage.lineage_cmd)
 
 
 @app.command("run")

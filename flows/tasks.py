@@ -75,3 +75,29 @@ def publish_data_metrics(project: Path) -> dict[str, Any]:
     ]
     create_markdown_artifact("\n".join(lines), key="data-metrics", description="Synthetic feed metrics")
     return metrics
+
+
+@task
+def promotion_gate(project: Path, drift_passed: bool | None = None, bento: str | None = None) -> dict[str, Any]:
+    """Gates the freshly trained models against the registry's champion (flows/promotion.yaml) and promotes them
+    when every check passes; publishes the checks as a markdown artifact. A rerun on unchanged models is a no-op."""
+    from flows.promotion import run_gate
+
+    metrics = project / "metrics"
+    result = run_gate(
+        project, metrics / "ranker.json", metrics / "retrieval.json", drift_passed=drift_passed, bento=bento
+    )
+    decision = result["decision"]
+    lines = ["| check | challenger | champion | rule | ok |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {c['metric']} | {c['challenger']} | {c['champion'] if c['champion'] is not None else '-'} | {c['rule']} | "
+        f"{'yes' if c['ok'] else 'NO'} |"
+        for c in decision["checks"]
+    ]
+    verdict = f"promoted {result['champion']}" if result["changed"] else "champion unchanged"
+    if not decision["promote"]:
+        verdict = "stays shadow"
+    lines += ["", f"**{verdict}**: {'; '.join(decision['reasons'])}"] + [f"- note: {n}" for n in decision["notes"]]
+    create_markdown_artifact("\n".join(lines), key="promotion-gate", description="Promotion gate")
+    get_run_logger().info("promotion gate: %s (%s)", verdict, "; ".join(decision["reasons"]))
+    return result
