@@ -26,6 +26,7 @@ run: setup
 	ember run
 	ember features show --user 1
 	python -m serving.smoke --user 1 --k 10
+	ember lineage
 
 # Every DVC stage, the real-data imports included (they read ../shared/data).
 data: setup

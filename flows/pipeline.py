@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.tasks import dvc_push, dvc_repro, materialize_online, publish_data_metrics
+from flows.tasks import dvc_push, dvc_repro, materialize_online, promotion_gate, publish_data_metrics
 
 PROJECT = Path(__file__).resolve().parents[1]
 # The landed stages, in dependency order; each later capability appends its own.
@@ -33,14 +33,21 @@ def ember_pipeline(
     project: str = str(PROJECT), online_store: str = "sqlite", redis: str = "127.0.0.1:6379", push: bool = False
 ) -> dict[str, Any]:
     """Data -> features -> Feast registry -> retrieval training set -> two-tower -> ANN index -> ranker training set
-    -> ranker, then the online store, the metrics artifact (and `dvc push`)."""
+    -> ranker -> promotion gate (flows/promotion.py against the registry's champion), then the online store, the
+    metrics artifact (and `dvc push`)."""
     root = Path(project)
     ran = {stage: dvc_repro(root, stage) for stage in STAGES}
+    gate = promotion_gate(root)
     online = materialize_online(root, online_store, redis)
     metrics = publish_data_metrics(root)
     if push:
         dvc_push(root)
-    return {"stages_run": [s for s, did in ran.items() if did], "online": online, "rows": metrics["rows"]}
+    return {
+        "stages_run": [s for s, did in ran.items() if did],
+        "promotion": {"promoted": gate["decision"]["promote"], "champion": gate["champion"]},
+        "online": online,
+        "rows": metrics["rows"],
+    }
 
 
 @flow(name="materialize")
