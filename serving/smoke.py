@@ -64,7 +64,7 @@ def main() -> None:
         print(f"ember serve ready in {ready_s:.1f} s; POST /recommend user {args.user} k {args.k}: {took_ms:.0f} ms")
         print(f"variant {answer['variant']}, degraded {answer['degraded']}, {len(items)} items:")
         for i, item in enumerate(items):
-            probs = {a: p for a, p in item.get("actions", {}).items() if a != "dwell_time"}  # seconds, not a probability
+            probs = {a: p for a, p in item.get("actions", {}).items() if a != "dwell_time"}  # dwell_time: seconds
             top = sorted(probs.items(), key=lambda kv: -kv[1])[:3]
             shown = ", ".join(f"{a} {p:.3f}" for a, p in top)
             where = f"post {item['post_id']} by {item['author_id']} ({item['source']})"
