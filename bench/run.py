@@ -11,7 +11,7 @@ from bench.harness import RESULTS
 
 REPO = Path(__file__).resolve().parents[1]
 # Each module's main() measures and saves bench/results/<group>.json.
-GROUPS = ["bench.data", "bench.features", "bench.models", "bench.ranker", "bench.quality"]
+GROUPS = ["bench.data", "bench.features", "bench.models", "bench.ranker", "bench.quality", "bench.serving"]
 
 
 def render() -> str:

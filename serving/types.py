@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -59,4 +60,4 @@ class Candidate:
     actions: dict[str, float] = field(default_factory=dict)
     # post_* / author_* feature values from the candidate hydrator; a feature of a post or author the store does not
     # hold is absent (the ranker then reads it as training reads a null: 0, attribute id 0).
-    features: dict[str, Any] = field(default_factory=dict)
+    features: Mapping[str, Any] = field(default_factory=dict)

@@ -23,6 +23,7 @@ from models.layers import string_id
 from models.ranker import CandidateBatch, Ranker
 from models.two_tower import UserFeatures
 from serving.component import Component
+from serving.hydrators.post_features import FeatureRow, FeatureTable
 from serving.inputs import user_frame, user_value
 from serving.types import Candidate, Query
 
@@ -53,6 +54,12 @@ def candidate_batch(model: Ranker, query: Query, candidates: list[Candidate]) ->
     dense = np.zeros((n, len(cfg.candidate_features)), dtype=np.float32)
     attributes = np.zeros((n, len(cfg.candidate_attributes)), dtype=np.int64)
     age = np.full(n, -1, dtype=np.int64)
+    rows = [c.features for c in candidates]
+    views = [r for r in rows if isinstance(r, FeatureRow)]
+    table = views[0].table if views else None
+    if table is not None and len(views) == n and all(r.table is table and not r.extra for r in views):
+        at = np.array([r.row for r in views], dtype=np.int64)
+        return _from_columns(model, query, candidates, table, at, user_dense, now_ms)
     for i, c in enumerate(candidates):
         f = c.features
         dense[i] = [_number(user_dense[name] if name in user_dense else f.get(name)) for name in cfg.candidate_features]
@@ -68,6 +75,54 @@ def candidate_batch(model: Ranker, query: Query, candidates: list[Candidate]) ->
         dense=torch.from_numpy(dense).reshape(1, n, len(cfg.candidate_features)),
         attributes=torch.from_numpy(attributes).reshape(1, n, len(cfg.candidate_attributes)),
         in_network=torch.tensor([[c.in_network for c in candidates]], dtype=torch.bool).reshape(1, n),
+        positions=torch.full((1, n), -1, dtype=torch.int64),
+        valid=torch.ones(1, n, dtype=torch.bool),
+    )
+
+
+def _from_columns(
+    model: Ranker,
+    query: Query,
+    candidates: list[Candidate],
+    table: FeatureTable,
+    at: np.ndarray,
+    user_dense: dict[str, object],
+    now_ms: int,
+) -> CandidateBatch:
+    """`candidate_batch` from the hydrator's shared columns: the same values as the per-candidate path (a feature
+    the store did not hold reads 0, attribute id 0), gathered with numpy instead of one dict lookup per value."""
+    cfg = model.cfg
+    n = len(candidates)
+    dense = np.zeros((n, len(cfg.candidate_features)), dtype=np.float32)
+    for j, name in enumerate(cfg.candidate_features):
+        if name in user_dense:
+            dense[:, j] = _number(user_dense[name])
+            continue
+        col = table.column(name)
+        if col is not None:
+            values, present = col
+            dense[:, j] = np.where(present[at], np.asarray(values, dtype=np.float64)[at], 0.0)
+    attributes = np.zeros((n, len(cfg.candidate_attributes)), dtype=np.int64)
+    for j, name in enumerate(cfg.candidate_attributes):
+        col = table.column(name)
+        if col is not None:
+            values, present = col
+            ids = np.array([string_id(v) if p else 0 for v, p in zip(values, present, strict=True)], dtype=np.int64)
+            attributes[:, j] = ids[at]
+    age = np.full(n, -1, dtype=np.int64)
+    created = table.column("post_created_at_ms")
+    if created is not None:
+        values, present = created
+        ok = present[at]
+        age[ok] = np.maximum(now_ms - np.asarray(values, dtype=np.int64)[at][ok], 0)
+    return CandidateBatch(
+        post_ids=torch.tensor([c.post_id for c in candidates], dtype=torch.int64).reshape(1, n),
+        author_ids=torch.tensor([c.author_id for c in candidates], dtype=torch.int64).reshape(1, n),
+        surfaces=torch.full((1, n), query.surface, dtype=torch.int64),
+        age_ms=torch.from_numpy(age).reshape(1, n),
+        dense=torch.from_numpy(dense).reshape(1, n, len(cfg.candidate_features)),
+        attributes=torch.from_numpy(attributes).reshape(1, n, len(cfg.candidate_attributes)),
+        in_network=torch.tensor([c.in_network for c in candidates], dtype=torch.bool).reshape(1, n),
         positions=torch.full((1, n), -1, dtype=torch.int64),
         valid=torch.ones(1, n, dtype=torch.bool),
     )

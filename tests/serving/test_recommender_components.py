@@ -70,3 +70,33 @@ def test_popular_source_serves_fresh_posts_only_and_only_when_asked() -> None:
         (5, 1.0, "PopularSource"),
     ]
     assert [c.post_id for c in PopularSource(posts, max_results=1, always=True).fetch(Q)] == [2]
+
+
+def test_ranker_inputs_from_shared_columns_equal_the_per_candidate_path() -> None:
+    import numpy as np
+    import torch
+
+    from models.ranker import Ranker, RankerConfig
+    from serving.hydrators.post_features import FeatureRow, FeatureTable
+    from serving.scorers.ranker import candidate_batch
+
+    model = Ranker(RankerConfig.preset("nano"))
+    n = 5
+    rng = np.random.default_rng(0)
+    post = {
+        "post_impressions": rng.integers(0, 100, n),
+        "post_click_rate": rng.random(n),
+        "post_topic": np.array(["a", "b", "a", "c", "b"], dtype=object),
+        "post_created_at_ms": np.full(n, _ms(5)),
+    }
+    author = {"author_click_rate": rng.random(n), "author_follower_count": rng.integers(0, 9, n)}
+    post_missing, author_missing = np.array([0, 0, 1, 0, 0], bool), np.array([0, 1, 0, 0, 0], bool)
+    table = FeatureTable(post, author, post_missing, author_missing)
+    viewed = [replace(_c(10 + i, 100 + i), features=FeatureRow(table, i)) for i in range(n)]
+    plain = [replace(_c(10 + i, 100 + i), features=dict(FeatureRow(table, i))) for i in range(n)]
+    assert "post_topic" not in plain[2].features and "author_click_rate" not in plain[1].features
+    query = Query(user_id=1, now=NOW)
+    fast, slow = candidate_batch(model, query, viewed), candidate_batch(model, query, plain)
+    for name in ("dense", "attributes", "age_ms", "post_ids", "in_network"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+    assert fast.dense.abs().sum() > 0 and (fast.attributes[0, :, 0] != 0).sum() == 4  # one post row missing
