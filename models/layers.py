@@ -146,7 +146,12 @@ class Attention(nn.Module):
         self.out = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Self-attention.
 
@@ -155,6 +160,7 @@ class Attention(nn.Module):
             cos, sin: (T, hd) rotary tables.
             mask: broadcastable to (B, H, T, T); bool (True = may attend) or additive float (0 or -inf).
                 A query row must allow at least one key, or its output is NaN.
+            cache: when given, this layer's keys (rotary applied) and values, (B, Hkv, T, hd) each, are appended.
 
         Returns:
             (B, T, D).
@@ -163,6 +169,8 @@ class Attention(nn.Module):
         q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k, v = self.kv(x).view(B, T, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, Hkv, T, hd) x2
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            cache.append((k, v))
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, H, T, hd)
@@ -210,8 +218,13 @@ class Block(nn.Module):
         self.ffn = GatedFFN(d_model, ffn_mult, gate)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D) -> (B, T, D); cos/sin and mask as in `Attention`."""
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+        """x (B, T, D) -> (B, T, D); cos/sin, mask and cache as in `Attention`."""
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
         return x + self.ffn(self.ffn_norm(x))

@@ -503,15 +503,10 @@ class Ranker(nn.Module):
         h, valid, positions = self._context(user, history_attributes)
         cos, sin = self._rope(positions)
         mask = self._context_mask(valid)
-        keys, values = [], []
+        kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # each layer's keys (rotary applied) and values
         for block in self.layers:
-            attn = block.attn
-            B, T0, _ = h.shape
-            kv = attn.kv(block.attn_norm(h)).view(B, T0, 2, attn.n_kv_heads, attn.head_dim)
-            k, v = kv.permute(2, 0, 3, 1, 4)  # (B, Hkv, T0, hd) each
-            keys.append(apply_rotary(k, cos, sin))
-            values.append(v)
-            h = block(h, cos, sin, mask)
+            h = block(h, cos, sin, mask, kv)
+        keys, values = [k for k, _ in kv], [v for _, v in kv]
         return UserCache(tuple(keys), tuple(values), valid, self.norm(h[:, 0]))
 
     def _score_layers(self, cache: UserCache, h: torch.Tensor) -> torch.Tensor:

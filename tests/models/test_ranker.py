@@ -257,7 +257,7 @@ def test_save_load_round_trip_and_mismatch(tmp_path: Path) -> None:
 
 def test_learns_a_synthetic_rule() -> None:
     """click iff the first dense feature is high; like iff clicked and the author id is even; other tasks masked."""
-    cfg = replace(CFG, head_mode="funnel")
+    cfg = replace(CFG, head_mode="funnel", candidate_features=CFG.candidate_features[:4])  # the rule + 3 noise
     model = build(cfg).train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     available = availability(["click", "like"])
