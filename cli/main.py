@@ -69,9 +69,11 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as done:
         sys.exit(done.exit_code)
     status = code if isinstance(code, int) else 0
-    if "ibis" in sys.modules:
+    if "ibis" in sys.modules and argv is None:
         # Feast's DuckDB offline store (ibis) keeps DuckDB objects alive until interpreter shutdown, where DuckDB's
         # nanobind bindings print pages of spurious "leaked instance" warnings: the work is done, skip finalization.
+        # Only as the `ember` program (argv from sys.argv): an in-process caller (the tests) must get SystemExit,
+        # never a hard exit of its own process.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
