@@ -83,7 +83,11 @@ def machine() -> dict[str, str]:
 
 
 def save(group: str, rows: list[Row]) -> Path:
-    """Writes one group's rows with the machine they ran on to bench/results/<group>.json."""
+    """Writes one group's rows with the machine they ran on to bench/results/<group>.json; rows measured now (no load
+    recorded yet) get the load average at the end, so a noisy run shows as one."""
+    load = [round(x, 2) for x in os.getloadavg()]
+    for r in rows:
+        r.extra.setdefault("loadavg_1_5_15_after", load)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{group}.json"
     body: dict[str, Any] = {

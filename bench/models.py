@@ -28,6 +28,7 @@ from models.data import RetrievalBatch, RetrievalDataset, candidate_features, co
 from models.index import AnnIndex, IndexConfig, build_index
 from models.layers import ffn_hidden
 from models.train_retrieval import TrainConfig, TwoTowerTrainTask, item_log_q
+from models.training import adamw
 from models.two_tower import TwoTower, TwoTowerConfig, UserFeatures
 
 GROUP = "models"
@@ -420,16 +421,6 @@ def peak_flops(threads: int, n: int = 2048, repeats: int = 10) -> float:
     return 2.0 * n**3 / best
 
 
-def _optimizer(model: TwoTower, tc: TrainConfig) -> torch.optim.AdamW:
-    """AdamW as models.train_retrieval builds it: weight decay on Linear weights only."""
-    decay = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    decay_ids = {id(p) for p in decay}
-    rest = [p for p in model.parameters() if id(p) not in decay_ids]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=tc.lr
-    )
-
-
 def train_throughput(
     cfg: TwoTowerConfig, df: pd.DataFrame, steps: int, warmup: int, tc: TrainConfig | None = None
 ) -> tuple[list[float], list[float]]:
@@ -439,7 +430,7 @@ def train_throughput(
     tc = tc or TrainConfig()
     torch.manual_seed(tc.seed)
     model = TwoTower(cfg)
-    optimizer = _optimizer(model, tc)
+    optimizer = adamw(model, tc.lr, tc.weight_decay)
     ds = RetrievalDataset(df, cfg, item_log_q(df["post_id"].to_numpy()))
     corpus = candidate_features(corpus_from_rows(df), cfg, now_ms=int(epoch_ms(df["event_timestamp"]).max()))
     task = TwoTowerTrainTask(model, corpus, tc.n_negatives, tc.logq_correction)
@@ -561,9 +552,6 @@ def main() -> None:
     if set(only) != set(SECTIONS) and old.is_file():  # keep the sections not re-measured
         kept = [Row(**r) for r in json.loads(old.read_text())["rows"] if r["extra"].get("section") not in only]
         rows = sorted(kept + rows, key=lambda r: SECTIONS.index(r.extra.get("section", "train")))
-    load = os.getloadavg()
-    for r in rows:
-        r.extra.setdefault("loadavg_1_5_15_after", [round(x, 2) for x in load])
     print(save(GROUP, rows))
 
 

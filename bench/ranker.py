@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -52,6 +51,10 @@ def paths(model: Ranker, user: UserFeatures, cands: CandidateBatch) -> dict[str,
     }
 
 
+def _ignore_index(call: Callable[[], object]) -> Callable[[int], object]:
+    return lambda i: call()
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
@@ -79,7 +82,7 @@ def bench_ranker(quick: bool, thread_counts: tuple[int, ...]) -> list[Row]:
                 flops = count_flops(call)
                 for threads in thread_counts:
                     torch.set_num_threads(threads)
-                    seconds = timed(lambda i, call=call: call(), reps, warmup)
+                    seconds = timed(_ignore_index(call), reps, warmup)
                     p50, p99 = percentiles_ms(seconds)
                     gflops = flops / (p50 / 1000) / 1e9
                     target = TARGET_MS[C]
@@ -121,9 +124,6 @@ def main() -> None:
     if args.quick:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return
-    load = os.getloadavg()
-    for r in rows:
-        r.extra.setdefault("loadavg_1_5_15_after", [round(x, 2) for x in load])
     print(save(GROUP, rows))
 
 

@@ -205,9 +205,6 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests per measurement")
     args = parser.parse_args()
     rows = in_process(args.requests) + over_http(args.requests)
-    load = os.getloadavg()
-    for r in rows:
-        r.extra.setdefault("loadavg_1_5_15_after", [round(x, 2) for x in load])
     print(save(GROUP, rows))
 
 

@@ -13,14 +13,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from core.errors import UserError
 from models.ranker import Ranker, RankerConfig, load_ranker, save_ranker
 from models.ranker_data import RankerBatch, RankerDataset, RankerTrainTask, predict
 from models.ranker_metrics import ranking_report
 from models.tasks import TaskKind, availability
-from models.training import Loop, device_for, distributed_context, epoch_batches, run_epochs, settings_json
+from models.training import Loop, adamw, device_for, distributed_context, epoch_batches, run_epochs, settings_json
 
 
 @dataclass(frozen=True)
@@ -92,14 +91,6 @@ def summary(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _optimizer(model: nn.Module, tc: RankerTrainConfig) -> torch.optim.AdamW:
-    decay = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    decay_ids = {id(p) for p in decay}
-    rest = [p for p in model.parameters() if id(p) not in decay_ids]
-    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=tc.lr)
-
-
 def train_ranker(
     config: RankerConfig,
     train_df: pd.DataFrame,
@@ -141,7 +132,7 @@ def train_ranker(
         valid_ds = RankerDataset(valid_df, config, model.tasks, available, posts)
         model.fit_dense_stats(train_ds.train_dense())
         model = model.to(device)
-        optimizer = _optimizer(model, tc)
+        optimizer = adamw(model, tc.lr, tc.weight_decay)
         task = RankerTrainTask(model, available).to(device)
 
         def batches(generator: torch.Generator) -> Iterable[RankerBatch]:

@@ -28,6 +28,7 @@ from models.data import RetrievalBatch, RetrievalDataset, candidate_features, ep
 from models.training import (
     DistContext,
     Loop,
+    adamw,
     autocast,
     device_for,
     distributed_context,
@@ -221,14 +222,6 @@ def evaluate(
     return metrics
 
 
-def _optimizer(model: TwoTower, cfg: TrainConfig) -> torch.optim.AdamW:
-    decay = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    decay_ids = {id(p) for p in decay}
-    rest = [p for p in model.parameters() if id(p) not in decay_ids]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
 def train(
     config: TwoTowerConfig,
     train_df: pd.DataFrame,
@@ -292,7 +285,7 @@ def _train(
     torch.manual_seed(tc.seed)
     device = device_for(ctx)
     model = TwoTower(config).to(device)
-    optimizer = _optimizer(model, tc)
+    optimizer = adamw(model, tc.lr, tc.weight_decay)
 
     train_ds = RetrievalDataset(train_df, config, item_log_q(train_df["post_id"].to_numpy()))
     if len(valid_df) > tc.max_eval_rows:

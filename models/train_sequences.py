@@ -47,6 +47,7 @@ from models.baselines import evaluate_retriever
 from models.layers import string_ids
 from models.metrics import corpus_columns, ranking_metrics, target_ranks
 from models.sequences import _before, sort_events
+from models.training import adamw
 from models.two_tower import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
 
 GAP_UNKNOWN = -1  # hist_gap_ms of an unknown gap: time bucket 0, the zero padding row
@@ -386,14 +387,6 @@ class SequenceTrainResult:
     history: list[dict[str, float]]  # per evaluation: epoch, steps, train_loss, seconds, validation metrics
 
 
-def _optimizer(model: TwoTower, tc: SequenceTrainConfig) -> torch.optim.AdamW:
-    decay = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    decay_ids = {id(p) for p in decay}
-    rest = [p for p in model.parameters() if id(p) not in decay_ids]
-    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=tc.lr)
-
-
 def train_sequences(
     config: TwoTowerConfig,
     train_events: pd.DataFrame,
@@ -428,7 +421,7 @@ def train_sequences(
     data = sequence_windows(config, train_events, table, tc.context, tc.max_windows, dataset)
     model = TwoTower(config).to(dev)
     retriever = SequenceRetriever(model, table, tc.context, dataset)
-    optimizer = _optimizer(model, tc)
+    optimizer = adamw(model, tc.lr, tc.weight_decay)
     candidates = table.features.to(dev)
     has_valid = valid is not None and len(valid) > 0
 

@@ -64,6 +64,15 @@ def distributed_context() -> DistContext:
     return ctx
 
 
+def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on Linear weights only: decaying hash-table rows would shrink the rarely seen ones."""
+    decay = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    decay_ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in decay_ids]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
 def device_for(ctx: DistContext) -> torch.device:
     """CUDA (this rank's GPU) when present, else CPU."""
     if not torch.cuda.is_available():
