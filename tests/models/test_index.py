@@ -35,11 +35,12 @@ def test_small_corpus_is_exact_and_returns_item_ids(corpus) -> None:
     assert recall_against_exact(ann, items, users, 100) == 1.0
 
 
-def test_large_corpus_uses_hnsw_and_passes_the_gate(corpus, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_large_corpus_uses_the_approximate_index_and_passes_the_gate(corpus, tmp_path: Path, kind: str) -> None:
     ids, items, users = corpus
-    cfg = IndexConfig(exact_below=1000)
+    cfg = IndexConfig(exact_below=1000, approximate=kind)
     meta = publish(tmp_path / "index", ids, items, users, cfg, model="two_tower@test")
-    assert meta["kind"] == "hnsw" and meta["recall_at_100"] >= 0.95
+    assert meta["kind"] == kind and meta["recall_at_100"] >= 0.95
     loaded = load_index(tmp_path / "index")
     fresh = build_index(ids, items, cfg)
     assert (loaded.search(users[:20], 50)[0] == fresh.search(users[:20], 50)[0]).all()
@@ -47,9 +48,12 @@ def test_large_corpus_uses_hnsw_and_passes_the_gate(corpus, tmp_path: Path) -> N
 
 def test_poor_index_is_refused_and_nothing_is_written(corpus, tmp_path: Path) -> None:
     ids, items, users = corpus
-    bad = IndexConfig(exact_below=1000, hnsw_m=2, ef_construction=4, ef_search=1)
+    bad = IndexConfig(exact_below=1000, approximate="hnsw", hnsw_m=2, ef_construction=4, ef_search=1)
     with pytest.raises(IndexQualityError, match="below the 0.95 gate"):
         publish(tmp_path / "index", ids, items, users, bad, model="two_tower@test")
+    coarse = IndexConfig(exact_below=1000, ivf_lists=64, nprobe=1)  # one cell of 64: most neighbours are elsewhere
+    with pytest.raises(IndexQualityError, match="nprobe=1"):
+        publish(tmp_path / "index", ids, items, users, coarse, model="two_tower@test")
     assert list(tmp_path.iterdir()) == []
 
 
