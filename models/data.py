@@ -101,11 +101,14 @@ def candidate_features(df: pd.DataFrame, cfg: TwoTowerConfig, now_ms: int | None
         ref = epoch_ms(df["event_timestamp"]) if now_ms is None else np.full(len(df), now_ms, dtype=np.int64)
         known = ~np.isnan(created)
         age[known] = np.maximum(ref[known] - created[known].astype(np.int64), 0)
+    # A missing attribute column (a frame without post features) reads as unknown, like a missing value.
+    attrs = [string_ids(df[a]) if a in df.columns else np.zeros(len(df), np.int64) for a in cfg.post_attributes]
     return CandidateFeatures(
         post_ids=torch.as_tensor(df["post_id"].to_numpy(dtype=np.int64)),
         author_ids=torch.as_tensor(df["author_id"].to_numpy(dtype=np.int64)),
         dense=torch.from_numpy(np.ascontiguousarray(dense)),
         age_ms=torch.from_numpy(age),
+        attributes=torch.from_numpy(np.stack(attrs, 1) if attrs else np.zeros((len(df), 0), np.int64)),
     )
 
 

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,6 +43,7 @@ from core.actions import BY_NAME
 from core.errors import UserError
 from core.schema import read_table
 from models.baselines import evaluate_retriever
+from models.data import epoch_ms
 from models.layers import string_ids
 from models.metrics import corpus_columns, ranking_metrics, target_ranks
 from models.sequences import _before, sort_events
@@ -127,13 +127,18 @@ def post_table(
     authors = np.zeros(N, dtype=np.int64)
     authors[cols[ok]] = train_events["author_id"].to_numpy(dtype=np.int64)[ok]
     created = np.full(N, np.nan)
+    attributes = np.zeros((N, len(cfg.post_attributes)), dtype=np.int64)
     if dataset is not None:
-        posts = read_table(dataset, "posts", columns=["post_id", "author_id", "created_at"])
-        posts = posts.set_column(2, "created_at", posts.column("created_at").cast(pa.int64())).to_pandas()
+        posts = read_table(dataset, "posts").to_pandas()
+        posts["created_at"] = epoch_ms(posts["created_at"])
         pc = corpus_columns(corpus, posts["post_id"].to_numpy())
         known = pc >= 0
         authors[pc[known]] = posts["author_id"].to_numpy(dtype=np.int64)[known]
         created[pc[known]] = posts["created_at"].to_numpy(dtype=np.float64)[known]
+        for k, a in enumerate(cfg.post_attributes):  # post_topic <- the posts table's topic (as features.build does)
+            column = a.removeprefix("post_")
+            if column in posts.columns:
+                attributes[pc[known], k] = string_ids(posts[column].to_numpy()[known])
     dense = np.stack([np.asarray(counts.get(f, np.zeros(N)), np.float32) for f in cfg.post_features], 1)
     age = np.full(N, -1, dtype=np.int64)
     now_ms = int(train_events["ts_ms"].max()) if len(train_events) else 0
@@ -145,6 +150,7 @@ def post_table(
         author_ids=torch.from_numpy(authors),
         dense=torch.from_numpy(np.ascontiguousarray(dense.reshape(N, len(cfg.post_features)))),
         age_ms=torch.from_numpy(age),
+        attributes=torch.from_numpy(attributes),
     )
     return PostTable(corpus, features)
 

@@ -50,6 +50,9 @@ class TwoTowerConfig(ModelConfig):
     user_attributes: tuple[str, ...] = ("country", "language", "age_bucket", "activity")  # columns user_<name>
     post_features: tuple[str, ...] = ("post_impressions", "post_click_count", "post_like_count")  # counts, log1p
     use_post_age: bool = True  # candidate tower sees the post-age bucket (age at request / index-build time)
+    # Categorical post attributes hashed into the candidate tower: a post nobody has engaged with yet (its hash rows
+    # untrained) is still placed by its topic and media (synthetic temporal split: 85% of targets are such posts).
+    post_attributes: tuple[str, ...] = ("post_topic", "post_media_type")
     n_actions: int = len(ACTIONS)  # bits of the history action mask read (stored: the vocabulary is append-only)
     n_surfaces: int = N_SURFACES
     n_time_buckets: int = 40  # half-octave log buckets of minutes (time_bucket); 0 = padding/unknown
@@ -57,7 +60,7 @@ class TwoTowerConfig(ModelConfig):
     learn_temperature: bool = True
 
     def __post_init__(self) -> None:
-        self._freeze_tuples("user_attributes", "post_features")
+        self._freeze_tuples("user_attributes", "post_features", "post_attributes")
         self._check_attention()
         if self.temperature < MIN_TEMPERATURE:
             raise ValueError(f"TwoTowerConfig: temperature={self.temperature} < {MIN_TEMPERATURE}")
@@ -128,6 +131,7 @@ class CandidateFeatures(_Tensors):
     author_ids: torch.Tensor  # (N,) int64
     dense: torch.Tensor  # (N, F) float32 raw counts (log1p is applied in the tower)
     age_ms: torch.Tensor  # (N,) int64 post age at request time, -1 = unknown
+    attributes: torch.Tensor  # (N, A) int64 `string_id`s of cfg.post_attributes, 0 = unknown
 
 
 def time_bucket(ms: torch.Tensor, n_buckets: int) -> torch.Tensor:
@@ -260,7 +264,10 @@ class CandidateTower(nn.Module):
         self.cfg = cfg
         E, D, H = cfg.emb_dim, cfg.d_model, cfg.n_hashes
         self.age_emb = nn.Embedding(cfg.n_time_buckets, E, padding_idx=0) if cfg.use_post_age else None
-        n_in = 2 * H * E + len(cfg.post_features) + (E if cfg.use_post_age else 0)
+        self.attribute_emb = nn.ModuleList(
+            MultiHashEmbedding(cfg.attribute_rows, E, H, entity_seed(cfg.hash_seed, a)) for a in cfg.post_attributes
+        )
+        n_in = 2 * H * E + len(cfg.post_features) + (E if cfg.use_post_age else 0) + len(cfg.post_attributes) * H * E
         self.mlp = nn.Sequential(nn.Linear(n_in, 2 * D, bias=False), nn.SiLU(), nn.Linear(2 * D, D, bias=False))
 
     def forward(self, x: CandidateFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor) -> torch.Tensor:
@@ -276,6 +283,7 @@ class CandidateTower(nn.Module):
         parts = [post_rows.flatten(-2), author_rows.flatten(-2), torch.log1p(x.dense.float().clamp(min=0))]
         if self.age_emb is not None:
             parts.append(self.age_emb(time_bucket(x.age_ms, self.cfg.n_time_buckets)))  # (N, E)
+        parts += [emb(x.attributes[:, k]).flatten(-2) for k, emb in enumerate(self.attribute_emb)]  # (N, H E) each
         return F.normalize(self.mlp(torch.cat(parts, -1)).float(), dim=-1, eps=1e-12)  # (N, D)
 
 

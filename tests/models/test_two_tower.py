@@ -48,6 +48,7 @@ def candidates(cfg: TwoTowerConfig, n: int, seed: int = 0) -> CandidateFeatures:
         author_ids=torch.randint(1, 10**6, (n,), generator=g),
         dense=torch.randint(0, 1000, (n, len(cfg.post_features)), generator=g).float(),
         age_ms=torch.randint(-1, 10**8, (n,), generator=g),
+        attributes=torch.randint(0, 10**6, (n, len(cfg.post_attributes)), generator=g),
     )
 
 
