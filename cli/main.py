@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from cli import data, features, lineage, models, serve
+from cli import data, features, lineage, models, monitor, serve
 
 app = typer.Typer(
     name="ember",
@@ -21,6 +21,7 @@ app.add_typer(features.app, name="features")
 app.add_typer(models.train_app, name="train")
 app.add_typer(models.evaluate_app, name="evaluate")
 app.add_typer(models.index_app, name="index")
+app.add_typer(monitor.app, name="monitor")
 app.command("serve")(serve.serve)
 app.command("promote")(lineage.promote_cmd)
 app.command("rollback")(lineage.rollback_cmd)

@@ -1,0 +1,102 @@
+"""The exposure log (serving/exposure.py, JSONL, rotated exposure.jsonl -> .1 -> ... -> .N) as a DataFrame.
+
+One row per served item: request_id, ts, user_id, surface, variant, version, endpoint, degraded, fallback, post_id,
+position, score, source and the user's feature values the models saw (one column per scalar feature; a list, like
+`missing_views`, becomes `n_<name>`). Shadow records (kind "shadow") are not what users saw and are skipped. Lines
+that are not a JSON object with an items list are counted in `ExposureRead.malformed` and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core.errors import UserError
+
+_ROTATED = re.compile(r"^(?P<base>.+\.jsonl)(?:\.(?P<n>\d+))?$")
+_RECORD_KEYS = ("request_id", "ts", "user_id", "surface", "variant", "version", "endpoint", "degraded", "fallback")
+_ITEM_KEYS = ("post_id", "position", "score", "source")
+
+
+@dataclass
+class ExposureRead:
+    frame: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+    records: int = 0
+    malformed: int = 0
+    skipped_shadow: int = 0
+
+
+def exposure_files(path: Path) -> list[Path]:
+    """The log files under `path` (a directory, or one file), oldest first: exposure.jsonl.N ... .1, exposure.jsonl."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"{path}: exposure log not found (expected a .jsonl file or a directory of them)")
+    found: list[tuple[str, int, Path]] = []
+    for p in path.iterdir():
+        m = _ROTATED.match(p.name)
+        if m and p.is_file():
+            found.append((m["base"], int(m["n"] or 0), p))
+    # Higher rotation number = older; within one base, oldest first.
+    return [p for _, _, p in sorted(found, key=lambda t: (t[0], -t[1]))]
+
+
+def _flatten(record: dict[str, Any]) -> list[dict[str, Any]]:
+    base = {k: record.get(k) for k in _RECORD_KEYS}
+    features = record.get("features") or {}
+    if isinstance(features, dict):
+        for name, value in features.items():
+            if isinstance(value, list | tuple | dict):
+                base[f"n_{name}"] = len(value)
+            elif isinstance(value, bool):
+                base[name] = int(value)
+            else:
+                base[name] = value
+    rows = []
+    for item in record["items"]:
+        if not isinstance(item, dict):
+            continue
+        row = dict(base)
+        row.update({k: item.get(k) for k in _ITEM_KEYS})
+        rows.append(row)
+    return rows
+
+
+def read_exposure(path: Path, include_shadow: bool = False) -> ExposureRead:
+    """Reads every (rotated) exposure file under `path` into one frame; malformed lines are counted and skipped."""
+    files = exposure_files(path)
+    out = ExposureRead(frame=pd.DataFrame(), files=files)
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        with open(f, "rb") as handle:
+            for raw in handle:
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except (UnicodeDecodeError, ValueError):
+                    out.malformed += 1
+                    continue
+                if not isinstance(record, dict) or not isinstance(record.get("items"), list):
+                    out.malformed += 1
+                    continue
+                if record.get("kind", "exposure") != "exposure" and not include_shadow:
+                    out.skipped_shadow += 1
+                    continue
+                out.records += 1
+                rows.extend(_flatten(record))
+    frame = pd.DataFrame(rows)
+    for col in frame.columns:  # feature values come back as object when some records lack them
+        if frame[col].dtype == object:
+            converted = pd.to_numeric(frame[col], errors="coerce")
+            if converted.notna().sum() == frame[col].notna().sum():
+                frame[col] = converted
+    out.frame = frame
+    return out

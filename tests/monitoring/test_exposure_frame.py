@@ -1,0 +1,70 @@
+"""Exposure log (JSONL, rotated) -> one row per served item."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.errors import UserError
+from monitoring.exposure_frame import exposure_files, read_exposure
+
+
+def record(request_id: str, user: int, n_items: int, kind: str = "exposure") -> dict:
+    return {
+        "kind": kind,
+        "endpoint": "recommend",
+        "request_id": request_id,
+        "ts": 1.0,
+        "user_id": user,
+        "surface": 0,
+        "variant": "champion",
+        "version": "v1",
+        "degraded": False,
+        "fallback": None,
+        "items": [{"post_id": 100 + i, "position": i, "score": 1.0 - i / 10, "source": "oon"} for i in range(n_items)],
+        "features": {"user_follower_count": 10 * user, "hist_length": 3, "missing_views": ["a"]},
+    }
+
+
+def write(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def test_reads_rotated_files_oldest_first_and_skips_malformed(tmp_path: Path) -> None:
+    write(tmp_path / "exposure.jsonl.2", [json.dumps(record("r1", 1, 2))])
+    write(tmp_path / "exposure.jsonl.1", [json.dumps(record("r2", 2, 3)), '{"truncated": '])
+    write(
+        tmp_path / "exposure.jsonl",
+        [
+            json.dumps(record("r3", 3, 1)),
+            "not json",
+            json.dumps({"no": "items"}),
+            json.dumps(record("r3", 3, 2, kind="shadow")),
+            "",
+        ],
+    )
+    (tmp_path / "other.txt").write_text("ignored")
+    assert [p.name for p in exposure_files(tmp_path)] == ["exposure.jsonl.2", "exposure.jsonl.1", "exposure.jsonl"]
+    read = read_exposure(tmp_path)
+    assert read.records == 3 and read.malformed == 3 and read.skipped_shadow == 1
+    df = read.frame
+    assert len(df) == 6  # 2 + 3 + 1 served items
+    assert list(df["request_id"].unique()) == ["r1", "r2", "r3"]
+    assert df["user_follower_count"].tolist() == [10, 10, 20, 20, 20, 30]
+    assert df["score"].dtype.kind == "f" and df["n_missing_views"].eq(1).all()
+    assert {"post_id", "position", "variant", "hist_length", "degraded"} <= set(df.columns)
+
+
+def test_single_file_and_missing_path(tmp_path: Path) -> None:
+    f = tmp_path / "exposure.jsonl"
+    write(f, [json.dumps(record("r1", 1, 2))])
+    assert len(read_exposure(f).frame) == 2
+    with pytest.raises(UserError, match="not found"):
+        read_exposure(tmp_path / "nope")
+
+
+def test_empty_directory_gives_empty_frame(tmp_path: Path) -> None:
+    read = read_exposure(tmp_path)
+    assert read.frame.empty and read.records == 0
