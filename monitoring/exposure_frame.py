@@ -69,6 +69,21 @@ def _flatten(record: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+# Identifiers and labels that stay text. pandas.to_numeric segfaults (pandas 2.3.3) on some 32-hex-digit request ids,
+# so numeric conversion goes through Python's float, value by value, and never touches these.
+TEXT_COLUMNS = frozenset({"request_id", "variant", "version", "endpoint", "fallback", "source", "kind"})
+
+
+def _as_float(value: object) -> float | None:
+    """float(value), or None when it is not a number (a bool or a text that does not parse)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
 def read_exposure(path: Path, include_shadow: bool = False) -> ExposureRead:
     """Reads every (rotated) exposure file under `path` into one frame; malformed lines are counted and skipped."""
     files = exposure_files(path)
@@ -94,9 +109,9 @@ def read_exposure(path: Path, include_shadow: bool = False) -> ExposureRead:
                 rows.extend(_flatten(record))
     frame = pd.DataFrame(rows)
     for col in frame.columns:  # feature values come back as object when some records lack them
-        if frame[col].dtype == object:
-            converted = pd.to_numeric(frame[col], errors="coerce")
+        if frame[col].dtype == object and col not in TEXT_COLUMNS:
+            converted = frame[col].map(_as_float)
             if converted.notna().sum() == frame[col].notna().sum():
-                frame[col] = converted
+                frame[col] = converted.astype(float)
     out.frame = frame
     return out

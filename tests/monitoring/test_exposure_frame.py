@@ -68,3 +68,12 @@ def test_single_file_and_missing_path(tmp_path: Path) -> None:
 def test_empty_directory_gives_empty_frame(tmp_path: Path) -> None:
     read = read_exposure(tmp_path)
     assert read.frame.empty and read.records == 0
+
+
+def test_hex_request_ids_stay_text_and_features_become_numbers(tmp_path: Path) -> None:
+    # pandas.to_numeric (2.3.3) segfaults on this id ("548e2828..." reads as a float with a huge exponent): the
+    # reader must never hand ids to it.
+    write(tmp_path / "exposure.jsonl", [json.dumps(record("548e28289411455ea62e854a161d9391", 7, 2))])
+    frame = read_exposure(tmp_path).frame
+    assert frame["request_id"].tolist() == ["548e28289411455ea62e854a161d9391"] * 2
+    assert frame["user_id"].dtype.kind in "if"
