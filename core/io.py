@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -46,3 +47,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # a failed write (disk full, interrupt) leaves `path` and nothing else
         raise
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The parsed YAML of a config file; a missing, unreadable or malformed file is a one-line UserError naming the
+    file and what it was meant to be (`what`, e.g. "the gate config")."""
+    import yaml
+
+    from core.errors import UserError
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: cannot read {what}: {first}") from None

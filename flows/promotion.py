@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.errors import UserError
-from core.io import atomic_write_text
+from core.io import atomic_write_text, read_yaml
 
 GATE_FILE = Path("flows/promotion.yaml")
 REGISTRY_FILE = Path("artifacts/registry.json")
@@ -173,13 +173,8 @@ def parse_gate(body: Any) -> GateConfig:
 
 def load_gate(path: Path) -> GateConfig:
     """Reads the gate YAML; any problem is a UserError naming the file and the key."""
-    import yaml
-
     path = Path(path)
-    try:
-        body = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{path}: cannot read the gate config: {err}".replace("\n", " ")) from None
+    body = read_yaml(path, "the gate config")
     try:
         return parse_gate(body)
     except ValueError as err:

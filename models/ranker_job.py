@@ -21,7 +21,8 @@ from core.errors import UserError
 from core.io import atomic_write_text
 from models.config_overrides import coerce
 from models.ranker import HEAD_MODES, RankerConfig
-from models.ranker_data import read_ranker_set
+from models.ranker_data import RankerDataset, read_ranker_set
+from models.tasks import availability
 from models.train_ranker import RankerTrainConfig, binary_tasks, evaluate_ranker, summary, train_ranker
 
 BASELINES = ("logistic", "lightgbm", "mmoe")
@@ -204,9 +205,6 @@ def evaluate_ranker_job(
             replace(cfg, head_mode=mode), train_df, valid_df, observed, tc, posts=posts, log=_epoch_line(log, mode)
         )
         seconds = time.perf_counter() - start
-        from models.ranker_data import RankerDataset
-        from models.tasks import availability
-
         available = availability(observed, result.model.tasks)
         ds = RankerDataset(test_df, result.model.cfg, result.model.tasks, available, posts)
         report, _ = evaluate_ranker(result.model, ds, observed, tc.eval_batch_size)

@@ -5,7 +5,7 @@ AdamW, early stopping on the validation mean AUC of the recorded actions, resuma
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,16 @@ from models.ranker import Ranker, RankerConfig, load_ranker, save_ranker
 from models.ranker_data import RankerBatch, RankerDataset, RankerTrainTask, predict
 from models.ranker_metrics import ranking_report
 from models.tasks import TaskKind, availability
-from models.training import Loop, adamw, device_for, distributed_context, epoch_batches, run_epochs, settings_json
+from models.training import (
+    Loop,
+    TrainResult,
+    adamw,
+    device_for,
+    distributed_context,
+    epoch_batches,
+    run_epochs,
+    settings_json,
+)
 
 
 @dataclass(frozen=True)
@@ -44,13 +53,7 @@ class RankerTrainConfig:
             raise UserError(f"train.lr: must be > 0, got {self.lr}")
 
 
-@dataclass
-class RankerTrainResult:
-    model: Ranker  # holds the best epoch's weights
-    best_epoch: int
-    best_metrics: dict[str, float]
-    history: list[dict[str, Any]]
-    step_losses: list[float] = field(default_factory=list)
+RankerTrainResult = TrainResult[Ranker]
 
 
 def binary_tasks(model: Ranker, observed: Sequence[str]) -> list[str]:

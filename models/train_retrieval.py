@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from models.data import RetrievalBatch, RetrievalDataset, candidate_features, ep
 from models.training import (
     DistContext,
     Loop,
+    TrainResult,
     adamw,
     autocast,
     device_for,
@@ -64,15 +65,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.select_k not in RECALL_KS:
             raise UserError(f"select_k: {self.select_k} is not one of the reported cut-offs {RECALL_KS}")
-
-
-@dataclass
-class TrainResult:
-    model: TwoTower  # holds the best epoch's weights
-    best_epoch: int
-    best_metrics: dict[str, float]
-    history: list[dict[str, float]]  # one entry per epoch: epoch, train_loss, seconds, metrics
-    step_losses: list[float] = field(default_factory=list)  # every step run by this call, in order
 
 
 def item_log_q(post_ids: np.ndarray) -> np.ndarray:
@@ -232,7 +224,7 @@ def train(
     resume: bool = False,
     evaluate_fn: Callable[[TwoTower, RetrievalDataset, CandidateFeatures], dict[str, float]] | None = None,
     log: Callable[[str], None] | None = None,
-) -> TrainResult:
+) -> TrainResult[TwoTower]:
     """Trains the two-tower with early stopping on validation Recall@select_k.
 
     Args:
@@ -281,7 +273,7 @@ def _train(
     resume: bool,
     evaluate_fn: Callable[[TwoTower, RetrievalDataset, CandidateFeatures], dict[str, float]] | None,
     log: Callable[[str], None] | None,
-) -> TrainResult:
+) -> TrainResult[TwoTower]:
     torch.manual_seed(tc.seed)
     device = device_for(ctx)
     model = TwoTower(config).to(device)
@@ -319,4 +311,4 @@ def _train(
     )
     best = next(h for h in done.history if h["epoch"] == done.best_epoch)
     metrics = {k: v for k, v in best.items() if "@" in k}
-    return TrainResult(model.eval(), done.best_epoch, metrics, done.history, done.step_losses)
+    return TrainResult[TwoTower](model.eval(), done.best_epoch, metrics, done.history, done.step_losses)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core.errors import UserError
+
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,18 @@ class Loop:
     seed: int
     select: str  # the history key (a validation metric, higher is better) the best epoch is chosen by
     settings: str  # JSON of the model's full training settings, stored in the checkpoint
+
+
+@dataclass
+class TrainResult(Generic[M]):
+    """What a trainer returns: the model holding the best epoch's weights, that epoch, its validation metrics, the
+    per-epoch history (epoch, train_loss, seconds, metrics) and every step's loss run by this call, in order."""
+
+    model: M
+    best_epoch: int
+    best_metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    step_losses: list[float] = field(default_factory=list)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import UserError
+from core.io import read_yaml
 
 DEFAULT_PATH = Path(__file__).with_name("thresholds.yaml")
 
@@ -64,13 +65,5 @@ def parse_config(raw: Any, source: str = "thresholds") -> MonitorConfig:
 
 def load_config(path: Path | None = None) -> MonitorConfig:
     """Reads the thresholds YAML (monitoring/thresholds.yaml when no path is given)."""
-    import yaml
-
     path = Path(path) if path is not None else DEFAULT_PATH
-    if not path.is_file():
-        raise UserError(f"{path}: thresholds file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    return parse_config(raw, str(path))
+    return parse_config(read_yaml(path, "the thresholds"), str(path))

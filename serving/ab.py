@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.errors import UserError
+from core.io import read_yaml
 from serving.exposure import ExposureSettings
 from serving.recommender import Recommender
 
@@ -143,13 +144,8 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 
 def load_config(path: Path) -> VariantsConfig:
     """Reads a variants YAML file; any problem is a UserError naming the file and the field."""
-    import yaml
-
     path = Path(path)
-    try:
-        body = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{path}: cannot read the variants config: {err}".replace("\n", " ")) from None
+    body = read_yaml(path, "the variants config")
     try:
         return parse_config(body)
     except ValueError as err:

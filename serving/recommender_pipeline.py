@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from core.errors import UserError
+from core.io import read_yaml
 from features.catalog import View
 from features.online import Backend, FeatureStoreUnavailable, OnlineFeatures, RedisBackend, SqliteBackend
 from models.index import AnnIndex, load_index
@@ -152,12 +153,7 @@ class RecommenderConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> RecommenderConfig:
-        import yaml
-
-        try:
-            body = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"{path}: cannot read the recommender config: {err}") from None
+        body = read_yaml(Path(path), "the recommender config")
         if not isinstance(body, dict):
             raise UserError(f"{path}: the recommender config must be a mapping")
         return cls.from_dict(body)
