@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import zlib
@@ -25,7 +26,12 @@ def string_id(value: object) -> int:
     """
     if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
         return 0
-    digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
+    return _text_id(str(value))
+
+
+@functools.lru_cache(maxsize=1 << 16)  # attributes repeat (a few topics, media types, countries): hash each once
+def _text_id(text: str) -> int:
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % (2**62) + 1
 
 

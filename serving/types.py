@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,35 @@ class Candidate:
     source: str
     in_network: bool = False
     score: float | None = None
-    actions: dict[str, float] = field(default_factory=dict)
+    actions: Mapping[str, float] = field(default_factory=dict)
     # post_* / author_* feature values from the candidate hydrator; a feature of a post or author the store does not
     # hold is absent (the ranker then reads it as training reads a null: 0, attribute id 0).
     features: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ActionTable:
+    """The ranker's predictions for one scoring call: (C, K) values, one row per candidate, columns `names`.
+
+    Scorers downstream blend whole columns (serving.scorers.weighted) instead of one dict per candidate."""
+
+    def __init__(self, names: tuple[str, ...], values: np.ndarray) -> None:
+        self.names, self.values = names, values
+        self.column = {name: j for j, name in enumerate(names)}
+
+
+class ActionRow(Mapping[str, float]):
+    """One candidate's predictions {action: value}: a read-only view of its row of an `ActionTable`."""
+
+    __slots__ = ("table", "row")
+
+    def __init__(self, table: ActionTable, row: int) -> None:
+        self.table, self.row = table, row
+
+    def __getitem__(self, name: str) -> float:
+        return float(self.table.values[self.row, self.table.column[name]])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.table.names)
+
+    def __len__(self) -> int:
+        return len(self.table.names)

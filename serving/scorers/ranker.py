@@ -25,7 +25,7 @@ from models.two_tower import UserFeatures
 from serving.component import Component
 from serving.hydrators.post_features import FeatureRow, FeatureTable
 from serving.inputs import user_frame, user_value
-from serving.types import Candidate, Query
+from serving.types import ActionRow, ActionTable, Candidate, Query
 
 
 def history_attributes(model: Ranker, query: Query, user: UserFeatures) -> torch.Tensor:
@@ -159,7 +159,7 @@ class RankerScorer(Component):
             cache = self.model.encode_user(user.to(device), hist_attrs.to(device))
             out = self.model.score_candidates(cache, batch.to(device), chunk=self.chunk)
             preds = self.model.predictions(out)[0].float().cpu().numpy()  # (C, K)
-        names = [t.name for t in self.model.tasks]
-        for c, row in zip(candidates, preds, strict=True):
-            c.actions = {name: float(v) for name, v in zip(names, row, strict=True)}
+        table = ActionTable(tuple(t.name for t in self.model.tasks), preds)
+        for i, c in enumerate(candidates):
+            c.actions = ActionRow(table, i)
         return candidates

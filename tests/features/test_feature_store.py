@@ -7,7 +7,9 @@ import math
 import os
 import shutil
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -325,3 +327,47 @@ def test_candidate_cache_is_refreshed_when_a_materialization_is_recorded(
     assert reader.candidates([100]).post["post_impressions"][0] == before + 40
     assert np.isfinite(reader.candidates([100, 101]).post["post_click_rate"]).all()
     del key, raw
+
+
+class CountingBackend:
+    """A backend that counts the ids each view read was asked for."""
+
+    def __init__(self, inner: SqliteBackend) -> None:
+        self.inner, self.reads = inner, {"post_stats": 0, "author_stats": 0}
+
+    def read(self, view: Any, ids: Any) -> Any:
+        self.reads[view.name] = self.reads.get(view.name, 0) + len(ids)
+        return self.inner.read(view, ids)
+
+    def check(self, view: Any) -> None:
+        self.inner.check(view)
+
+    def materialized_at(self) -> str | None:
+        return self.inner.materialized_at()
+
+    def mark_materialized(self, stamp: str) -> None:
+        self.inner.mark_materialized(stamp)
+
+
+def test_warm_cache_serves_candidates_without_store_reads_and_rewarms_after_materialization(
+    tiny: tuple[StoreConfig, Path], tmp_path: Path
+) -> None:
+    path = tmp_path / "online.db"
+    shutil.copy(tiny[0].data_dir / "feast" / "online.db", path)
+    ids = pd.read_parquet(tiny[0].data_dir / "features" / "post_stats.parquet")["post_id"].unique()[:50].tolist()
+    counting = CountingBackend(SqliteBackend(path))
+    cold = OnlineFeatures(SqliteBackend(path)).candidates(ids)
+    reader = OnlineFeatures(counting, refresh_every_s=0.0)
+    assert reader.warm(ids) == len(ids)
+    after_warm = dict(counting.reads)
+    warm = reader.candidates(ids)
+    assert counting.reads == after_warm  # every post and author came from the cache
+    for name, column in cold.post.items():
+        assert [_same(a, b) for a, b in zip(column, warm.post[name], strict=True)] == [True] * len(ids), name
+    assert (warm.author_ids == cold.author_ids).all()
+    SqliteBackend(path).mark_materialized("2026-01-06T00:00:00+00:00")
+    reader.candidates(ids[:1])  # sees the new stamp: drops the cache, starts the background re-warm
+    deadline = time.monotonic() + 10
+    while len(reader._cache["post"]) < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(ids) <= set(reader._cache["post"])  # the re-warm refilled the whole warm set

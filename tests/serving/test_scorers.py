@@ -67,3 +67,29 @@ def test_out_of_network_factor_applies_to_out_of_network_only() -> None:
 def test_top_k_ranks_missing_and_nan_scores_last_and_breaks_ties_by_id() -> None:
     cands = [_c(5, 1, None), _c(4, 1, math.nan), _c(3, 1, 2.0), _c(2, 1, 2.0), _c(1, 1, 3.0)]
     assert [c.post_id for c in TopKSelector(k=4).select(Q, cands)] == [1, 2, 3, 4]
+
+
+def test_the_column_blend_gives_the_per_candidate_scores_exactly() -> None:
+    import numpy as np
+
+    from serving.types import ActionRow, ActionTable
+
+    rng = np.random.default_rng(3)
+    names = ("click", "like", "reply", "report", "block_author", "dwell_time")
+    values = rng.random((40, len(names))).astype(np.float32)
+    values[:, -1] *= 30.0  # dwell_time in seconds
+    values[5, 3] = np.float32(0.99)  # a report-heavy candidate: a negative blend
+    values[7, 1] = np.nan  # a broken prediction
+    table = ActionTable(names, values)
+    vectorised = [_c(i, i) for i in range(40)]
+    for i, c in enumerate(vectorised):
+        c.actions = ActionRow(table, i)
+    per_candidate = [_c(i, i) for i in range(40)]
+    for i, c in enumerate(per_candidate):
+        c.actions = {n: float(v) for n, v in zip(names, values[i], strict=True)}
+    WeightedScorer().score(Q, vectorised)
+    WeightedScorer().score(Q, per_candidate)
+    assert [c.score for c in vectorised] == [c.score for c in per_candidate]  # bit-identical, None for NaN
+    assert vectorised[7].score is None and vectorised[5].score is not None
+    assert vectorised[5].score < NEGATIVE_SCORES_OFFSET  # the report pushed it below the offset
+    assert dict(vectorised[2].actions) == per_candidate[2].actions
