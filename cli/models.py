@@ -22,6 +22,12 @@ def _overrides(items: list[str]) -> dict[str, dict[str, str]]:
     return split_overrides(items)
 
 
+WORK_HELP = (
+    "Train here and replace --out whole when done; a killed run resumes from its checkpoint on the next call with "
+    "the same settings and inputs (keep it outside DVC's outputs)."
+)
+
+
 @train_app.command("retrieval")
 def train_retrieval_cmd(
     training_set: Path = typer.Option(
@@ -34,6 +40,7 @@ def train_retrieval_cmd(
     valid_fraction: float = typer.Option(0.2, "--valid-fraction", help="Newest share of rows used for validation."),
     resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
     metrics_out: Path | None = typer.Option(None, "--metrics", help="Also write the metrics JSON here (DVC)."),
+    work: Path | None = typer.Option(None, "--work-dir", help=WORK_HELP),
     overrides: list[str] = SET,
 ) -> None:
     """Train the two-tower retrieval model (early stopping on validation Recall@K)."""
@@ -41,7 +48,7 @@ def train_retrieval_cmd(
 
     sets = _overrides(overrides)
     metrics = train_retrieval(
-        training_set, out, preset, sets["model"], sets["train"], valid_fraction, resume, log=typer.echo
+        training_set, out, preset, sets["model"], sets["train"], valid_fraction, resume, log=typer.echo, work=work
     )
     if metrics_out is not None:
         from core.io import atomic_write_text
@@ -62,6 +69,7 @@ def train_ranker_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
     metrics_out: Path | None = typer.Option(None, "--metrics", help="Also write the metrics JSON here (DVC)."),
     features: Path | None = typer.Option(None, "--features", help="Offline features: history posts' attributes."),
+    work: Path | None = typer.Option(None, "--work-dir", help=WORK_HELP),
     overrides: list[str] = SET,
 ) -> None:
     """Train the multi-task ranker (early stopping on the validation mean AUC of the recorded actions)."""
@@ -78,6 +86,7 @@ def train_ranker_cmd(
         resume,
         log=typer.echo,
         features=features,
+        work=work,
     )
     if metrics_out is not None:
         from core.io import atomic_write_text

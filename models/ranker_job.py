@@ -24,6 +24,7 @@ from models.ranker import HEAD_MODES, RankerConfig
 from models.ranker_data import RankerDataset, read_ranker_set
 from models.tasks import availability
 from models.train_ranker import RankerTrainConfig, binary_tasks, evaluate_ranker, summary, train_ranker
+from models.training import input_fingerprint, prepare_work_dir, publish_run
 
 BASELINES = ("logistic", "lightgbm", "mmoe")
 
@@ -98,8 +99,12 @@ def train_ranker_job(
     resume: bool = False,
     log: Callable[[str], None] | None = None,
     features: Path | None = None,
+    work: Path | None = None,
 ) -> dict[str, Any]:
     """Trains the ranker on a ranker training set; returns (and writes to out/metrics.json) its metrics.
+
+    With `work`, training runs there and `out` is replaced whole at the end (`models.training.publish_run`); a run
+    killed midway is resumed from work/checkpoint.pt by the next call with the same settings and inputs.
 
     `out` holds checkpoint.pt (resumable), config.json, best/ (the model to serve) and metrics.json, written last:
     its presence means the run finished.
@@ -108,7 +113,11 @@ def train_ranker_job(
     tc = train_config(train_overrides or {})
     df, observed = read_ranker_set(training_set)
     train_df, valid_df = split_by_request(df, fraction=valid_fraction)
-    out = Path(out)
+    out = final = Path(out)
+    if work is not None:
+        settings = dict(preset=preset, model=model_overrides, train=train_overrides, valid_fraction=valid_fraction)
+        key = {"settings": settings, "inputs": input_fingerprint(Path(training_set), features)}
+        resume, out = prepare_work_dir(Path(work), key), Path(work)
     if not resume:
         for stale in ("metrics.json", "checkpoint.pt", "config.json", "best"):
             target = out / stale
@@ -132,6 +141,8 @@ def train_ranker_job(
         "train_config": asdict(tc),
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if work is not None:
+        publish_run(out, final)
     return metrics
 
 

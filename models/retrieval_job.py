@@ -54,8 +54,12 @@ def train_retrieval(
     valid_fraction: float = 0.2,
     resume: bool = False,
     log: Any = None,
+    work: Path | None = None,
 ) -> dict[str, Any]:
     """Trains the two-tower on a retrieval training set; returns (and writes to out/metrics.json) its metrics.
+
+    With `work`, training runs there and `out` is replaced whole at the end (`models.training.publish_run`); a run
+    killed midway is resumed from work/checkpoint.pt by the next call with the same settings and inputs.
 
     The last `valid_fraction` of the rows by time is the validation window (early stopping and the reported
     metrics); the corpus is every post clicked in either window. `out` holds `checkpoint.pt` (resumable, rewritten
@@ -64,6 +68,7 @@ def train_retrieval(
     """
     from models.data import corpus_from_rows, temporal_split
     from models.train_retrieval import TrainConfig, train
+    from models.training import input_fingerprint, prepare_work_dir, publish_run
 
     cfg = model_config(preset, model_overrides or {})
     tc = TrainConfig(**coerce(TrainConfig, train_overrides or {}, prefix="train"))
@@ -73,7 +78,11 @@ def train_retrieval(
     train_df, valid_df = temporal_split(df, valid_fraction)
     if train_df.empty or valid_df.empty:
         raise UserError(f"{training_set}: the temporal split left train {len(train_df)} / valid {len(valid_df)} rows")
-    out = Path(out)
+    out = final = Path(out)
+    if work is not None:
+        settings = dict(preset=preset, model=model_overrides, train=train_overrides, valid_fraction=valid_fraction)
+        key = {"settings": settings, "inputs": input_fingerprint(Path(training_set), None)}
+        resume, out = prepare_work_dir(Path(work), key), Path(work)
     if not resume:
         for stale in ("metrics.json", "checkpoint.pt", "config.json", "best"):
             target = out / stale
@@ -98,6 +107,8 @@ def train_retrieval(
         "train_config": asdict(tc),
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if work is not None:
+        publish_run(out, final)
     return metrics
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -27,6 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core.errors import UserError
+from core.io import atomic_write_text
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -111,6 +113,51 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator, ctx: Dist
     if ctx.distributed:
         return rank_batches(n, batch_size, generator, ctx)
     return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
+def input_fingerprint(*paths: Path | None) -> list[list[Any]]:
+    """[relative path, size, mtime in ns] of every file under `paths` (a file or a directory; None skipped): what
+    a run key compares to tell "the same inputs" without reading them."""
+    rows: list[list[Any]] = []
+    for root in paths:
+        if root is None:
+            continue
+        root = Path(root)
+        files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+        for f in files:
+            st = f.stat()
+            rows.append([str(f), st.st_size, st.st_mtime_ns])
+    return rows
+
+
+def prepare_work_dir(work: Path, key: dict[str, Any]) -> bool:
+    """Readies the directory a resumable run trains in (outside DVC's outputs, which DVC deletes before a stage
+    runs). Returns True when `work` holds a checkpoint of an interrupted run of the same `key` (settings and input
+    fingerprint) to resume from; otherwise empties it, records `key` in work/run.json and returns False."""
+    text = json.dumps(key, sort_keys=True, default=str)
+    run = work / "run.json"
+    if (work / "checkpoint.pt").is_file() and run.is_file() and run.read_text() == text:
+        return True
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    atomic_write_text(run, text)
+    return False
+
+
+def publish_run(work: Path, out: Path) -> None:
+    """Moves a finished run from `work` to `out` in one rename (the previous `out` stays whole until then), and
+    removes `work`: a run killed at any point leaves either the old `out` or the new one, never a mix."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.publish-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.copytree(work, tmp, ignore=shutil.ignore_patterns("run.json"))
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def write_checkpoint(path: Path, body: dict[str, Any]) -> None:
@@ -224,6 +271,8 @@ def run_epochs(
         start_epoch, best_epoch, best_metric = ckpt["epoch"] + 1, ckpt["best_epoch"], ckpt["best_metric"]
         bad_epochs, history = ckpt["bad_epochs"], ckpt["history"]
         best_state = load_best(ckpt_path.parent / "best")
+        if log is not None and ctx.is_main:
+            log(f"resumed from {ckpt_path} after epoch {ckpt['epoch']} (best epoch {best_epoch})")
     elif out is not None and ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(config.to_json())

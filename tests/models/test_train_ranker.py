@@ -291,3 +291,41 @@ def test_blend_loss_rewards_ordering_candidates_by_observed_value() -> None:
     ones = torch.ones(1, K)
     assert blend_loss(good, ones, labels, mask) < math.log(2) < blend_loss(bad, ones, labels, mask)
     assert blend_loss(good, ones, torch.zeros_like(labels), mask) == 0.0  # no ordered pair, no loss
+
+
+class Killed(Exception):
+    """Stands in for a kill between two epochs."""
+
+
+def test_a_run_killed_midway_resumes_from_its_work_dir_and_publishes_what_an_unbroken_run_does(
+    training_set: Path, tmp_path: Path
+) -> None:
+    from models.ranker_job import train_ranker_job
+
+    overrides = {"epochs": 3, "batch_size": 16, "lr": 5e-3}
+    model = {"max_history": 8, "max_candidates": 8}
+    unbroken = train_ranker_job(training_set, tmp_path / "unbroken", "nano", model, overrides)
+
+    def kill_in_epoch_2(line: str) -> None:
+        if line.startswith("epoch=2 "):
+            raise Killed  # epoch 2 trained, its checkpoint not yet written
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    with pytest.raises(Killed):
+        train_ranker_job(training_set, out, "nano", model, overrides, log=kill_in_epoch_2, work=work)
+    assert not out.exists()  # nothing published: a reader never sees a half-trained model
+    assert (work / "checkpoint.pt").is_file()
+
+    lines: list[str] = []
+    resumed = train_ranker_job(training_set, out, "nano", model, overrides, log=lines.append, work=work)
+    assert any(line.startswith("resumed from") and "after epoch 1" in line for line in lines)
+    assert not work.exists() and (out / "metrics.json").is_file() and not (out / "run.json").exists()
+    assert resumed["epochs_run"] == unbroken["epochs_run"] == 3
+    assert resumed["auc_mean"] == unbroken["auc_mean"]
+    a, b = load_ranker(out / "best").state_dict(), load_ranker(tmp_path / "unbroken" / "best").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    other = {**overrides, "lr": 1e-3}  # other settings: the stale work dir is not resumed
+    lines.clear()
+    train_ranker_job(training_set, tmp_path / "other", "nano", model, other, log=lines.append, work=work)
+    assert not any(line.startswith("resumed") for line in lines)
