@@ -11,7 +11,16 @@ from typing import Any
 
 from prefect import flow
 
-from flows.tasks import dvc_push, dvc_repro, materialize_online, promotion_gate, publish_data_metrics
+from flows.tasks import (
+    build_bento,
+    deploy_champion,
+    deploy_shadow,
+    dvc_push,
+    dvc_repro,
+    materialize_online,
+    promotion_gate,
+    publish_data_metrics,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 # The landed stages, in dependency order; each later capability appends its own.
@@ -30,14 +39,27 @@ STAGES = (
 
 @flow(name="ember-pipeline", log_prints=True)
 def ember_pipeline(
-    project: str = str(PROJECT), online_store: str = "sqlite", redis: str = "127.0.0.1:6379", push: bool = False
+    project: str = str(PROJECT),
+    online_store: str = "sqlite",
+    redis: str = "127.0.0.1:6379",
+    push: bool = False,
+    force: tuple[str, ...] = (),
+    bento: bool = False,
 ) -> dict[str, Any]:
     """Data -> features -> Feast registry -> retrieval training set -> two-tower -> ANN index -> ranker training set
-    -> ranker -> promotion gate (flows/promotion.py against the registry's champion), then the online store, the
-    metrics artifact (and `dvc push`)."""
+    -> ranker -> (the Bento) -> the model set stored and deployed as shadow -> promotion gate (flows/promotion.py
+    against the registry's champion) -> the deployment rewritten for the gate's champion (flows/deploy.py), then the
+    online store, the metrics artifact (and `dvc push`). `force`: stages rerun even when their inputs are unchanged
+    (retrain); `bento`: build the Bento (`make bento`) and record its tag in the lineage."""
     root = Path(project)
-    ran = {stage: dvc_repro(root, stage) for stage in STAGES}
-    gate = promotion_gate(root)
+    unknown = [s for s in force if s not in STAGES]
+    if unknown:
+        raise ValueError(f"force: unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")
+    ran = {stage: dvc_repro(root, stage, stage in force) for stage in STAGES}
+    tag = build_bento(root) if bento else None
+    shadow = deploy_shadow(root)
+    gate = promotion_gate(root, bento=tag)
+    deployed = deploy_champion(root, shadow["staged"])
     online = materialize_online(root, online_store, redis)
     metrics = publish_data_metrics(root)
     if push:
@@ -45,6 +67,8 @@ def ember_pipeline(
     return {
         "stages_run": [s for s, did in ran.items() if did],
         "promotion": {"promoted": gate["decision"]["promote"], "champion": gate["champion"]},
+        "deployment": deployed,
+        "bento": tag,
         "online": online,
         "rows": metrics["rows"],
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,11 @@ def _env() -> dict[str, str]:
 
 
 @task(timeout_seconds=3600)  # no retries: a stage fails the same way twice; store I/O below is retried
-def dvc_repro(project: Path, stage: str) -> bool:
-    """Runs one DVC stage; returns whether it did work (False when its inputs were unchanged)."""
-    proc = subprocess.run(["dvc", "repro", stage], cwd=project, env=_env(), capture_output=True, text=True)
+def dvc_repro(project: Path, stage: str, force: bool = False) -> bool:
+    """Runs one DVC stage; returns whether it did work (False when its inputs were unchanged). `force` reruns this
+    stage alone even when its inputs are unchanged (the retrain flow)."""
+    argv = ["dvc", "repro", stage] + (["--force", "--single-item"] if force else [])
+    proc = subprocess.run(argv, cwd=project, env=_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         # DVC clears a stage's outputs before running it: put the last good version back from the cache, so a
         # failed run leaves the previous artifacts in place and the next run resumes from them.
@@ -101,3 +104,85 @@ def promotion_gate(project: Path, drift_passed: bool | None = None, bento: str |
     create_markdown_artifact("\n".join(lines), key="promotion-gate", description="Promotion gate")
     get_run_logger().info("promotion gate: %s (%s)", verdict, "; ".join(decision["reasons"]))
     return result
+
+
+def _champion_params(project: Path, variants: Path) -> dict[str, Any]:
+    """The champion variant's recommender params in a variants file (paths as written, relative to `project`)."""
+    from serving.ab import load_config
+
+    cfg = load_config(project / variants)
+    champion = next(v for v in cfg.variants if v.name == cfg.champion)
+    return dict(getattr(champion.recommender, "params", {}) or {})
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], timeout_seconds=1800)
+def monitor_window(project: Path, current: Path, out: Path, variants: Path = Path("serving/variants.yaml")) -> dict:
+    """Every monitoring check (`ember monitor run`: drift, target drift, quality, skew, embedding drift) of the served
+    window `current` against the ranker training set; returns the summary with the exit verdict. Its own process,
+    like the DVC stages: Evidently and torch stay out of the flow's process."""
+    params = _champion_params(project, variants)
+    argv = [sys.executable, "-m", "cli.main", "monitor", "run", "--reference", "data/training/ranker"]
+    argv += ["--current", str(current), "--out", str(out), "--synthetic", "data/synth", "--features", "data/features"]
+    argv += ["--retrieval-model", str(params.get("retrieval_model", "artifacts/retrieval/best"))]
+    if params.get("as_of"):
+        argv += ["--as-of", str(params["as_of"])]
+    proc = subprocess.run(argv, cwd=project, env=_env(), capture_output=True, text=True)
+    if proc.returncode not in (0, 1):  # 1 = the checks failed: a verdict, not an error
+        raise RuntimeError(f"ember monitor run failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    summary = json.loads((project / out / "summary.json").read_text())
+    get_run_logger().info(
+        "monitor: %s (%s)", summary["status"], ", ".join(f"{k} {v}" for k, v in summary["tests"].items())
+    )
+    return summary
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def record_dashboard(project: Path, summary: dict, workspace: Path = Path("artifacts/evidently")) -> str:
+    """Adds the window as a run of its model's project in the Evidently UI workspace (`ember dashboards`)."""
+    from monitoring.dashboards import add_monitor_run
+
+    add_monitor_run(project / workspace, summary)
+    return str(workspace)
+
+
+@task
+def publish_monitor(summary: dict, report_dir: Path) -> None:
+    """The window's verdicts and quality as a markdown artifact, with the path of the HTML reports."""
+    lines = ["| check | status |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary["tests"].items()]
+    lines += ["", "| quality | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in summary.get("quality", {}).items() if isinstance(v, int | float)]
+    lines += ["", f"**{summary['status']}**; reports (HTML, JSON): `{report_dir}`"]
+    create_markdown_artifact("\n".join(lines), key="monitor", description="Drift and quality of the served window")
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def deploy_shadow(project: Path, shadow_share: float = 0.1) -> dict[str, Any]:
+    """Stores the freshly trained model set (flows/deploy.py) and deploys it as the shadow of the registry's champion
+    (artifacts/deploy/variants.yaml); before the first promotion there is no champion to shadow."""
+    from flows.deploy import champion_key, stage_models, write_deployment
+
+    key = stage_models(project)
+    deployed = write_deployment(project, champion_key(project), key, shadow_share)
+    get_run_logger().info("deployed: champion %s, shadow %s", deployed["champion"], deployed["challenger"])
+    return deployed | {"staged": key}
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def deploy_champion(project: Path, challenger: str, shadow_share: float = 0.1) -> dict[str, Any]:
+    """After the gate: the registry's champion serves; a challenger the gate refused stays in shadow."""
+    from flows.deploy import champion_key, write_deployment
+
+    return write_deployment(project, champion_key(project), challenger, shadow_share)
+
+
+@task(timeout_seconds=1800)
+def build_bento(project: Path) -> str:
+    """`make bento` (bentofile.yaml): returns the Bento tag the lineage records."""
+    proc = subprocess.run(["make", "-s", "bento"], cwd=project, env=_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"make bento failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    found = re.findall(r'tag="([^"]+)"', proc.stdout + proc.stderr)
+    if not found:
+        raise RuntimeError("make bento: no Bento tag in its output")
+    get_run_logger().info("built Bento %s", found[-1])
+    return found[-1]
