@@ -32,7 +32,12 @@ run: setup
 data: setup
 	dvc repro
 
-test: setup
+# Debian's Chromium and its driver, for the dashboard test (tests/monitoring/test_dashboards.py); idempotent.
+browsers:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+test: setup browsers
 	pytest -q
 
 test-fast: setup

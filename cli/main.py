@@ -8,6 +8,7 @@ import sys
 import typer
 
 from cli import data, features, lineage, models, monitor, serve
+from cli.dashboards import dashboards
 
 app = typer.Typer(
     name="ember",
@@ -26,6 +27,7 @@ app.command("serve")(serve.serve)
 app.command("promote")(lineage.promote_cmd)
 app.command("rollback")(lineage.rollback_cmd)
 app.command("lineage")(lineage.lineage_cmd)
+app.command("dashboards")(dashboards)
 
 
 @app.command("run")
