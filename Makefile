@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 run: setup
 	ember run
 	ember features show --user 1
-	python -m serving.smoke --user 1 --k 10
+	python -m serving.smoke --user 1 --k 10 --config artifacts/deploy/variants.yaml
 	ember lineage
 
 # Every DVC stage, the real-data imports included (they read ../shared/data).

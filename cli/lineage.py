@@ -137,3 +137,11 @@ def rollback_cmd(root: Path = ROOT) -> None:
     restored = rollback(root)
     was = before["version"] if before else "none"
     typer.echo(f"rolled back {was} -> {restored['version']} (models {json.dumps(restored['models'], sort_keys=True)})")
+    from flows.deploy import MODEL_STORE, set_key, write_deployment
+
+    key = set_key(restored["models"])
+    if (root / MODEL_STORE / key).is_dir():  # sets stored by the pipeline (flows/deploy.py) are deployed again
+        deployed = write_deployment(root, key)
+        typer.echo(f"deployment {deployed['file']}: champion models {key}")
+    else:
+        typer.echo(f"{MODEL_STORE / key}: not stored, the deployment file is unchanged")

@@ -35,13 +35,20 @@ def run(
     online_store: str = typer.Option("sqlite", "--online-store", help="Online store to load: sqlite or redis."),
     redis: str = typer.Option("127.0.0.1:6379", "--redis", help="Redis address when --online-store redis."),
     push: bool = typer.Option(False, "--push", help="`dvc push` the artifacts at the end."),
+    bento: bool = typer.Option(False, "--bento", help="Build the Bento (`make bento`) and record its tag."),
 ) -> None:
     """Run the main job, the `ember-pipeline` Prefect flow (against PREFECT_API_URL, or an ephemeral API)."""
     from flows.pipeline import ember_pipeline
 
-    result = ember_pipeline(online_store=online_store, redis=redis, push=push)
+    result = ember_pipeline(online_store=online_store, redis=redis, push=push, bento=bento)
     ran = ", ".join(result["stages_run"]) or "none (all cached)"
     typer.echo(f"ember-pipeline done: stages run: {ran}; online store: {len(result['online']['views'])} views")
+    promotion, deployed = result["promotion"], result["deployment"]
+    verdict = "promoted" if promotion["promoted"] else "not promoted"
+    shadow = f", challenger {deployed['challenger']} in shadow" if deployed["challenger"] else ""
+    typer.echo(f"gate: {verdict}; champion {promotion['champion']} serving from {deployed['file']}{shadow}")
+    slowest = sorted(result["seconds"].items(), key=lambda kv: -kv[1])[:3]
+    typer.echo("slowest steps: " + ", ".join(f"{name} {s:.0f} s" for name, s in slowest))
 
 
 def main(argv: list[str] | None = None) -> None:

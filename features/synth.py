@@ -510,6 +510,9 @@ def impressions_chunk(world: World, day: int, lo: int, hi: int, first_id: int, f
     user = np.repeat(req_user, s)
     position = np.tile(np.arange(s, dtype=np.int32), n_r)
     t = np.repeat(req_t, s) + position.astype(np.int64)  # one second per slot down the slate
+    # ...within the day: a slate started at 23:59:58 does not spill into a day the world does not have (it made
+    # the feature build add a snapshot after the last day, one day ahead of the world's end).
+    t = np.minimum(t, day_start + DAY_S - 1)
     surface = np.repeat(req_surface, s)
     request_id = np.repeat(np.arange(first_request, first_request + n_r, dtype=np.int64), s)
 

@@ -6,8 +6,11 @@ work), the online store from the same `materialize` function `ember features mat
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import flow
 
@@ -23,6 +26,7 @@ from flows.tasks import (
 )
 
 PROJECT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 # The landed stages, in dependency order; each later capability appends its own.
 STAGES = (
     "synth",
@@ -55,16 +59,28 @@ def ember_pipeline(
     unknown = [s for s in force if s not in STAGES]
     if unknown:
         raise ValueError(f"force: unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")
-    ran = {stage: dvc_repro(root, stage, stage in force) for stage in STAGES}
-    tag = build_bento(root) if bento else None
-    shadow = deploy_shadow(root)
-    gate = promotion_gate(root, bento=tag)
-    deployed = deploy_champion(root, shadow["staged"])
-    online = materialize_online(root, online_store, redis)
-    metrics = publish_data_metrics(root)
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, call: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        try:
+            return call()
+        finally:
+            seconds[name] = round(time.perf_counter() - start, 2)
+
+    ran: dict[str, bool] = {}
+    for stage in STAGES:
+        ran[stage] = timed(stage, partial(dvc_repro, root, stage, stage in force))
+    tag = timed("build_bento", lambda: build_bento(root)) if bento else None
+    shadow = timed("deploy_shadow", lambda: deploy_shadow(root))
+    gate = timed("promotion_gate", lambda: promotion_gate(root, bento=tag))
+    deployed = timed("deploy_champion", lambda: deploy_champion(root, shadow["staged"]))
+    online = timed("materialize", lambda: materialize_online(root, online_store, redis))
+    metrics = timed("publish_metrics", lambda: publish_data_metrics(root))
     if push:
-        dvc_push(root)
+        timed("dvc_push", lambda: dvc_push(root))
     return {
+        "seconds": seconds,
         "stages_run": [s for s, did in ran.items() if did],
         "promotion": {"promoted": gate["decision"]["promote"], "champion": gate["champion"]},
         "deployment": deployed,
