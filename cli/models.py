@@ -120,6 +120,30 @@ def index_build_cmd(
     )
 
 
+@evaluate_app.command("compare")
+def evaluate_compare_cmd(
+    challenger: Path = typer.Option(..., "--challenger", help="Saved ranker directory (best/) of the challenger."),
+    champion: Path = typer.Option(..., "--champion", help="Saved ranker directory of the champion."),
+    training_set: Path = typer.Option(Path("data/training/ranker"), "--training-set", help="Ranker training set."),
+    features: Path | None = typer.Option(None, "--features", help="Offline features: history posts' attributes."),
+    valid_fraction: float = typer.Option(0.2, "--valid-fraction", help="Newest share of requests scored."),
+    out: Path = typer.Option(..., "--out", help="JSON with both models' metrics on the same window."),
+) -> None:
+    """Score the challenger and the champion ranker on the same validation window (what the promotion gate uses)."""
+    from core.errors import UserError
+    from core.io import atomic_write_text
+    from models.ranker_job import compare_rankers
+
+    for option, path in (("--challenger", challenger), ("--champion", champion)):
+        if not (path / "config.json").is_file():
+            raise UserError(f"{option}: {path} is not a saved ranker (no config.json)")
+    result = compare_rankers({"challenger": challenger, "champion": champion}, training_set, valid_fraction, features)
+    atomic_write_text(out, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    for name in ("challenger", "champion"):
+        m = result[name]
+        typer.echo(f"{name}: auc_mean {m['auc_mean']:.4f}, gauc_mean {m['gauc_mean']:.4f}, ndcg@10 {m['ndcg@10']:.4f}")
+
+
 @evaluate_app.command("retrieval")
 def evaluate_retrieval_cmd(
     data: Path = typer.Option(Path("data/movielens"), "--data", help="Canonical dataset to evaluate on."),

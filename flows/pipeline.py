@@ -20,6 +20,7 @@ from flows.tasks import (
     deploy_shadow,
     dvc_push,
     dvc_repro,
+    evaluate_against_champion,
     materialize_online,
     promotion_gate,
     publish_data_metrics,
@@ -51,9 +52,10 @@ def ember_pipeline(
     bento: bool = False,
 ) -> dict[str, Any]:
     """Data -> features -> Feast registry -> retrieval training set -> two-tower -> ANN index -> ranker training set
-    -> ranker -> (the Bento) -> the model set stored and deployed as shadow -> promotion gate (flows/promotion.py
-    against the registry's champion) -> the deployment rewritten for the gate's champion (flows/deploy.py), then the
-    online store, the metrics artifact (and `dvc push`). `force`: stages rerun even when their inputs are unchanged
+    -> ranker -> (the Bento) -> the model set stored and deployed as shadow -> challenger and champion rankers
+    scored on the same window -> promotion gate (flows/promotion.py against the registry's champion) -> the
+    deployment rewritten for the gate's champion (flows/deploy.py), then the online store, the metrics artifact (and
+    `dvc push`). `force`: stages rerun even when their inputs are unchanged
     (retrain); `bento`: build the Bento (`make bento`) and record its tag in the lineage."""
     root = Path(project)
     unknown = [s for s in force if s not in STAGES]
@@ -73,7 +75,8 @@ def ember_pipeline(
         ran[stage] = timed(stage, partial(dvc_repro, root, stage, stage in force))
     tag = timed("build_bento", lambda: build_bento(root)) if bento else None
     shadow = timed("deploy_shadow", lambda: deploy_shadow(root))
-    gate = timed("promotion_gate", lambda: promotion_gate(root, bento=tag))
+    compared = timed("evaluate", lambda: evaluate_against_champion(root, shadow["staged"]))
+    gate = timed("promotion_gate", lambda: promotion_gate(root, bento=tag, comparison=compared))
     deployed = timed("deploy_champion", lambda: deploy_champion(root, shadow["staged"]))
     online = timed("materialize", lambda: materialize_online(root, online_store, redis))
     metrics = timed("publish_metrics", lambda: publish_data_metrics(root))

@@ -490,8 +490,12 @@ def run_gate(
     bento: str | None = None,
     dry_run: bool = False,
     now: str | None = None,
+    comparison: Path | None = None,
 ) -> dict[str, Any]:
     """Gates the models at `root` against the registry's champion and promotes them when the gate passes.
+
+    `comparison` (`ember evaluate compare`): both rankers scored on the same validation window; its challenger and
+    champion numbers replace the ranker metrics of the challenger's training run and of the registry entry.
 
     Every input is read and checked before anything is written, so bad input leaves the registry as it was.
 
@@ -508,7 +512,16 @@ def run_gate(
     registry = read_registry(root)
     current = champion_entry(registry)
     entry = lineage(root, bento)
-    decision = decide(challenger, current["metrics"] if current else None, drift_passed, shadow, gate)
+    champion_metrics = dict(current["metrics"]) if current else None
+    if comparison is not None:
+        compared = read_metrics(comparison)
+        for side in ("challenger", "champion"):
+            if not isinstance(compared.get(side), dict):
+                raise UserError(f"{comparison}: no '{side}' metrics (write it with `ember evaluate compare`)")
+        challenger["ranker"] = scalar_metrics(compared["challenger"])
+        if champion_metrics is not None:
+            champion_metrics["ranker"] = scalar_metrics(compared["champion"])
+    decision = decide(challenger, champion_metrics, drift_passed, shadow, gate)
     before = current["version"] if current else None
     result: dict[str, Any] = {"decision": decision.as_dict(), "champion_before": before, "champion": before}
     result |= {"changed": False, "entry": entry | {"metrics": challenger}}

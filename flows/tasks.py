@@ -80,15 +80,43 @@ def publish_data_metrics(project: Path) -> dict[str, Any]:
     return metrics
 
 
+@task(timeout_seconds=1800)
+def evaluate_against_champion(project: Path, challenger: str) -> Path | None:
+    """Scores the challenger's and the champion's rankers on the same validation window (`ember evaluate compare`);
+    None when there is no other champion to compare with."""
+    from flows.deploy import MODEL_STORE, champion_key
+
+    champion = champion_key(project)
+    if champion is None or champion == challenger:
+        return None
+    out = Path("metrics") / "compare.json"
+    argv = [sys.executable, "-m", "cli.main", "evaluate", "compare", "--training-set", "data/training/ranker"]
+    argv += ["--features", "data/features", "--out", str(out)]
+    argv += ["--challenger", str(MODEL_STORE / challenger / "ranker")]
+    argv += ["--champion", str(MODEL_STORE / champion / "ranker")]
+    proc = subprocess.run(argv, cwd=project, env=_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ember evaluate compare failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    get_run_logger().info("same window: %s", " | ".join(proc.stdout.strip().splitlines()))
+    return project / out
+
+
 @task
-def promotion_gate(project: Path, drift_passed: bool | None = None, bento: str | None = None) -> dict[str, Any]:
+def promotion_gate(
+    project: Path, drift_passed: bool | None = None, bento: str | None = None, comparison: Path | None = None
+) -> dict[str, Any]:
     """Gates the freshly trained models against the registry's champion (flows/promotion.yaml) and promotes them
     when every check passes; publishes the checks as a markdown artifact. A rerun on unchanged models is a no-op."""
     from flows.promotion import run_gate
 
     metrics = project / "metrics"
     result = run_gate(
-        project, metrics / "ranker.json", metrics / "retrieval.json", drift_passed=drift_passed, bento=bento
+        project,
+        metrics / "ranker.json",
+        metrics / "retrieval.json",
+        drift_passed=drift_passed,
+        bento=bento,
+        comparison=comparison,
     )
     decision = result["decision"]
     lines = ["| check | challenger | champion | rule | ok |", "|---|---|---|---|---|"]

@@ -146,6 +146,46 @@ def train_ranker_job(
     return metrics
 
 
+def compare_rankers(
+    models: dict[str, Path],
+    training_set: Path,
+    valid_fraction: float = 0.2,
+    features: Path | None = None,
+    max_requests: int = 20_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Saved rankers scored on one validation window: the newest `valid_fraction` of the training set's requests (a
+    seeded sample of `max_requests` beyond that), as training scores its epochs. What the promotion gate compares, so
+    a challenger trained on new data is not judged against numbers its champion got on another window.
+
+    Returns:
+        {"window": {...}, "<name>": summary metrics (auc_mean, gauc_mean, logloss_mean, ndcg@10, per action)}.
+    """
+    from models.ranker import load_ranker
+
+    df, observed = read_ranker_set(training_set)
+    _, valid_df = split_by_request(df, fraction=valid_fraction)
+    requests = valid_df["request_id"].unique()
+    if len(requests) > max_requests:
+        keep = np.random.default_rng(seed).choice(requests, max_requests, replace=False)
+        valid_df = valid_df[valid_df["request_id"].isin(keep)].reset_index(drop=True)
+    out: dict[str, Any] = {
+        "window": {
+            "training_set": str(training_set),
+            "valid_fraction": valid_fraction,
+            "rows": len(valid_df),
+            "requests": int(valid_df["request_id"].nunique()),
+        }
+    }
+    for name, model_dir in models.items():
+        model = load_ranker(Path(model_dir)).eval()
+        ds = RankerDataset(
+            valid_df, model.cfg, model.tasks, availability(observed, model.tasks), read_posts(features, model.cfg)
+        )
+        out[name] = {k: round(v, 5) for k, v in summary(evaluate_ranker(model, ds, observed)[0]).items()}
+    return out
+
+
 def _compact(report: dict[str, Any]) -> dict[str, Any]:
     """A ranking report with rounded numbers."""
     actions = {

@@ -43,6 +43,14 @@ def test_pipeline_runs_every_stage_then_reruns_as_a_no_op(prefect_api: None, pro
     first = ember_pipeline(project=str(project))
     assert first["stages_run"] == list(STAGES)
     assert first["rows"]["users"] == 300
+    assert set(STAGES) <= set(first["seconds"])  # every step timed
+    deployed = first["deployment"]
+    assert first["promotion"]["promoted"] and deployed["challenger"] is None  # the first set: nothing to shadow
+    assert (project / "artifacts" / "models" / deployed["champion"] / "ranker" / "model.pt").is_file()
+    from serving.ab import load_config
+
+    served = load_config(project / deployed["file"])
+    assert deployed["champion"] in str(served.variant(served.champion).recommender.params["ranker"])  # type: ignore[union-attr]
     reader = OnlineFeatures(SqliteBackend(project / "data" / "feast" / "online.db"))
     reader.check_schema()
     assert reader.user(1).missing == ()
@@ -74,3 +82,16 @@ def test_a_failing_stage_fails_the_flow_and_names_the_stage(prefect_api: None, p
         assert (project / "data" / "synth" / "manifest.json").read_bytes() == before, "the last good output is back"
     finally:
         params.write_text(good)
+
+
+def test_retrain_reruns_the_training_stages_and_gates_the_result(prefect_api: None, project: Path) -> None:
+    from flows.monitor import RETRAIN_STAGES, retrain_flow
+    from flows.pipeline import ember_pipeline
+
+    before = ember_pipeline(project=str(project))["promotion"]["champion"]
+    result = retrain_flow(project=str(project), reason="test")
+    assert set(RETRAIN_STAGES) <= set(result["stages_run"])  # forced although nothing changed
+    assert "synth" not in result["stages_run"]
+    # Seeded training on the same data gives the same models: the gate finds the champion's own lineage again.
+    assert result["promotion"]["champion"] == before
+    assert result["deployment"]["challenger"] is None

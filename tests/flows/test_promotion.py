@@ -28,6 +28,7 @@ from flows.promotion import (
     promote,
     read_registry,
     rollback,
+    run_gate,
 )
 from tests.conftest import CliResult
 
@@ -406,3 +407,24 @@ def test_bad_input_is_one_line_naming_the_file_and_leaves_the_registry(tmp_path:
     shutil.rmtree(root / "artifacts" / "retrieval" / "best")
     assert "retrieval/best: no saved model" in run_cli(*base, str(ranker)).error_line()
     assert (root / REGISTRY_FILE).read_bytes() == registry
+
+
+def test_the_gate_judges_both_rankers_on_the_same_window_when_a_comparison_is_given(tmp_path: Path) -> None:
+    root = fake_project(tmp_path)
+    first = run_gate(root, write_metrics(tmp_path / "m1.json", auc_mean=0.80), drift_passed=True)
+    assert first["changed"]
+    retrain(root, b"w2")
+    # Trained on new data, the challenger scored 0.78 on its own window: below the champion's recorded 0.80.
+    own = write_metrics(tmp_path / "m2.json", auc_mean=0.78)
+    assert not run_gate(root, own, drift_passed=True, dry_run=True)["decision"]["promote"]
+    # On one window, the champion does no better than the challenger: the drop came from the window, not the model.
+    same = {"challenger": {"auc_mean": 0.78, "gauc_mean": 0.74, "logloss_mean": 0.11, "ndcg@10": 0.6}}
+    same["champion"] = {"auc_mean": 0.779, "gauc_mean": 0.74, "logloss_mean": 0.11, "ndcg@10": 0.6}
+    (tmp_path / "compare.json").write_text(json.dumps(same))
+    result = run_gate(root, own, drift_passed=True, comparison=tmp_path / "compare.json")
+    assert result["decision"]["promote"] and result["changed"]
+    check = next(c for c in result["decision"]["checks"] if c["metric"] == "ranker.auc_mean")
+    assert (check["challenger"], check["champion"]) == (0.78, 0.779)
+    (tmp_path / "bad.json").write_text(json.dumps({"challenger": {}}))
+    with pytest.raises(UserError, match="no 'champion' metrics"):
+        run_gate(root, own, drift_passed=True, comparison=tmp_path / "bad.json")
