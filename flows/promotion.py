@@ -366,6 +366,23 @@ def model_versions(root: Path) -> dict[str, str]:
     return versions
 
 
+def check_models_load(root: Path) -> None:
+    """Loads both models as serving will (config, then weights_only weights): a file that is cut short, corrupt or
+    does not fit its config is refused here, naming it, instead of being promoted and failing at swap time."""
+    from models.ranker import load_ranker
+    from models.two_tower import load_two_tower
+
+    for model, load in (("retrieval", load_two_tower), ("ranker", load_ranker)):
+        best = Path(root) / "artifacts" / model / "best"
+        try:
+            load(best)
+        except UserError:
+            raise
+        except Exception as err:  # torch's reader raises several kinds on a damaged archive
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(f"{best / 'model.pt'}: cannot be loaded ({first}): not promoted") from None
+
+
 def lineage(root: Path, bento: str | None = None) -> dict[str, Any]:
     """What a deployment of the project at `root` is made of, as an unpromoted registry entry (version null)."""
     root = Path(root)
@@ -504,6 +521,7 @@ def run_gate(
         (whether the registry was written) and entry (the challenger's lineage, or the new champion's entry).
     """
     root = Path(root)
+    check_models_load(root)
     gate = load_gate(gate_file if gate_file is not None else root / GATE_FILE)
     challenger = {"ranker": scalar_metrics(read_metrics(ranker_metrics))}
     if retrieval_metrics is not None:

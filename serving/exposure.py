@@ -8,6 +8,7 @@ deleted). A full queue or a failed write drops the record and counts it: logging
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import queue
@@ -121,7 +122,14 @@ class ExposureLog:
             self._file = self._open()
         if self._file.tell() > 0 and self._file.tell() + len(data) > self.max_bytes:
             self._rotate()
-        self._file.write(data)
+        start = self._file.tell()
+        n = self._file.write(data)
+        if n != len(data):
+            # A disk that fills up mid-record takes part of it and reports success: cut the half line off (it would
+            # also break the line after it) and count the record as dropped.
+            with contextlib.suppress(OSError):
+                self._file.truncate(start)
+            raise OSError(errno.ENOSPC, f"{self.path}: short write, {n} of {len(data)} bytes (disk full?)")
         self._written += 1
 
     def _rotate(self) -> None:

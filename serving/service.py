@@ -32,7 +32,9 @@ from fastapi import Body, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt
+from starlette.exceptions import HTTPException
 
+from core.schema import N_SURFACES
 from serving.ab import PopularSpec, Router, Routing, in_shadow, load_config
 from serving.exposure import ExposureLog
 from serving.metrics import ServiceMetrics
@@ -49,6 +51,10 @@ MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1000 post ids take ~10 kB; anything near the 
 MAX_K = 200  # the slate a client may ask for; the pipeline's own candidate budget is larger
 MAX_RANK_POSTS = 1000  # one ranker call (x-algorithm ranks ~1000 candidates per request)
 MAX_SEEN_IDS = 10_000  # a client-side seen list beyond this is better served by the history feature
+# Ids are int64 in every store, tensor and hash, and >= 1 (0 is the padding id, core/schema.py): anything else made
+# components fail open (a degraded answer) instead of a 400 naming the field.
+Id = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+Surface = Annotated[StrictInt, Field(ge=0, le=N_SURFACES - 1)]  # the ranker would clamp another code silently
 
 
 # Responses (the request side is the typed arguments of each API) -------------------------------------------------
@@ -99,14 +105,29 @@ class PromoteRequest(BaseModel):
 admin = FastAPI(title="Ember admin", docs_url=None, redoc_url=None, openapi_url=None)
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped. FastAPI's json.loads accepts a lone surrogate ("\\ud800"), which an error naming
+    it cannot encode as UTF-8: the plain JSONResponse turned `{"\\ud800": 1}` sent to /admin/shares into a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content).encode()
+
+
 @admin.exception_handler(AdminError)
 async def _admin_error(_: Request, err: AdminError) -> JSONResponse:
-    return JSONResponse({"error": err.error, "field": err.field}, status_code=err.status)
+    return AsciiJSONResponse({"error": err.error, "field": err.field}, status_code=err.status)
 
 
 @admin.exception_handler(RequestValidationError)
 async def _admin_invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-    return JSONResponse(error_body(err.errors(), skip=("body",)), status_code=400)
+    return AsciiJSONResponse(error_body(err.errors(), skip=("body",)), status_code=400)
+
+
+@admin.exception_handler(HTTPException)
+async def _admin_http_error(_: Request, err: HTTPException) -> JSONResponse:
+    """FastAPI's own 4xx (a body it cannot parse, an unknown route) in the {"error", "field"} shape too."""
+    body = {"error": f"body: {err.detail}", "field": "body"}
+    return AsciiJSONResponse(body, status_code=err.status_code, headers=err.headers)
 
 
 def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
@@ -159,10 +180,10 @@ class Ember:
     @bentoml.api(route="/recommend")
     def recommend(
         self,
-        user_id: StrictInt,
+        user_id: Id,
         k: Annotated[StrictInt, Field(ge=1, le=MAX_K)] = 20,
-        seen_ids: Annotated[list[StrictInt], Field(max_length=MAX_SEEN_IDS)] = [],  # noqa: B006 (pydantic copies)
-        surface: StrictInt = 0,
+        seen_ids: Annotated[list[Id], Field(max_length=MAX_SEEN_IDS)] = [],  # noqa: B006 (pydantic copies)
+        surface: Surface = 0,
     ) -> RecommendResponse:
         """The top-k slate for a user, from the variant the user is assigned to."""
         routing = self.router.routing  # one snapshot for the whole request, even if an admin swaps it meanwhile
@@ -197,9 +218,9 @@ class Ember:
     @bentoml.api(route="/rank")
     def rank(
         self,
-        user_id: StrictInt,
-        post_ids: Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_RANK_POSTS)],
-        surface: StrictInt = 0,
+        user_id: Id,
+        post_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_RANK_POSTS)],
+        surface: Surface = 0,
     ) -> RankResponse:
         """Scores the given posts for a user; items come back in the order given."""
         routing = self.router.routing

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -190,10 +191,7 @@ def test_load_gate_names_the_file(tmp_path: Path) -> None:
 def fake_project(root: Path, weights: bytes = b"w1") -> Path:
     """The files lineage reads: two saved models, dvc.lock, Feast definitions, the variants config, the gate."""
     for model in ("retrieval", "ranker"):
-        best = root / "artifacts" / model / "best"
-        best.mkdir(parents=True, exist_ok=True)
-        (best / "config.json").write_text(json.dumps({"model": model}))
-        (best / "model.pt").write_bytes(weights)
+        save_model(root, model, weights)
     lock = {
         "schema": "2.0",
         "stages": {
@@ -216,8 +214,36 @@ def fake_project(root: Path, weights: bytes = b"w1") -> Path:
     return root
 
 
+def save_model(root: Path, model: str, weights: bytes) -> None:
+    """A real (untrained) nano model, seeded by `weights`: the gate loads what it promotes."""
+    import torch
+
+    from models.ranker import Ranker, RankerConfig, save_ranker
+    from models.two_tower import TwoTower, TwoTowerConfig, save
+
+    torch.manual_seed(zlib.crc32(weights))
+    best = root / "artifacts" / model / "best"
+    if model == "retrieval":
+        save(TwoTower(TwoTowerConfig.preset("nano")), best)
+    else:
+        save_ranker(Ranker(RankerConfig.preset("nano")), best)
+
+
 def retrain(root: Path, weights: bytes) -> None:
-    (root / "artifacts" / "ranker" / "best" / "model.pt").write_bytes(weights)
+    save_model(root, "ranker", weights)
+
+
+def test_a_model_that_does_not_load_is_refused_and_the_registry_kept(tmp_path: Path) -> None:
+    root = fake_project(tmp_path)
+    run_gate(root, write_metrics(tmp_path / "m1.json"), drift_passed=True)
+    before = (root / REGISTRY_FILE).read_text()
+    retrain(root, b"w2")
+    weights = root / "artifacts" / "ranker" / "best" / "model.pt"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2] + b"garbage" * 100)  # cut short, then garbage
+    with pytest.raises(UserError, match="model.pt"):
+        run_gate(root, write_metrics(tmp_path / "m2.json", auc_mean=0.9), drift_passed=True)
+    assert (root / REGISTRY_FILE).read_text() == before
 
 
 def write_metrics(path: Path, **values: float) -> Path:
@@ -405,7 +431,7 @@ def test_bad_input_is_one_line_naming_the_file_and_leaves_the_registry(tmp_path:
     line = run_cli(*base, str(ranker), "--gate", str(gate)).error_line()
     assert "gate.yaml: shadows: unknown key" in line
     shutil.rmtree(root / "artifacts" / "retrieval" / "best")
-    assert "retrieval/best: no saved model" in run_cli(*base, str(ranker)).error_line()
+    assert "retrieval/best: not a saved two-tower model" in run_cli(*base, str(ranker)).error_line()
     assert (root / REGISTRY_FILE).read_bytes() == registry
 
 

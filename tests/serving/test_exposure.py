@@ -77,3 +77,30 @@ def test_failed_write_drops_and_counts_and_the_log_carries_on(tmp_path: Path) ->
     assert log.flush()
     assert log.written == 1
     log.close()
+
+
+def test_a_record_cut_short_by_a_full_disk_is_removed_and_counted(tmp_path: Path) -> None:
+    """A filling disk takes what fits of a write and reports that much (a short write), not an error."""
+    path = tmp_path / "exposure.jsonl"
+    room = [len(json.dumps(_record(1), separators=(",", ":"))) + 1 + 40]  # one line, then 40 bytes of the next
+
+    class FillingFile:
+        def __init__(self) -> None:
+            self.file = open(path, "ab", buffering=0)  # noqa: SIM115 (closed by the log)
+
+        def write(self, data: bytes) -> int:
+            n = self.file.write(data[: room[0]])
+            room[0] -= n
+            return n
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.file, name)
+
+    log = ExposureLog(ExposureSettings(path=path))
+    log._open = FillingFile  # type: ignore[method-assign]
+    for i in range(1, 4):
+        log.log(_record(i))
+    assert log.flush()
+    log.close()
+    assert [json.loads(line)["user_id"] for line in path.read_text().splitlines()] == [1]  # no half line
+    assert log.written == 1 and log.dropped == 2
