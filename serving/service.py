@@ -267,7 +267,14 @@ class Ember:
                 "degraded": rec.degraded,
                 "fallback": rec.fallback,
                 "items": [
-                    {"post_id": i.post_id, "position": n, "score": i.score, "source": i.source}
+                    {
+                        "post_id": i.post_id,
+                        "position": n,
+                        "score": i.score,
+                        "source": i.source,
+                        # the ranker's per-action predictions: what prediction drift is measured on (monitoring/)
+                        "actions": {a: round(float(v), 6) for a, v in (i.actions or {}).items()},
+                    }
                     for n, i in enumerate(rec.items)
                 ],
                 "features": rec.features,

@@ -271,7 +271,10 @@ def test_exposure_log_is_written_and_rotated(server: Server) -> None:
         assert key in exposure
     assert exposure["variant"] == served[-1]["variant"]
     assert [i["post_id"] for i in exposure["items"]] == [i["post_id"] for i in served[-1]["items"]]
-    assert set(exposure["items"][0]) >= {"post_id", "position", "score"}
+    assert set(exposure["items"][0]) >= {"post_id", "position", "score", "actions"}
+    assert [i["actions"] for i in exposure["items"]] == [  # the served predictions, as logged for drift
+        {a: round(p, 6) for a, p in i["actions"].items()} for i in served[-1]["items"]
+    ]
     shadows = [r for r in records if r["kind"] == "shadow"]
     assert shadows and all(r["served_variant"] == "control" for r in shadows)
     at_10 = [r["comparison"] for r in shadows if r["comparison"]["k"] == 10]
