@@ -138,3 +138,96 @@ def drift(
         atomic_write_text(json_out, json.dumps({r.kind: r.to_dict() for r in results}, indent=2, default=str) + "\n")
     if any(r.status == "fail" for r in results):
         raise typer.Exit(1)
+
+
+def _iso(value: str | None, option: str) -> Any:
+    from datetime import UTC, datetime
+
+    from core.errors import UserError
+
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"{option}: not an ISO time: {value!r}") from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+@app.command("run")
+def run(
+    reference: Path = typer.Option(
+        ..., "--reference", help="Reference: the ranker training set (directory or parquet)."
+    ),
+    current: Path = typer.Option(
+        ..., "--current", help="Current window: an exposure .jsonl file or a directory of them (or a parquet)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Directory for the Evidently reports, result.json and summary.json."),
+    baseline: Path | None = typer.Option(
+        None,
+        "--baseline",
+        help="Baseline served window of the same model (exposure .jsonl file, directory or parquet; e.g. the "
+        "champion's first days): the reference of served-item features, predictions, outcome rates, quality and "
+        "served-post embeddings. Without it those report insufficient data.",
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the summary as JSON here."),
+    outcomes: Path | None = typer.Option(
+        None, "--outcomes", help="Outcomes file (JSONL or parquet: request_id, post_id, action flags)."
+    ),
+    synthetic: Path | None = typer.Option(
+        None,
+        "--synthetic",
+        help="Synthetic dataset: simulate outcomes from its ground truth when --outcomes is absent.",
+    ),
+    features: Path | None = typer.Option(
+        None, "--features", help="Offline feature tables (data/features): skew, embedding drift, topics, coverage."
+    ),
+    retrieval_model: Path | None = typer.Option(
+        None, "--retrieval-model", help="Two-tower model directory (artifacts/retrieval/best): embedding drift."
+    ),
+    as_of: str | None = typer.Option(
+        None, "--as-of", help="ISO time the service served at (a fixed-time world); default: each record's ts."
+    ),
+    start: str | None = typer.Option(None, "--start", help="Window start (ISO), inclusive."),
+    end: str | None = typer.Option(None, "--end", help="Window end (ISO), exclusive."),
+    thresholds: Path | None = typer.Option(
+        None, "--thresholds", help="Thresholds YAML (default monitoring/thresholds.yaml)."
+    ),
+) -> None:
+    """Every monitoring check over one window. Exit 0 pass, 1 fail, 0 with "insufficient data" (no verdict)."""
+    from core.io import atomic_write_text
+    from monitoring.config import load_config
+    from monitoring.monitor import run_monitor
+
+    cfg = load_config(thresholds)
+    result = run_monitor(
+        reference,
+        current,
+        out,
+        cfg,
+        baseline=baseline,
+        outcomes=outcomes,
+        synthetic=synthetic,
+        features=features,
+        retrieval_model=retrieval_model,
+        as_of=_iso(as_of, "--as-of"),
+        window_start=_iso(start, "--start"),
+        window_end=_iso(end, "--end"),
+    )
+    for note in result.notes:
+        typer.echo(note)
+    summary = result.summary()
+    reasons = result.reasons()
+    for name, status in summary["tests"].items():
+        label = "insufficient data" if status == "insufficient_data" else status.upper()
+        why = "; ".join(reasons[name][:3])
+        typer.echo(f"{name}: {label}" + (f" ({why})" if why else ""))
+    quality = ", ".join(f"{k} {v:.4g}" for k, v in summary["quality"].items() if v is not None)
+    if quality:
+        typer.echo(f"quality: {quality}")
+    verdict = "insufficient data" if result.status == "insufficient_data" else result.status.upper()
+    typer.echo(f"monitor: {verdict}; reports in {out}")
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(summary, indent=2, default=str) + "\n")
+    if result.status == "fail":
+        raise typer.Exit(1)

@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from core.actions import ACTION_NAMES
 from core.errors import UserError
 from core.io import read_yaml
 
@@ -36,11 +37,89 @@ class PredictionDriftConfig(BaseModel):
         return self.per_action_threshold.get(action, self.threshold)
 
 
+class TargetDriftConfig(BaseModel):
+    """Drift of each action's outcome rate (training labels vs outcomes of what was served)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # PSI of the 0/1 labels, as calibrated in thresholds.yaml (bench/drift_detection.py): a p-value test's verdict
+    # depends on the window size, and Jensen-Shannon >= 0.1 needs click rates to move by two thirds.
+    method: str = "psi"
+    threshold: Annotated[float, Field(gt=0.0)] = 0.005
+    per_action_threshold: dict[str, Annotated[float, Field(gt=0.0)]] = Field(default_factory=dict)
+    # The test fails when at least this share of the checked actions drifted.
+    drift_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
+
+    def threshold_for(self, action: str) -> float:
+        return self.per_action_threshold.get(action, self.threshold)
+
+
+class QualityConfig(BaseModel):
+    """Recommendation quality of the served slates, with outcomes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: Annotated[int, Field(ge=1)] = 10
+    # An item is relevant when any of these actions happened (binary relevance for NDCG, precision, recall).
+    relevant_actions: tuple[str, ...] = ("click",)
+    # Fewer slates with outcomes than this in either window: no verdict.
+    min_slates: Annotated[int, Field(ge=1)] = 20
+    # Fails when NDCG@k of the served slates is this much (absolute) below the reference slates' (the logging
+    # policy of the training window); None = not tested.
+    max_ndcg_drop: Annotated[float, Field(ge=0.0)] | None = 0.1
+    min_ndcg: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    min_coverage: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    max_popularity_bias: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+
+    @field_validator("relevant_actions")
+    @classmethod
+    def _known_actions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [a for a in value if a not in ACTION_NAMES]
+        if unknown or not value:
+            raise ValueError(f"unknown actions {unknown} (choose from {', '.join(ACTION_NAMES)})")
+        return value
+
+
+class EmbeddingDriftConfig(BaseModel):
+    """Drift of the two-tower outputs, per principal component of the reference embeddings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_components: Annotated[int, Field(ge=1)] = 8
+    method: str = "wasserstein"  # normed Wasserstein: the shift in reference standard deviations
+    threshold: Annotated[float, Field(gt=0.0)] = 0.1
+    # The test fails when at least this share of the components (of both towers) drifted.
+    drift_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
+    # Entities embedded per side (seeded sample): the towers run on CPU inside the monitor.
+    max_entities: Annotated[int, Field(ge=1)] = 5_000
+
+
+class SkewConfig(BaseModel):
+    """Train/serve skew: served feature values vs the offline point-in-time recompute."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Numbers match when |served - offline| <= atol + rtol * |offline| (the log holds JSON floats of float32 values).
+    rtol: Annotated[float, Field(ge=0.0)] = 1e-5
+    atol: Annotated[float, Field(ge=0.0)] = 1e-6
+    # Fails when more than this share of all compared values, or of any one feature's, mismatch.
+    max_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    max_feature_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    # Fewer served rows with an offline row than this: no verdict.
+    min_rows: Annotated[int, Field(ge=1)] = 50
+    # Features not compared (e.g. one that is updated online by design).
+    ignore: tuple[str, ...] = ()
+
+
 class MonitorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data_drift: DataDriftConfig = Field(default_factory=DataDriftConfig)
     prediction_drift: PredictionDriftConfig = Field(default_factory=PredictionDriftConfig)
+    target_drift: TargetDriftConfig = Field(default_factory=TargetDriftConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    embedding_drift: EmbeddingDriftConfig = Field(default_factory=EmbeddingDriftConfig)
+    skew: SkewConfig = Field(default_factory=SkewConfig)
     min_rows: Annotated[int, Field(ge=1)] = 200
     # Larger windows are down-sampled (seeded) to this many rows: Evidently on 500k rows x 130 features takes ~5 min.
     max_rows: Annotated[int, Field(ge=1)] = 50_000

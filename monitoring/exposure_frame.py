@@ -1,14 +1,17 @@
 """The exposure log (serving/exposure.py, JSONL, rotated exposure.jsonl -> .1 -> ... -> .N) as a DataFrame.
 
 One row per served item: request_id, ts, user_id, surface, variant, version, endpoint, degraded, fallback, post_id,
-position, score, source and the user's feature values the models saw (one column per scalar feature; a list, like
-`missing_views`, becomes `n_<name>`). Shadow records (kind "shadow") are not what users saw and are skipped. Lines
+position, score, source, the ranker's per-action predictions of the item (`pred_<action>` for each key of the item's
+`actions` mapping: probabilities, `pred_dwell_time` in seconds; an item or record without one is missing, never 0)
+and the user's feature values the models saw (one column per scalar feature; a list, like `missing_views`, becomes
+`n_<name>`). Shadow records (kind "shadow") are not what users saw and are skipped. Lines
 that are not a JSON object with an items list are counted in `ExposureRead.malformed` and skipped.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,9 @@ from core.errors import UserError
 _ROTATED = re.compile(r"^(?P<base>.+\.jsonl)(?:\.(?P<n>\d+))?$")
 _RECORD_KEYS = ("request_id", "ts", "user_id", "surface", "variant", "version", "endpoint", "degraded", "fallback")
 _ITEM_KEYS = ("post_id", "position", "score", "source")
+# An action name becomes a column name: anything else in an item's "actions" is skipped, not turned into a column.
+_ACTION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+PREDICTION_PREFIX = "pred_"
 
 
 @dataclass
@@ -65,6 +71,12 @@ def _flatten(record: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         row = dict(base)
         row.update({k: item.get(k) for k in _ITEM_KEYS})
+        actions = item.get("actions")
+        if isinstance(actions, dict):
+            for name, value in actions.items():
+                if isinstance(name, str) and _ACTION_NAME.match(name):
+                    number = _as_float(value)
+                    row[PREDICTION_PREFIX + name] = number if number is not None and math.isfinite(number) else None
         rows.append(row)
     return rows
 

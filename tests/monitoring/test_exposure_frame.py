@@ -77,3 +77,20 @@ def test_hex_request_ids_stay_text_and_features_become_numbers(tmp_path: Path) -
     frame = read_exposure(tmp_path).frame
     assert frame["request_id"].tolist() == ["548e28289411455ea62e854a161d9391"] * 2
     assert frame["user_id"].dtype.kind in "if"
+
+
+def test_item_actions_become_pred_columns_and_absent_ones_stay_missing(tmp_path: Path) -> None:
+    rec = record("r1", 1, 3)
+    rec["items"][0]["actions"] = {"click": 0.25, "not_interested": 0.01, "dwell_time": 4.5}
+    rec["items"][1]["actions"] = {"click": "0.5", "like": None, "Bad Name": 1.0, "report": float("nan")}
+    # items[2] has no "actions" (an unranked item, or a service from before the field): missing, not 0.
+    write(tmp_path / "exposure.jsonl", [json.dumps(rec), json.dumps(record("r2", 2, 1))])
+    frame = read_exposure(tmp_path).frame
+    preds = sorted(c for c in frame.columns if c.startswith("pred_"))
+    assert preds == ["pred_click", "pred_dwell_time", "pred_like", "pred_not_interested", "pred_report"]
+    assert all(frame[c].dtype.kind == "f" for c in preds)
+    assert frame["pred_click"].tolist()[:2] == [0.25, 0.5]
+    assert frame["pred_click"].iloc[2:].isna().all()  # the item without actions and the record without any
+    assert frame["pred_dwell_time"].iloc[0] == 4.5 and frame["pred_dwell_time"].iloc[1:].isna().all()
+    assert frame["pred_like"].isna().all() and frame["pred_report"].isna().all()
+    assert frame["pred_click"].mean() == pytest.approx(0.375)  # what summary()["prediction_mean"] reports

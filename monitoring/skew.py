@@ -1,0 +1,214 @@
+"""Train/serve skew: the user feature values the service logged with each request (the exposure log's `features`)
+against the offline recompute at the same time, a point-in-time lookup of the same user's rows in the offline
+feature tables (data/features: user_stats, user_history -> hist_length, user_graph -> n_followees), each keyed by
+(user_id, event_timestamp) and valid from its event_timestamp on.
+
+Reported as a mismatch rate: over all compared (request, feature) values and per feature. Numbers match within
+atol + rtol * |offline|; text must be equal; a value missing on exactly one side is a mismatch. Requests served
+without features (a fallback: nothing to compare) and requests whose user has no offline row yet are counted, not
+compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from monitoring.config import SkewConfig
+from monitoring.drift import Status
+
+TIME = "_lookup_ms"
+# Logged with the request but not a feature value of an offline table.
+NOT_FEATURES = frozenset(
+    {"request_id", "ts", "user_id", "surface", "variant", "version", "endpoint", "degraded", "fallback", "post_id",
+     "position", "score", "source", "kind", "n_missing_views", "event_timestamp"}
+)  # fmt: skip
+
+
+@dataclass
+class SkewResult:
+    """rate: mismatched / compared values; per_feature: {feature: {rate, mismatched, compared}}."""
+
+    status: Status
+    rate: float | None
+    per_feature: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    n_requests: int = 0
+    n_compared: int = 0  # requests with features and an offline row
+    n_without_features: int = 0
+    n_without_offline_row: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)  # a few mismatches, for the report
+    kind: str = "skew"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _epoch_ms(values: pd.Series) -> np.ndarray:
+    ts = pd.to_datetime(values, utc=True)
+    return np.asarray((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1), dtype=np.int64)
+
+
+def point_in_time(left: pd.DataFrame, right: pd.DataFrame, time_ms: str = TIME) -> pd.DataFrame:
+    """Each left row (user_id, `time_ms`) joined with the newest right row of the same user_id whose
+    event_timestamp <= that time (NaN columns when there is none); left's row order is kept."""
+    r = right.copy()
+    r[TIME + "_r"] = _epoch_ms(r["event_timestamp"])
+    r = r.drop(columns="event_timestamp").sort_values(TIME + "_r", kind="stable")
+    left_sorted = left.assign(_row=np.arange(len(left))).sort_values(time_ms, kind="stable")
+    joined = pd.merge_asof(
+        left_sorted, r, left_on=time_ms, right_on=TIME + "_r", by="user_id", direction="backward",
+        suffixes=("", "_offline"),
+    )  # fmt: skip
+    return joined.sort_values("_row").drop(columns=["_row"]).reset_index(drop=True)
+
+
+def read_user_tables(features: Path, users: np.ndarray) -> dict[str, pd.DataFrame]:
+    """The offline user tables of `features` (a data/features directory), only the rows of `users`."""
+    import pyarrow.parquet as pq
+
+    from core.errors import UserError
+
+    out: dict[str, pd.DataFrame] = {}
+    wanted = [int(u) for u in np.unique(users)]
+    for name in ("user_stats", "user_history", "user_graph"):
+        path = Path(features) / f"{name}.parquet"
+        if not path.exists():
+            continue
+        try:
+            out[name] = pq.read_table(path, filters=[("user_id", "in", wanted)]).to_pandas()
+        except Exception as err:  # pyarrow raises several types for a bad file
+            raise UserError(f"{path}: not a readable parquet file: {str(err).splitlines()[0]}") from None
+    if "user_stats" not in out:
+        raise UserError(f"{features}: no user_stats.parquet (run `ember features build`)")
+    return out
+
+
+def offline_recompute(requests: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The offline values of each request's user at its lookup time: user_stats columns, hist_length and n_followees
+    (what serving/recommender_pipeline.py logs), one row per request, in order."""
+    base = requests[["user_id", TIME]].copy()
+    base["user_id"] = base["user_id"].astype("int64")
+    stats = point_in_time(base, tables["user_stats"])
+    stats["_has_row"] = stats[TIME + "_r"].notna()
+    out = stats.drop(columns=[TIME + "_r"])
+    history = tables.get("user_history")
+    if history is not None:
+        joined = point_in_time(base, history[["user_id", "event_timestamp", "hist_post_ids"]])
+        # A user with no history row has an empty history online too (the store's default).
+        out["hist_length"] = joined["hist_post_ids"].map(lambda v: len(v) if isinstance(v, list | np.ndarray) else 0)
+    graph = tables.get("user_graph")
+    if graph is not None:
+        joined = point_in_time(base, graph[["user_id", "event_timestamp", "followee_ids"]])
+        out["n_followees"] = joined["followee_ids"].map(lambda v: len(v) if isinstance(v, list | np.ndarray) else 0)
+    return out
+
+
+def _mismatch(served: pd.Series, offline: pd.Series, cfg: SkewConfig) -> np.ndarray:
+    s_num = pd.to_numeric(served, errors="coerce")
+    o_num = pd.to_numeric(offline, errors="coerce")
+    numeric = (s_num.notna() | served.isna()) & (o_num.notna() | offline.isna())
+    if bool(numeric.all()):
+        a, b = s_num.to_numpy(np.float64), o_num.to_numpy(np.float64)
+        both_nan = np.isnan(a) & np.isnan(b)
+        close = np.abs(a - b) <= cfg.atol + cfg.rtol * np.abs(b)
+        return ~(both_nan | close)
+    a_txt, b_txt = served.astype("string"), offline.astype("string")
+    both_na = (a_txt.isna() & b_txt.isna()).to_numpy()
+    equal = (a_txt == b_txt).fillna(False).to_numpy(bool)
+    return ~(both_na | equal)
+
+
+def train_serve_skew(
+    served: pd.DataFrame | None, tables: dict[str, pd.DataFrame], cfg: SkewConfig, as_of: datetime | None = None
+) -> SkewResult:
+    """The skew verdict of served requests against the offline tables (`read_user_tables`).
+
+    Args:
+        served: exposure rows (one per served item; deduplicated to one per request_id) with user_id, ts (epoch
+            seconds) and the logged feature columns.
+        as_of: the feature time the service ran at (a fixed `as_of` of a replayed world); None = each request's ts.
+
+    Never raises on bad input: an empty window, no feature column or too few comparable requests is
+    "insufficient_data".
+    """
+    result = SkewResult(status="insufficient_data", rate=None)
+    if served is None or len(served) == 0:
+        result.reasons.append("current window is empty")
+        return result
+    missing = [c for c in ("request_id", "user_id") if c not in served.columns]
+    if as_of is None and "ts" not in served.columns:
+        missing.append("ts")
+    if missing:
+        result.reasons.extend(f"column {c!r} is missing from the current window" for c in missing)
+        return result
+    if "user_stats" not in tables:
+        result.reasons.append("no offline user_stats table to recompute the features from")
+        return result
+    requests = served.drop_duplicates("request_id").reset_index(drop=True)
+    requests = requests[pd.to_numeric(requests["user_id"], errors="coerce").notna()].reset_index(drop=True)
+    result.n_requests = len(requests)
+    if as_of is not None:
+        requests[TIME] = np.int64(as_of.timestamp() * 1000)
+    else:
+        requests[TIME] = (pd.to_numeric(requests["ts"], errors="coerce").fillna(0) * 1000).astype("int64")
+    offline = offline_recompute(requests, tables)
+    features = [
+        c
+        for c in requests.columns
+        if c not in NOT_FEATURES and c != TIME and c in offline.columns and c not in cfg.ignore
+    ]
+    if not features:
+        result.reasons.append("no logged feature column matches an offline feature")
+        return result
+    hydrated = requests[features].notna().any(axis=1).to_numpy()
+    has_row = offline["_has_row"].to_numpy(bool)
+    result.n_without_features = int((~hydrated).sum())
+    result.n_without_offline_row = int((hydrated & ~has_row).sum())
+    keep = hydrated & has_row
+    result.n_compared = int(keep.sum())
+    if result.n_compared < cfg.min_rows:
+        result.reasons.append(
+            f"{result.n_compared} requests with logged features and an offline row, fewer than "
+            f"skew.min_rows={cfg.min_rows}"
+        )
+        if result.n_compared == 0:
+            return result
+    cur, off = requests.loc[keep].reset_index(drop=True), offline.loc[keep].reset_index(drop=True)
+    total_bad = total = 0
+    for f in features:
+        bad = _mismatch(cur[f], off[f], cfg)
+        n_bad = int(bad.sum())
+        result.per_feature[f] = {"rate": n_bad / len(bad), "mismatched": n_bad, "compared": len(bad)}
+        total_bad += n_bad
+        total += len(bad)
+        for i in np.flatnonzero(bad)[: max(0, 3 - len(result.examples))]:
+            result.examples.append(
+                {"request_id": str(cur.at[i, "request_id"]), "user_id": int(cur.at[i, "user_id"]), "feature": f,
+                 "served": _plain(cur.at[i, f]), "offline": _plain(off.at[i, f])}
+            )  # fmt: skip
+    result.rate = total_bad / total if total else None
+    if result.reasons or result.rate is None:
+        return result
+    worst = sorted(result.per_feature, key=lambda f: result.per_feature[f]["rate"], reverse=True)
+    over = [f for f in worst if result.per_feature[f]["rate"] > cfg.max_feature_rate]
+    failed = result.rate > cfg.max_rate or bool(over)
+    result.status = "fail" if failed else "pass"
+    if failed:
+        top = ", ".join(f"{f} {result.per_feature[f]['rate']:.1%}" for f in (over or worst)[:10])
+        result.reasons.append(
+            f"{result.rate:.2%} of served feature values differ from the offline recompute (fails above "
+            f"{cfg.max_rate:.2%} overall or {cfg.max_feature_rate:.2%} per feature): {top}"
+        )
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
