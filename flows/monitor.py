@@ -1,9 +1,11 @@
 """`monitor`, the daily drift and quality check of what was served, and `retrain`, which it starts when a check fails.
 
-monitor: `ember monitor run` over the exposure log against the ranker training set (data, prediction and target drift,
-recommendation quality, train/serve skew, embedding drift; thresholds in monitoring/thresholds.yaml), the run added
-to the Evidently UI workspace (`ember dashboards`), a markdown artifact; a "fail" verdict starts `retrain`.
-"insufficient data" (nothing served yet, too few rows) is no alarm and starts nothing.
+monitor: `ember monitor run` over the last day of the exposure log: the request population against the ranker
+training set, what depends on the serving policy (predictions, outcome rates, quality, served posts) against the
+champion's baseline window (its first monitored window, kept under artifacts/baselines/<version>/), train/serve skew
+and embedding drift (thresholds in monitoring/thresholds.yaml); the run added to the Evidently UI workspace (`ember
+dashboards`), a markdown artifact; a "fail" verdict starts `retrain`. "insufficient data" (nothing served yet, too
+few rows, no baseline yet) is no alarm and starts nothing.
 
 retrain: the training stages forced to run again on the data DVC has now (`dvc repro --force --single-item`), then
 the rest of `ember-pipeline` (index, gate: a retrained model is still only promoted through the gate).
@@ -11,14 +13,16 @@ the rest of `ember-pipeline` (index, gate: a retrained model is still only promo
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.deploy import DEPLOY_FILE
 from flows.pipeline import PROJECT, ember_pipeline
-from flows.tasks import monitor_window, publish_monitor, record_dashboard
+from flows.promotion import VARIANTS_FILE
+from flows.tasks import champion_baseline, monitor_window, publish_monitor, record_dashboard
 
 RETRAIN_STAGES = ("train_retrieval", "build_index", "train_ranker")
 
@@ -27,14 +31,20 @@ RETRAIN_STAGES = ("train_retrieval", "build_index", "train_ranker")
 def monitor_flow(
     project: str = str(PROJECT),
     current: str = "logs",
+    window_hours: float = 24.0,
     retrain_on_fail: bool = True,
     dashboards: bool = True,
 ) -> dict[str, Any]:
-    """Checks the served window (`current`: the exposure log directory or a file) and starts `retrain` when a check
-    fails. Reports go to monitoring/reports/<UTC time>/ of the project."""
+    """Checks the last `window_hours` served (`current`: the exposure log directory or a file) and starts `retrain`
+    when a check fails. Reports go to monitoring/reports/<UTC time>/ of the project."""
     root = Path(project)
-    out = Path("monitoring") / "reports" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    summary = monitor_window(root, Path(current), out)
+    now = datetime.now(UTC)
+    start = now - timedelta(hours=window_hours)
+    out = Path("monitoring") / "reports" / now.strftime("%Y%m%dT%H%M%SZ")
+    variants = DEPLOY_FILE if (root / DEPLOY_FILE).is_file() else VARIANTS_FILE  # what `make run` serves
+    baseline, note = champion_baseline(root, Path(current), start)
+    summary = monitor_window(root, Path(current), out, variants, start, baseline)
+    summary["baseline"] = note
     if dashboards:
         record_dashboard(root, summary)
     publish_monitor(summary, out)

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,16 +145,28 @@ def _champion_params(project: Path, variants: Path) -> dict[str, Any]:
 
 
 @task(retries=2, retry_delay_seconds=[5, 30], timeout_seconds=1800)
-def monitor_window(project: Path, current: Path, out: Path, variants: Path = Path("serving/variants.yaml")) -> dict:
+def monitor_window(
+    project: Path,
+    current: Path,
+    out: Path,
+    variants: Path,
+    start: datetime | None = None,
+    baseline: Path | None = None,
+) -> dict:
     """Every monitoring check (`ember monitor run`: drift, target drift, quality, skew, embedding drift) of the served
-    window `current` against the ranker training set; returns the summary with the exit verdict. Its own process,
-    like the DVC stages: Evidently and torch stay out of the flow's process."""
+    window (`current` from `start` on) against the ranker training set and the champion's `baseline` window; returns
+    the summary with the exit verdict. Its own process, like the DVC stages: Evidently and torch stay out of the
+    flow's process."""
     params = _champion_params(project, variants)
     argv = [sys.executable, "-m", "cli.main", "monitor", "run", "--reference", "data/training/ranker"]
     argv += ["--current", str(current), "--out", str(out), "--synthetic", "data/synth", "--features", "data/features"]
     argv += ["--retrieval-model", str(params.get("retrieval_model", "artifacts/retrieval/best"))]
     if params.get("as_of"):
         argv += ["--as-of", str(params["as_of"])]
+    if start is not None:
+        argv += ["--start", start.isoformat()]
+    if baseline is not None:
+        argv += ["--baseline", str(baseline)]
     proc = subprocess.run(argv, cwd=project, env=_env(), capture_output=True, text=True)
     if proc.returncode not in (0, 1):  # 1 = the checks failed: a verdict, not an error
         raise RuntimeError(f"ember monitor run failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -162,6 +175,24 @@ def monitor_window(project: Path, current: Path, out: Path, variants: Path = Pat
         "monitor: %s (%s)", summary["status"], ", ".join(f"{k} {v}" for k, v in summary["tests"].items())
     )
     return summary
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def champion_baseline(project: Path, current: Path, start: datetime) -> tuple[Path | None, str]:
+    """The served window the champion is compared with: artifacts/baselines/<champion version>/, recorded from its
+    first monitored window (this one, when there is none yet: the policy-dependent checks then have no verdict)."""
+    from flows.promotion import champion_entry, read_registry
+    from monitoring.exposure_frame import save_window
+
+    entry = champion_entry(read_registry(project))
+    version = entry["version"] if entry else "unpromoted"
+    kept = Path("artifacts") / "baselines" / version
+    if (project / kept / "exposure.jsonl").is_file():
+        return kept, f"baseline: {version}'s first monitored window"
+    copied = save_window(project / current, project / kept, start.timestamp()) if (project / current).exists() else 0
+    note = f"baseline: recorded {copied} records of this window for {version}; the next run compares with it"
+    get_run_logger().info(note)
+    return None, note
 
 
 @task(retries=2, retry_delay_seconds=[2, 10])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,3 +128,28 @@ def read_exposure(path: Path, include_shadow: bool = False) -> ExposureRead:
                 frame[col] = converted.astype(float)
     out.frame = frame
     return out
+
+
+def save_window(path: Path, out: Path, start_ts: float, end_ts: float | None = None) -> int:
+    """Copies the served records (kind exposure) with `start_ts <= ts < end_ts` from the log under `path` to
+    `out/exposure.jsonl` (one file, written under a temporary name and renamed): a served window kept as the
+    champion's baseline. Returns the records copied; with none, nothing is written."""
+    lines: list[bytes] = []
+    for f in exposure_files(path):
+        with open(f, "rb") as handle:
+            for raw in handle:
+                try:
+                    record = json.loads(raw)
+                except (UnicodeDecodeError, ValueError):
+                    continue
+                if not isinstance(record, dict) or record.get("kind", "exposure") != "exposure":
+                    continue
+                ts = _as_float(record.get("ts"))
+                if ts is not None and ts >= start_ts and (end_ts is None or ts < end_ts):
+                    lines.append(raw if raw.endswith(b"\n") else raw + b"\n")
+    if lines:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".exposure.jsonl.tmp-{os.getpid()}"
+        tmp.write_bytes(b"".join(lines))
+        os.replace(tmp, out / "exposure.jsonl")
+    return len(lines)

@@ -34,3 +34,8 @@ def use_nano(project: Path) -> None:
     params["training_set_ranker"].update(start="2026-01-03", end="2026-01-05")
     params["train_ranker"].update(preset="nano", epochs=1, batch_size=64)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
+    # The service's "now" is the end of the simulated world: 4 days from 2026-01-01.
+    variants = project / "serving" / "variants.yaml"
+    variants.write_text(
+        variants.read_text().replace('as_of: "2026-01-09T00:00:00+00:00"', 'as_of: "2026-01-05T00:00:00+00:00"')
+    )

@@ -95,3 +95,49 @@ def test_retrain_reruns_the_training_stages_and_gates_the_result(prefect_api: No
     # Seeded training on the same data gives the same models: the gate finds the champion's own lineage again.
     assert result["promotion"]["champion"] == before
     assert result["deployment"]["challenger"] is None
+
+
+def test_monitor_keeps_the_champions_first_window_as_its_baseline_then_compares(
+    prefect_api: None, project: Path
+) -> None:
+    import time
+
+    import pandas as pd
+
+    from flows.monitor import monitor_flow
+    from flows.pipeline import ember_pipeline
+    from monitoring.replay import replay, request_sample, write_records
+    from serving.ab import load_config
+    from serving.recommender_pipeline import PipelineRecommender, RecommenderConfig
+
+    deployed = ember_pipeline(project=str(project))["deployment"]
+    cfg = load_config(project / deployed["file"])
+    params = dict(cfg.variant(cfg.champion).recommender.params)  # type: ignore[union-attr]
+    for key in ("retrieval_model", "index", "ranker", "features"):
+        params[key] = str(project / params[key])
+    params["sqlite_path"] = str(project / "data" / "feast" / "online.db")
+    recommender = PipelineRecommender.load(RecommenderConfig.from_dict(params))
+    ranker_set = project / "data" / "training" / "ranker" / "training_set.parquet"
+    reference = pd.read_parquet(ranker_set, columns=["user_id", "request_id"])
+    logs = project / "logs"
+
+    def serve(seed: int, name: str) -> None:
+        records = replay(recommender, request_sample(reference, 250, seed=seed), ts=time.time() - 600)
+        write_records(records, logs / name)
+
+    serve(1, "exposure.jsonl.1")
+    first = monitor_flow(project=str(project), retrain_on_fail=False)
+    assert "recorded 250 records" in first["summary"]["baseline"]
+    assert first["summary"]["tests"]["target_drift"] == "insufficient_data"  # nothing to compare the policy with
+    kept = list((project / "artifacts" / "baselines").glob("*/exposure.jsonl"))
+    assert len(kept) == 1 and len(kept[0].read_text().splitlines()) == 250
+
+    serve(2, "exposure.jsonl")  # another day of the same policy
+    second = monitor_flow(project=str(project), retrain_on_fail=False)
+    assert "first monitored window" in second["summary"]["baseline"]
+    tests = second["summary"]["tests"]
+    assert tests["target_drift"] != "insufficient_data" and tests["quality"] != "insufficient_data", tests
+    assert (project / second["reports"] / "summary.json").is_file()
+    from monitoring.dashboards import list_monitor_runs
+
+    assert len(list_monitor_runs(project / "artifacts" / "evidently", "ranker")) == 2
