@@ -11,7 +11,16 @@ from bench.harness import RESULTS
 
 REPO = Path(__file__).resolve().parents[1]
 # Each module's main() measures and saves bench/results/<group>.json.
-GROUPS = ["bench.data", "bench.features", "bench.models", "bench.ranker", "bench.quality", "bench.serving"]
+GROUPS = [
+    "bench.data",
+    "bench.features",
+    "bench.models",
+    "bench.ranker",
+    "bench.quality",
+    "bench.serving",
+    "bench.drift_detection",
+    "bench.pipeline",
+]
 
 
 def render() -> str:

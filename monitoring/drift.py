@@ -157,7 +157,8 @@ def _extract(snapshot: Any) -> tuple[float | None, bool | None, dict[str, dict[s
     share_failed: bool | None = None
     for test in data.get("tests", []):
         metric_id = test.get("metric_config", {}).get("metric_id")
-        status = str(test.get("status", "")).upper()
+        raw = test.get("status", "")
+        status = str(getattr(raw, "value", raw)).upper()  # a TestStatus enum in 0.7.23: str() gives "TESTSTATUS.FAIL"
         if metric_id in columns_by_metric and status in ("SUCCESS", "FAIL"):
             per_column[columns_by_metric[metric_id]]["drifted"] = status == "FAIL"  # Evidently's own verdict
         elif metric_id is not None and metric_id == share_metric and status in ("SUCCESS", "FAIL"):

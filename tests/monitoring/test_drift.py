@@ -118,3 +118,15 @@ def test_large_windows_are_down_sampled() -> None:
     # 300 sampled rows a side: Evidently's small-sample default (K-S) is chosen, so the sample reached it.
     assert res.status == "pass" and res.per_feature[FEATURES[0]]["method"].startswith("K-S")
     assert res.n_reference == 1500 and res.n_current == 1200
+
+
+def test_a_p_value_method_named_in_the_config_keeps_evidentlys_own_verdict() -> None:
+    """Evidently's test status (an enum) decides a column's verdict: same distributions do not drift under K-S."""
+    cfg = load_config(None)
+    cfg = cfg.model_copy(update={"data_drift": cfg.data_drift.model_copy(update={"per_feature_method": {"x": "ks"}})})
+    rng = np.random.default_rng(0)
+    ref = pd.DataFrame({"x": rng.normal(size=600)})
+    same = pd.DataFrame({"x": rng.normal(size=600)})
+    shifted = pd.DataFrame({"x": rng.normal(1.0, 1.0, size=600)})
+    assert not data_drift(ref, same, ["x"], cfg).per_feature["x"]["drifted"]
+    assert data_drift(ref, shifted, ["x"], cfg).per_feature["x"]["drifted"]
