@@ -18,6 +18,7 @@ from flows.tasks import (
     build_bento,
     deploy_champion,
     deploy_shadow,
+    drift_check,
     dvc_push,
     dvc_repro,
     evaluate_against_champion,
@@ -53,10 +54,11 @@ def ember_pipeline(
 ) -> dict[str, Any]:
     """Data -> features -> Feast registry -> retrieval training set -> two-tower -> ANN index -> ranker training set
     -> ranker -> (the Bento) -> the model set stored and deployed as shadow -> challenger and champion rankers
-    scored on the same window -> promotion gate (flows/promotion.py against the registry's champion) -> the
-    deployment rewritten for the gate's champion (flows/deploy.py), then the online store, the metrics artifact (and
-    `dvc push`). `force`: stages rerun even when their inputs are unchanged
-    (retrain); `bento`: build the Bento (`make bento`) and record its tag in the lineage."""
+    scored on the same window -> the drift test of the last day's served requests against the new training set ->
+    promotion gate (flows/promotion.py against the registry's champion) -> the deployment rewritten for the gate's
+    champion (flows/deploy.py), then the online store, the metrics artifact (and `dvc push`). `force`: stages rerun
+    even when their inputs are unchanged (retrain); `bento`: build the Bento (`make bento`) and record its tag in the
+    lineage."""
     root = Path(project)
     unknown = [s for s in force if s not in STAGES]
     if unknown:
@@ -76,7 +78,8 @@ def ember_pipeline(
     tag = timed("build_bento", lambda: build_bento(root)) if bento else None
     shadow = timed("deploy_shadow", lambda: deploy_shadow(root))
     compared = timed("evaluate", lambda: evaluate_against_champion(root, shadow["staged"]))
-    gate = timed("promotion_gate", lambda: promotion_gate(root, bento=tag, comparison=compared))
+    drift = timed("drift_check", lambda: drift_check(root))
+    gate = timed("promotion_gate", lambda: promotion_gate(root, drift_passed=drift, bento=tag, comparison=compared))
     deployed = timed("deploy_champion", lambda: deploy_champion(root, shadow["staged"]))
     online = timed("materialize", lambda: materialize_online(root, online_store, redis))
     metrics = timed("publish_metrics", lambda: publish_data_metrics(root))
@@ -87,6 +90,7 @@ def ember_pipeline(
         "stages_run": [s for s, did in ran.items() if did],
         "promotion": {"promoted": gate["decision"]["promote"], "champion": gate["champion"]},
         "deployment": deployed,
+        "drift_passed": drift,
         "bento": tag,
         "online": online,
         "rows": metrics["rows"],

@@ -177,6 +177,28 @@ def monitor_window(
     return summary
 
 
+@task(timeout_seconds=1800)
+def drift_check(project: Path, current: Path = Path("logs"), hours: float = 24.0) -> bool | None:
+    """The gate's drift test: the request population served over the last `hours` against the freshly built ranker
+    training set (`ember monitor run`'s data drift, user features per request). None (not measured) without enough
+    served requests: a first deployment has none."""
+    from datetime import UTC, timedelta
+
+    from flows.deploy import DEPLOY_FILE
+    from flows.promotion import VARIANTS_FILE
+    from monitoring.exposure_frame import exposure_files
+
+    if not (project / current).exists() or not exposure_files(project / current):
+        return None
+    now = datetime.now(UTC)
+    out = Path("monitoring") / "reports" / f"gate-{now.strftime('%Y%m%dT%H%M%SZ')}"
+    variants = DEPLOY_FILE if (project / DEPLOY_FILE).is_file() else VARIANTS_FILE
+    summary = monitor_window.fn(project, current, out, variants, now - timedelta(hours=hours))
+    verdict = summary["tests"]["data_drift"]
+    get_run_logger().info("gate drift test: %s (reports in %s)", verdict, out)
+    return {"pass": True, "fail": False}.get(verdict)
+
+
 @task(retries=2, retry_delay_seconds=[2, 10])
 def champion_baseline(project: Path, current: Path, start: datetime) -> tuple[Path | None, str]:
     """The served window the champion is compared with: artifacts/baselines/<champion version>/, recorded from its

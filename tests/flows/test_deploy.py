@@ -67,6 +67,7 @@ def test_prefect_deploy_all_creates_the_four_scheduled_deployments(tmp_path: Pat
         for d in deployments:
             wanted = next(s for s in spec if s["name"] == d["name"])
             assert d["work_pool_name"] == "ember-process" and d["entrypoint"] == wanted["entrypoint"]
+            assert d["parameters"] == wanted.get("parameters", {}), d["name"]
             crons = [s["schedule"]["cron"] for s in d["schedules"]]
             assert crons == [s["cron"] for s in wanted["schedules"]], d["name"]
     finally:

@@ -45,6 +45,7 @@ def test_pipeline_runs_every_stage_then_reruns_as_a_no_op(prefect_api: None, pro
     assert first["rows"]["users"] == 300
     assert set(STAGES) <= set(first["seconds"])  # every step timed
     deployed = first["deployment"]
+    assert first["drift_passed"] is None  # nothing served yet: not measured, a note at the gate
     assert first["promotion"]["promoted"] and deployed["challenger"] is None  # the first set: nothing to shadow
     assert (project / "artifacts" / "models" / deployed["champion"] / "ranker" / "model.pt").is_file()
     from serving.ab import load_config
@@ -141,3 +142,6 @@ def test_monitor_keeps_the_champions_first_window_as_its_baseline_then_compares(
     from monitoring.dashboards import list_monitor_runs
 
     assert len(list_monitor_runs(project / "artifacts" / "evidently", "ranker")) == 2
+
+    # With requests served in the last day, the main job's gate gets a measured drift test (pass or fail).
+    assert ember_pipeline(project=str(project))["drift_passed"] in (True, False)
