@@ -10,17 +10,12 @@ exit 2.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import typer
 
 app = typer.Typer(help="Monitoring: drift checks with Evidently (issue 8).", no_args_is_help=True)
-
-# Default features: the numeric model inputs shared by both frames (the exposure log holds the user's).
-_FEATURE = re.compile(r"^(user_|post_|author_)|^hist_length$|^n_followees$")
-_NOT_FEATURES = {"user_id", "post_id", "author_id", "post_author_id", "post_created_at_ms"}
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -63,20 +58,6 @@ def _read_current(path: Path, wanted: list[str] | None) -> tuple[Any, str]:
     if read.malformed:
         note += f", {read.malformed} malformed lines skipped"
     return read.frame, note
-
-
-def _default_features(reference: Any, current: Any) -> list[str]:
-    import pandas as pd
-
-    return [
-        c
-        for c in reference.columns
-        if _FEATURE.search(c)
-        and c not in _NOT_FEATURES
-        and c in current.columns
-        and pd.api.types.is_numeric_dtype(reference[c])
-        and pd.api.types.is_numeric_dtype(current[c])
-    ]
 
 
 def _report(result: Any, top: int) -> None:
@@ -128,7 +109,9 @@ def drift(
         typer.echo(note)
     if top < 0:
         raise UserError(f"--top: must be >= 0, got {top}")
-    chosen = wanted if wanted is not None else _default_features(ref, cur)
+    from monitoring.monitor import default_features
+
+    chosen = wanted if wanted is not None else default_features(ref, cur)
     results = [data_drift(ref, cur, chosen, cfg, html=html)]
     if action_list:
         results.append(prediction_drift(ref, cur, action_list, cfg))
