@@ -133,7 +133,11 @@ def materialize(cfg: StoreConfig, end: datetime | None = None, window: timedelta
     loaded: dict[str, Any] = {}
     start_t = time.perf_counter()
     last_end = {fv.name: fv.most_recent_end_time for fv in store.list_feature_views()}
-    fresh = [name for name, t in last_end.items() if t is None]
+    # A view never loaded, or loaded past `end`: the offline tables were rebuilt to an earlier end (regenerated data),
+    # so the online rows are newer than the offline truth. The incremental path would skip them and serve stale,
+    # future values; reload the window instead (the SQLite store overwrites each row). Feast keeps the later end in
+    # its registry, so such a view is reloaded on every run until the offline data passes that end again.
+    fresh = [name for name, t in last_end.items() if t is None or t > end]
     if fresh:
         store.materialize(start_date=end - window, end_date=end, feature_views=fresh)
         loaded.update({name: [(end - window).isoformat(), end.isoformat()] for name in fresh})

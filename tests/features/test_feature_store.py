@@ -24,7 +24,16 @@ from features.online import (
     RedisBackend,
     SqliteBackend,
 )
-from features.store import Engagement, StoreConfig, apply, materialize, online_backend, push_history, training_set
+from features.store import (
+    DEFAULT_WINDOW,
+    Engagement,
+    StoreConfig,
+    apply,
+    materialize,
+    online_backend,
+    push_history,
+    training_set,
+)
 from features.synth import SynthConfig, generate
 from tests.features.tiny import ts, write_tiny
 
@@ -371,3 +380,16 @@ def test_warm_cache_serves_candidates_without_store_reads_and_rewarms_after_mate
     while len(reader._cache["post"]) < len(ids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert set(ids) <= set(reader._cache["post"])  # the re-warm refilled the whole warm set
+
+
+def test_a_store_loaded_past_the_rebuilt_offline_end_is_reloaded_not_skipped(tmp_path: Path) -> None:
+    """Data regenerated with an earlier end: the online store must follow it back, not keep the newer rows."""
+    _project(tmp_path)
+    cfg = StoreConfig(repo=tmp_path / "features" / "repo")
+    apply(cfg)
+    materialize(cfg, end=ts(6))  # as if the previous data had run two days longer
+    again = materialize(cfg, end=ts(4))
+    assert set(again["views"]) == {"user_stats", "user_history", "user_graph", "author_stats", "post_stats"}
+    assert all(
+        window == [(ts(4) - DEFAULT_WINDOW).isoformat(), ts(4).isoformat()] for window in again["views"].values()
+    )
