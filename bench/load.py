@@ -24,13 +24,11 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ import numpy as np
 import yaml
 
 from bench.harness import RESULTS, Row, machine, save
-from serving.smoke import free_port, wait_ready
+from serving.smoke import free_port, stop_group, wait_ready
 
 GROUP = "load"
 REPO = Path(__file__).resolve().parents[1]
@@ -247,18 +245,8 @@ def start_server(config: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], 
     try:
         return proc, url, wait_ready(url, proc, 300)
     except BaseException:
-        stop_server(proc)
+        stop_group(proc)
         raise
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def rows(result: dict[str, Any], command: str) -> list[Row]:
@@ -342,7 +330,7 @@ def main() -> None:
             print(f"holding {rate:.2f} req/s for {args.minutes:g} min:", flush=True)
             held = hold(url, proc.pid, rate, args.minutes, args.seed + 1000)
         finally:
-            stop_server(proc)
+            stop_group(proc)
     result = {
         "config": str(args.config),
         "ready_s": ready_s,

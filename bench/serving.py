@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench.harness import Row, save
-from serving.smoke import free_port, wait_ready
+from serving.smoke import free_port, stop_group, wait_ready
 
 GROUP = "serving"
 CMD = "python -m bench.serving"
@@ -146,7 +146,6 @@ def _load(port: int, users: list[int], concurrency: int) -> tuple[list[float], f
 
 
 def over_http(n: int) -> list[Row]:
-    import signal
     import subprocess
     import sys
 
@@ -192,11 +191,7 @@ def over_http(n: int) -> list[Row]:
                 )  # fmt: skip
             )
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
     return rows
 
 

@@ -4,6 +4,7 @@ print the response, stop the server. The last step of `make run`; exits non-zero
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    """Stops a process started with start_new_session=True and everything it spawned (BentoML's workers, a Prefect
+    server's uvicorn): SIGTERM to its process group, SIGKILL after `timeout_s`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float) -> float:
@@ -72,11 +86,7 @@ def main() -> None:
         if not items:
             raise SystemExit("POST /recommend returned an empty slate")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
 
 
 if __name__ == "__main__":

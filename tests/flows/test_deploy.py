@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.smoke import free_port
+from serving.smoke import free_port, stop_group
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,5 +71,4 @@ def test_prefect_deploy_all_creates_the_four_scheduled_deployments(tmp_path: Pat
             crons = [s["schedule"]["cron"] for s in d["schedules"]]
             assert crons == [s["cron"] for s in wanted["schedules"]], d["name"]
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        stop_group(server, timeout_s=30)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from serving.smoke import stop_group
 from tests.project import copy_project, use_nano
 
 TOKEN = "reliability-admin-token"
@@ -135,14 +135,7 @@ def serving(world: Path, root: Path, config: dict[str, Any], name: str = "serve"
         with httpx.Client(base_url=url, timeout=30) as http:
             yield Server(url, proc.pid, log, http)
     finally:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_group(proc)
         out.close()
 
 
