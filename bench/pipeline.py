@@ -34,14 +34,11 @@ RUN = (
 
 def fresh_copy(dst: Path) -> None:
     """The tracked and not-ignored files of the working tree, as a new git repository (DVC needs one)."""
-    from tests.project import copy_project
+    from tests.project import copy_project, git_commit
 
     dst.mkdir(parents=True)
     copy_project(dst)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@e", "GIT_COMMITTER_NAME": "b",
-           "GIT_COMMITTER_EMAIL": "b@e"}  # fmt: skip
-    for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        subprocess.run(args, cwd=dst, env=env, check=True, capture_output=True)
+    git_commit(dst)
 
 
 def run_flow(project: Path) -> tuple[float, dict]:

@@ -39,3 +39,19 @@ def use_nano(project: Path) -> None:
     variants.write_text(
         variants.read_text().replace('as_of: "2026-01-09T00:00:00+00:00"', 'as_of: "2026-01-05T00:00:00+00:00"')
     )
+
+
+def git_commit(project: Path, message: str = "copy") -> None:
+    """Makes `project` a git repository (DVC needs one) holding all its files in one commit."""
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for args in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", message]):
+        subprocess.run(args, cwd=project, check=True, capture_output=True)
+
+
+def nano_project(root: Path) -> Path:
+    """A committed copy of the project at the nano scale, in the new directory `root`."""
+    root.mkdir(parents=True)
+    copy_project(root)
+    use_nano(root)
+    git_commit(root)
+    return root

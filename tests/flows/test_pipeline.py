@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from features.online import OnlineFeatures, SqliteBackend
-from tests.project import copy_project, use_nano
+from tests.project import nano_project
 
 pytestmark = pytest.mark.slow
 
@@ -24,15 +22,7 @@ def prefect_api():
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pipeline") / "project"
-    root.mkdir()
-    copy_project(root)
-    use_nano(root)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@e"}  # fmt: skip
-    for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        subprocess.run(args, cwd=root, env=env, check=True, capture_output=True)
-    return root
+    return nano_project(tmp_path_factory.mktemp("pipeline") / "project")
 
 
 def test_pipeline_runs_every_stage_then_reruns_as_a_no_op(prefect_api: None, project: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,8 +19,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from serving.smoke import stop_group
-from tests.project import copy_project, use_nano
+from serving.smoke import free_port, stop_group
+from tests.project import nano_project
 
 TOKEN = "reliability-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -39,23 +38,10 @@ def tool_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PATH": path, "DO_NOT_TRACK": "1", "BENTOML_DO_NOT_TRACK": "true", **extra}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A nano copy of the project: `dvc repro` up to the index and the ranker, then the SQLite online store."""
-    root = tmp_path_factory.mktemp("reliability") / "project"
-    root.mkdir()
-    copy_project(root)
-    use_nano(root)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    run(["git", "init", "-q"], root)
-    run([*git, "add", "-A"], root)
-    run([*git, "commit", "-qm", "copy"], root)
+    root = nano_project(tmp_path_factory.mktemp("reliability") / "project")
     run(["dvc", "repro", "build_index", "train_ranker"], root)
     run(["ember", "features", "materialize"], root)
     return root

@@ -32,7 +32,7 @@ from serving.recommender import Recommender
 from serving.recommender_pipeline import PipelineRecommender, RecommenderConfig
 from serving.scorers.ranker import RankerScorer, ranker_inputs
 from serving.types import Query
-from tests.project import copy_project, use_nano
+from tests.project import nano_project
 
 pytestmark = pytest.mark.slow  # the world takes about a minute to build
 
@@ -49,15 +49,8 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> None:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A nano copy of the project with trained models, an index and a materialized SQLite online store."""
-    root = tmp_path_factory.mktemp("recommender") / "project"
-    root.mkdir()
-    copy_project(root)
-    use_nano(root)
+    root = nano_project(tmp_path_factory.mktemp("recommender") / "project")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DO_NOT_TRACK": "1"}
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    _run(["git", "init", "-q"], root, env)
-    _run([*git, "add", "-A"], root, env)
-    _run([*git, "commit", "-qm", "copy"], root, env)
     _run(["dvc", "repro", "build_index", "train_ranker"], root, env)
     _run(["ember", "features", "materialize"], root, env)
     return root
