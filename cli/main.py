@@ -37,10 +37,14 @@ def run(
     push: bool = typer.Option(False, "--push", help="`dvc push` the artifacts at the end."),
     bento: bool = typer.Option(False, "--bento", help="Build the Bento (`make bento`) and record its tag."),
 ) -> None:
-    """Run the main job, the `ember-pipeline` Prefect flow (against PREFECT_API_URL, or an ephemeral API)."""
+    """Run the main job, the `ember-pipeline` Prefect flow, against PREFECT_API_URL when set, else against a local
+    `prefect server start` (PREFECT_HOME .prefect/) started for the run and stopped afterwards (flows/api.py)."""
+    from flows.api import prefect_api
     from flows.pipeline import ember_pipeline
 
-    result = ember_pipeline(online_store=online_store, redis=redis, push=push, bento=bento)
+    with prefect_api() as url:
+        typer.echo(f"Prefect API: {url}")
+        result = ember_pipeline(online_store=online_store, redis=redis, push=push, bento=bento)
     ran = ", ".join(result["stages_run"]) or "none (all cached)"
     typer.echo(f"ember-pipeline done: stages run: {ran}; online store: {len(result['online']['views'])} views")
     promotion, deployed = result["promotion"], result["deployment"]

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from serving.smoke import free_port, stop_group
+from flows.api import PREFECT, local_server, server_env
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
 def _post(url: str, body: dict) -> list[dict]:
@@ -27,27 +23,9 @@ def _post(url: str, body: dict) -> list[dict]:
 
 
 def test_prefect_deploy_all_creates_the_four_scheduled_deployments(tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env |= {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "EMBER_HOME": str(ROOT), "DO_NOT_TRACK": "1"}
-    env.pop("PREFECT_API_KEY", None)
-    server = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, "prefect server exited"
-                assert time.monotonic() < deadline, "prefect server did not come up in 120 s"
-                time.sleep(1)
+    home = tmp_path / "home"
+    with local_server(home, timeout_s=120) as api:
+        env = server_env(home, {"PREFECT_API_URL": api, "EMBER_HOME": str(ROOT)})
         pool = subprocess.run(
             [PREFECT, "work-pool", "create", "ember-process", "--type", "process"], env=env, capture_output=True
         )
@@ -60,7 +38,7 @@ def test_prefect_deploy_all_creates_the_four_scheduled_deployments(tmp_path: Pat
             text=True,
         )
         assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
-        deployments = _post(f"http://127.0.0.1:{port}/api/deployments/filter", {})
+        deployments = _post(f"{api}/deployments/filter", {})
         spec = yaml.safe_load((ROOT / "flows" / "prefect.yaml").read_text())["deployments"]
         assert sorted(d["name"] for d in deployments) == sorted(d["name"] for d in spec)
         assert len(deployments) == 4
@@ -70,5 +48,3 @@ def test_prefect_deploy_all_creates_the_four_scheduled_deployments(tmp_path: Pat
             assert d["parameters"] == wanted.get("parameters", {}), d["name"]
             crons = [s["schedule"]["cron"] for s in d["schedules"]]
             assert crons == [s["cron"] for s in wanted["schedules"]], d["name"]
-    finally:
-        stop_group(server, timeout_s=30)

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from serving.smoke import stop_group
+from flows.api import local_server, server_env
 
 if TYPE_CHECKING:
     import psycopg
@@ -117,57 +115,16 @@ def test_feast_sql_registry_on_postgres(tmp_path: Path, database: str, monkeypat
 # Prefect: a server on Postgres ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _prefect_env(home: Path, **extra: str) -> dict[str, str]:
-    """This process's environment without any PREFECT_* setting, plus the given ones: nothing leaks in or out."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", **extra)
-    return env
-
-
 @pytest.fixture
 def prefect_server(tmp_path: Path, database: str) -> Iterator[str]:
-    """`prefect server start` on a free loopback port with its database in Postgres; yields the API URL."""
-    port = _free_port()
-    home = tmp_path / "prefect-server"
-    home.mkdir()
-    env = _prefect_env(
-        home,
-        PREFECT_API_DATABASE_CONNECTION_URL=f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}",
-        PREFECT_SERVER_API_AUTH_STRING=AUTH_STRING,
-        PREFECT_UI_ENABLED="false",
-    )
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the teardown stops the server and anything it started
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    """`prefect server start` on a free loopback port with its database in Postgres (flows.api.local_server); yields
+    the API URL."""
+    extra = {
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}",
+        "PREFECT_SERVER_API_AUTH_STRING": AUTH_STRING,
+    }
+    with local_server(tmp_path / "prefect-server", extra_env=extra, timeout_s=120) as url:
         yield url
-    finally:
-        stop_group(proc)
-        log.close()
 
 
 PROBE_FLOW = """
@@ -196,7 +153,7 @@ def test_prefect_server_on_postgres_stores_flow_runs_and_k8s_deployments(
 ) -> None:
     client = tmp_path / "prefect-client"
     client.mkdir()
-    env = _prefect_env(client, PREFECT_API_URL=prefect_server, PREFECT_API_AUTH_STRING=AUTH_STRING)
+    env = server_env(client, {"PREFECT_API_URL": prefect_server, "PREFECT_API_AUTH_STRING": AUTH_STRING})
     request = urllib.request.Request(f"{prefect_server}/flows/filter", data=b"{}", method="POST")
     with pytest.raises(urllib.error.HTTPError) as refused:  # no credentials: refused (the probes' /health is open)
         urllib.request.urlopen(request, timeout=10)
