@@ -13,9 +13,13 @@ RUN apt-get update \
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
 WORKDIR /ember
-# Dependencies before the code, so a code change reuses this layer: the lock pins every package but torch (above).
+# Dependencies before the code, so a code change reuses this layer: the runtime part of the lock (its pins above the
+# dev-only line: every package but torch, above, and no test or lint tool), installed as it is (--no-deps: the part is
+# complete, and a resolver would add mypy through feast's SQLAlchemy[mypy]); then the two plugins, resolved against it.
 COPY requirements.lock ./
-RUN pip install --no-cache-dir -r requirements.lock "dvc[s3]==3.67.1" prefect-kubernetes==0.8.0
+RUN sed '/^# --- dev only/,$d' requirements.lock > /tmp/requirements.runtime.txt \
+    && pip install --no-cache-dir --no-deps -r /tmp/requirements.runtime.txt \
+    && pip install --no-cache-dir -c /tmp/requirements.runtime.txt "dvc[s3]==3.67.1" prefect-kubernetes==0.8.0
 COPY . .
 # /workspace: the Evidently workspace volume (compose); made here so a new volume takes its owner, uid 1000.
 RUN pip install --no-cache-dir --no-deps -e . \

@@ -11,6 +11,8 @@ import pathspec
 import pytest
 import yaml
 
+from tests.infra.test_requirements import DEV_TOOLS, lock_parts, name
+
 ROOT = Path(__file__).resolve().parents[2]
 TORCH_CPU = re.compile(r"^torch\s*@\s*https://download\.pytorch\.org/whl/cpu/torch-2\.13\.0%2Bcpu-cp311-\S+\.whl$")
 # CUDA wheels; nvidia-ml-py (NVML bindings, pure Python, a bentoml dependency) is not one.
@@ -90,10 +92,21 @@ def test_torch_is_the_cpu_wheel_and_no_cuda_package_is_listed(bentofile: dict[st
     assert "cuda_version" not in bentofile.get("docker", {})
 
 
-def test_the_bento_requirements_are_requirements_lock_plus_torch(bentofile: dict[str, Any]) -> None:
-    lock = [line.strip() for line in (ROOT / "requirements.lock").read_text().splitlines() if line.strip()]
-    lock = [line for line in lock if not line.startswith("#")]
-    assert [r for r in _requirements(bentofile) if not r.startswith("torch")] == lock, "run `make bento`"
+def test_the_bento_requirements_are_the_runtime_part_of_the_lock_plus_torch(bentofile: dict[str, Any]) -> None:
+    runtime, _ = lock_parts()
+    listed = [r for r in _requirements(bentofile) if not r.startswith("torch")]
+    assert listed == list(runtime.values()), "run `make bento`"
+
+
+def test_no_test_or_dev_tool_goes_into_the_bento(bentofile: dict[str, Any]) -> None:
+    _, dev = lock_parts()
+    listed = {name(r) for r in _requirements(bentofile)}
+    assert sorted(listed & (DEV_TOOLS | dev.keys())) == []
+
+
+def test_the_image_installs_the_list_as_it_is(bentofile: dict[str, Any]) -> None:
+    """No resolver in the image: it would add mypy (feast asks for SQLAlchemy[mypy]), unpinned."""
+    assert {"name": "UV_NO_DEPS", "value": "1"} in bentofile["envs"]
 
 
 def test_the_image_is_python_3_11(bentofile: dict[str, Any]) -> None:
