@@ -183,14 +183,30 @@ def evaluate_ranker_cmd(
     baselines: str = typer.Option("logistic,lightgbm,mmoe", "--baselines", help="Baselines, comma-separated."),
     seed: int = typer.Option(0, "--seed", help="Seed of every trained model."),
     features: Path | None = typer.Option(None, "--features", help="Offline features: history posts' attributes."),
+    protocol: str | None = typer.Option(
+        None, "--protocol", help="kuairand-a: the peers' protocol A on an imported KuaiRand set (--data)."
+    ),
+    data: Path = typer.Option(Path("data/kuairand"), "--data", help="--protocol: the imported KuaiRand data set."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="--protocol: seeds, comma-separated (mean and spread)."),
+    peers: Path | None = typer.Option(
+        None, "--peers", help="--protocol: the peers' results/ folder (../shared/peers/kuairand/results)."
+    ),
+    user_counters: str = typer.Option(
+        "frozen", "--user-counters", help="--protocol: frozen (as the peers) | realtime."
+    ),
+    user_history: str = typer.Option("frozen", "--user-history", help="--protocol: frozen (as the peers) | realtime."),
     overrides: list[str] = SET,
 ) -> None:
     """The ranker (independent and funnel heads) vs logistic regression, LightGBM and MMoE on one temporal split;
-    per-action AUC, GAUC, logloss, calibration and request NDCG@10 (and the oracle on synthetic data)."""
+    per-action AUC, GAUC, logloss, calibration and request NDCG@10 (and the oracle on synthetic data).
+    With --protocol kuairand-a: the peers' split, features and metrics instead (models/kuairand_protocol.py)."""
     from core.io import atomic_write_text
     from models.ranker_job import evaluate_ranker_job
 
     sets = _overrides(overrides)
+    if protocol is not None:
+        _evaluate_protocol(protocol, data, out, preset, heads, seeds, peers, user_counters, user_history, sets)
+        return
     report = evaluate_ranker_job(
         training_set,
         test_days=test_days,
@@ -212,4 +228,52 @@ def evaluate_ranker_cmd(
         cells = " ".join(f"{row[n]['auc']:>9.4f} / {row[n]['gauc']:<8.4f}" for n in names)
         typer.echo(f"{action:>16} {cells}")
     typer.echo(f"{'seconds':>16} " + " ".join(f"{report['models'][n]['seconds']:>20.1f}" for n in names))
+    typer.echo(f"wrote {out}")
+
+
+def _evaluate_protocol(
+    protocol: str,
+    data: Path,
+    out: Path,
+    preset: str,
+    heads: str,
+    seeds: str,
+    peers: Path | None,
+    user_counters: str,
+    user_history: str,
+    sets: dict[str, dict[str, str]],
+) -> None:
+    from core.errors import UserError
+    from core.io import atomic_write_text
+    from models.kuairand_protocol import MAIN_TARGETS, evaluate_protocol_a
+
+    if protocol != "kuairand-a":
+        raise UserError(f"--protocol: unknown {protocol!r} (choose from kuairand-a)")
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds: not a comma-separated list of integers: {seeds!r}") from None
+    if peers is not None and not any(Path(peers).glob("A_*_s*.json")):
+        raise UserError(f"--peers: no protocol A result files (A_<model>_s<seed>.json) in {peers}")
+    report = evaluate_protocol_a(
+        data,
+        preset,
+        sets["model"],
+        sets["train"],
+        seed_list,
+        [h for h in heads.split(",") if h],
+        user_counters,
+        user_history,
+        peers,
+        log=typer.echo,
+    )
+    atomic_write_text(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    test = report["models"][report["chosen_head_mode"]]["test"]
+    typer.echo(f"chosen on the valid day: {report['chosen_head_mode']} heads; test, mean +- std over {seed_list}:")
+    for a in MAIN_TARGETS:
+        cells = "  ".join(f"{m} {test[a][m]['mean']:.4f} +- {test[a][m]['std']:.4f}" for m in ("auc", "gauc"))
+        typer.echo(f"{a:>8}: {cells}")
+    for cell, v in report.get("verdict", {}).items():
+        word = "met (+0.01)" if v["plus_0.01"] else "met" if v["met"] else "missed"
+        typer.echo(f"{cell:>12}: {v['ours']:.4f} vs {v['best_peer']} {v['peer']:.4f} ({v['margin']:+.4f}) {word}")
     typer.echo(f"wrote {out}")

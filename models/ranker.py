@@ -52,6 +52,11 @@ DENSE_FEATURES: frozenset[str] = frozenset(
     if dtype in (Dtype.INT32, Dtype.FLOAT32) and name not in ("post_topic",)
 )
 
+# Dataset-specific numeric columns (the importers' extras, protocol tables such as models.kuairand_protocol) are
+# named x_<name>: a model may read them from its training frame, and the served pipeline, which has no such columns,
+# reads them as 0.
+EXTRA_PREFIX = "x_"
+
 # The default dense inputs: every rate and count the tabular baselines see, minus the 1-day user windows (noisy).
 DEFAULT_DENSE: tuple[str, ...] = (
     "post_impressions",
@@ -113,6 +118,17 @@ class RankerConfig(ModelConfig):
     tasks: tuple[str, ...] = TASK_NAMES  # heads, a subset of models.tasks.TASKS (kept in TASKS order)
     head_mode: str = "independent"  # independent sigmoids (Phoenix) | funnel: P(child) = P(parent) P(child | parent)
     learn_blend: bool = False  # a combination MLP scales each blend weight per user (`BlendCombiner`)
+    # The user token is also added to every candidate token, so each layer's FFN sees user x candidate crosses
+    # directly instead of only through attention. A candidate still depends only on the user and itself.
+    user_in_candidate: bool = False
+    # Quantile bins of each dense feature, one embedding per (feature, bin) added to the candidate token: the
+    # piecewise-constant response a logistic regression gets from one-hot bins, which one linear projection of
+    # log1p values cannot express (a rate that matters only above some level). 0 = off. Edges come from the
+    # training rows (`Ranker.fit_dense_stats`).
+    dense_bins: int = 0
+    # A wide part beside the transformer: per task, a linear logit over the same (feature, bin) one-hots and the
+    # hashed candidate attributes, added to the heads' output (Wide & Deep). Needs dense_bins > 0.
+    wide: bool = False
 
     def __post_init__(self) -> None:
         self._freeze_tuples("user_attributes", "candidate_features", "candidate_attributes", "tasks")
@@ -121,11 +137,16 @@ class RankerConfig(ModelConfig):
             raise ValueError(
                 f"RankerConfig: unknown head_mode {self.head_mode!r} (choose from {', '.join(HEAD_MODES)})"
             )
-        unknown = set(self.candidate_features) - DENSE_FEATURES
+        unknown = {f for f in self.candidate_features if not f.startswith(EXTRA_PREFIX)} - DENSE_FEATURES
         if unknown:
             raise ValueError(
-                f"RankerConfig: candidate_features {sorted(unknown)} are not numeric user/post/author features"
+                f"RankerConfig: candidate_features {sorted(unknown)} are not numeric user/post/author features "
+                f"(dataset extras start with {EXTRA_PREFIX!r})"
             )
+        if self.dense_bins < 0 or self.dense_bins == 1:
+            raise ValueError(f"RankerConfig: dense_bins must be 0 (off) or >= 2, got {self.dense_bins}")
+        if self.wide and self.dense_bins == 0:
+            raise ValueError("RankerConfig: wide needs dense_bins >= 2")
         tasks = select_tasks(self.tasks)  # ValueError on unknown names
         if len(tasks) != len(self.tasks):
             raise ValueError(f"RankerConfig: duplicate tasks in {self.tasks}")
@@ -213,6 +234,7 @@ class UserCache:
     values: tuple[torch.Tensor, ...]  # per layer (B, Hkv, T0, hd)
     valid: torch.Tensor  # (B, T0) bool: user token and valid history events
     user_hidden: torch.Tensor  # (B, D) final-norm hidden state of the user token
+    user_input: torch.Tensor | None = None  # (B, D) the user token itself, with cfg.user_in_candidate
 
 
 class TokenEmbedder(nn.Module):
@@ -248,6 +270,18 @@ class TokenEmbedder(nn.Module):
         self.register_buffer("action_bits", torch.arange(cfg.n_actions), persistent=False)
         self.register_buffer("dense_mean", torch.zeros(F_))
         self.register_buffer("dense_std", torch.ones(F_))
+        nb = cfg.dense_bins
+        if nb:
+            self.register_buffer("bin_edges", torch.zeros(F_, nb - 1))  # on log1p values, set from training rows
+            self.register_buffer("bin_offsets", torch.arange(F_) * nb, persistent=False)
+            self.bin_emb = nn.Embedding(F_ * nb, D)
+            nn.init.normal_(self.bin_emb.weight, std=0.02)
+
+    def dense_bins(self, dense: torch.Tensor) -> torch.Tensor:
+        """(..., F) raw dense values -> (..., F) row of each (feature, quantile bin) in `bin_emb`."""
+        x = torch.log1p(dense.float().clamp(min=0))
+        bucket = (x.unsqueeze(-1) > self.bin_edges).sum(-1)  # (..., F) in [0, dense_bins)
+        return bucket + self.bin_offsets
 
     def user_token(self, x: UserFeatures) -> torch.Tensor:
         """(B, D): projected user hash rows plus the summed attribute embeddings."""
@@ -283,6 +317,8 @@ class TokenEmbedder(nn.Module):
         token = self.candidate_proj(torch.cat([post, author, surface, age, dense.to(post.dtype)], -1))
         for k, emb in enumerate(self.candidate_attribute_emb):
             token = token + emb(c.attributes[..., k]).sum(-2)  # (B, C, H, D) -> (B, C, D)
+        if self.cfg.dense_bins:
+            token = token + self.bin_emb(self.dense_bins(c.dense)).sum(-2).to(token.dtype)  # (B, C, F, D) -> (B, C, D)
         if self.in_network_emb is not None:
             token = token + self.in_network_emb(c.in_network.long())
         return token
@@ -335,6 +371,33 @@ class TaskHeads(nn.Module):
         return torch.stack(out, -1)
 
 
+class WidePart(nn.Module):
+    """Wide & Deep's wide part: per task, a sum of learned weights of the candidate's (feature, bin) one-hots, its
+    hashed attributes and its post and author ids: a logistic regression over the one-hot features beside the
+    transformer. Every weight starts at zero, so the model starts as the transformer alone."""
+
+    def __init__(self, cfg: RankerConfig, n_tasks: int) -> None:
+        super().__init__()
+        K, H = n_tasks, cfg.n_hashes
+        self.bins = nn.Embedding(len(cfg.candidate_features) * cfg.dense_bins, K)
+        self.attributes = nn.ModuleList(
+            MultiHashEmbedding(cfg.attribute_rows, K, H, entity_seed(cfg.hash_seed, f"wide_{a}"))
+            for a in cfg.candidate_attributes
+        )
+        self.post = MultiHashEmbedding(cfg.post_rows, K, H, entity_seed(cfg.hash_seed, "wide_post"))
+        self.author = MultiHashEmbedding(cfg.author_rows, K, H, entity_seed(cfg.hash_seed, "wide_author"))
+        nn.init.zeros_(self.bins.weight)
+        for hashed in (*self.attributes, self.post, self.author):
+            nn.init.zeros_(hashed.table.weight)
+
+    def forward(self, bins: torch.Tensor, c: CandidateBatch) -> torch.Tensor:
+        """bins (B, C, F) from `TokenEmbedder.dense_bins` -> (B, C, K) logit offsets."""
+        out = self.bins(bins).sum(-2) + self.post(c.post_ids).sum(-2) + self.author(c.author_ids).sum(-2)
+        for k, table in enumerate(self.attributes):
+            out = out + table(c.attributes[..., k]).sum(-2)
+        return out
+
+
 class BlendCombiner(nn.Module):
     """The combination module: a small MLP from the user representation to one multiplier per task in [0, 2].
 
@@ -385,6 +448,7 @@ class Ranker(nn.Module):
         self.norm = RMSNorm(D)
         self.heads = TaskHeads(D, self.tasks, funnel=cfg.head_mode == "funnel")
         self.combiner = BlendCombiner(D, len(self.tasks)) if cfg.learn_blend else None
+        self.wide = WidePart(cfg, len(self.tasks)) if cfg.wide else None
         # Row 0 = position unknown: zero and never trained, so serving (positions -1) gets no offset.
         self.position_bias = (
             nn.Embedding(cfg.max_position + 1, len(self.tasks), padding_idx=0) if cfg.max_position > 0 else None
@@ -415,6 +479,11 @@ class Ranker(nn.Module):
         x = torch.log1p(dense.float().clamp(min=0))
         self.embedder.dense_mean.copy_(x.mean(0))
         self.embedder.dense_std.copy_(x.std(0).nan_to_num(1.0).clamp(min=1e-3))
+        nb = self.cfg.dense_bins
+        if nb and len(x):
+            sample = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:200_000]]
+            q = torch.linspace(0, 1, nb + 1, dtype=torch.float64)[1:-1]
+            self.embedder.bin_edges.copy_(torch.quantile(sample.double(), q, dim=0).T.float())
 
     def _context(
         self, user: UserFeatures, history_attributes: torch.Tensor | None = None
@@ -457,7 +526,10 @@ class Ranker(nn.Module):
             )
         ctx, ctx_valid, ctx_pos = self._context(user, history_attributes)
         B, T0, _ = ctx.shape
-        h = torch.cat([ctx, self.embedder.candidate_tokens(candidates)], 1)  # (B, T, D), T = T0 + C
+        cand = self.embedder.candidate_tokens(candidates)  # (B, C, D)
+        if self.cfg.user_in_candidate:
+            cand = cand + ctx[:, :1]  # the user token (position 0 of the context)
+        h = torch.cat([ctx, cand], 1)  # (B, T, D), T = T0 + C
         positions = torch.cat([ctx_pos, ctx_pos.new_full((B, C), self.candidate_position)], 1)  # (B, T)
         cos, sin = self._rope(positions)
         # Candidate isolation (phoenix.md 2.3): rows are queries, columns keys.
@@ -484,9 +556,17 @@ class Ranker(nn.Module):
         """
         h = self.hidden_states(user, candidates, history_attributes)  # (B, T, D)
         T0 = user.hist_post_ids.shape[1] + 1
-        logits = self.heads(h[:, T0:], self._position_offset(candidates))  # (B, C, K)
+        logits = self.heads(h[:, T0:], self._offset(candidates))  # (B, C, K)
         multipliers = self.combiner(h[:, 0]) if self.combiner is not None else None
         return RankerOutput(logits.float(), None if multipliers is None else multipliers.float())
+
+    def _offset(self, candidates: CandidateBatch) -> torch.Tensor | None:
+        """(B, C, K) what is added to the heads' raw outputs: the position-bias tower and the wide part."""
+        offset = self._position_offset(candidates)
+        if self.wide is not None:
+            wide = self.wide(self.embedder.dense_bins(candidates.dense), candidates)
+            offset = wide if offset is None else offset + wide
+        return offset
 
     def _position_offset(self, candidates: CandidateBatch) -> torch.Tensor | None:
         """(B, C, K) position-bias offsets of logged slots (unknown positions, -1, get 0); None without the tower."""
@@ -501,13 +581,14 @@ class Ranker(nn.Module):
     def encode_user(self, user: UserFeatures, history_attributes: torch.Tensor | None = None) -> UserCache:
         """Runs user + history once and keeps each layer's keys and values: candidates never change them."""
         h, valid, positions = self._context(user, history_attributes)
+        user_input = h[:, 0] if self.cfg.user_in_candidate else None
         cos, sin = self._rope(positions)
         mask = self._context_mask(valid)
         kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # each layer's keys (rotary applied) and values
         for block in self.layers:
             h = block(h, cos, sin, mask, kv)
         keys, values = [k for k, _ in kv], [v for _, v in kv]
-        return UserCache(tuple(keys), tuple(values), valid, self.norm(h[:, 0]))
+        return UserCache(tuple(keys), tuple(values), valid, self.norm(h[:, 0]), user_input)
 
     def _score_layers(self, cache: UserCache, h: torch.Tensor) -> torch.Tensor:
         """Candidate tokens h (B, C, D) through every layer against the cached keys/values -> (B, C, D) final-norm.
@@ -557,8 +638,11 @@ class Ranker(nn.Module):
         parts = []
         for start in range(0, C, chunk):
             part = candidates.slice(start, min(start + chunk, C))
-            h = self._score_layers(cache, self.embedder.candidate_tokens(part))  # (B, c, D)
-            parts.append(self.heads(h, self._position_offset(part)))
+            tokens = self.embedder.candidate_tokens(part)  # (B, c, D)
+            if cache.user_input is not None:
+                tokens = tokens + cache.user_input.unsqueeze(1)
+            h = self._score_layers(cache, tokens)
+            parts.append(self.heads(h, self._offset(part)))
         B, K = cache.valid.shape[0], len(self.tasks)
         logits = torch.cat(parts, 1) if parts else cache.user_hidden.new_zeros(B, 0, K)
         multipliers = self.combiner(cache.user_hidden) if self.combiner is not None else None

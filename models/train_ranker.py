@@ -44,6 +44,9 @@ class RankerTrainConfig:
     max_eval_requests: int = 20_000  # validation request groups (a seeded sample beyond this)
     eval_batch_size: int = 256
     seed: int = 0
+    # Early stopping and the best epoch on the mean validation AUC and GAUC of these actions ("select" in the epoch
+    # history); empty = the mean AUC of every recorded action that is not noisy ("auc_mean").
+    select_actions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "max_eval_requests", "eval_batch_size"):
@@ -141,10 +144,19 @@ def train_ranker(
         def batches(generator: torch.Generator) -> Iterable[RankerBatch]:
             return (train_ds[rows] for rows in epoch_batches(len(train_ds), tc.batch_size, generator, ctx))
 
-        def evaluate() -> dict[str, float]:
-            return summary(evaluate_ranker(model, valid_ds, observed, tc.eval_batch_size)[0])
+        unknown = set(tc.select_actions) - set(binary_tasks(model, observed))
+        if unknown:
+            raise UserError(f"train.select_actions: {sorted(unknown)} are not recorded binary tasks of this model")
 
-        loop = Loop(tc.epochs, tc.patience, tc.grad_clip, tc.seed, "auc_mean", settings_json(tc))
+        def evaluate() -> dict[str, float]:
+            out = summary(evaluate_ranker(model, valid_ds, observed, tc.eval_batch_size)[0])
+            if tc.select_actions:
+                parts = [out[f"{m}/{a}"] for a in tc.select_actions for m in ("auc", "gauc")]
+                out["select"] = float(np.nanmean(parts))
+            return out
+
+        metric = "select" if tc.select_actions else "auc_mean"
+        loop = Loop(tc.epochs, tc.patience, tc.grad_clip, tc.seed, metric, settings_json(tc))
         done = run_epochs(
             ctx,
             model,

@@ -19,7 +19,9 @@ impressions: one per log row, in file order.
                     have no counterpart: all-zero and not in manifest.observed_actions.
   dwell_time        play_time_ms / 1000 (seconds), for every row, clicked or not.
   extras            x_long_view (int8), x_play_time_ms, x_duration_ms, x_profile_stay_time, x_comment_stay_time
-                    (int64), x_is_rand (int8). `date` and `hourmin` are checked but not kept: ts has them.
+                    (int64), x_is_rand (int8), x_date (int32 yyyymmdd) and x_hourmin (int16) as the log states
+                    them: the log's Asia/Shanghai date and hour, which the peers' protocols split by. They are not a
+                    function of time_ms (1,673 rows of the shipped slice sit on another date than ts + 8 h gives).
 users: one per user_features row.
   created_at        UTC midnight before the earliest log time_ms, minus register_days days (KuaiRand does not
                     publish the day register_days counts back from; this keeps every user created before their
@@ -113,6 +115,8 @@ IMPRESSION_EXTRAS: dict[str, type] = {
     "profile_stay_time": np.int64,
     "comment_stay_time": np.int64,
     "is_rand": np.int8,
+    "date": np.int32,
+    "hourmin": np.int16,
 }
 PICTURE_UPLOAD_TYPES = ("LongPicture", "PictureSet")
 
@@ -151,9 +155,10 @@ def _read_log(path: Path) -> dict[str, np.ndarray]:
     for c in ("user_id", "video_id", "time_ms", "play_time_ms", "duration_ms", "profile_stay_time",
               "comment_stay_time"):  # fmt: skip
         cols[c] = int_column(table, c, path, lo=0)
-    int_column(table, "hourmin", path, lo=0, hi=2359)
+    cols["hourmin"] = int_column(table, "hourmin", path, lo=0, hi=2359)
     cols["tab"] = int_column(table, "tab", path, lo=0, hi=N_SURFACES - 1)
-    date_column(table, "date", path, "%Y%m%d")
+    date_column(table, "date", path, "%Y%m%d")  # checked as a date, kept as the yyyymmdd number
+    cols["date"] = int_column(table, "date", path)
     return cols
 
 

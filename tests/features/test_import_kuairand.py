@@ -107,6 +107,8 @@ def test_impressions_map_ids_time_surface_and_extras(imported: tuple[Path, Manif
         "x_profile_stay_time": 0,
         "x_comment_stay_time": 0,
         "x_is_rand": 0,
+        "x_date": 20220425,
+        "x_hourmin": 0,
     }
 
 
