@@ -5,10 +5,11 @@ peak memory measured around it), its report turned into BENCHMARKS.md rows:
   the same training budget; time for the two-tower to reach SASRec's best validation NDCG@10.
 - retrieval-synthetic: the synthetic training window, temporal split; Recall@200 against the oracle's.
 - ranker-synthetic: the ranker training set of `dvc repro`, per-action AUC against the oracle's (true probabilities).
-- ranker-kuairand: KuaiRand-Pure, the last two days as test; AUC and GAUC against LR, LightGBM and MMoE.
+- ranker-kuairand: KuaiRand-Pure, the peers' protocol A (`ember evaluate ranker --protocol kuairand-a`), three seeds
+  and both head modes, against the best peer of each cell (../shared/peers/kuairand/results).
 
-The inputs are what `dvc repro` writes (data/movielens, data/synth, data/features, data/training/ranker); KuaiRand's
-features and training set are built here, in bench/results/tmp/kuairand, with a copy of the Feast repo.
+The inputs are what `dvc repro` writes (data/movielens, data/synth, data/features, data/training/ranker); KuaiRand is
+imported here from ../shared/data/kuairand-pure into bench/results/tmp/quality/kuairand-data.
 
 `python -m bench.quality [--only a,b] [--budget-s S]` re-measures the named sections and keeps the other rows.
 """
@@ -19,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -32,8 +32,9 @@ GROUP = "quality"
 REPO = Path(__file__).resolve().parents[1]
 TMP = RESULTS / "tmp" / "quality"
 SECTIONS = ("retrieval-movielens", "retrieval-synthetic", "ranker-synthetic", "ranker-kuairand")
-RANKER_EPOCHS = {"ranker-synthetic": 5, "ranker-kuairand": 6}
-KUAIRAND_ACTIONS = {"click": "is_click", "dwell": "long_view", "like": "is_like"}
+RANKER_EPOCHS = {"ranker-synthetic": 5}
+KUAIRAND_SRC = REPO.parent / "shared" / "data" / "kuairand-pure"
+KUAIRAND_PEERS = REPO.parent / "shared" / "peers" / "kuairand" / "results"
 
 
 def ember(*args: str) -> list[str]:
@@ -107,34 +108,80 @@ def retrieval(section: str, budget_s: float) -> list[Row]:
     return rows
 
 
-def kuairand_training_set() -> Path:
-    """KuaiRand's offline features and ranker training set, built with a copy of the Feast repo (its data directory is
-    <repo>/../../data, so the synthetic feature store is untouched)."""
-    root = TMP / "kuairand"
-    out = root / "training"
-    if (out / "training_set.parquet").is_file():
-        return out
-    shutil.rmtree(root, ignore_errors=True)
-    (root / "features").mkdir(parents=True)
-    shutil.copytree(REPO / "features" / "repo", root / "features" / "repo")
-    steps = [
-        ember("features", "build", "--data", "data/kuairand", "--out", str(root / "data" / "features")),
-        ember("features", "apply", "--repo", str(root / "features" / "repo")),
-        ember("features", "training-set", "--model", "ranker", "--data", "data/kuairand", "--repo",
-              str(root / "features" / "repo"), "--start", "2022-04-24", "--end", "2022-05-06", "--out", str(out)),
-    ]  # fmt: skip
-    for argv in steps:
-        subprocess.run(argv, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    return out
+def kuairand_protocol() -> list[Row]:
+    """Protocol A: the ranker (the configuration fixed on the valid day) over three seeds and both head modes; the
+    head mode reported is the one the valid day picks. Verdict: >= the best peer on all six main cells, >= best + 0.01
+    on at least four, and training <= 120 s."""
+    data = TMP / "kuairand-data"
+    if not (data / "manifest.json").is_file():
+        subprocess.run(ember("data", "import", "kuairand", "--src", str(KUAIRAND_SRC), "--out", str(data)), check=True)
+    out = TMP / "ranker-kuairand.json"
+    argv = ember("evaluate", "ranker", "--protocol", "kuairand-a", "--data", str(data), "--seeds", "0,1,2",
+                 "--heads", "independent,funnel", "--peers", str(KUAIRAND_PEERS), "--out", str(out))  # fmt: skip
+    wall, rss = _run(argv)
+    report = json.loads(out.read_text())
+    scheme = report["scheme"]
+    settings = (
+        f"protocol A (train <= 05-02, valid 05-03, test 05-04..05; the 11-day, 185k-row KuaiRand-Pure slice), "
+        f"user counters {scheme['user_counters']}, user history {scheme['user_history']}, preset "
+        f"{report['preset']} + {report['config'].get('dense_bins')} bins + wide, seeds {report['seeds']}, 2 cores"
+    )
+    rows = []
+    for mode, m in report["models"].items():
+        test = m["test"]
+        numbers = "; ".join(
+            f"{a} AUC {test[a]['auc']['mean']:.4f}±{test[a]['auc']['std']:.4f} "
+            f"GAUC {test[a]['gauc']['mean']:.4f}±{test[a]['gauc']['std']:.4f}"
+            for a in ("click", "dwell", "like")
+        )
+        target = verdict = ""
+        if mode == report["chosen_head_mode"]:
+            cells = report["verdict"]
+            met = sum(c["met"] for c in cells.values())
+            plus = sum(c["plus_0.01"] for c in cells.values())
+            seconds = m["seconds"]["mean"]
+            ok = met == len(cells) and plus >= 4 and seconds <= 120
+            target = ">= best peer on 6/6 cells, >= best + 0.01 on >= 4, training <= 120 s (chosen on valid)"
+            detail = "; ".join(f"{k} {c['margin']:+.4f} vs {c['best_peer']}" for k, c in cells.items())
+            verdict = (
+                f"{'met' if ok else 'missed'}: {met}/6 cells >= best peer, {plus}/6 >= +0.01, "
+                f"training {seconds:.0f} s; {detail}"
+            )
+        rows.append(
+            _row(
+                f"ranker-kuairand: ranker_{mode}",
+                argv,
+                float(m["seconds"]["mean"]),
+                rss,
+                settings,
+                throughput=numbers,
+                target=target,
+                verdict=verdict,
+                extra={"section": "ranker-kuairand", "model": mode, **m},
+            )  # fmt: skip
+        )
+    for name, per in report["peers"].items():
+        numbers = "; ".join(
+            f"{a} AUC {per[a]['auc']:.4f} GAUC {per[a]['gauc']:.4f}" for a in ("click", "dwell", "like")
+        )
+        rows.append(
+            _row(
+                f"ranker-kuairand: peer {name}",
+                ["cat", str(KUAIRAND_PEERS / f"A_{name}_s0.json")],
+                0.0,
+                0.0,
+                "the peer's own protocol A run, one seed (../shared/peers/kuairand/RESULTS.md), read from its file",
+                throughput=numbers,
+                extra={"section": "ranker-kuairand", "model": f"peer {name}"},
+            )  # fmt: skip
+        )
+    rows.append(_row("ranker-kuairand: whole command", argv, wall, rss, settings, extra={"section": "ranker-kuairand"}))
+    return rows
 
 
 def ranker(section: str) -> list[Row]:
-    if section == "ranker-kuairand":
-        training, features = kuairand_training_set(), TMP / "kuairand" / "data" / "features"
-        split_args, split = ["--test-days", "2"], "the last two days as test"
-    else:
-        training, features = REPO / "data" / "training" / "ranker", REPO / "data" / "features"
-        split_args, split = ["--test-fraction", "0.2"], "the newest 20% of requests as test"
+    training, features = REPO / "data" / "training" / "ranker", REPO / "data" / "features"
+    split_args, split = ["--test-fraction", "0.2"], "the newest 20% of requests as test"
     out = TMP / f"{section}.json"
     epochs = RANKER_EPOCHS[section]
     argv = ember("evaluate", "ranker", "--training-set", str(training), "--features", str(features), *split_args,
@@ -143,10 +190,9 @@ def ranker(section: str) -> list[Row]:
     report = json.loads(out.read_text())
     settings = f"{split}, 10% of the rest for early stopping, ranker preset nano (<= {epochs} epochs), 2 cores"
     rows = []
-    baselines = [b for b in ("logistic", "lightgbm", "mmoe") if b in report["models"]]
     for name, m in report["models"].items():
         acts = m["report"]["actions"]
-        shown = [a for a in (KUAIRAND_ACTIONS if section == "ranker-kuairand" else acts) if a in acts]
+        shown = list(acts)
         numbers = "; ".join(f"{a} AUC {acts[a]['auc']:.4f} GAUC {acts[a]['gauc']:.4f}" for a in shown)
         target = verdict = ""
         if name.startswith("ranker_") and section == "ranker-synthetic":
@@ -157,14 +203,6 @@ def ranker(section: str) -> list[Row]:
             verdict = (
                 f"{met}/{len(ratios)} actions met; lowest {worst} {ratios[worst]:.3f}x, click {ratios['click']:.3f}x"
             )
-        if name.startswith("ranker_") and section == "ranker-kuairand":
-            target = "AUC and GAUC of click, long_view (dwell), like above LR, LightGBM and MMoE"
-            wins = []
-            for a in KUAIRAND_ACTIONS:
-                for k in ("auc", "gauc"):
-                    best = max(report["table"][a][b][k] for b in baselines)
-                    wins.append(f"{a} {k} {'>' if acts[a][k] > best else '<='} {best:.4f}")
-            verdict = "; ".join(wins)
         rows.append(
             _row(
                 f"{section}: {name}",
@@ -195,7 +233,7 @@ def main() -> None:
         "retrieval-movielens": lambda: retrieval("retrieval-movielens", args.budget_s),
         "retrieval-synthetic": lambda: retrieval("retrieval-synthetic", args.budget_s),
         "ranker-synthetic": lambda: ranker("ranker-synthetic"),
-        "ranker-kuairand": lambda: ranker("ranker-kuairand"),
+        "ranker-kuairand": kuairand_protocol,
     }
     rows: list[Row] = []
     for section in only:

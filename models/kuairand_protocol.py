@@ -277,6 +277,14 @@ def build_protocol_frame(
     created = _epoch_ms(p["created_at"]) if "created_at" in p.columns else None
     frame["post_created_at_ms"] = pd.Series(created, index=p.index).reindex(pid).to_numpy(dtype=np.float64)
     dense += ["x_duration_s", "x_width", "x_height"]
+    if user_counters == "frozen" and user_history == "frozen":
+        # Every impression of one user on one date then has the same user state (counters and history frozen at the
+        # same cutoff; the few rows logged before their date's midnight keep their own), so the whole user-day is one
+        # request group: the user and history are encoded once for all
+        # of them, and a within-group loss compares one user's items. Candidate isolation keeps each score what it
+        # would be alone. The logged request stays in x_request_id.
+        frame["x_request_id"] = frame["request_id"]
+        frame["request_id"] = _codes(uid, frozen) + 1  # (user, cutoff): the cutoff is the date's start or earlier
     return ProtocolFrame(frame, train, valid, test, tuple(dense), tuple(attrs), tuple(user_attrs))
 
 
@@ -322,8 +330,8 @@ def _mean_spread(values: Sequence[float]) -> dict[str, float]:
 def evaluate_protocol_a(
     data: Path,
     preset: str = "nano",
-    model_overrides: dict[str, object] | None = None,
-    train_overrides: dict[str, object] | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     head_modes: Sequence[str] = ("independent",),
     user_counters: str = "frozen",
@@ -380,7 +388,7 @@ def evaluate_protocol_a(
                 f"{a} {scores['test'][a]['auc']:.4f}/{scores['test'][a]['gauc']:.4f}" for a in MAIN_TARGETS
             )
             log(f"{mode} seed {seed}: {seconds:.0f} s, best epoch {result.best_epoch}, test AUC/GAUC {cells}")
-    models = {
+    models: dict[str, Any] = {
         mode: {
             split_name: {
                 a: {

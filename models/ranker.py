@@ -53,8 +53,8 @@ DENSE_FEATURES: frozenset[str] = frozenset(
 )
 
 # Dataset-specific numeric columns (the importers' extras, protocol tables such as models.kuairand_protocol) are
-# named x_<name>: a model may read them from its training frame, and the served pipeline, which has no such columns,
-# reads them as 0.
+# named x_<name>: a model may read them from its training frame; the served pipeline has no such columns and refuses
+# to load a ranker that reads them (serving.recommender_pipeline).
 EXTRA_PREFIX = "x_"
 
 # The default dense inputs: every rate and count the tabular baselines see, minus the 1-day user windows (noisy).
@@ -243,6 +243,8 @@ class TokenEmbedder(nn.Module):
     action_bits: torch.Tensor  # (n_actions,) 0, 1, 2, ...
     dense_mean: torch.Tensor  # (F,) of log1p features
     dense_std: torch.Tensor  # (F,)
+    bin_edges: torch.Tensor  # (F, dense_bins - 1) on log1p values, with cfg.dense_bins
+    bin_offsets: torch.Tensor  # (F,) first `bin_emb` row of each feature
 
     def __init__(self, cfg: RankerConfig) -> None:
         super().__init__()

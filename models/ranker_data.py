@@ -23,7 +23,7 @@ from core.errors import UserError
 from models.data import POST_CREATED, epoch_ms, user_features
 from models.layers import string_ids
 from models.ranker import CandidateBatch, Ranker, RankerConfig
-from models.tasks import Task, blend_loss, label_tensor, loss_mask, ranker_loss
+from models.tasks import Task, blend_loss, label_tensor, loss_mask, pairwise_loss, ranker_loss
 from models.two_tower import UserFeatures
 
 TRAINING_SET_FILE = "training_set.parquet"
@@ -215,15 +215,18 @@ class RankerTrainTask(torch.nn.Module):
 
     available: torch.Tensor  # (K,) bool
 
-    def __init__(self, model: Ranker, available: torch.Tensor) -> None:
+    def __init__(self, model: Ranker, available: torch.Tensor, pair_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.pair_weight = pair_weight
         self.register_buffer("available", available.clone(), persistent=False)
 
     def forward(self, batch: RankerBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         out = self.model(batch.user, batch.candidates, batch.history_attributes)
         mask = loss_mask(self.available, batch.candidates.valid)
         loss, _ = ranker_loss(out.logits, batch.labels, mask, self.model.tasks)
+        if self.pair_weight > 0:
+            loss = loss + self.pair_weight * pairwise_loss(out.logits, batch.labels, mask, self.model.tasks)
         if out.blend_multipliers is not None:  # learn_blend: the combination module learns from pairs in a request
             probs = self.model.predictions(out)
             loss = loss + blend_loss(probs, out.blend_multipliers, batch.labels, mask, self.model.tasks)
@@ -233,12 +236,18 @@ class RankerTrainTask(torch.nn.Module):
 @torch.inference_mode()
 def predict(model: Ranker, ds: RankerDataset, batch_size: int = 256) -> np.ndarray:
     """(N, K) predictions for every frame row, in frame order (`Ranker.predictions`: probabilities of binary tasks,
-    seconds for dwell_time)."""
+    seconds for dwell_time).
+
+    Scored as serving scores: with the slot unknown (-1), so the position-bias tower adds nothing. The logged slot
+    was chosen by the old policy, which neither serving nor the baselines (they drop `position`) know; scoring with
+    it would credit the ranker with the old policy's placement."""
     model.eval()
     device = next(model.parameters()).device
     out = np.zeros((len(ds.df), len(model.tasks)), dtype=np.float32)
     for start in range(0, len(ds), batch_size):
         batch = ds[slice(start, start + batch_size)]
+        unknown = torch.full_like(batch.candidates.positions, -1)
+        batch = replace(batch, candidates=replace(batch.candidates, positions=unknown))
         batch_on = batch.to(device)
         out_ = model(batch_on.user, batch_on.candidates, batch_on.history_attributes)
         probs = model.predictions(out_).float().cpu().numpy()

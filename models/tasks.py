@@ -208,6 +208,39 @@ def ranker_loss(
     return total, per_task
 
 
+def pairwise_loss(
+    outputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, tasks: Sequence[Task] = TASKS
+) -> torch.Tensor:
+    """Within-group ranking loss: for each binary task, logistic loss softplus(-(z_i - z_j)) over every pair of one
+    group's candidates with label_i = 1 > label_j = 0, averaged over all pairs of the batch, tasks weighted by
+    `loss_weight`. It trains what GAUC measures (the order of one user's items), which the pointwise loss only
+    reaches through calibration across users.
+
+    Args:
+        outputs: (B, C, K) logits; labels (B, C, K); mask broadcastable to (B, C, K) (`loss_mask`).
+
+    Returns:
+        () loss; 0 when the batch has no such pair.
+    """
+    mask = torch.broadcast_to(mask, outputs.shape)
+    total = outputs.new_zeros(())
+    for k, t in enumerate(tasks):
+        if t.kind is not TaskKind.BINARY:
+            continue
+        m = mask[..., k]
+        pos = m & (labels[..., k] > 0.5)  # (B, C)
+        neg = m & (labels[..., k] <= 0.5)
+        pairs = pos.unsqueeze(2) & neg.unsqueeze(1)  # (B, C, C): i positive, j negative
+        n = pairs.sum()
+        if n == 0:
+            continue
+        z = outputs[..., k]
+        diff = z.unsqueeze(2) - z.unsqueeze(1)  # (B, C, C) z_i - z_j
+        loss = torch.where(pairs, F.softplus(-diff), torch.zeros_like(diff)).sum() / n
+        total = total + t.loss_weight * loss
+    return total
+
+
 def blend_loss(
     probs: torch.Tensor,
     multipliers: torch.Tensor,

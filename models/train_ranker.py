@@ -47,6 +47,8 @@ class RankerTrainConfig:
     # Early stopping and the best epoch on the mean validation AUC and GAUC of these actions ("select" in the epoch
     # history); empty = the mean AUC of every recorded action that is not noisy ("auc_mean").
     select_actions: tuple[str, ...] = ()
+    # Weight of the within-group pairwise ranking loss (`models.tasks.pairwise_loss`) beside the pointwise one; 0 = off.
+    pair_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "max_eval_requests", "eval_batch_size"):
@@ -139,7 +141,7 @@ def train_ranker(
         model.fit_dense_stats(train_ds.train_dense())
         model = model.to(device)
         optimizer = adamw(model, tc.lr, tc.weight_decay)
-        task = RankerTrainTask(model, available).to(device)
+        task = RankerTrainTask(model, available, tc.pair_weight).to(device)
 
         def batches(generator: torch.Generator) -> Iterable[RankerBatch]:
             return (train_ds[rows] for rows in epoch_batches(len(train_ds), tc.batch_size, generator, ctx))

@@ -37,7 +37,7 @@ from core.io import read_yaml
 from features.catalog import View
 from features.online import Backend, FeatureStoreUnavailable, OnlineFeatures, RedisBackend, SqliteBackend
 from models.index import AnnIndex, load_index
-from models.ranker import Ranker, load_ranker
+from models.ranker import EXTRA_PREFIX, Ranker, load_ranker
 from models.retrieval_job import model_version, post_corpus
 from models.two_tower import TwoTower, load_two_tower
 from serving.component import Component
@@ -341,6 +341,9 @@ class PipelineRecommender:
         device = torch.device(cfg.device)
         two_tower = load_two_tower(cfg.retrieval_model, map_location=device).to(device).eval()
         ranker = load_ranker(cfg.ranker, map_location=device)
+        extras = [f for f in ranker.cfg.candidate_features if f.startswith(EXTRA_PREFIX)]
+        if extras:
+            raise UserError(f"{cfg.ranker}: reads dataset extras the served pipeline has no values for: {extras}")
         if not (cfg.index / "index.json").is_file():
             raise UserError(f"{cfg.index}: not an ANN index (no index.json; run `ember index build`)")
         index = load_index(cfg.index)

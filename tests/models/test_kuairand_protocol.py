@@ -207,3 +207,12 @@ def test_a_data_set_that_is_not_kuairand_is_refused(tmp_path: Path, run_cli: Cal
     (tmp_path / "manifest.json").write_text(json.dumps({"dataset": "movielens"}))
     result = run_cli("evaluate", "ranker", "--protocol", "kuairand-a", "--data", str(tmp_path))
     assert "is not a KuaiRand import" in result.error_line()
+
+
+def test_a_frozen_user_day_is_one_request_group_with_one_user_state(frozen: pd.DataFrame) -> None:
+    groups = frozen.groupby("request_id")
+    assert (groups["user_id"].nunique() == 1).all()
+    for column in ("x_user_n", "x_user_click_rate", "user_activity"):
+        assert (groups[column].nunique() == 1).all(), column
+    assert (groups["hist_post_ids"].agg(lambda v: len({tuple(x) for x in v})) == 1).all()
+    assert frozen["request_id"].nunique() < frozen["x_request_id"].nunique()

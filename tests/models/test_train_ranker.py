@@ -145,6 +145,19 @@ def test_dataset_batches_map_predictions_back_to_rows(frame: pd.DataFrame) -> No
     assert torch.equal(batch.candidates.positions[valid], column("position"))
 
 
+def test_predict_scores_as_serving_does_with_the_slot_unknown(frame: pd.DataFrame) -> None:
+    """Evaluation never reads the logged slot: the same rows with and without positions predict the same, even with a
+    trained (non-zero) position tower, and equal the serving path's scores (positions -1)."""
+    available = availability(OBSERVED)
+    model = train_ranker(CFG, *split_by_request(frame, fraction=0.25), OBSERVED, replace(FAST, epochs=1)).model
+    assert model.position_bias is not None
+    with torch.no_grad():
+        model.position_bias.weight[1:].normal_()  # make the slot matter a lot
+    logged = predict(model, RankerDataset(frame, CFG, model.tasks, available))
+    unknown = predict(model, RankerDataset(frame.assign(position=-1), CFG, model.tasks, available))
+    np.testing.assert_array_equal(logged, unknown)
+
+
 def test_history_posts_get_their_attributes_from_the_frame_and_the_post_table(frame: pd.DataFrame) -> None:
     posts = pd.DataFrame({"post_id": [9_001], "post_topic": ["t-old"], "post_media_type": ["video"]})
     table = post_attributes(CFG, posts, frame)
