@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from core.actions import ACTION_NAMES, DWELL_TIME
 from models.layers import string_id
@@ -342,3 +343,17 @@ def test_a_run_killed_midway_resumes_from_its_work_dir_and_publishes_what_an_unb
     lines.clear()
     train_ranker_job(training_set, tmp_path / "other", "nano", model, other, log=lines.append, work=work)
     assert not any(line.startswith("resumed") for line in lines)
+
+
+def test_pairwise_loss_compares_a_groups_positives_with_its_negatives_only() -> None:
+    from models.tasks import pairwise_loss, select_tasks
+
+    tasks = select_tasks(("click", "like"))
+    z = torch.tensor([[[2.0, 0.0], [0.5, 0.0], [9.0, 0.0]], [[-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]])  # (2, 3, 2)
+    y = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[True, True, False], [True, True, True]]).unsqueeze(-1)  # group 0's third slot is padding
+    # pairs (group 0: 2.0 vs 0.5), (group 1: -1 vs 1, -1 vs 0); like has no positive: no pair; padding (9.0) unused
+    expected = (F.softplus(torch.tensor(-1.5)) + F.softplus(torch.tensor(2.0)) + F.softplus(torch.tensor(1.0))) / 3
+    torch.testing.assert_close(pairwise_loss(z, y, mask, tasks), expected)
+    # no positive anywhere: no pair, no loss
+    assert pairwise_loss(z, torch.zeros_like(y), mask, tasks).item() == 0.0
