@@ -195,6 +195,7 @@ def evaluate_ranker_cmd(
         "frozen", "--user-counters", help="--protocol: frozen (as the peers) | realtime."
     ),
     user_history: str = typer.Option("frozen", "--user-history", help="--protocol: frozen (as the peers) | realtime."),
+    counters: str = typer.Option("peers", "--counters", help="--protocol: peers (their counter set) | extended."),
     overrides: list[str] = SET,
 ) -> None:
     """The ranker (independent and funnel heads) vs logistic regression, LightGBM and MMoE on one temporal split;
@@ -205,7 +206,8 @@ def evaluate_ranker_cmd(
 
     sets = _overrides(overrides)
     if protocol is not None:
-        _evaluate_protocol(protocol, data, out, preset, heads, seeds, peers, user_counters, user_history, sets)
+        schemes = {"user_counters": user_counters, "user_history": user_history, "counters": counters}
+        _evaluate_protocol(protocol, data, out, preset, heads, seeds, peers, schemes, sets)
         return
     report = evaluate_ranker_job(
         training_set,
@@ -239,8 +241,7 @@ def _evaluate_protocol(
     heads: str,
     seeds: str,
     peers: Path | None,
-    user_counters: str,
-    user_history: str,
+    schemes: dict[str, str],
     sets: dict[str, dict[str, str]],
 ) -> None:
     from core.errors import UserError
@@ -262,10 +263,9 @@ def _evaluate_protocol(
         sets["train"],
         seed_list,
         [h for h in heads.split(",") if h],
-        user_counters,
-        user_history,
-        peers,
+        peers=peers,
         log=typer.echo,
+        **schemes,
     )
     atomic_write_text(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
     test = report["models"][report["chosen_head_mode"]]["test"]

@@ -58,7 +58,13 @@ COUNTED: dict[str, tuple[str, ...]] = {  # which labels each counter key aggrega
     "author": ("click", "dwell", "like", "follow_author"),
     "user": LABELS,
     "ua": ("click", "dwell"),
+    # beyond the peers' set (counters="extended"): what a serving counter store keeps per item and per user
+    "post_tab": ("click", "dwell"),  # the post in this tab (real time)
+    "post_24h": ("click", "dwell", "like"),  # the post over the last 24 h (real time)
+    "user_tab": ("click", "dwell"),  # the user in this tab (frozen like the user side)
+    "user_topic": ("click", "dwell", "like"),  # the user on the post's first tag (frozen like the user side)
 }
+COUNTER_SETS = ("peers", "extended")
 USER_NUMBERS = ("x_follow_user_num", "x_fans_user_num", "x_friend_user_num", "x_register_days")
 USER_CATEGORIES = (
     "activity",
@@ -173,7 +179,12 @@ def _read(data: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 
 def build_protocol_frame(
-    data: Path, max_history: int = 64, user_counters: str = "frozen", user_history: str = "frozen"
+    data: Path,
+    max_history: int = 64,
+    user_counters: str = "frozen",
+    user_history: str = "frozen",
+    counters: str = "peers",
+    group_user_day: bool = False,
 ) -> ProtocolFrame:
     """The protocol A rows of an imported KuaiRand data set (`ember data import kuairand`), with every feature as of
     its impression (the module doc says which).
@@ -184,6 +195,8 @@ def build_protocol_frame(
     for flag, value in (("--user-counters", user_counters), ("--user-history", user_history)):
         if value not in USER_SCHEMES:
             raise UserError(f"{flag}: unknown {value!r} (choose from {', '.join(USER_SCHEMES)})")
+    if counters not in COUNTER_SETS:
+        raise UserError(f"--counters: unknown {counters!r} (choose from {', '.join(COUNTER_SETS)})")
     imp, users, posts = _read(data)
     imp = imp.sort_values("impression_id", kind="stable").reset_index(drop=True)
     ts = imp["ts"].astype("int64").to_numpy() if imp["ts"].dtype.kind == "i" else _epoch_ms(imp["ts"])
@@ -208,9 +221,12 @@ def build_protocol_frame(
     frame["dwell_time"] = imp["dwell_time"].to_numpy()
     dense: list[str] = []
 
-    def add_counters(name: str, keys: np.ndarray, cutoff: np.ndarray) -> None:
+    def add_counters(name: str, keys: np.ndarray, cutoff: np.ndarray, since: np.ndarray | None = None) -> None:
         which = [col[a] for a in COUNTED[name]]
         n, sums = counts_before(keys, ts, labels[:, which], cutoff)
+        if since is not None:  # a window: minus what happened before `since`
+            n_old, sums_old = counts_before(keys, ts, labels[:, which], since)
+            n, sums = n - n_old, sums - sums_old
         frame[f"x_{name}_n"] = n
         dense.append(f"x_{name}_n")
         for j, a in enumerate(COUNTED[name]):
@@ -226,6 +242,20 @@ def build_protocol_frame(
     counter_cut = ts if user_counters == "realtime" else frozen
     add_counters("user", _codes(uid), counter_cut)
     add_counters("ua", _codes(uid, aid), counter_cut)
+    if counters == "extended":
+        tab = imp["surface"].to_numpy(dtype=np.int64)
+        topic = posts.set_index("post_id")["topic"].reindex(pid).fillna(-1).to_numpy(dtype=np.int64)
+        add_counters("post_tab", _codes(pid, tab), ts)
+        add_counters("post_24h", _codes(pid), ts, since=ts - DAY_MS)
+        add_counters("user_tab", _codes(uid, tab), counter_cut)
+        add_counters("user_topic", _codes(uid, topic), counter_cut)
+        # How much of the post earlier viewers watched: mean play / duration (capped at 3), smoothed.
+        duration = imp["x_duration_ms"].to_numpy(dtype=np.float64)
+        ratio = np.where(duration > 0, np.minimum(imp["x_play_time_ms"].to_numpy(dtype=np.float64) / np.maximum(
+            duration, 1.0), 3.0), 0.0)  # fmt: skip
+        n, sums = counts_before(_codes(pid), ts, ratio[:, None], ts)
+        frame["x_post_watch_ratio"] = (sums[:, 0] + ALPHA * ratio[train].mean()) / (n + ALPHA)
+        dense.append("x_post_watch_ratio")
     # Seconds since the user's previous impression (an earlier request, never one at the same time).
     prev = previous_time(_codes(uid), ts)
     frame["x_gap_s"] = np.where(prev >= 0, (ts - prev) / 1000.0, 1e7)
@@ -277,7 +307,10 @@ def build_protocol_frame(
     created = _epoch_ms(p["created_at"]) if "created_at" in p.columns else None
     frame["post_created_at_ms"] = pd.Series(created, index=p.index).reindex(pid).to_numpy(dtype=np.float64)
     dense += ["x_duration_s", "x_width", "x_height"]
-    if user_counters == "frozen" and user_history == "frozen":
+    frame = frame.copy()  # one block per dtype again after the column-by-column build
+    if group_user_day:
+        if user_counters != "frozen" or user_history != "frozen":
+            raise UserError("group_user_day: needs the frozen user side (counters and history)")
         # Every impression of one user on one date then has the same user state (counters and history frozen at the
         # same cutoff; the few rows logged before their date's midnight keep their own), so the whole user-day is one
         # request group: the user and history are encoded once for all
@@ -317,7 +350,13 @@ def peer_metrics(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> dict[str, f
 
 # The configuration fixed on the valid day (05-03) before any test day was read; the same for every seed.
 PROTOCOL_MODEL: dict[str, object] = {"dense_bins": 16, "wide": True, "max_position": 0}
-PROTOCOL_TRAIN: dict[str, object] = {"epochs": 4, "batch_size": 256, "patience": 1, "select_actions": MAIN_TARGETS}
+PROTOCOL_TRAIN: dict[str, object] = {
+    "epochs": 4,
+    "batch_size": 256,
+    "lr": 1e-3,
+    "patience": 1,
+    "select_actions": MAIN_TARGETS,
+}
 OBSERVED = ("click", "like", "reply", "share", "profile_click", "follow_author", "dwell", "not_interested")
 
 
@@ -337,6 +376,7 @@ def evaluate_protocol_a(
     user_counters: str = "frozen",
     user_history: str = "frozen",
     peers: Path | None = None,
+    counters: str = "peers",
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Protocol A for the ranker: trained on the train days per seed and head mode, stopped on the valid day, scored
@@ -352,7 +392,7 @@ def evaluate_protocol_a(
     log = log or (lambda line: None)
     if not seeds:
         raise UserError("--seeds: give at least one seed")
-    pf = build_protocol_frame(data, user_counters=user_counters, user_history=user_history)
+    pf = build_protocol_frame(data, user_counters=user_counters, user_history=user_history, counters=counters)
     base = {
         "candidate_features": pf.dense,
         "candidate_attributes": pf.attributes,
@@ -411,7 +451,7 @@ def evaluate_protocol_a(
     report: dict[str, Any] = {
         "protocol": "kuairand-a",
         "split": split,
-        "scheme": {"user_counters": user_counters, "user_history": user_history},
+        "scheme": {"user_counters": user_counters, "user_history": user_history, "counters": counters},
         "preset": preset,
         "config": json.loads(cfg.to_json()),
         "train_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(tc).items()},

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from core.errors import UserError
 from features.importers.kuairand import import_kuairand
 from models.kuairand_protocol import (
     COUNTED,
@@ -209,10 +210,25 @@ def test_a_data_set_that_is_not_kuairand_is_refused(tmp_path: Path, run_cli: Cal
     assert "is not a KuaiRand import" in result.error_line()
 
 
-def test_a_frozen_user_day_is_one_request_group_with_one_user_state(frozen: pd.DataFrame) -> None:
+def test_a_frozen_user_day_is_one_request_group_with_one_user_state(data: Path) -> None:
+    frozen = build_protocol_frame(data, max_history=8, group_user_day=True).frame
     groups = frozen.groupby("request_id")
     assert (groups["user_id"].nunique() == 1).all()
     for column in ("x_user_n", "x_user_click_rate", "user_activity"):
         assert (groups[column].nunique() == 1).all(), column
     assert (groups["hist_post_ids"].agg(lambda v: len({tuple(x) for x in v})) == 1).all()
     assert frozen["request_id"].nunique() < frozen["x_request_id"].nunique()
+    with pytest.raises(UserError, match="group_user_day"):
+        build_protocol_frame(data, user_history="realtime", group_user_day=True)
+
+
+def test_extended_counters_add_the_tab_topic_window_and_watch_columns(data: Path) -> None:
+    pf = build_protocol_frame(data, max_history=8, counters="extended")
+    assert {"x_post_tab_n", "x_post_24h_click_rate", "x_user_topic_like_rate", "x_post_watch_ratio"} <= set(pf.dense)
+    f, ts = pf.frame, pf.frame["event_timestamp"]
+    row = f.iloc[len(f) // 2]
+    day = pd.Timedelta(days=1)
+    window = f[(f.post_id == row.post_id) & (ts < row.event_timestamp) & (ts >= row.event_timestamp - day)]
+    assert row["x_post_24h_n"] == len(window)
+    same_tab = f[(f.post_id == row.post_id) & (f.surface == row.surface) & (ts < row.event_timestamp)]
+    assert row["x_post_tab_n"] == len(same_tab)
