@@ -69,7 +69,10 @@ bento: setup
 	  > $(BENTO_VENV)/lib/python3.11/site-packages/ember-main.pth
 	BENTOML_HOME=$(BENTOML_HOME) PATH=$(BENTO_VENV)/bin:$$PATH $(BENTO_VENV)/bin/python -m bentoml build .
 
+# Builds what the benchmarks read first (the DVC stages: data, features, training sets, models, index), so a fresh
+# clone needs no other step before it.
 bench: setup
+	dvc repro
 	python -m bench.run
 
 # The default remote is a directory beside the checkout; EMBER_DVC_REMOTE (e.g. s3://bucket/ember) overrides it.

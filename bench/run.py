@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.harness import RESULTS
 
@@ -23,6 +24,28 @@ GROUPS = [
 ]
 
 
+def headline(bodies: list[dict[str, Any]]) -> list[str]:
+    """The rows that carry a target, one table: the number, the target, the verdict, and where and when it was
+    measured (a figure from one machine is only ever set against a target or an anchor measured on that machine)."""
+    lines = [
+        "## Headline: every row with a target",
+        "",
+        "| benchmark | result | target | verdict | machine (SIMD flags) | measured | commit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for body in bodies:
+        m = body["machine"]
+        for r in body["rows"]:
+            if not r.get("target"):
+                continue
+            result = r["throughput"] or f"{r['wall_s_median']} s median"
+            lines.append(
+                f"| {body['group']}: {r['name']} | {result} | {r['target']} | {r['verdict']} | "
+                f"{m['cpu']} ({m.get('cpu_flags', 'unknown')}) | {body['measured_at'][:10]} | `{m['commit']}` |"
+            )
+    return [*lines, ""]
+
+
 def render() -> str:
     lines = [
         "# Benchmarks",
@@ -30,15 +53,20 @@ def render() -> str:
         "Written by `make bench` (`python -m bench.run`) from `bench/results/*.json`; every row names the command that",
         "reproduces it. Each run is a fresh process; wall time is the median and p99 over the repeats, peak memory the",
         "largest resident set of any repeat. These machines are shared and noisy: compare medians, not single runs.",
+        "An anchor (another system's figure) is measured side by side in the same run on the same machine, or cited",
+        "with its source, statistic and machine; where it cannot run, its row says why.",
         "",
     ]
-    for path in sorted(RESULTS.glob("*.json")):
-        body = json.loads(path.read_text())
+    bodies = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))]
+    lines += headline(bodies)
+    for body in bodies:
         m = body["machine"]
         lines += [
             f"## {body['group']}",
             "",
-            f"Measured {body['measured_at']} on {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB RAM, "
+            f"Measured {body['measured_at']} on {m['cpu']}"
+            + (f" ({m['cpu_flags']})" if m.get("cpu_flags") else "")
+            + f", {m['cores']} cores, {m['memory_gb']} GB RAM, "
             f"Python {m['python']}, commit `{m['commit']}`.",
             "",
             "| benchmark | settings | command | repeats | median s | p99 s | peak RSS MB | throughput | target "
