@@ -61,19 +61,33 @@ def p99(values: list[float]) -> float:
     return float(np.percentile(values, 99))
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
+# The instruction sets that move CPU timings most (a figure from an AVX2-only machine is not one from AVX-512).
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+def cpu_model_and_flags() -> tuple[str, str]:
+    """(model name, the SIMD_FLAGS this CPU has, space-separated) from /proc/cpuinfo; "unknown" where unreadable."""
+    cpu, flags = "unknown", "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu == "unknown":
+                cpu = value.strip()
+            elif key.strip() == "flags" and flags == "unknown":
+                have = set(value.split())
+                flags = " ".join(f for f in SIMD_FLAGS if f in have) or "none of " + " ".join(SIMD_FLAGS)
     except OSError:
         pass
+    return cpu, flags
+
+
+def machine() -> dict[str, str]:
+    cpu, flags = cpu_model_and_flags()
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return {
         "cpu": cpu,
+        "cpu_flags": flags,
         "cores": str(os.cpu_count()),
         "memory_gb": f"{mem_gb:.0f}",
         "python": platform.python_version(),

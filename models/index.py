@@ -1,8 +1,11 @@
-"""ANN index over candidate-tower embeddings: exact inner product below `exact_below` items, IVF-Flat (default) or
-HNSW above, published only when its Recall@k against exact search on held-out users reaches `min_recall`.
+"""ANN index over candidate-tower embeddings: exact inner product below `exact_below` items (50,000 by default), then
+IVF-Flat (the default: 4 sqrt(N) cells, nprobe 32) or HNSW on request (`approximate="hnsw"`: M 32, efConstruction
+200, efSearch 256), published only when its Recall@k against exact search on held-out users reaches `min_recall`.
 
-IVF is the default above the threshold: on 1M x 64 (bench.models) it reached Recall@100 0.999 at p50 0.74 ms with
-nprobe 16 and builds in seconds, where HNSW (M 16) stopped at 0.92 after a 6-minute build."""
+Why IVF: on 1M x 64 vectors (BENCHMARKS.md, models, 2026-11-23; top-1000, one query per call on one thread) IVF-Flat
+with 1,024 cells built in 6.2 s and reached Recall@100 0.998 at p99 0.49 ms (nprobe 8), 0.999 at 0.71 ms (16) and at
+1.12 ms (32), where HNSW with M 16 and efConstruction 40 built in 38 s and stopped at Recall@100 0.919-0.924 (efSearch
+1000-1400, p99 2.0-2.7 ms). Those runs used 1,024 cells; the default here, 4 sqrt(N), is 4,000 cells at 1M."""
 
 from __future__ import annotations
 
