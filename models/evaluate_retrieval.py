@@ -25,7 +25,13 @@ from core.schema import Manifest
 from models.baselines import SASRecConfig, evaluate_baselines, make_corpus
 from models.metrics import corpus_columns, ranking_metrics, target_ranks
 from models.sequences import Split, leave_one_out, positive_events, temporal_targets, user_histories
-from models.train_sequences import SequenceTrainConfig, evaluate_sequence_retriever, train_sequences
+from models.train_sequences import (
+    SequenceRetriever,
+    SequenceTrainConfig,
+    evaluate_sequence_retriever,
+    post_table,
+    train_sequences,
+)
 from models.two_tower import TwoTowerConfig
 
 PROTOCOLS = ("leave-one-out", "temporal")
@@ -41,9 +47,24 @@ def make_split(events: pd.DataFrame, protocol: str) -> Split:
     raise UserError(f"--protocol: unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
 
 
+def engaged_targets(split: Split) -> np.ndarray:
+    """(T,) bool: the test target's post has an event before the cut-off (a post some user engaged with; the rest
+    are posts nobody had engaged with, reachable only by content)."""
+    return np.isin(split.test["post_id"].to_numpy(), split.test_history["post_id"].to_numpy())
+
+
+def by_engagement(ranks: torch.Tensor, engaged: np.ndarray, n_items: int) -> dict[str, float]:
+    """Recall@200 over the test targets engaged with before the cut-off and over the others (NaN for none)."""
+    out = {}
+    for name, mask in (("engaged", engaged), ("new", ~engaged)):
+        r = ranks[torch.as_tensor(mask)]
+        out[f"recall@200_{name}"] = ranking_metrics(r, n_items)["recall@200"] if len(r) else float("nan")
+    return out
+
+
 def oracle_metrics(dataset: Path, split: Split, corpus: np.ndarray, chunk: int = 256) -> dict[str, float]:
     """Full-ranking metrics of the synthetic oracle: the corpus ranked by the true click logit at each target's
-    request time, seen posts removed exactly as for the models."""
+    request time, seen posts removed exactly as for the models; Recall@200 by engagement too (`by_engagement`)."""
     from features.oracle import load_world, oracle_click_logits
 
     world = load_world(dataset)
@@ -57,7 +78,8 @@ def oracle_metrics(dataset: Path, split: Split, corpus: np.ndarray, chunk: int =
         scores = torch.from_numpy(oracle_click_logits(world, users[start:stop], ts[start:stop], corpus))
         seen = [corpus_columns(corpus, h) for h in histories[start:stop]]
         ranks.append(target_ranks(scores, target_cols[start:stop], seen))
-    return ranking_metrics(torch.cat(ranks), len(corpus))
+    rank = torch.cat(ranks)
+    return ranking_metrics(rank, len(corpus)) | by_engagement(rank, engaged_targets(split), len(corpus))
 
 
 def evaluate_retrieval(
@@ -79,7 +101,7 @@ def evaluate_retrieval(
     """
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol: unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
-    cfg, tc = two_tower_configs(preset, budget_s, seed, model_overrides or {}, train_overrides or {})  # fail early
+    cfg, tc = two_tower_configs(preset, budget_s, seed, model_overrides or {}, train_overrides or {}, protocol)
     manifest = Manifest.load(Path(data))
     events = positive_events(Path(data))
     split = make_split(events, protocol)
@@ -106,6 +128,7 @@ def evaluate_retrieval(
             "valid_targets": len(split.valid),
             "test_targets": len(split.test),
             "corpus": len(corpus),
+            "test_targets_engaged_before_cutoff": round(float(engaged_targets(split).mean()), 4),
         },
         "budget_s": budget_s,
         "preset": preset,
@@ -116,7 +139,7 @@ def evaluate_retrieval(
         start = time.perf_counter()
         models["oracle"] = oracle_metrics(Path(data), split, corpus) | {"seconds": time.perf_counter() - start}
         report["vs_oracle"] = {
-            name: {k: _ratio(row[k], models["oracle"][k]) for k in ("recall@200", "ndcg@10")}
+            name: {k: _ratio(row[k], models["oracle"][k]) for k in _VS_ORACLE if k in row}
             for name, row in models.items()
             if name != "oracle"
         }
@@ -125,6 +148,19 @@ def evaluate_retrieval(
             k: _ratio(models["two_tower"][k], models["sasrec"][k]) for k in ("ndcg@10", "recall@10")
         }
     return report
+
+
+def _two_tower_by_engagement(retriever: SequenceRetriever, split: Split, n_items: int) -> dict[str, float]:
+    engaged = engaged_targets(split)
+    out = {}
+    for name, mask in (("engaged", engaged), ("new", ~engaged)):
+        targets = split.test[mask]
+        metrics = evaluate_sequence_retriever(retriever, split.test_history, targets) if len(targets) else {}
+        out[f"recall@200_{name}"] = metrics.get("recall@200", float("nan"))
+    return out
+
+
+_VS_ORACLE = ("recall@200", "ndcg@10", "recall@200_engaged", "recall@200_new")
 
 
 def _ratio(a: float, b: float) -> float:
@@ -138,15 +174,28 @@ def _seeded(cfg: SASRecConfig, seed: int) -> SASRecConfig:
 
 
 def two_tower_configs(
-    preset: str, budget_s: float, seed: int, model_overrides: dict[str, Any], train_overrides: dict[str, Any]
+    preset: str,
+    budget_s: float,
+    seed: int,
+    model_overrides: dict[str, Any],
+    train_overrides: dict[str, Any],
+    protocol: str = "leave-one-out",
 ) -> tuple[TwoTowerConfig, SequenceTrainConfig]:
-    """The causal two-tower config and its one-pass training config, `--set` overrides checked by name and type."""
+    """The causal two-tower config and its one-pass training config, `--set` overrides checked by name and type.
+
+    History tokens read their posts' topic and media (history_attributes). Under the temporal protocol training
+    targets score the corpus as of daily snapshots (SequenceTrainConfig.snapshot_hours): most test targets are
+    posts nobody engaged with before the cutoff, and with end-of-training counts and ages every training target
+    looks engaged with and old (synthetic validation Recall@200 of never-engaged targets 0.000 -> 0.109).
+    Leave-one-out has no global cut-off and keeps the one end-of-training table."""
     from models.config_overrides import coerce
     from models.retrieval_job import model_config
 
-    cfg = model_config(preset, {"causal": True, **model_overrides})
+    cfg = model_config(preset, {"causal": True, "history_attributes": True, **model_overrides})
     # context "full": the tower reads user attributes, actions, surfaces and time gaps too (models.train_sequences).
-    defaults = {"budget_seconds": budget_s, "seed": seed, "context": "full", "patience": 8}
+    defaults: dict[str, Any] = {"budget_seconds": budget_s, "seed": seed, "context": "full", "patience": 8}
+    if protocol == "temporal":
+        defaults["snapshot_hours"] = 24.0
     return cfg, SequenceTrainConfig(**{**defaults, **coerce(SequenceTrainConfig, train_overrides, prefix="train")})
 
 
@@ -167,9 +216,12 @@ def two_tower_metrics(
     result = train_sequences(cfg, split.train, split.valid, data, corpus, tc, log=log)
     valid = evaluate_sequence_retriever(result.retriever, split.train, split.valid)
     reached = [h["seconds"] for h in result.history if reach is not None and h.get("ndcg@10", -1.0) >= reach]
+    # Test targets rank the corpus as an index built at the test cut-off sees it (counts and ages of then).
+    at_cutoff = SequenceRetriever(result.model, post_table(cfg, corpus, split.test_history, data), tc.context, data)
     return {
         "seconds_to_reach": reached[0] if reached else float("nan"),
-        **evaluate_sequence_retriever(result.retriever, split.test_history, split.test),
+        **evaluate_sequence_retriever(at_cutoff, split.test_history, split.test),
+        **_two_tower_by_engagement(at_cutoff, split, len(corpus)),
         "seconds": result.seconds,
         "best_epoch": float(result.best_epoch),
         "valid_ndcg@10": valid["ndcg@10"],

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +71,15 @@ class SequenceTrainConfig:
     budget_seconds: float = 300.0  # wall-clock limit: training stops and evaluates once past it
     patience: int = 5  # evaluations without a better validation NDCG@10 before stopping
     eval_every: int = 1  # epochs between validation evaluations
+    # > 0: targets score candidates as of snapshots this far apart (Snapshots); 0: one table at the end of training
+    snapshot_hours: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXTS:
             raise UserError(f"context: {self.context!r} is not one of {', '.join(CONTEXTS)}")
+        if self.snapshot_hours < 0:
+            raise UserError(f"snapshot_hours: {self.snapshot_hours} is negative")
         if self.batch_size < 1 or self.epochs < 1 or self.eval_every < 1:
             raise UserError("SequenceTrainConfig: batch_size, epochs and eval_every must be >= 1")
 
@@ -101,13 +105,21 @@ class PostTable:
     """Static per-post features of a corpus (column j = corpus[j]) and the author lookup histories use."""
 
     corpus: np.ndarray  # (N,) sorted unique post ids
-    features: CandidateFeatures  # N rows
+    features: CandidateFeatures  # N rows, as of the newest event the table was built from
+    created_ms: np.ndarray  # (N,) float64 creation time, NaN = unknown
+    events: pd.DataFrame  # the events the counts come from (snapshots count those before their time)
 
     def authors(self, post_ids: np.ndarray) -> np.ndarray:
         """Author id of each post id (0 = unknown, i.e. not in the corpus)."""
         cols = corpus_columns(self.corpus, post_ids)
         authors = self.features.author_ids.numpy()
         return np.where(cols >= 0, authors[np.maximum(cols, 0)], 0)
+
+    def attributes(self, post_ids: np.ndarray) -> np.ndarray:
+        """(..., P) attribute ids of each post id (..., ), as the candidate tower reads them (0 = unknown)."""
+        cols = corpus_columns(self.corpus, post_ids)
+        values = self.features.attributes.numpy()[np.maximum(cols, 0)]  # (..., P)
+        return np.where((cols >= 0)[..., None], values, 0)
 
 
 def post_table(
@@ -118,12 +130,6 @@ def post_table(
     N = len(corpus)
     cols = corpus_columns(corpus, train_events["post_id"].to_numpy())
     ok = cols >= 0
-    mask = train_events["actions"].to_numpy(dtype=np.int64)[ok]
-    counts = {
-        "post_impressions": np.bincount(cols[ok], minlength=N),
-        "post_click_count": np.bincount(cols[ok], weights=(mask >> BY_NAME["click"].bit) & 1, minlength=N),
-        "post_like_count": np.bincount(cols[ok], weights=(mask >> BY_NAME["like"].bit) & 1, minlength=N),
-    }
     authors = np.zeros(N, dtype=np.int64)
     authors[cols[ok]] = train_events["author_id"].to_numpy(dtype=np.int64)[ok]
     created = np.full(N, np.nan)
@@ -139,20 +145,70 @@ def post_table(
             column = a.removeprefix("post_")
             if column in posts.columns:
                 attributes[pc[known], k] = string_ids(posts[column].to_numpy()[known])
-    dense = np.stack([np.asarray(counts.get(f, np.zeros(N)), np.float32) for f in cfg.post_features], 1)
-    age = np.full(N, -1, dtype=np.int64)
-    now_ms = int(train_events["ts_ms"].max()) if len(train_events) else 0
-    if cfg.use_post_age:
-        known = ~np.isnan(created)
-        age[known] = np.maximum(now_ms - created[known].astype(np.int64), 0)
     features = CandidateFeatures(
         post_ids=torch.from_numpy(corpus.copy()),
         author_ids=torch.from_numpy(authors),
-        dense=torch.from_numpy(np.ascontiguousarray(dense.reshape(N, len(cfg.post_features)))),
-        age_ms=torch.from_numpy(age),
+        dense=torch.zeros(N, len(cfg.post_features)),
+        age_ms=torch.full((N,), -1, dtype=torch.int64),
         attributes=torch.from_numpy(attributes),
     )
-    return PostTable(corpus, features)
+    table = PostTable(corpus, features, created, train_events)
+    now_ms = int(train_events["ts_ms"].max()) if len(train_events) else 0
+    return replace(table, features=snapshot(cfg, table, now_ms, inclusive=True))
+
+
+def snapshot(cfg: TwoTowerConfig, table: PostTable, at_ms: int, inclusive: bool = False) -> CandidateFeatures:
+    """The corpus' candidate features as of `at_ms`: counts over the table's events before it (at or before it with
+    `inclusive`) and post ages at it (0 for a post created later: the age a post created after an index build
+    gets at serving time)."""
+    ev = table.events
+    ts = ev["ts_ms"].to_numpy(dtype=np.int64)
+    cols = corpus_columns(table.corpus, ev["post_id"].to_numpy())
+    ok = (cols >= 0) & ((ts <= at_ms) if inclusive else (ts < at_ms))
+    N, mask = len(table.corpus), ev["actions"].to_numpy(dtype=np.int64)[ok]
+    counts = {
+        "post_impressions": np.bincount(cols[ok], minlength=N),
+        "post_click_count": np.bincount(cols[ok], weights=(mask >> BY_NAME["click"].bit) & 1, minlength=N),
+        "post_like_count": np.bincount(cols[ok], weights=(mask >> BY_NAME["like"].bit) & 1, minlength=N),
+    }
+    dense = np.zeros((N, len(cfg.post_features)), np.float32)
+    for k, f in enumerate(cfg.post_features):
+        dense[:, k] = counts.get(f, 0.0)
+    age = np.full(N, -1, dtype=np.int64)
+    if cfg.use_post_age:
+        known = ~np.isnan(table.created_ms)
+        age[known] = np.maximum(at_ms - table.created_ms[known].astype(np.int64), 0)
+    return replace(table.features, dense=torch.from_numpy(dense), age_ms=torch.from_numpy(age))
+
+
+@dataclass(frozen=True)
+class Snapshots:
+    """Point-in-time candidate features for training: the corpus as of K times, every `snapshot_hours` from the
+    first train event. A target at time t is scored against snapshot k = the newest at or before t (counts of
+    events strictly before it, ages at it), so training targets look as a fresh post looks in an index built at
+    the end of training; with one static table at the end instead, every training target has been engaged with
+    (count >= 1) and looks old, and a never-engaged post (count 0, newest) is one the model learnt never to
+    retrieve."""
+
+    times_ms: np.ndarray  # (K,) ascending
+    features: list[CandidateFeatures]  # K corpus tables
+    created_ms: torch.Tensor  # (N,) float64, NaN = unknown
+
+    def index(self, ts_ms: torch.Tensor) -> torch.Tensor:
+        """(...) snapshot index of each time (...)."""
+        k = np.searchsorted(self.times_ms, ts_ms.cpu().numpy(), side="right") - 1
+        return torch.as_tensor(np.maximum(k, 0), device=ts_ms.device)
+
+
+def snapshots(cfg: TwoTowerConfig, table: PostTable, hours: float, max_snapshots: int = 500) -> Snapshots:
+    """The Snapshots of a post table's events (see Snapshots)."""
+    ts = table.events["ts_ms"].to_numpy(dtype=np.int64)
+    step = int(hours * 3_600_000)
+    times = np.arange(int(ts.min()), int(ts.max()) + 1, step, dtype=np.int64)
+    if len(times) > max_snapshots:
+        raise UserError(f"snapshot_hours: {hours} h cuts the train window into {len(times)} > {max_snapshots} parts")
+    created = torch.from_numpy(table.created_ms.astype(np.float64))
+    return Snapshots(times, [snapshot(cfg, table, int(t)) for t in times], created)
 
 
 def _user_attributes(cfg: TwoTowerConfig, user_ids: np.ndarray, dataset: Path | None) -> np.ndarray:
@@ -177,8 +233,10 @@ def _features(
     actions: np.ndarray,
     surfaces: np.ndarray,
     gaps: np.ndarray,
+    hist_attributes: np.ndarray,
 ) -> UserFeatures:
-    """UserFeatures of right-padded (B, S) arrays; context "items" keeps post and author ids only."""
+    """UserFeatures of right-padded (B, S) arrays; context "items" keeps post and author ids (and the attributes of
+    those posts, from the post table) only."""
     valid = posts != 0
     if context == "items":
         zeros = np.zeros_like(posts)
@@ -193,6 +251,7 @@ def _features(
         hist_actions=t(np.ascontiguousarray(np.where(valid, actions, 0), dtype=np.int64)),
         hist_surfaces=t(np.ascontiguousarray(np.where(valid, surfaces, 0), dtype=np.int64)),
         hist_gap_ms=t(np.ascontiguousarray(np.where(valid, gaps, GAP_UNKNOWN), dtype=np.int64)),
+        hist_attributes=t(np.ascontiguousarray(np.where(valid[..., None], hist_attributes, 0), dtype=np.int64)),
     )
 
 
@@ -202,6 +261,7 @@ class SequenceBatches:
 
     user: UserFeatures
     target_cols: torch.Tensor  # (W, S) int64
+    target_ms: torch.Tensor  # (W, S) int64 time of each target (0 where there is none)
 
     def __len__(self) -> int:
         return len(self.target_cols)
@@ -254,8 +314,10 @@ def sequence_windows(
         win["actions"][:, :S],
         win["surface"][:, :S],
         gaps,
+        table.attributes(inputs),
     )
-    return SequenceBatches(user, torch.from_numpy(target_cols))
+    target_ms = np.where(has_target, win["ts_ms"][:, 1:], 0)
+    return SequenceBatches(user, torch.from_numpy(target_cols), torch.from_numpy(target_ms))
 
 
 def sequence_loss(
@@ -265,12 +327,16 @@ def sequence_loss(
     candidates: CandidateFeatures,
     tc: SequenceTrainConfig,
     generator: torch.Generator | None = None,
+    target_ms: torch.Tensor | None = None,
+    snaps: Snapshots | None = None,
 ) -> torch.Tensor:
     """() mean next-item cross-entropy over every position with a target in the corpus.
 
     Full softmax over all N candidates when N <= tc.full_softmax_max_items; otherwise a softmax over the union of
     the batch's distinct targets and tc.n_negatives uniform posts, each column's logit corrected (logQ) by the log
     probability that it is in that union: 1 - (1 - q_j)^P (1 - 1/N)^M, q_j its share of the batch's P targets.
+    With `snaps` (and target_ms (B, S)), each position scores the candidates as of its target's snapshot and posts
+    created after the target's time are left out (no request then could have shown them).
     """
     prefix = model.prefix_user_embeddings(user)  # (B, S, D)
     keep = target_cols >= 0
@@ -279,17 +345,39 @@ def sequence_loss(
         return prefix.sum() * 0.0
     N = len(candidates)
     if tc.full_softmax_max_items >= N:
-        logits = model.score(u, model.candidate_embedding(candidates))  # (P, N)
+        cols = inverse = None
+    else:
+        neg = torch.randint(N, (tc.n_negatives,), generator=generator).to(t.device)
+        cols, inverse = torch.unique(torch.cat([t, neg]), return_inverse=True)  # (C,)
+    if snaps is None or target_ms is None:
+        logits = model.score(u, model.candidate_embedding(candidates if cols is None else candidates.rows(cols)))
+    else:
+        logits = _snapshot_logits(model, u, target_ms[keep], cols, snaps)  # (P, C)
+    if cols is None or inverse is None:
         return F.cross_entropy(logits, t)
-    neg = torch.randint(N, (tc.n_negatives,), generator=generator).to(t.device)
-    cols, inverse = torch.unique(torch.cat([t, neg]), return_inverse=True)  # (C,)
-    logits = model.score(u, model.candidate_embedding(candidates.rows(cols)))  # (P, C)
     P = len(t)
     if tc.logq_correction:
         q = torch.zeros(len(cols), device=t.device).index_add_(0, inverse[:P], torch.ones(P, device=t.device)) / P
         log_miss = P * torch.log1p(-q.clamp(max=1 - 1e-7)) + tc.n_negatives * math.log1p(-1.0 / N)
         logits = logits - torch.log(-torch.expm1(log_miss)).clamp(min=-30.0)[None, :]
     return F.cross_entropy(logits, inverse[:P])
+
+
+def _snapshot_logits(
+    model: TwoTower, u: torch.Tensor, ts_ms: torch.Tensor, cols: torch.Tensor | None, snaps: Snapshots
+) -> torch.Tensor:
+    """(P, C) logits of P positions (user embeddings u (P, D), target times ts_ms (P,)) against the corpus columns
+    `cols` (None = all) as of each position's snapshot; a post created after the position's time scores -inf."""
+    k = snaps.index(ts_ms)  # (P,)
+    created = snaps.created_ms.to(u.device)
+    created = created if cols is None else created[cols]  # (C,)
+    logits = u.new_empty((len(u), len(created)))
+    for snap in k.unique().tolist():
+        rows = k == snap
+        table = snaps.features[snap].to(u.device)
+        logits[rows] = model.score(u[rows], model.candidate_embedding(table if cols is None else table.rows(cols)))
+    unborn = created[None, :] > ts_ms[:, None].double()  # (P, C); NaN (unknown) compares False
+    return logits.masked_fill(unborn, float("-inf"))
 
 
 class SequenceRetriever:
@@ -336,7 +424,8 @@ class SequenceRetriever:
         none = np.zeros_like(posts)
         users = np.zeros(len(histories), dtype=np.int64)
         attrs = np.zeros((len(histories), len(self.model.cfg.user_attributes)), dtype=np.int64)
-        user = _features(self.model.cfg, "items", users, attrs, posts, self.table.authors(posts), none, none, none)
+        authors, hist_attributes = self.table.authors(posts), self.table.attributes(posts)
+        user = _features(self.model.cfg, "items", users, attrs, posts, authors, none, none, none, hist_attributes)
         return self._scores(user)
 
     def score_events(self, history_events: pd.DataFrame, targets: pd.DataFrame) -> tuple[torch.Tensor, list]:
@@ -358,9 +447,11 @@ class SequenceRetriever:
                 arr[c][q, : len(rows)] = h[c][rows]
             gaps[q, : len(rows)] = successor_gaps(h["ts_ms"][rows], int(tts[q]))
         attrs = _user_attributes(cfg, tu, self.dataset)
+        posts = arr["post_id"]
         user = _features(
-            cfg, self.context, tu, attrs, arr["post_id"], arr["author_id"], arr["actions"], arr["surface"], gaps
-        )
+            cfg, self.context, tu, attrs, posts, arr["author_id"], arr["actions"], arr["surface"], gaps,
+            self.table.attributes(posts),
+        )  # fmt: skip
         return self._scores(user), seen
 
 
@@ -429,6 +520,7 @@ def train_sequences(
     retriever = SequenceRetriever(model, table, tc.context, dataset)
     optimizer = adamw(model, tc.lr, tc.weight_decay)
     candidates = table.features.to(dev)
+    snaps = snapshots(config, table, tc.snapshot_hours) if tc.snapshot_hours > 0 else None
     has_valid = valid is not None and len(valid) > 0
 
     best_epoch, best, bad, steps = 0, -math.inf, 0, 0
@@ -439,7 +531,8 @@ def train_sequences(
         model.train()
         over_budget = False
         for idx in torch.randperm(len(data), generator=gen).split(tc.batch_size):
-            loss = sequence_loss(model, data.user.rows(idx).to(dev), data.target_cols[idx].to(dev), candidates, tc, gen)
+            user, cols, ts = data.user.rows(idx).to(dev), data.target_cols[idx].to(dev), data.target_ms[idx].to(dev)
+            loss = sequence_loss(model, user, cols, candidates, tc, gen, ts, snaps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)

@@ -53,6 +53,12 @@ class TwoTowerConfig(ModelConfig):
     # Categorical post attributes hashed into the candidate tower: a post nobody has engaged with yet (its hash rows
     # untrained) is still placed by its topic and media (synthetic temporal split: 85% of targets are such posts).
     post_attributes: tuple[str, ...] = ("post_topic", "post_media_type")
+    # History tokens read each history post's post_attributes through the candidate tower's own tables, so a taste
+    # learnt from history topics transfers to a never-engaged post of that topic (off: configs saved before it).
+    history_attributes: bool = False
+    # Training only: the share of candidates whose post id rows are replaced by zeros, the input a post nobody has
+    # engaged with gets at serving time (its rows untrained); the tower learns to place it by content. Off in eval.
+    id_dropout: float = 0.0
     n_actions: int = len(ACTIONS)  # bits of the history action mask read (stored: the vocabulary is append-only)
     n_surfaces: int = N_SURFACES
     n_time_buckets: int = 40  # half-octave log buckets of minutes (time_bucket); 0 = padding/unknown
@@ -62,6 +68,8 @@ class TwoTowerConfig(ModelConfig):
     def __post_init__(self) -> None:
         self._freeze_tuples("user_attributes", "post_features", "post_attributes")
         self._check_attention()
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"TwoTowerConfig: id_dropout={self.id_dropout} is not in [0, 1)")
         if self.temperature < MIN_TEMPERATURE:
             raise ValueError(f"TwoTowerConfig: temperature={self.temperature} < {MIN_TEMPERATURE}")
 
@@ -99,12 +107,17 @@ class TwoTowerConfig(ModelConfig):
 class _Tensors:
     """Row-wise helpers for the tensor dataclasses below: every field is a tensor with the row dimension first."""
 
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """The fields that are set (an optional field may be None)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {k: v for k, v in values.items() if v is not None}
+
     def to(self, device: torch.device | str) -> Self:
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})  # type: ignore[arg-type,type-var]
+        return replace(self, **{k: v.to(device) for k, v in self._tensors().items()})  # type: ignore[type-var]
 
     def rows(self, idx: torch.Tensor | slice) -> Self:
         """The rows `idx` (a LongTensor of positions or a slice)."""
-        return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)})  # type: ignore[arg-type,type-var]
+        return replace(self, **{k: v[idx] for k, v in self._tensors().items()})  # type: ignore[type-var]
 
     def __len__(self) -> int:
         return len(getattr(self, fields(self)[0].name))  # type: ignore[arg-type]
@@ -121,6 +134,8 @@ class UserFeatures(_Tensors):
     hist_actions: torch.Tensor  # (B, S) int64 bitmask over core.actions
     hist_surfaces: torch.Tensor  # (B, S) int64 in [0, n_surfaces)
     hist_gap_ms: torch.Tensor  # (B, S) int64: request time - event time, >= 0
+    # (B, S, P) int64 `string_id`s of each history post's cfg.post_attributes (0 = unknown); None = all unknown.
+    hist_attributes: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,8 @@ class UserTower(nn.Module):
         self.action_proj = nn.Linear(cfg.n_actions, E, bias=False)
         self.surface_emb = nn.Embedding(cfg.n_surfaces, E)
         self.history_proj = nn.Linear(2 * H * E + 2 * E, D, bias=False)  # post rows, author rows, action, surface
+        n_attr = len(cfg.post_attributes) * H * E if cfg.history_attributes else 0
+        self.history_attribute_proj = nn.Linear(n_attr, D, bias=False) if n_attr else None
         self.gap_emb = nn.Embedding(cfg.n_time_buckets, D, padding_idx=0)
         self.rotary = Rotary(D // cfg.n_heads, 1 + cfg.max_history)
         self.blocks = nn.ModuleList(
@@ -178,8 +195,10 @@ class UserTower(nn.Module):
         self.norm = RMSNorm(D)
         self.register_buffer("action_bits", torch.arange(cfg.n_actions), persistent=False)
 
-    def history_tokens(self, x: UserFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor) -> torch.Tensor:
-        """(B, S, D) history tokens, zero at padding positions."""
+    def history_tokens(
+        self, x: UserFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor, attribute_rows: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(B, S, D) history tokens, zero at padding positions; attribute_rows (B, S, P H E) or None."""
         valid = x.hist_post_ids != 0  # (B, S)
         bits = (x.hist_actions.unsqueeze(-1) >> self.action_bits) & 1  # (B, S, n_actions)
         # Phoenix's signed multi-hot: +1 for an action taken, -1 for one not taken; all zero with no action at all.
@@ -187,7 +206,10 @@ class UserTower(nn.Module):
         surface = self.surface_emb(x.hist_surfaces.clamp(0, self.cfg.n_surfaces - 1))  # (B, S, E)
         tokens = torch.cat([post_rows.flatten(-2), author_rows.flatten(-2), self.action_proj(signed), surface], -1)
         gap = torch.where(valid, time_bucket(x.hist_gap_ms, self.cfg.n_time_buckets), 0)  # (B, S)
-        return (self.history_proj(tokens) + self.gap_emb(gap)) * valid.unsqueeze(-1)  # (B, S, D)
+        h = self.history_proj(tokens) + self.gap_emb(gap)  # (B, S, D)
+        if self.history_attribute_proj is not None and attribute_rows is not None:
+            h = h + self.history_attribute_proj(attribute_rows)
+        return h * valid.unsqueeze(-1)
 
     def user_token(self, x: UserFeatures) -> torch.Tensor:
         """(B, D): projected user hash rows plus the summed attribute embeddings."""
@@ -196,29 +218,34 @@ class UserTower(nn.Module):
             token = token + emb(x.attribute_ids[:, k]).sum(-2)  # (B, H, D) -> (B, D)
         return token
 
-    def forward(self, x: UserFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: UserFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor, attribute_rows: torch.Tensor | None
+    ) -> torch.Tensor:
         """User embeddings.
 
         Args:
             x: B requests.
             post_rows, author_rows: (B, S, n_hashes, E) hash rows of the history posts and authors (the tables are
                 shared with the candidate tower, so the caller looks them up).
+            attribute_rows: (B, S, P n_hashes E) the history posts' attribute rows from the candidate tower's tables
+                (None without cfg.history_attributes).
 
         Returns:
             (B, D) float32, unit L2 norm.
         """
-        h, valid = self.hidden_states(x, post_rows, author_rows)
+        h, valid = self.hidden_states(x, post_rows, author_rows, attribute_rows)
         w = valid.unsqueeze(-1).float()  # (B, T, 1)
         pooled = (h * w).sum(1) / w.sum(1)  # (B, D)
         return F.normalize(pooled, dim=-1, eps=1e-12)
 
     def hidden_states(
-        self, x: UserFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor
+        self, x: UserFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor, attribute_rows: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, D) float32 final-norm hidden states of [user token, history] (T = S + 1) and (B, T) bool validity
         (the user token is always valid)."""
         B, S = x.hist_post_ids.shape
-        h = torch.cat([self.user_token(x).unsqueeze(1), self.history_tokens(x, post_rows, author_rows)], 1)  # (B,T,D)
+        history = self.history_tokens(x, post_rows, author_rows, attribute_rows)  # (B, S, D)
+        h = torch.cat([self.user_token(x).unsqueeze(1), history], 1)  # (B, T, D)
         # The user token is always valid, so no query row is fully masked (no NaN from softmax).
         valid = torch.cat([torch.ones_like(x.hist_post_ids[:, :1], dtype=torch.bool), x.hist_post_ids != 0], 1)
         mask = valid[:, None, None, :]  # (B, 1, 1, T): keys
@@ -229,7 +256,9 @@ class UserTower(nn.Module):
             h = block(h, cos, sin, mask)
         return self.norm(h).float(), valid
 
-    def prefix_forward(self, x: UserFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor) -> torch.Tensor:
+    def prefix_forward(
+        self, x: UserFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor, attribute_rows: torch.Tensor | None
+    ) -> torch.Tensor:
         """The user embedding after each history position, from one causal pass (sequence training).
 
         Output i is the mean of the hidden states of the user token and the valid history events 0..i (a cumulative
@@ -238,7 +267,7 @@ class UserTower(nn.Module):
         history (padding) repeat the last valid prefix and must be ignored by the caller.
 
         Args:
-            x, post_rows, author_rows: as in `forward`.
+            x, post_rows, author_rows, attribute_rows: as in `forward`.
 
         Returns:
             (B, S, D) float32, unit L2 norm.
@@ -250,7 +279,7 @@ class UserTower(nn.Module):
             raise ValueError(
                 "prefix embeddings need TwoTowerConfig(causal=True): a bidirectional tower leaks the future"
             )
-        h, valid = self.hidden_states(x, post_rows, author_rows)
+        h, valid = self.hidden_states(x, post_rows, author_rows, attribute_rows)
         w = valid.unsqueeze(-1).float()  # (B, T, 1)
         pooled = (h * w).cumsum(1)[:, 1:] / w.cumsum(1)[:, 1:]  # (B, S, D): prefixes ending at history 0..S-1
         return F.normalize(pooled, dim=-1, eps=1e-12)
@@ -270,6 +299,10 @@ class CandidateTower(nn.Module):
         n_in = 2 * H * E + len(cfg.post_features) + (E if cfg.use_post_age else 0) + len(cfg.post_attributes) * H * E
         self.mlp = nn.Sequential(nn.Linear(n_in, 2 * D, bias=False), nn.SiLU(), nn.Linear(2 * D, D, bias=False))
 
+    def attribute_rows(self, attributes: torch.Tensor) -> torch.Tensor:
+        """(..., P n_hashes E) rows of `string_id`s (..., P) of cfg.post_attributes (the history reads them too)."""
+        return torch.cat([emb(attributes[..., k]).flatten(-2) for k, emb in enumerate(self.attribute_emb)], -1)
+
     def forward(self, x: CandidateFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor) -> torch.Tensor:
         """Candidate embeddings.
 
@@ -280,10 +313,14 @@ class CandidateTower(nn.Module):
         Returns:
             (N, D) float32, unit L2 norm.
         """
+        if self.training and self.cfg.id_dropout > 0:
+            keep = torch.rand(len(post_rows), device=post_rows.device) >= self.cfg.id_dropout  # (N,)
+            post_rows = post_rows * keep[:, None, None]
         parts = [post_rows.flatten(-2), author_rows.flatten(-2), torch.log1p(x.dense.float().clamp(min=0))]
         if self.age_emb is not None:
             parts.append(self.age_emb(time_bucket(x.age_ms, self.cfg.n_time_buckets)))  # (N, E)
-        parts += [emb(x.attributes[:, k]).flatten(-2) for k, emb in enumerate(self.attribute_emb)]  # (N, H E) each
+        if self.attribute_emb:
+            parts.append(self.attribute_rows(x.attributes))  # (N, P H E)
         return F.normalize(self.mlp(torch.cat(parts, -1)).float(), dim=-1, eps=1e-12)  # (N, D)
 
 
@@ -312,14 +349,25 @@ class TwoTower(nn.Module):
         """() float: the softmax temperature T (score = cos / T)."""
         return self.log_temperature.exp().clamp(min=MIN_TEMPERATURE)
 
+    def _history_rows(self, x: UserFeatures) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The history posts' rows in the tables both towers share: post, author and (cfg.history_attributes) the
+        candidate tower's attribute tables; a missing hist_attributes reads as unknown (id 0) everywhere."""
+        attribute_rows = None
+        if self.cfg.history_attributes and self.cfg.post_attributes:
+            ids = x.hist_attributes
+            if ids is None:
+                ids = x.hist_post_ids.new_zeros((*x.hist_post_ids.shape, len(self.cfg.post_attributes)))
+            attribute_rows = self.candidate_tower.attribute_rows(ids)  # (B, S, P H E)
+        return self.post_emb(x.hist_post_ids), self.author_emb(x.hist_author_ids), attribute_rows
+
     def user_embedding(self, x: UserFeatures) -> torch.Tensor:
         """(B, D) unit-norm user embeddings."""
-        return self.user_tower(x, self.post_emb(x.hist_post_ids), self.author_emb(x.hist_author_ids))
+        return self.user_tower(x, *self._history_rows(x))
 
     def prefix_user_embeddings(self, x: UserFeatures) -> torch.Tensor:
         """(B, S, D) unit-norm user embedding after each history position (`UserTower.prefix_forward`); needs a
         causal config (ValueError otherwise)."""
-        return self.user_tower.prefix_forward(x, self.post_emb(x.hist_post_ids), self.author_emb(x.hist_author_ids))
+        return self.user_tower.prefix_forward(x, *self._history_rows(x))
 
     def candidate_embedding(self, x: CandidateFeatures) -> torch.Tensor:
         """(N, D) unit-norm candidate embeddings (what the ANN index stores)."""

@@ -40,6 +40,13 @@ def test_all_models_and_the_oracle_rank_the_same_targets(feed: Path, tmp_path: P
     assert ratio == pytest.approx(report["models"]["two_tower"]["recall@200"] / oracle["recall@200"], abs=1e-3)
     assert report["models"]["sasrec"]["seconds"] < 3 + 30  # the budget binds (plus one evaluation)
     assert "two_tower_vs_sasrec" in report
+    # Recall@200 split by whether anyone engaged with the target's post before the cut-off.
+    share = report["split"]["test_targets_engaged_before_cutoff"]
+    assert 0.0 <= share <= 1.0
+    for name in ("two_tower", "oracle"):
+        row = report["models"][name]
+        parts = [row[f"recall@200_{k}"] for k in ("engaged", "new")]
+        assert row["recall@200"] == pytest.approx(share * parts[0] + (1 - share) * parts[1], abs=1e-3), name
 
 
 def test_bad_protocol_and_unknown_keys_are_one_line_errors(feed: Path, tmp_path: Path, run_cli: Cli) -> None:
