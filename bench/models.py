@@ -32,11 +32,12 @@ from models.training import adamw
 from models.two_tower import TwoTower, TwoTowerConfig, UserFeatures
 
 GROUP = "models"
+REPO = Path(__file__).resolve().parents[1]
 CMD = "python -m bench.models"
 ENCODE_TARGET_P99_MS = 3.0
 ANN_TARGET_P99_MS = 1.0
 ANN_MIN_RECALL = 0.95
-SECTIONS = ("encode", "ann", "train")
+SECTIONS = ("encode", "ann", "ann-served", "train")
 
 
 def percentiles_ms(seconds: list[float]) -> tuple[float, float]:
@@ -196,9 +197,9 @@ class AnnSettings:
     hnsw_m: int = 16
     ef_construction: int = 40  # 2 shared cores: 1M at M=16, efC=80 extrapolated to ~10 min
     ef_search: tuple[int, ...] = (1000, 1400)  # faiss HNSW searches with max(efSearch, k)
-    ivf_lists: int = 1024
-    ivf_train: int = 131_072  # k-means training sample
-    nprobe: tuple[int, ...] = (8, 16, 32, 64)
+    ivf_lists: int = 0  # 0 = the shipped rule, 4 sqrt(N) cells (models.index.IndexConfig)
+    ivf_train: int = IndexConfig.ivf_train  # k-means training sample, as shipped
+    nprobe: tuple[int, ...] = (8, 16, 32, 64)  # 32 is the shipped default
     seed: int = 0
 
 
@@ -210,7 +211,9 @@ def _rss_before_after(build: Callable[[], Any]) -> tuple[Any, float, float]:
 
 
 def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
-    """HNSW (models.index.build_index) and IVF-Flat (bench-side, faiss.IndexIVFFlat) against exact IndexFlatIP.
+    """The index as shipped (models.index.build_index with IndexConfig's defaults: IVF-Flat, 4 sqrt(N) cells,
+    nprobe swept around the default 32) and its HNSW option (build settings below the defaults, see AnnSettings),
+    against exact IndexFlatIP.
 
     Builds run on `build_threads` OpenMP threads; every search is one query per call on one thread
     (faiss.omp_set_num_threads(1)), the serving shape. Recall@recall_k is against exact search on the same queries.
@@ -275,7 +278,32 @@ def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
                 )
             )  # fmt: skip
 
-    # HNSW through models.index (its API fits: build_index + AnnIndex.search; efSearch set on the faiss index).
+    # The shipped default: IVF-Flat through models.index, its cell rule and k-means sample.
+    faiss.omp_set_num_threads(build_threads)
+    shipped = IndexConfig(exact_below=0, ivf_lists=s.ivf_lists, ivf_train=s.ivf_train, k=s.recall_k)
+    ivf: AnnIndex
+    ivf, ivf_build_s, ivf_mem = _rss_before_after(lambda: build_index(ids, items, shipped))
+    faiss.omp_set_num_threads(1)
+    lists = faiss.extract_index_ivf(ivf.index).nlist
+
+    def ivf_at(nprobe: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        def search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            faiss.extract_index_ivf(ivf.index).nprobe = nprobe
+            return ivf.search(q, s.k)
+
+        return search
+
+    candidates(
+        "IVF-Flat (models.index, shipped)",
+        ivf_build_s,
+        ivf_mem,
+        f"IVF{lists},Flat (4 sqrt(N) cells, k-means on {min(s.ivf_train, s.n_items):,} vectors), shipped nprobe "
+        f"{IndexConfig.nprobe}",
+        [(f"nprobe {n}" + (" (shipped)" if n == IndexConfig.nprobe else ""), ivf_at(n)) for n in s.nprobe],
+    )
+    ivf.index.reset()  # frees the vectors before the HNSW build is measured
+
+    # The HNSW option (approximate="hnsw"), at build settings 2 shared cores can afford on 1M vectors.
     faiss.omp_set_num_threads(build_threads)
     cfg = IndexConfig(
         exact_below=0, approximate="hnsw", hnsw_m=s.hnsw_m, ef_construction=s.ef_construction, k=s.recall_k
@@ -292,44 +320,66 @@ def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
         return search
 
     candidates(
-        "HNSW (models.index)",
+        "HNSW (models.index, option)",
         build_s,
         mem,
-        f"IndexHNSWFlat M={s.hnsw_m}, efConstruction={s.ef_construction}",
+        f"IndexHNSWFlat M={s.hnsw_m}, efConstruction={s.ef_construction} (the option's defaults, M="
+        f"{IndexConfig.hnsw_m} and efConstruction={IndexConfig.ef_construction}, build too slowly on 2 cores)",
         [(f"efSearch {ef}", hnsw_at(ef)) for ef in s.ef_search],
-    )
-    ann.index.reset()  # frees the vectors and graph before the IVF build is measured
-
-    # IVF-Flat: not offered by models.index, built here.
-    def build_ivf() -> Any:
-        quantizer = faiss.IndexFlatIP(s.dim)
-        index = faiss.IndexIVFFlat(quantizer, s.dim, s.ivf_lists, faiss.METRIC_INNER_PRODUCT)
-        sample = items[np.random.default_rng(s.seed).choice(s.n_items, min(s.ivf_train, s.n_items), replace=False)]
-        index.train(sample)
-        index.add(items)
-        return index
-
-    faiss.omp_set_num_threads(build_threads)
-    ivf, ivf_build_s, ivf_mem = _rss_before_after(build_ivf)
-    faiss.omp_set_num_threads(1)
-
-    def ivf_at(nprobe: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        def search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            ivf.nprobe = nprobe
-            scores, got = ivf.search(q, s.k)
-            return got, scores
-
-        return search
-
-    candidates(
-        "IVF-Flat (bench-side)",
-        ivf_build_s,
-        ivf_mem,
-        f"IndexIVFFlat nlist={s.ivf_lists} (k-means on {min(s.ivf_train, s.n_items):,} vectors)",
-        [(f"nprobe {n}", ivf_at(n)) for n in s.nprobe],
     )
     faiss.omp_set_num_threads(build_threads)
     return rows
+
+
+def bench_ann_served(threads: int, k: int = 350, recall_k: int = 100, max_queries: int = 500) -> list[Row]:
+    """The index `make run` serves (artifacts/index, loaded as serving loads it) on the model's own embeddings: the
+    candidate tower's posts of the small world and the user tower's held-out validation users (the recall gate's
+    queries), top-`k` per query as the two-tower source asks (serving/variants.yaml retrieval_max_results), one query
+    per call on one thread; exact search on the same vectors side by side. Needs `dvc repro` (make bench runs it)."""
+    import faiss
+
+    from models.index import load_index
+    from models.retrieval_job import index_inputs
+
+    paths = [REPO / "artifacts/index", REPO / "artifacts/retrieval/best", REPO / "data/features",
+             REPO / "data/training/retrieval"]  # fmt: skip
+    if missing := [str(p.relative_to(REPO)) for p in paths if not p.exists()]:
+        raise SystemExit(f"bench.models --only ann-served: missing {', '.join(missing)} (run `dvc repro` first)")
+    served = load_index(paths[0])
+    ids, item_emb, queries = index_inputs(paths[1], paths[2], paths[3], max_queries=max_queries)
+    if not np.array_equal(np.sort(ids), np.sort(served.item_ids)):
+        raise SystemExit("bench.models --only ann-served: artifacts/index was built from other posts (run `dvc repro`)")
+    faiss.omp_set_num_threads(threads)
+    exact = faiss.IndexFlatIP(item_emb.shape[1])
+    exact.add(np.ascontiguousarray(item_emb, dtype=np.float32))
+    faiss.omp_set_num_threads(1)
+    k = min(k, len(ids))
+
+    def exact_search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, rows = exact.search(q, k)
+        return ids[rows], scores
+
+    exact_s, truth = per_query(exact_search, queries, warmup=5)
+    served_s, got = per_query(lambda q: served.search(q, k), queries, warmup=5)
+    faiss.omp_set_num_threads(threads)
+    recall = recall_at(truth, got, recall_k)
+    e50, e99 = percentiles_ms(exact_s)
+    p50, p99 = percentiles_ms(served_s)
+    data = (f"the served index (artifacts/index, {served.kind}, {len(ids):,} posts x {item_emb.shape[1]}) on the "
+            f"two-tower's own embeddings, {len(queries)} held-out validation users as queries, top-{k} per query "
+            "(retrieval_max_results), 1 query per call, faiss.omp_set_num_threads(1)")  # fmt: skip
+    cmd = f"{CMD} --only ann-served"
+    extra = {"section": "ann-served", "index": served.kind, "n_items": len(ids)}
+    return [
+        latency_row("served index: exact search on the same vectors, anchor", data, cmd, exact_s,
+                    target="side-by-side anchor", verdict="Recall 1.000",
+                    extra=extra | {"index": "flat", "p50_ms": e50, "p99_ms": e99}),
+        latency_row(f"served index ({served.kind}) on the model's embeddings", data, cmd, served_s,
+                    target=f"Recall@{recall_k} >= {ANN_MIN_RECALL} vs exact, p99 <= {ANN_TARGET_P99_MS:g} ms",
+                    verdict=f"{'met' if recall >= ANN_MIN_RECALL and p99 <= ANN_TARGET_P99_MS else 'missed'}: "
+                    f"Recall@{recall_k} {recall:.3f}, p99 {p99:.3f} ms ({e99 / p99:.1f}x faster than exact)",
+                    extra=extra | {"recall": recall, "p50_ms": p50, "p99_ms": p99}),
+    ]  # fmt: skip
 
 
 # 3. Training throughput
@@ -546,6 +596,8 @@ def main() -> None:
             ann = AnnSettings(n_items=5000, n_queries=20, k=100, recall_k=10, centres=20, ef_search=(100,),
                               ivf_lists=16, ivf_train=5000, nprobe=(4,))  # fmt: skip
         rows += bench_ann(ann, args.threads)
+    if "ann-served" in only and not args.quick:
+        rows += bench_ann_served(args.threads)
     if "train" in only:
         rows += bench_train(args.quick, args.threads)
     if args.quick:

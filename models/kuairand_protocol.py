@@ -8,11 +8,12 @@ What the ranker sees at an impression at time t (every counter excludes the impr
 at t itself, so rows served by one request never see each other):
 - post and author counters: impressions and smoothed rates of each label over events strictly before t, updated in
   real time inside the test days too (as the peers and as a serving counter store would);
-- user history: the user's newest `max_history` impressions strictly before t (post, author, tab, the actions taken,
-  time gap) and the user's and the (user, author) pair's counters strictly before t. This is better informed than the
-  peers, who freeze the user side at the start of the first test day; a real server knows every earlier impression
-  of the user and what the user did with it, so the ranker reads them (`USER_SCHEMES`: "frozen" reproduces the
-  peers' scheme for comparison);
+- user side (`USER_SCHEMES`), frozen by default as the peers freeze it: the user's newest `max_history` impressions
+  (post, author, tab, the actions taken, time gap) and the user's and the (user, author) pair's counters, all strictly
+  before the start of the impression's day, and before the start of the first test day inside the test days.
+  "realtime" reads them strictly before t instead (what a server that logs every impression knows); it raises AUC
+  but lowers the within-user GAUC on this log (the realised sequence leaks into the per-user ranking), so the
+  reported configuration keeps the peers' scheme;
 - the time since the user's previous impression, the tab and the local hour, and the static user and video columns.
 
 Rates are smoothed towards the training days' label means with weight `ALPHA` impressions.

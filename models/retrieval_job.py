@@ -149,24 +149,18 @@ def post_corpus(features: Path, as_of_ms: int | None = None) -> pd.DataFrame:
     return frame.rename(columns={"post_author_id": "author_id"}).reset_index(drop=True)
 
 
-def build_retrieval_index(
-    model_dir: Path,
-    features: Path,
-    training_set: Path,
-    out: Path,
-    index_cfg: IndexConfig | None = None,
-    valid_fraction: float = 0.2,
-    max_queries: int = 2_000,
-) -> dict[str, Any]:
-    """Embeds every post with the candidate tower and publishes a faiss index (models.index.publish).
+def index_inputs(
+    model_dir: Path, features: Path, training_set: Path, valid_fraction: float = 0.2, max_queries: int = 2_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the index is built and checked on: (post ids (N,), candidate-tower embeddings (N, D), held-out user
+    embeddings (Q, D)).
 
-    Post features and ages are taken as of the newest training-set time (the index-build time); the recall gate's
-    queries are the user embeddings of the training set's validation window (users the index was never tuned on).
+    Post features and ages are taken as of the newest training-set time (the index-build time); the queries are the
+    user embeddings of the training set's validation window (users the index was never tuned on).
     """
     import torch
 
     from models.data import candidate_features, epoch_ms, temporal_split, user_features
-    from models.index import publish
     from models.train_retrieval import embed_corpus
     from models.two_tower import load_two_tower
 
@@ -182,6 +176,21 @@ def build_retrieval_index(
     valid_df = valid_df.sample(min(max_queries, len(valid_df)), random_state=0) if len(valid_df) else df.tail(1)
     with torch.inference_mode():
         queries = model.user_embedding(user_features(valid_df, model.cfg)).cpu().numpy()
-    return publish(
-        Path(out), corpus.post_ids.numpy(), item_emb, queries, index_cfg or IndexConfig(), model_version(model_dir)
-    )
+    return corpus.post_ids.numpy(), item_emb, queries
+
+
+def build_retrieval_index(
+    model_dir: Path,
+    features: Path,
+    training_set: Path,
+    out: Path,
+    index_cfg: IndexConfig | None = None,
+    valid_fraction: float = 0.2,
+    max_queries: int = 2_000,
+) -> dict[str, Any]:
+    """Embeds every post with the candidate tower and publishes a faiss index (models.index.publish) that passes
+    the recall gate on held-out users (`index_inputs`)."""
+    from models.index import publish
+
+    ids, item_emb, queries = index_inputs(model_dir, features, training_set, valid_fraction, max_queries)
+    return publish(Path(out), ids, item_emb, queries, index_cfg or IndexConfig(), model_version(model_dir))

@@ -44,19 +44,21 @@ def test_gaussian_mixture_is_unit_norm_and_seeded() -> None:
 
 def test_ann_quick_exact_recall_is_one_and_approximate_recall_is_a_fraction() -> None:
     s = bm.AnnSettings(n_items=3000, dim=16, centres=10, n_queries=12, k=50, recall_k=10, ef_search=(50,),
-                       ivf_lists=8, ivf_train=3000, nprobe=(2, 8))  # fmt: skip
+                       ivf_lists=8, ivf_train=3000, nprobe=(2, 8, 32))  # fmt: skip
     rows = bm.bench_ann(s, build_threads=1)
     exact = [r for r in rows if r.extra["index"] == "flat"]
     assert len(exact) == 1 and exact[0].extra["recall"] == 1.0
     approx = [r for r in rows if r.extra["index"] != "flat"]
-    assert len(approx) == 3  # one efSearch, two nprobe
+    assert len(approx) == 4  # one efSearch, three nprobe
     for r in rows:
         assert 0.0 <= r.extra["recall"] <= 1.0
         assert 0 < r.wall_s_median <= r.wall_s_p99 and r.repeats == 12
-    for kind in ("HNSW (models.index)", "IVF-Flat (bench-side)"):
+    for kind in ("HNSW (models.index, option)", "IVF-Flat (models.index, shipped)"):
         assert sum(r.extra["operating_point"] for r in approx if r.extra["index"] == kind) == 1
     assert all(r.extra["build_s"] > 0 for r in approx)
     assert max(r.extra["recall"] for r in approx if r.extra["knob"] == "nprobe 8") == 1.0  # every list probed
+    # The shipped search setting is the one marked: the IVF rows are models.index's own index, not a bench copy.
+    assert [r.extra["knob"] for r in approx if "(shipped)" in r.extra["knob"]] == ["nprobe 32 (shipped)"]
 
 
 def test_recall_at_counts_the_overlap_of_the_top_k() -> None:
