@@ -22,6 +22,7 @@ from core.actions import ACTION_NAMES, DWELL_TIME, prob_column
 from core.errors import UserError
 from core.io import atomic_dir, atomic_write_text
 from core.schema import Manifest, file_sha256, read_table
+from features.catalog import Dtype
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -138,15 +139,116 @@ def materialize(cfg: StoreConfig, end: datetime | None = None, window: timedelta
     # future values; reload the window instead (the SQLite store overwrites each row). Feast keeps the later end in
     # its registry, so such a view is reloaded on every run until the offline data passes that end again.
     fresh = [name for name, t in last_end.items() if t is None or t > end]
-    if fresh:
-        store.materialize(start_date=end - window, end_date=end, feature_views=fresh)
-        loaded.update({name: [(end - window).isoformat(), end.isoformat()] for name in fresh})
     seen = {name: t for name, t in last_end.items() if t is not None and t < end}  # skip views already at `end`
-    if seen:
-        store.materialize_incremental(end_date=end, feature_views=list(seen))
-        loaded.update({name: [t.isoformat(), end.isoformat()] for name, t in seen.items()})
+    if cfg.online_store == "sqlite":
+        windows = {name: (end - window, end) for name in fresh} | {name: (t, end) for name, t in seen.items()}
+        write_sqlite(store, cfg.data_dir / "feast" / "online.db", windows)
+    else:
+        if fresh:
+            store.materialize(start_date=end - window, end_date=end, feature_views=fresh)
+        if seen:
+            store.materialize_incremental(end_date=end, feature_views=list(seen))
+    loaded.update({name: [(end - window).isoformat(), end.isoformat()] for name in fresh})
+    loaded.update({name: [t.isoformat(), end.isoformat()] for name, t in seen.items()})
     online_backend(cfg).mark_materialized(end.isoformat() + f"@{time.time():.3f}")  # readers drop their caches
     return {"views": loaded, "seconds": round(time.perf_counter() - start_t, 2)}
+
+
+def write_sqlite(store: FeatureStore, path: Path, windows: dict[str, tuple[datetime, datetime]]) -> dict[str, int]:
+    """Feast's materialization into its SQLite online store, in bulk: per view, the newest row of each entity with
+    start <= event_timestamp <= end (Feast's `pull_latest_from_table_or_query`) is written as Feast writes it (one
+    row per entity and feature: v3 entity key, `Value` protobuf, value_text, event_ts in epoch seconds), then the
+    interval is recorded in the registry (`apply_materialization`), so the incremental path and `feast` see the same
+    state. Feast converts and upserts value by value (one `execute` each: 97 s for the small world on 2 cores); this
+    is one DuckDB query and one `executemany` per view. Returns the entities written per view.
+    """
+    import sqlite3
+
+    import duckdb
+    from feast import FileSource
+    from feast.infra.online_stores.helpers import compute_table_id
+
+    from features.catalog import VIEWS
+    from features.online import entity_key
+
+    written: dict[str, int] = {}
+    con = duckdb.connect()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA cache_size = -262144")  # 256 MiB of pages for the two B-trees of each table
+    try:
+        for name, (start, end) in windows.items():
+            fv, view = store.get_feature_view(name), VIEWS[name]
+            if not isinstance(fv.batch_source, FileSource):
+                raise UserError(f"feature view '{name}': its batch source is not a file; materialize it with Feast")
+            source, ts = fv.batch_source.path, fv.batch_source.timestamp_field
+            cols = ", ".join(f'"{c}"' for c in (view.join_key, *view.names, ts))
+            rows = con.sql(
+                f"""SELECT {cols} FROM (
+                        SELECT *, row_number() OVER (PARTITION BY "{view.join_key}" ORDER BY "{ts}" DESC) AS rn
+                        FROM read_parquet($source) WHERE "{ts}" >= $start AND "{ts}" <= $end)
+                    WHERE rn = 1""",
+                params={"source": str(source), "start": start.astimezone(UTC), "end": end.astimezone(UTC)},
+            ).to_arrow_table()
+            keys = [entity_key(view.join_key, k) for k in rows.column(view.join_key).to_pylist()]
+            stamps = [_epoch_seconds(t) for t in rows.column(ts).to_pylist()]
+            columns = sorted((f, _encoded(d, rows.column(f).to_pylist())) for f, d in view.features)
+            order = sorted(range(len(keys)), key=keys.__getitem__)  # primary-key order: B-tree appends, not splits
+            table = compute_table_id(store.project, fv, store.config.registry.enable_online_feature_view_versioning)
+            with db:
+                db.executemany(
+                    f'INSERT INTO "{table}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
+                    "VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+                    "value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
+                    "created_ts = excluded.created_ts",
+                    (
+                        (keys[i], feature, blobs[i], texts[i], stamps[i])
+                        for i in order
+                        for feature, (blobs, texts) in columns
+                    ),
+                )
+            store.registry.apply_materialization(fv, store.project, start, end)
+            written[name] = len(keys)
+    finally:
+        db.close()
+        con.close()
+    return written
+
+
+def _epoch_seconds(t: datetime) -> int:
+    """event_ts as Feast stores it: the naive UTC time through its SQLite adapter (`int(naive.timestamp())`)."""
+    return int(t.astimezone(UTC).replace(tzinfo=None).timestamp())
+
+
+def _encoded(dtype: Dtype, values: list[Any]) -> tuple[list[bytes], list[str | None]]:
+    """One feature column as Feast serializes it: (Value protobufs, value_text); a null is an empty Value."""
+    from features.online import Value
+
+    blobs: list[bytes] = []
+    texts: list[str | None] = []
+    seen: dict[Any, tuple[bytes, str | None]] = {}
+    for v in values:
+        if v is None or (isinstance(v, float) and v != v):
+            blobs.append(b"")
+            texts.append(None)
+            continue
+        if dtype == Dtype.INT64_LIST:
+            blobs.append(Value(int64_list_val={"val": v}).SerializeToString())
+            texts.append(None)
+            continue
+        hit = seen.get(v)
+        if hit is None:
+            if dtype == Dtype.STRING:
+                hit = (Value(string_val=v).SerializeToString(), v)
+            elif dtype == Dtype.FLOAT32:
+                msg = Value(float_val=v)
+                hit = (msg.SerializeToString(), str(msg.float_val))
+            else:
+                field = "int32_val" if dtype == Dtype.INT32 else "int64_val"
+                hit = (Value(**{field: int(v)}).SerializeToString(), str(int(v)))
+            seen[v] = hit
+        blobs.append(hit[0])
+        texts.append(hit[1])
+    return blobs, texts
 
 
 def materialized_through(cfg: StoreConfig) -> bool:
