@@ -60,7 +60,9 @@ def retrieval(section: str, budget_s: float) -> list[Row]:
                  "--budget-s", f"{budget_s:g}", "--out", str(out))  # fmt: skip
     wall, rss = _run(argv)
     report = json.loads(out.read_text())
-    settings = f"{protocol} split, full ranking, seen items filtered, preset nano, {budget_s:g} s budget per model"
+    # The temporal protocol ranks only posts created by each request's time, as the oracle does.
+    eligible = "seen and not-yet-created items filtered" if protocol == "temporal" else "seen items filtered"
+    settings = f"{protocol} split, full ranking, {eligible}, preset nano, {budget_s:g} s budget per model"
     rows = []
     models = report["models"]
     for name, m in models.items():

@@ -25,7 +25,7 @@ from torch import nn
 
 from core.errors import UserError
 from models.layers import Block, RMSNorm, Rotary
-from models.metrics import corpus_columns, ranking_metrics, target_ranks
+from models.metrics import corpus_columns, mask_unborn, ranking_metrics, target_ranks
 from models.sequences import user_histories
 
 
@@ -292,15 +292,20 @@ def _sequence_loss(model: SASRecModel, batch: torch.Tensor, cfg: SASRecConfig, g
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=h.device))
 
 
-def evaluate_retriever(model: Retriever, history_events: pd.DataFrame, targets: pd.DataFrame) -> dict[str, float]:
-    """Full-ranking metrics of one baseline: each target ranked among the corpus, its history's items removed."""
+def evaluate_retriever(
+    model: Retriever, history_events: pd.DataFrame, targets: pd.DataFrame, created_ms: np.ndarray | None = None
+) -> dict[str, float]:
+    """Full-ranking metrics of one baseline: each target ranked among the corpus, its history's items removed, and
+    with created_ms ((N,) per corpus item) the items created after the target's time too (`mask_unborn`)."""
     histories = user_histories(history_events, targets)
     target_cols = torch.as_tensor(corpus_columns(model.corpus, targets["post_id"].to_numpy()))
+    request_ms = targets["ts_ms"].to_numpy()
     ranks, step = [], max(1, min(1024, 2**24 // len(model.corpus)))  # at most ~16M scores (64 MB) at a time
     for start in range(0, len(targets), step):
         chunk = histories[start : start + step]
         seen = [corpus_columns(model.corpus, h) for h in chunk]
-        ranks.append(target_ranks(model.score(chunk), target_cols[start : start + len(chunk)], seen).cpu())
+        scores = mask_unborn(model.score(chunk), created_ms, request_ms[start : start + len(chunk)])
+        ranks.append(target_ranks(scores, target_cols[start : start + len(chunk)], seen).cpu())
     return ranking_metrics(torch.cat(ranks), len(model.corpus))
 
 
@@ -379,6 +384,7 @@ def evaluate_baselines(
     item_knn: dict[str, Any] | None = None,
     names: Sequence[str] = BASELINES,
     log: Callable[[str], None] | None = None,
+    created_ms: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """Fits each baseline on train_events and reports its full-ranking test metrics (plus "valid_ndcg@10", and for
     SASRec "seconds" of training and "best_epoch").
@@ -388,6 +394,8 @@ def evaluate_baselines(
         corpus: (N,) sorted unique post ids ranked for every query (make_corpus).
         test_history: the events test targets' histories come from (Split.test_history); None = train + valid.
         sasrec: its config (default SASRecConfig()); item_knn: ItemKNN keyword arguments.
+        created_ms: (N,) creation time of each corpus item: items created after a target's time are not ranked
+            (evaluate_retriever); None = every item is.
     """
     unknown = set(names) - set(BASELINES)
     if unknown:
@@ -406,8 +414,8 @@ def evaluate_baselines(
             model = SASRec(corpus, sasrec).fit(train_events, valid, log)
             assert model.result is not None
             extra = {"seconds": model.result.seconds, "best_epoch": float(model.result.best_epoch)}
-        valid_metrics = evaluate_retriever(model, train_events, valid) if len(valid) else {}
-        out[name] = {**evaluate_retriever(model, test_history, test), **extra}
+        valid_metrics = evaluate_retriever(model, train_events, valid, created_ms) if len(valid) else {}
+        out[name] = {**evaluate_retriever(model, test_history, test, created_ms), **extra}
         if valid_metrics:
             out[name]["valid_ndcg@10"] = valid_metrics["ndcg@10"]
     return out

@@ -23,7 +23,7 @@ import torch
 from core.errors import UserError
 from core.schema import Manifest
 from models.baselines import SASRecConfig, evaluate_baselines, make_corpus
-from models.metrics import corpus_columns, ranking_metrics, target_ranks
+from models.metrics import corpus_columns, mask_seen, ranking_metrics, target_ranks
 from models.sequences import Split, leave_one_out, positive_events, temporal_targets, user_histories
 from models.train_sequences import (
     SequenceRetriever,
@@ -62,9 +62,16 @@ def by_engagement(ranks: torch.Tensor, engaged: np.ndarray, n_items: int) -> dic
     return out
 
 
-def oracle_metrics(dataset: Path, split: Split, corpus: np.ndarray, chunk: int = 256) -> dict[str, float]:
+def oracle_metrics(
+    dataset: Path, split: Split, corpus: np.ndarray, retriever: SequenceRetriever | None = None, chunk: int = 256
+) -> tuple[dict[str, float], float]:
     """Full-ranking metrics of the synthetic oracle: the corpus ranked by the true click logit at each target's
-    request time, seen posts removed exactly as for the models; Recall@200 by engagement too (`by_engagement`)."""
+    request time, seen posts removed exactly as for the models; Recall@200 by engagement too (`by_engagement`).
+
+    Returns:
+        The metrics, and with a two-tower `retriever` the share of the oracle's top-20 it retrieves in its top-200
+        (`top_overlap`; NaN without one), from the same pass over the oracle's logits.
+    """
     from features.oracle import load_world, oracle_click_logits
 
     world = load_world(dataset)
@@ -72,14 +79,28 @@ def oracle_metrics(dataset: Path, split: Split, corpus: np.ndarray, chunk: int =
     histories = user_histories(split.test_history, test)
     target_cols = torch.as_tensor(corpus_columns(corpus, test["post_id"].to_numpy()))
     users, ts = test["user_id"].to_numpy(), test["ts_ms"].to_numpy()
-    ranks = []
+    ranks, shares = [], []
     for start in range(0, len(test), chunk):
         stop = min(start + chunk, len(test))
         scores = torch.from_numpy(oracle_click_logits(world, users[start:stop], ts[start:stop], corpus))
         seen = [corpus_columns(corpus, h) for h in histories[start:stop]]
         ranks.append(target_ranks(scores, target_cols[start:stop], seen))
+        if retriever is not None:
+            retrieved, _ = retriever.score_events(split.test_history, test.iloc[start:stop])
+            shares.append(top_overlap(scores, retrieved, seen))
     rank = torch.cat(ranks)
-    return ranking_metrics(rank, len(corpus)) | by_engagement(rank, engaged_targets(split), len(corpus))
+    metrics = ranking_metrics(rank, len(corpus)) | by_engagement(rank, engaged_targets(split), len(corpus))
+    return metrics, float(torch.cat(shares).mean()) if shares else float("nan")
+
+
+def top_overlap(
+    truth: torch.Tensor, scores: torch.Tensor, seen_cols: list[np.ndarray], k: int = 20, depth: int = 200
+) -> torch.Tensor:
+    """(Q,) share of each request's top-k by `truth` (Q, N) found in its top-`depth` by `scores` (Q, N), seen
+    columns dropped from both: how much of the ideal slate survives retrieval to reach the ranker."""
+    ideal = mask_seen(truth, seen_cols).topk(min(k, truth.shape[1]), dim=1).indices  # (Q, k)
+    retrieved = mask_seen(scores, seen_cols).topk(min(depth, scores.shape[1]), dim=1).indices  # (Q, depth)
+    return (ideal[:, :, None] == retrieved[:, None, :]).any(-1).float().mean(1)
 
 
 def evaluate_retrieval(
@@ -109,16 +130,19 @@ def evaluate_retrieval(
         raise UserError(f"{data}: the {protocol} split has no test or validation targets")
     corpus = make_corpus(split.train, split.valid, split.test)
     models: dict[str, dict[str, float]] = {}
+    retriever: SequenceRetriever | None = None
     baselines = tuple(n for n in names if n != "two_tower")
     if baselines:
         sasrec = SASRecConfig.preset(preset if preset in SASRecConfig.PRESETS else "small", budget_seconds=budget_s)
+        # The baselines rank the same eligible posts as the two-tower (tc.mask_unborn).
+        created = post_table(cfg, corpus, split.train, Path(data)).created_ms if tc.mask_unborn else None
         models |= evaluate_baselines(
             split.train, split.valid, split.test, corpus, split.test_history, sasrec=_seeded(sasrec, seed),
-            names=baselines, log=log,
+            names=baselines, log=log, created_ms=created,
         )  # fmt: skip
     if "two_tower" in names:
         reach = models["sasrec"]["valid_ndcg@10"] if "sasrec" in models else None
-        models["two_tower"] = two_tower_metrics(Path(data), split, corpus, cfg, tc, log, reach)
+        models["two_tower"], retriever = two_tower_metrics(Path(data), split, corpus, cfg, tc, log, reach)
     report: dict[str, Any] = {
         "dataset": manifest.dataset,
         "data": str(data),
@@ -137,7 +161,10 @@ def evaluate_retrieval(
     }
     if manifest.dataset == "synthetic":
         start = time.perf_counter()
-        models["oracle"] = oracle_metrics(Path(data), split, corpus) | {"seconds": time.perf_counter() - start}
+        oracle, survival = oracle_metrics(Path(data), split, corpus, retriever)
+        models["oracle"] = oracle | {"seconds": time.perf_counter() - start}
+        if retriever is not None:  # the issue's "oracle top-20 survives retrieval": depth 200, as Recall@200
+            models["two_tower"]["oracle_top20_in_top200"] = survival
         report["vs_oracle"] = {
             name: {k: _ratio(row[k], models["oracle"][k]) for k in _VS_ORACLE if k in row}
             for name, row in models.items()
@@ -150,13 +177,16 @@ def evaluate_retrieval(
     return report
 
 
-def _two_tower_by_engagement(retriever: SequenceRetriever, split: Split, n_items: int) -> dict[str, float]:
-    engaged = engaged_targets(split)
+def _two_tower_by_engagement(
+    retriever: SequenceRetriever, history: pd.DataFrame, targets: pd.DataFrame, prefix: str = ""
+) -> dict[str, float]:
+    """Recall@200 of the targets whose post has an event in `history` and of the others (`engaged_targets`)."""
+    engaged = np.isin(targets["post_id"].to_numpy(), history["post_id"].to_numpy())
     out = {}
     for name, mask in (("engaged", engaged), ("new", ~engaged)):
-        targets = split.test[mask]
-        metrics = evaluate_sequence_retriever(retriever, split.test_history, targets) if len(targets) else {}
-        out[f"recall@200_{name}"] = metrics.get("recall@200", float("nan"))
+        part = targets[mask]
+        metrics = evaluate_sequence_retriever(retriever, history, part) if len(part) else {}
+        out[f"{prefix}recall@200_{name}"] = metrics.get("recall@200", float("nan"))
     return out
 
 
@@ -187,6 +217,8 @@ def two_tower_configs(
     targets score the corpus as of daily snapshots (SequenceTrainConfig.snapshot_hours): most test targets are
     posts nobody engaged with before the cutoff, and with end-of-training counts and ages every training target
     looks engaged with and old (synthetic validation Recall@200 of never-engaged targets 0.000 -> 0.109).
+    The temporal protocol also ranks only posts created by each request, as the oracle does (mask_unborn), and keeps
+    the epoch of the best validation Recall@200, the depth this protocol judges a candidate generator at.
     Leave-one-out has no global cut-off and keeps the one end-of-training table."""
     from models.config_overrides import coerce
     from models.retrieval_job import model_config
@@ -195,7 +227,7 @@ def two_tower_configs(
     # context "full": the tower reads user attributes, actions, surfaces and time gaps too (models.train_sequences).
     defaults: dict[str, Any] = {"budget_seconds": budget_s, "seed": seed, "context": "full", "patience": 8}
     if protocol == "temporal":
-        defaults["snapshot_hours"] = 24.0
+        defaults |= {"snapshot_hours": 24.0, "mask_unborn": True, "select_metric": "recall@200"}
     return cfg, SequenceTrainConfig(**{**defaults, **coerce(SequenceTrainConfig, train_overrides, prefix="train")})
 
 
@@ -207,22 +239,27 @@ def two_tower_metrics(
     tc: SequenceTrainConfig,
     log: Callable[[str], None] | None,
     reach: float | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], SequenceRetriever]:
     """The two-tower trained one pass per user sequence (models.train_sequences) within the budget, then scored with
     the baselines' protocol (same targets, corpus, seen filtering and tie rule).
 
     With `reach` (SASRec's best validation NDCG@10), "seconds_to_reach" is the wall-clock time since training began
-    (evaluations included) of the first evaluation at or above it; NaN if none was."""
+    (evaluations included) of the first evaluation at or above it; NaN if none was. Also returns the retriever the
+    test was ranked with."""
     result = train_sequences(cfg, split.train, split.valid, data, corpus, tc, log=log)
     valid = evaluate_sequence_retriever(result.retriever, split.train, split.valid)
     reached = [h["seconds"] for h in result.history if reach is not None and h.get("ndcg@10", -1.0) >= reach]
     # Test targets rank the corpus as an index built at the test cut-off sees it (counts and ages of then).
-    at_cutoff = SequenceRetriever(result.model, post_table(cfg, corpus, split.test_history, data), tc.context, data)
-    return {
+    table = post_table(cfg, corpus, split.test_history, data)
+    at_cutoff = SequenceRetriever(result.model, table, tc.context, data, tc.mask_unborn)
+    metrics = {
         "seconds_to_reach": reached[0] if reached else float("nan"),
         **evaluate_sequence_retriever(at_cutoff, split.test_history, split.test),
-        **_two_tower_by_engagement(at_cutoff, split, len(corpus)),
+        **_two_tower_by_engagement(at_cutoff, split.test_history, split.test),
         "seconds": result.seconds,
         "best_epoch": float(result.best_epoch),
         "valid_ndcg@10": valid["ndcg@10"],
+        f"valid_{tc.select_metric}": valid[tc.select_metric],
+        **_two_tower_by_engagement(result.retriever, split.train, split.valid, prefix="valid_"),
     }
+    return metrics, at_cutoff

@@ -27,6 +27,40 @@ def corpus_columns(corpus: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.where(corpus[pos] == ids, pos, -1).astype(np.int64)
 
 
+def mask_unborn(scores: torch.Tensor, created_ms: np.ndarray | None, request_ms: np.ndarray) -> torch.Tensor:
+    """Scores with every item created after its query's request time at -inf (a new tensor): no index built by
+    then could hold it, and the synthetic oracle (features.oracle) ranks only posts that exist at the request.
+
+    Args:
+        scores: (Q, N) float.
+        created_ms: (N,) float creation time of each corpus item, NaN = unknown (kept); None = mask nothing.
+        request_ms: (Q,) int request time of each query.
+    """
+    if created_ms is None:
+        return scores
+    created = torch.as_tensor(np.asarray(created_ms, dtype=np.float64), device=scores.device)  # (N,)
+    request = torch.as_tensor(np.asarray(request_ms, dtype=np.float64), device=scores.device)  # (Q,)
+    return scores.masked_fill(created[None, :] > request[:, None], float("-inf"))  # NaN compares False: kept
+
+
+def mask_seen(scores: torch.Tensor, seen_cols: Sequence[np.ndarray], keep: np.ndarray | None = None) -> torch.Tensor:
+    """A float copy of scores (Q, N) with each query's seen columns (seen_cols[q]; -1 and out-of-range entries
+    ignored) at -inf, except column keep[q] ((Q,) int, e.g. the query's target) when given."""
+    N = scores.shape[1]
+    scores = scores.float().clone()
+    rows, cols = [], []
+    for q, seen in enumerate(seen_cols):
+        c = np.asarray(seen, dtype=np.int64)
+        c = c[(c >= 0) & (c < N) & ((c != keep[q]) if keep is not None else True)]
+        rows.append(np.full(len(c), q, dtype=np.int64))
+        cols.append(c)
+    if rows:
+        r_idx = torch.as_tensor(np.concatenate(rows), device=scores.device)
+        c_idx = torch.as_tensor(np.concatenate(cols), device=scores.device)
+        scores[r_idx, c_idx] = float("-inf")
+    return scores
+
+
 def target_ranks(scores: torch.Tensor, target_cols: torch.Tensor, seen_cols: Sequence[np.ndarray]) -> torch.Tensor:
     """0-based rank of each query's target among all corpus items, seen items removed.
 
@@ -43,20 +77,8 @@ def target_ranks(scores: torch.Tensor, target_cols: torch.Tensor, seen_cols: Seq
     Q, N = scores.shape
     if len(seen_cols) != Q or target_cols.shape != (Q,):
         raise ValueError(f"target_ranks: {Q} queries, {tuple(target_cols.shape)} targets, {len(seen_cols)} seen lists")
-    device = scores.device
-    scores = scores.float().clone()  # (Q, N)
-    target = target_cols.to(device=device, dtype=torch.int64)  # (Q,)
-    target_np = target.cpu().numpy()
-    rows, cols = [], []
-    for q, seen in enumerate(seen_cols):
-        c = np.asarray(seen, dtype=np.int64)
-        c = c[(c >= 0) & (c < N) & (c != target_np[q])]
-        rows.append(np.full(len(c), q, dtype=np.int64))
-        cols.append(c)
-    if rows:
-        r_idx = torch.as_tensor(np.concatenate(rows), device=device)
-        c_idx = torch.as_tensor(np.concatenate(cols), device=device)
-        scores[r_idx, c_idx] = float("-inf")
+    target = target_cols.to(device=scores.device, dtype=torch.int64)  # (Q,)
+    scores = mask_seen(scores, seen_cols, keep=target.cpu().numpy())  # (Q, N)
     target_score = scores.gather(1, target.clamp(min=0)[:, None])  # (Q, 1)
     rank = (scores >= target_score).sum(1) - 1  # (Q,): the target itself is one of the >= items
     return torch.where(target >= 0, rank, torch.full_like(rank, N))

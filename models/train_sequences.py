@@ -45,13 +45,14 @@ from core.schema import read_table
 from models.baselines import evaluate_retriever
 from models.data import epoch_ms
 from models.layers import string_ids
-from models.metrics import corpus_columns, ranking_metrics, target_ranks
+from models.metrics import NDCG_KS, RECALL_KS, corpus_columns, mask_unborn, ranking_metrics, target_ranks
 from models.sequences import _before, sort_events
 from models.training import adamw
 from models.two_tower import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
 
 GAP_UNKNOWN = -1  # hist_gap_ms of an unknown gap: time bucket 0, the zero padding row
 CONTEXTS = ("items", "full")
+SELECT_METRICS = tuple(f"recall@{k}" for k in RECALL_KS) + tuple(f"ndcg@{k}" for k in NDCG_KS)
 
 
 @dataclass(frozen=True)
@@ -69,15 +70,23 @@ class SequenceTrainConfig:
     max_windows: int | None = None  # windows per user, newest first; None = all
     context: str = "items"  # items | full (see the module doc)
     budget_seconds: float = 300.0  # wall-clock limit: training stops and evaluates once past it
-    patience: int = 5  # evaluations without a better validation NDCG@10 before stopping
+    patience: int = 5  # evaluations without a better validation select_metric before stopping
     eval_every: int = 1  # epochs between validation evaluations
     # > 0: targets score candidates as of snapshots this far apart (Snapshots); 0: one table at the end of training
     snapshot_hours: float = 0.0
+    # Evaluation ranks only posts created at or before each target's time (models.metrics.mask_unborn), as the
+    # synthetic oracle does: an index built by then cannot hold a later post. Off: every corpus post is ranked.
+    mask_unborn: bool = False
+    # The validation metric early stopping keeps the best of (models.metrics.ranking_metrics names): a candidate
+    # generator is judged by what reaches the ranker (recall at the retrieval depth), a next-item model by NDCG@10.
+    select_metric: str = "ndcg@10"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXTS:
             raise UserError(f"context: {self.context!r} is not one of {', '.join(CONTEXTS)}")
+        if self.select_metric not in SELECT_METRICS:
+            raise UserError(f"select_metric: {self.select_metric!r} is not one of {', '.join(SELECT_METRICS)}")
         if self.snapshot_hours < 0:
             raise UserError(f"snapshot_hours: {self.snapshot_hours} is negative")
         if self.batch_size < 1 or self.epochs < 1 or self.eval_every < 1:
@@ -371,11 +380,15 @@ def _snapshot_logits(
     k = snaps.index(ts_ms)  # (P,)
     created = snaps.created_ms.to(u.device)
     created = created if cols is None else created[cols]  # (C,)
+    used = k.unique()  # (K,) the snapshots of this batch, ascending
+    tables = [snaps.features[j].to(u.device) for j in used.tolist()]
+    tables = tables if cols is None else [t.rows(cols) for t in tables]
+    dense, age = torch.stack([t.dense for t in tables]), torch.stack([t.age_ms for t in tables])  # (K, C, F), (K, C)
+    emb = model.candidate_embeddings_at(tables[0], dense, age)  # (K, C, D): ids and attributes embedded once
     logits = u.new_empty((len(u), len(created)))
-    for snap in k.unique().tolist():
+    for j, snap in enumerate(used.tolist()):
         rows = k == snap
-        table = snaps.features[snap].to(u.device)
-        logits[rows] = model.score(u[rows], model.candidate_embedding(table if cols is None else table.rows(cols)))
+        logits[rows] = model.score(u[rows], emb[j])
     unborn = created[None, :] > ts_ms[:, None].double()  # (P, C); NaN (unknown) compares False
     return logits.masked_fill(unborn, float("-inf"))
 
@@ -386,10 +399,19 @@ class SequenceRetriever:
     `score(histories)` builds the tower's input from post ids alone (authors from the post table; no user,
     actions, surface or gaps): the input of a context="items" model. `score_events` builds the full input from
     events (user, attributes, actions, surface, successor gaps to each target's time): a context="full" model.
+    With `mask_unborn`, evaluation ranks only posts created by each target's time (table.created_ms).
     """
 
-    def __init__(self, model: TwoTower, table: PostTable, context: str = "items", dataset: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: TwoTower,
+        table: PostTable,
+        context: str = "items",
+        dataset: Path | None = None,
+        mask_unborn: bool = False,
+    ) -> None:
         self.model, self.table, self.context, self.dataset = model.eval(), table, context, dataset
+        self.mask_unborn = mask_unborn
         self.corpus = table.corpus
         self._item_emb: torch.Tensor | None = None
 
@@ -428,9 +450,14 @@ class SequenceRetriever:
         user = _features(self.model.cfg, "items", users, attrs, posts, authors, none, none, none, hist_attributes)
         return self._scores(user)
 
+    @property
+    def created_ms(self) -> np.ndarray | None:
+        """(N,) creation times evaluation masks with (`mask_unborn`), None when it masks nothing."""
+        return self.table.created_ms if self.mask_unborn else None
+
     def score_events(self, history_events: pd.DataFrame, targets: pd.DataFrame) -> tuple[torch.Tensor, list]:
-        """(Q, N) scores of each target's request (its user's history_events before it, the request at its time) and
-        each query's seen post ids (its whole history)."""
+        """(Q, N) scores of each target's request (its user's history_events before it, the request at its time;
+        posts created after it at -inf with `mask_unborn`) and each query's seen post ids (its whole history)."""
         S, cfg = self.model.cfg.max_history, self.model.cfg
         h = {c: history_events[c].to_numpy(dtype=np.int64) for c in history_events.columns if c in _EVENT_INT}
         tu, tts, timp = (targets[c].to_numpy(dtype=np.int64) for c in ("user_id", "ts_ms", "impression_id"))
@@ -452,7 +479,7 @@ class SequenceRetriever:
             cfg, self.context, tu, attrs, posts, arr["author_id"], arr["actions"], arr["surface"], gaps,
             self.table.attributes(posts),
         )  # fmt: skip
-        return self._scores(user), seen
+        return mask_unborn(self._scores(user), self.created_ms, tts), seen
 
 
 _EVENT_INT = ("user_id", "post_id", "author_id", "actions", "surface", "ts_ms", "impression_id")
@@ -464,7 +491,7 @@ def evaluate_sequence_retriever(
     """Full-ranking metrics under the baselines' protocol (models.baselines.evaluate_retriever): context "items"
     goes through `score`, "full" through `score_events`, with the same seen-item removal and tie rule."""
     if retriever.context == "items":
-        return evaluate_retriever(retriever, history_events, targets)
+        return evaluate_retriever(retriever, history_events, targets, retriever.created_ms)
     ranks = []
     for start in range(0, len(targets), batch_size):
         chunk = targets.iloc[start : start + batch_size]
@@ -479,7 +506,7 @@ class SequenceTrainResult:
     model: TwoTower  # the best evaluation's weights
     retriever: SequenceRetriever
     best_epoch: int
-    best_ndcg10: float  # NaN without validation targets
+    best_metric: float  # the best validation tc.select_metric; NaN without validation targets
     seconds: float
     history: list[dict[str, float]]  # per evaluation: epoch, steps, train_loss, seconds, validation metrics
 
@@ -496,10 +523,10 @@ def train_sequences(
 ) -> SequenceTrainResult:
     """Trains a causal TwoTower on next-item prediction over user sequences, one pass per window per epoch.
 
-    Evaluates validation NDCG@10 (`evaluate_sequence_retriever`, histories = train_events) every eval_every epochs
-    and once the wall-clock budget is spent (checked after every step); stops after `patience` evaluations without
-    improvement, after `epochs`, or past the budget, and returns the best evaluation's weights (the last without
-    validation targets).
+    Evaluates the validation metrics (`evaluate_sequence_retriever`, histories = train_events) every eval_every
+    epochs and once the wall-clock budget is spent (checked after every step); stops after `patience` evaluations
+    without a better tc.select_metric, after `epochs`, or past the budget, and returns the best evaluation's
+    weights (the last without validation targets).
 
     Args:
         config: the model; must be causal.
@@ -517,7 +544,7 @@ def train_sequences(
     table = post_table(config, corpus, train_events, dataset)
     data = sequence_windows(config, train_events, table, tc.context, tc.max_windows, dataset)
     model = TwoTower(config).to(dev)
-    retriever = SequenceRetriever(model, table, tc.context, dataset)
+    retriever = SequenceRetriever(model, table, tc.context, dataset, tc.mask_unborn)
     optimizer = adamw(model, tc.lr, tc.weight_decay)
     candidates = table.features.to(dev)
     snaps = snapshots(config, table, tc.snapshot_hours) if tc.snapshot_hours > 0 else None
@@ -554,7 +581,7 @@ def train_sequences(
         history.append(entry)
         if log is not None:
             log(" ".join(f"{k}={v:.4f}" for k, v in entry.items()))
-        metric = entry.get("ndcg@10", float(epoch))
+        metric = entry.get(tc.select_metric, float(epoch))
         if metric > best:
             best_epoch, best, bad = epoch, metric, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

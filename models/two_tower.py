@@ -313,15 +313,38 @@ class CandidateTower(nn.Module):
         Returns:
             (N, D) float32, unit L2 norm.
         """
+        return self.at_times(x, post_rows, author_rows, x.dense[None], x.age_ms[None])[0]
+
+    def at_times(
+        self,
+        x: CandidateFeatures,
+        post_rows: torch.Tensor,
+        author_rows: torch.Tensor,
+        dense: torch.Tensor,
+        age_ms: torch.Tensor,
+    ) -> torch.Tensor:
+        """Embeddings of the same N posts as of K times: their counts and ages change, their id and attribute rows
+        do not, so those are looked up (and back-propagated) once, not K times (sequence training's snapshots).
+
+        Args:
+            x: N posts (x.dense and x.age_ms are not read).
+            post_rows, author_rows: (N, n_hashes, E) hash rows.
+            dense: (K, N, len(post_features)) counts; age_ms: (K, N) int64 ages (-1 = unknown).
+
+        Returns:
+            (K, N, D) float32, unit L2 norm.
+        """
         if self.training and self.cfg.id_dropout > 0:
             keep = torch.rand(len(post_rows), device=post_rows.device) >= self.cfg.id_dropout  # (N,)
             post_rows = post_rows * keep[:, None, None]
-        parts = [post_rows.flatten(-2), author_rows.flatten(-2), torch.log1p(x.dense.float().clamp(min=0))]
+        K, N = age_ms.shape
+        ids = torch.cat([post_rows.flatten(-2), author_rows.flatten(-2)], -1).expand(K, N, -1)  # (K, N, 2 H E)
+        parts = [ids, torch.log1p(dense.float().clamp(min=0))]
         if self.age_emb is not None:
-            parts.append(self.age_emb(time_bucket(x.age_ms, self.cfg.n_time_buckets)))  # (N, E)
+            parts.append(self.age_emb(time_bucket(age_ms, self.cfg.n_time_buckets)))  # (K, N, E)
         if self.attribute_emb:
-            parts.append(self.attribute_rows(x.attributes))  # (N, P H E)
-        return F.normalize(self.mlp(torch.cat(parts, -1)).float(), dim=-1, eps=1e-12)  # (N, D)
+            parts.append(self.attribute_rows(x.attributes).expand(K, N, -1))  # (K, N, P H E)
+        return F.normalize(self.mlp(torch.cat(parts, -1)).float(), dim=-1, eps=1e-12)  # (K, N, D)
 
 
 class TwoTower(nn.Module):
@@ -372,6 +395,11 @@ class TwoTower(nn.Module):
     def candidate_embedding(self, x: CandidateFeatures) -> torch.Tensor:
         """(N, D) unit-norm candidate embeddings (what the ANN index stores)."""
         return self.candidate_tower(x, self.post_emb(x.post_ids), self.author_emb(x.author_ids))
+
+    def candidate_embeddings_at(self, x: CandidateFeatures, dense: torch.Tensor, age_ms: torch.Tensor) -> torch.Tensor:
+        """(K, N, D) unit-norm embeddings of N candidates as of K times (dense (K, N, F), age_ms (K, N) replace
+        x.dense and x.age_ms; `CandidateTower.at_times`)."""
+        return self.candidate_tower.at_times(x, self.post_emb(x.post_ids), self.author_emb(x.author_ids), dense, age_ms)
 
     def forward(self, user: UserFeatures, candidate: CandidateFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) user and (N, D) candidate embeddings."""

@@ -47,6 +47,11 @@ def test_all_models_and_the_oracle_rank_the_same_targets(feed: Path, tmp_path: P
         row = report["models"][name]
         parts = [row[f"recall@200_{k}"] for k in ("engaged", "new")]
         assert row["recall@200"] == pytest.approx(share * parts[0] + (1 - share) * parts[1], abs=1e-3), name
+    # The share of the oracle's top-20 the two-tower retrieves; early stopping kept the best validation Recall@200.
+    two_tower = report["models"]["two_tower"]
+    assert 0.0 <= two_tower["oracle_top20_in_top200"] <= 1.0
+    assert 0.0 <= two_tower["valid_recall@200_engaged"] <= 1.0 and 0.0 <= two_tower["valid_recall@200_new"] <= 1.0
+    assert "valid_recall@200" in two_tower
 
 
 def test_bad_protocol_and_unknown_keys_are_one_line_errors(feed: Path, tmp_path: Path, run_cli: Cli) -> None:
@@ -57,3 +62,17 @@ def test_bad_protocol_and_unknown_keys_are_one_line_errors(feed: Path, tmp_path:
                    "--set", "train.warmup=3").error_line()  # fmt: skip
     assert "train.warmup" in line
     assert not out.exists()
+
+
+def test_top_overlap_counts_the_ideal_slate_found_at_depth() -> None:
+    import numpy as np
+    import torch
+
+    from models.evaluate_retrieval import top_overlap
+
+    truth = torch.tensor([[4.0, 3.0, 2.0, 1.0], [4.0, 3.0, 2.0, 1.0]])
+    scores = torch.tensor([[4.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]])
+    seen = [np.array([], np.int64), np.array([0])]
+    # Row 0: ideal top-2 {0, 1}, retrieved top-2 {0, 3} -> 1/2. Row 1: post 0 seen, ideal {1, 2}, retrieved {3, 2}.
+    assert top_overlap(truth, scores, seen, k=2, depth=2).tolist() == [0.5, 0.5]
+    assert top_overlap(truth, scores, seen, k=2, depth=3).tolist() == [0.5, 1.0]

@@ -14,7 +14,7 @@ import torch
 from core.errors import UserError
 from core.schema import TS, write_dataset
 from models.data import candidate_features, seen_post_ids, user_features
-from models.metrics import corpus_columns, ranking_metrics, target_ranks
+from models.metrics import corpus_columns, mask_seen, mask_unborn, ranking_metrics, target_ranks
 from models.sequences import leave_one_out, positive_events, retrieval_rows, temporal_targets, training_rows
 from models.two_tower import TwoTowerConfig
 
@@ -33,6 +33,20 @@ def test_ties_rank_the_target_last_and_seen_items_are_removed() -> None:
     # column is never removed; row 2: both better items removed; row 3: absent -> N.
     assert ranks.tolist() == [2, 1, 0, 4]
     assert scores[1, 1] == 5.0  # the input is not modified
+
+
+def test_posts_created_after_the_request_are_not_ranked() -> None:
+    scores = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    created = np.array([0.0, 150.0, np.nan])  # NaN: creation unknown, stays rankable
+    masked = mask_unborn(scores, created, np.array([100, 200]))
+    assert masked.tolist() == [[1.0, float("-inf"), 3.0], [1.0, 2.0, 3.0]]
+    assert mask_unborn(scores, None, np.array([0, 0])) is scores
+    # Seen columns drop out except the kept one; the input is not modified.
+    assert mask_seen(scores, [np.array([0, 1]), np.array([-1])], keep=np.array([1, 0])).tolist() == [
+        [float("-inf"), 2.0, 3.0],
+        [1.0, 2.0, 3.0],
+    ]
+    assert scores[0, 0] == 1.0
 
 
 def test_ranking_metrics_by_hand() -> None:

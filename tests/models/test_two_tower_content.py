@@ -192,3 +192,33 @@ def test_sequence_training_with_snapshots_runs_and_is_seeded(full_softmax_max_it
     b = train_sequences(cfg, ev, None, None, np.arange(1, 5), tc)
     losses = [h["train_loss"] for h in a.history]
     assert np.isfinite(losses).all() and losses == [h["train_loss"] for h in b.history]
+
+
+def test_embeddings_at_several_times_equal_one_table_per_time() -> None:
+    torch.manual_seed(0)
+    model = TwoTower(CFG).eval()
+    posts = posts_of(torch.arange(3), torch.tensor([3, 9, 14]))
+    dense = torch.tensor([[[0.0, 0, 0], [1, 1, 0], [2, 1, 1]], [[5.0, 3, 1], [0, 0, 0], [7, 2, 0]]])  # (K=2, N, F)
+    age = torch.tensor([[-1, 60_000, 3_600_000], [0, 86_400_000, 10]])  # (K, N)
+    together = model.candidate_embeddings_at(posts, dense, age)  # (2, 3, D)
+    for k in range(2):
+        alone = model.candidate_embedding(replace(posts, dense=dense[k], age_ms=age[k]))
+        torch.testing.assert_close(together[k], alone)
+    assert not torch.allclose(together[0], together[1])  # counts and ages move the embedding
+
+
+def test_unborn_posts_are_masked_and_the_metric_early_stopping_keeps_is_checked() -> None:
+    from core.errors import UserError
+    from models.train_sequences import SequenceRetriever
+
+    cfg = replace(CFG, causal=True, history_attributes=False)
+    ev = events()
+    table = replace(post_table(cfg, np.arange(1, 5), ev), created_ms=np.array([0.0, np.nan, 1e18, 0.0]))
+    retriever = SequenceRetriever(TwoTower(cfg), table, "full", None, mask_unborn=True)
+    targets = ev.iloc[[-1]]
+    scores, _ = retriever.score_events(ev.iloc[:0], targets)
+    # Post 3 is created after the request: no index could hold it. Unknown creation (NaN) stays rankable.
+    assert torch.isinf(scores[0, 2]) and torch.isfinite(scores[0, [0, 1, 3]]).all()
+    assert SequenceTrainConfig(select_metric="recall@200").select_metric == "recall@200"
+    with pytest.raises(UserError, match="select_metric"):
+        SequenceTrainConfig(select_metric="auc")
