@@ -20,6 +20,7 @@ GROUPS = [
     "bench.quality",
     "bench.serving",
     "bench.drift_detection",
+    "bench.ab",
     "bench.pipeline",
 ]
 

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from cli import data, features, lineage, models, monitor, serve
+from cli import ab, data, features, lineage, models, monitor, serve
 from cli.dashboards import dashboards
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.add_typer(models.train_app, name="train")
 app.add_typer(models.evaluate_app, name="evaluate")
 app.add_typer(models.index_app, name="index")
 app.add_typer(monitor.app, name="monitor")
+app.add_typer(ab.app, name="ab")
 app.command("serve")(serve.serve)
 app.command("promote")(lineage.promote_cmd)
 app.command("rollback")(lineage.rollback_cmd)

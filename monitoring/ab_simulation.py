@@ -1,0 +1,115 @@
+"""Seeded A/A and A/B experiments on a synthetic world, to check the readout's error rates against the truth.
+
+Each run: users split between two variants by the service's own sticky assignment (serving.ab.bucket with a fresh
+salt per run); each user makes `requests_per_user` requests on the world's last day; a variant's policy fills a
+slate of `k` from a pool of recent posts; what users do is drawn from the truth model (monitoring.outcomes.
+simulate_outcomes), and the readout (monitoring.ab_report.ab_test) decides. Policies:
+
+- "random": k posts of the pool, uniformly;
+- "relevance": the pool's top k by true relevance plus Gaussian noise of scale `noise` (0 = the oracle's order).
+
+An A/A run gives both variants the same policy (every "ship" is a false positive); an A/B run gives the challenger
+a policy with a higher true reward (the report states the gap), so "ship challenger" is the right decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from monitoring.ab_report import ab_test, item_rewards, per_user
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str = "random"  # random | relevance
+    noise: float = 0.0
+
+    def label(self) -> str:
+        return "random" if self.kind == "random" else f"relevance + N(0, {self.noise:g})"
+
+
+def serve(world: Any, users: np.ndarray, t: np.ndarray, policy: Policy, k: int, pool: int, rng: np.random.Generator
+          ) -> np.ndarray:  # fmt: skip
+    """(R, k) post indices: each request's slate, from `pool` posts created in the 48 h before its time."""
+    from features.synth import DAY_S, relevance
+
+    lo = np.searchsorted(world.post_created_s, t - 2 * DAY_S)
+    hi = np.searchsorted(world.post_created_s, t, side="right")
+    cand = lo[:, None] + np.floor(rng.random((len(t), pool)) * (hi - lo)[:, None]).astype(np.int64)
+    if policy.kind == "random":
+        return cand[:, :k]
+    rel = relevance(world, users[:, None], cand, t[:, None], np.zeros(cand.shape))
+    order = np.argsort(-(rel + policy.noise * rng.standard_normal(rel.shape)), axis=1)[:, :k]
+    return np.take_along_axis(cand, order, 1)
+
+
+def experiment(
+    world: Any,
+    control: Policy,
+    challenger: Policy,
+    seed: int,
+    n_users: int = 2_000,
+    requests_per_user: int = 3,
+    k: int = 10,
+    pool: int = 50,
+    share: float = 0.5,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """One seeded experiment: the readout of `ab_test` (control "A", challenger "B")."""
+    from features.synth import DAY_S, EPOCH
+    from monitoring.outcomes import simulate_outcomes
+    from serving.ab import bucket
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1805]))
+    end = world.cfg.days * DAY_S
+    eligible = np.flatnonzero(world.user_created_s < end - DAY_S)
+    users = rng.choice(eligible, min(n_users, len(eligible)), replace=False)
+    salt = f"ab-sim-{seed}"
+    variant = np.array(["A" if bucket(salt, int(u) + 1) < share else "B" for u in users])
+    req_user = np.repeat(users, requests_per_user)
+    req_variant = np.repeat(variant, requests_per_user)
+    t = end - 1 - rng.integers(0, DAY_S - 1, len(req_user))
+    slates = np.empty((len(t), k), dtype=np.int64)
+    for name, policy in (("A", control), ("B", challenger)):
+        rows = req_variant == name
+        slates[rows] = serve(world, req_user[rows], t[rows], policy, k, pool, rng)
+    served = pd.DataFrame({
+        "request_id": np.repeat(np.arange(len(t)), k).astype(str),
+        "user_id": np.repeat(req_user + 1, k),
+        "post_id": slates.ravel() + 1,
+        "position": np.tile(np.arange(k), len(t)),
+        "ts": np.repeat(t + EPOCH.timestamp(), k),
+        "variant": np.repeat(req_variant, k),
+    })  # fmt: skip
+    outcomes = simulate_outcomes(served, world, seed=seed)
+    return ab_test(per_user(item_rewards(outcomes.frame)), "A", {"A": share, "B": 1 - share}, alpha)
+
+
+def error_rates(world: Any, control: Policy, challenger: Policy, runs: int, first_seed: int = 0, **kw: Any
+                ) -> dict[str, Any]:  # fmt: skip
+    """Over `runs` seeded experiments: how often each decision came out, the mean true reward per variant, the
+    share of runs with a sample-ratio alarm."""
+    decisions = {"ship": 0, "keep": 0, "none": 0}
+    truth: dict[str, list[float]] = {"A": [], "B": []}
+    srm = significant = 0
+    for seed in range(first_seed, first_seed + runs):
+        r = experiment(world, control, challenger, seed, **kw)
+        decisions[r["decision"]["action"]] += 1
+        srm += bool(r["srm"]["mismatch"])
+        significant += bool(r["comparisons"]["B"]["significant"])
+        for v in truth:
+            truth[v].append(r["variants"][v]["true_reward_per_request"])
+    return {
+        "runs": runs,
+        "control": control.label(),
+        "challenger": challenger.label(),
+        "ship_rate": decisions["ship"] / runs,
+        "significant_rate": significant / runs,  # either direction: an A/A run's false-positive rate
+        "decisions": decisions,
+        "srm_rate": srm / runs,
+        "true_reward": {v: float(np.mean(x)) for v, x in truth.items()},
+    }
