@@ -222,3 +222,16 @@ def test_unborn_posts_are_masked_and_the_metric_early_stopping_keeps_is_checked(
     assert SequenceTrainConfig(select_metric="recall@200").select_metric == "recall@200"
     with pytest.raises(UserError, match="select_metric"):
         SequenceTrainConfig(select_metric="auc")
+
+
+def test_training_threads_are_set_for_training_and_restored() -> None:
+    from core.errors import UserError
+
+    cfg = replace(CFG, causal=True, history_attributes=False)
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    tc = SequenceTrainConfig(epochs=1, batch_size=2, threads=1)
+    train_sequences(cfg, events(), None, None, np.arange(1, 5), tc, log=lambda _: seen.append(torch.get_num_threads()))
+    assert seen == [1] and torch.get_num_threads() == before
+    with pytest.raises(UserError, match="threads"):
+        SequenceTrainConfig(threads=-1)
