@@ -31,6 +31,7 @@ import numpy as np
 
 from bench.harness import Row, save
 from bench.load import start_server
+from serving.service import inference_threads
 from serving.smoke import stop_group
 
 GROUP = "serving"
@@ -84,7 +85,7 @@ def in_process(n: int) -> list[Row]:
 
     from serving.recommender_pipeline import PipelineRecommender
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(inference_threads())  # as the service's worker runs
     os.chdir(REPO)
     cfg = champion_config()
     rec = PipelineRecommender.load(cfg)
@@ -105,7 +106,10 @@ def in_process(n: int) -> list[Row]:
             if s["name"] == "RankerScorer":
                 ranked.append(int(s["in"]))
     p50, p99 = ms_stats(walls)
-    settings = f"{n} users, k 20, 2 torch threads, champion variant of serving/variants.yaml: {served_models(cfg)}"
+    settings = (
+        f"{n} users, k 20, {inference_threads()} torch thread(s), champion variant of serving/variants.yaml: "
+        f"{served_models(cfg)}"
+    )
     rows = [
         Row(
             GROUP,
@@ -150,8 +154,9 @@ class Answers:
     degraded: int = 0  # a 200 with degraded: true: the fallback slate, not the pipeline's
 
 
-def _load(port: int, users: list[int], concurrency: int) -> Answers:
-    """Sends one POST /recommend per user from `concurrency` threads, keep-alive; counts errors and degraded 200s."""
+def _load(port: int, users: list[int], concurrency: int, keep_alive: bool = True) -> Answers:
+    """Sends one POST /recommend per user from `concurrency` threads, keep-alive or a new connection per request (its
+    connect and close inside the timed span); counts errors and degraded 200s."""
     chunks = [users[i::concurrency] for i in range(concurrency)]
     got = Answers()
     lock = threading.Lock()
@@ -163,9 +168,13 @@ def _load(port: int, users: list[int], concurrency: int) -> Answers:
         for u in mine:
             body = json.dumps({"user_id": u, "k": 20})
             start = time.perf_counter()
+            if not keep_alive:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             conn.request("POST", "/recommend", body, {"Content-Type": "application/json"})
             resp = conn.getresponse()
             payload = resp.read()
+            if not keep_alive:
+                conn.close()
             local.append((time.perf_counter() - start) * 1000)
             if resp.status != 200:
                 errors += 1
@@ -190,7 +199,7 @@ def _load(port: int, users: list[int], concurrency: int) -> Answers:
     return got
 
 
-def http_row(concurrency: int, got: Answers, settings: str) -> Row:
+def http_row(concurrency: int, got: Answers, settings: str, keep_alive: bool = True) -> Row:
     """One HTTP row; at concurrency 1 the verdict needs the p99 within target and every answer full (no error, none
     degraded)."""
     p50, p99 = ms_stats(got.latencies)
@@ -203,7 +212,7 @@ def http_row(concurrency: int, got: Answers, settings: str) -> Row:
         verdict = f"{'met' if met else 'missed'}: {p99 / TARGET_P99_MS:.2f}x of target; {failed}"
     return Row(
         GROUP,
-        f"POST /recommend over HTTP, concurrency {concurrency}",
+        f"POST /recommend over HTTP, concurrency {concurrency}" + ("" if keep_alive else ", a new connection each"),
         CMD,
         settings,
         n,
@@ -214,7 +223,7 @@ def http_row(concurrency: int, got: Answers, settings: str) -> Row:
         target=target,
         verdict=verdict,
         extra={"section": "http", "concurrency": concurrency, "p50_ms": p50, "p99_ms": p99, "rps": n / got.wall_s,
-               "errors": got.errors, "degraded": got.degraded},
+               "errors": got.errors, "degraded": got.degraded, "keep_alive": keep_alive},
     )  # fmt: skip
 
 
@@ -227,13 +236,14 @@ def over_http(n: int) -> list[Row]:
         port = int(url.rsplit(":", 1)[1])
         try:
             _load(port, user_ids(30, seed=1), 1)  # warm-up
-            for concurrency in (1, 16):
-                got = _load(port, user_ids(n, seed=2 + concurrency), concurrency)
+            for concurrency, keep_alive in ((1, True), (1, False), (16, True)):
+                got = _load(port, user_ids(n, seed=2 + concurrency), concurrency, keep_alive)
                 settings = (
-                    f"ember serve serving/variants.yaml (BentoML, 1 worker), exposure log in a temporary directory, "
-                    f"ready in {ready_s:.1f} s; {n} requests, k 20, keep-alive; {models}"
+                    f"ember serve serving/variants.yaml (BentoML, 1 worker, {inference_threads()} torch thread(s)), "
+                    f"exposure log in a temporary directory, ready in {ready_s:.1f} s; {n} requests, k 20, "
+                    f"{'keep-alive' if keep_alive else 'a new connection per request'}; {models}"
                 )
-                rows.append(http_row(concurrency, got, settings))
+                rows.append(http_row(concurrency, got, settings, keep_alive))
         finally:
             stop_group(proc)
     return rows

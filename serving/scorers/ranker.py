@@ -107,7 +107,14 @@ def _from_columns(
         col = table.column(name)
         if col is not None:
             values, present = col
-            ids = np.array([string_id(v) if p else 0 for v, p in zip(values, present, strict=True)], dtype=np.int64)
+            known: dict[object, int] = {}  # a few topics and media types: hash each distinct value once
+            ids = np.array(
+                [
+                    (known[v] if v in known else known.setdefault(v, string_id(v))) if p else 0
+                    for v, p in zip(values, present, strict=True)
+                ],
+                dtype=np.int64,
+            )
             attributes[:, j] = ids[at]
     age = np.full(n, -1, dtype=np.int64)
     created = table.column("post_created_at_ms")
@@ -144,11 +151,13 @@ def ranker_inputs(
 class RankerScorer(Component):
     """Attributes:
     model: the loaded ranker (eval mode).
-    chunk: candidates scored per step against the cached user (the scores do not depend on it).
+    chunk: candidates scored per step against the cached user (the scores do not depend on it). One step for the
+        ~500 candidates a request ranks: each step repeats every layer's small operators, and at 256 the second
+        step doubled the model's time (nano, 368 candidates, 1 thread, 2 loaded cores: 7.3 ms in two steps, 3.9 in one).
     """
 
     model: Ranker
-    chunk: int = 256
+    chunk: int = 1024
 
     def score(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
         if not candidates:

@@ -95,12 +95,16 @@ def test_the_server_logs_exposures_into_a_temporary_directory(tmp_path: Path, mo
     cfg = SimpleNamespace(ranker=_model(tmp_path / "r", "small", 64, 2), retrieval_model=tmp_path / "t")
     monkeypatch.setattr(serving, "champion_config", lambda: cfg)
     monkeypatch.setattr(serving, "stop_group", lambda proc: None)
-    monkeypatch.setattr(serving, "_load", lambda port, users, c: serving.Answers([5.0] * len(users), 1.0, 0, 0))
+    monkeypatch.setattr(
+        serving, "_load", lambda port, users, c, keep_alive=True: serving.Answers([5.0] * len(users), 1.0, 0, 0)
+    )
     rows = serving.over_http(10)
     workdir = Path(argv[argv.index("--config") + 1]).parent
     assert workdir.name.startswith("bench-serving-") and not workdir.exists()  # removed afterwards
     assert serving.REPO not in workdir.parents
-    assert [r.extra["concurrency"] for r in rows] == [1, 16]
+    # c=1 with keep-alive and with a new connection per request (as an outside client without pooling), then c=16.
+    assert [(r.extra["concurrency"], r.extra["keep_alive"]) for r in rows] == [(1, True), (1, False), (16, True)]
+    assert "a new connection each" in rows[1].name and "a new connection per request" in rows[1].settings
     for r in rows:
         assert "exposure log in a temporary directory" in r.settings
         assert "ranker preset small (D64, 2 layers)" in r.settings

@@ -373,3 +373,40 @@ def test_ember_serve_rejects_a_bad_config_in_one_line(tmp_path: Path, run_cli: A
     bad.write_text(yaml.safe_dump(body))
     line = run_cli("serve", "--config", str(bad)).error_line()
     assert line == f"error: {bad}: variants: shares sum to 1.2, not 1"
+
+
+@pytest.fixture
+def torch_threads() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_worker_runs_torch_on_one_thread_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torch_threads: None
+) -> None:
+    import threading
+
+    import torch
+
+    from core.errors import UserError
+    from serving.service import THREADS_ENV, Ember
+
+    config = tmp_path / "variants.yaml"
+    config.write_text(yaml.safe_dump(_config(tmp_path / "logs" / "exposure.jsonl")))
+    monkeypatch.setenv("EMBER_VARIANTS_CONFIG", str(config))
+    seen: list[int] = []
+    for value, threads in (("", 1), ("2", 2)):
+        monkeypatch.setenv(THREADS_ENV, value)
+        torch.set_num_threads(3)
+        Ember().exposure.close()
+        # BentoML answers a sync API from a worker thread of its own.
+        worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert seen[-1] == threads
+    monkeypatch.setenv(THREADS_ENV, "0")
+    with pytest.raises(UserError, match=THREADS_ENV):
+        Ember()
