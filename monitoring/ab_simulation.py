@@ -113,3 +113,58 @@ def error_rates(world: Any, control: Policy, challenger: Policy, runs: int, firs
         "srm_rate": srm / runs,
         "true_reward": {v: float(np.mean(x)) for v, x in truth.items()},
     }
+
+
+def off_policy_run(
+    world: Any,
+    seed: int,
+    n_requests: int = 6_000,
+    k: int = 10,
+    pool: int = 30,
+    log_noise: float = 1.0,
+    temperature: float = 1.0,
+    target_noise: float = 0.3,
+    samples: int = 2_000,
+) -> dict[str, Any]:
+    """Logs `n_requests` Plackett-Luce slates (scores = true relevance + N(0, log_noise), softmax at `temperature`),
+    draws their outcomes from the truth, and estimates the reward of a deterministic target (the top k of relevance
+    + N(0, target_noise)) with IPS, SNIPS and DR; the target's true reward on the same requests is computed exactly
+    from the truth model's probabilities of its slates."""
+    from features.synth import DAY_S, EPOCH, relevance
+    from monitoring.off_policy import estimates, pl_marginals, pl_sample, top_k_marginals
+    from monitoring.outcomes import simulate_outcomes
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1806]))
+    end = world.cfg.days * DAY_S
+    eligible = np.flatnonzero(world.user_created_s < end - DAY_S)
+    users = rng.choice(eligible, n_requests)
+    t = end - 1 - rng.integers(0, DAY_S - 1, n_requests)
+    lo = np.searchsorted(world.post_created_s, t - 2 * DAY_S)
+    hi = np.searchsorted(world.post_created_s, t, side="right")
+    cand = lo[:, None] + np.floor(rng.random((n_requests, pool)) * (hi - lo)[:, None]).astype(np.int64)
+    rel = relevance(world, users[:, None], cand, t[:, None], np.zeros(cand.shape))
+    log_scores = rel + log_noise * rng.standard_normal(rel.shape)
+    target_scores = rel + target_noise * rng.standard_normal(rel.shape)
+
+    def outcomes(slots: np.ndarray, outcome_seed: int) -> pd.DataFrame:
+        posts = np.take_along_axis(cand, slots, 1)
+        served = pd.DataFrame({
+            "request_id": np.repeat(np.arange(n_requests), k).astype(str),
+            "user_id": np.repeat(users + 1, k),
+            "post_id": posts.ravel() + 1,
+            "position": np.tile(np.arange(k), n_requests),
+            "ts": np.repeat(t + EPOCH.timestamp(), k),
+        })  # fmt: skip
+        return item_rewards(simulate_outcomes(served, world, seed=outcome_seed).frame)
+
+    logged = pl_sample(log_scores, temperature, k, rng)
+    logged_items = outcomes(logged, seed)
+    rewards = logged_items["reward"].to_numpy().reshape(n_requests, k)
+    mu = pl_marginals(log_scores, temperature, k, samples, rng)
+    pi = top_k_marginals(target_scores, k)
+    target_slots = np.argsort(-target_scores, axis=1)[:, :k]
+    truth = float(outcomes(target_slots, seed + 1)["true_reward"].to_numpy().reshape(n_requests, k).sum(1).mean())
+    logging_truth = float(logged_items["true_reward"].to_numpy().reshape(n_requests, k).sum(1).mean())
+    est = estimates(logged, rewards, mu, pi)
+    errors = {name: abs(est[name] - truth) / abs(truth) for name in ("ips", "snips", "dr")}
+    return {"truth": truth, "logging_truth": logging_truth, "estimates": est, "relative_error": errors}
