@@ -224,7 +224,8 @@ def two_tower_configs(
     from models.retrieval_job import model_config
 
     cfg = model_config(preset, {"causal": True, "history_attributes": True, **model_overrides})
-    # context "full": the tower reads user attributes, actions, surfaces and time gaps too (models.train_sequences).
+    # context "full": the tower reads user id and attributes and its history's actions, surfaces and predecessor
+    # gaps too (models.train_sequences); nothing of the target event but its user.
     defaults: dict[str, Any] = {"budget_seconds": budget_s, "seed": seed, "context": "full", "patience": 8}
     if protocol == "temporal":
         defaults |= {"snapshot_hours": 24.0, "mask_unborn": True, "select_metric": "recall@200"}

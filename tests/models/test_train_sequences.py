@@ -4,6 +4,7 @@ learns a deterministic next-item cycle, the wall-clock budget stops training, an
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,11 +13,15 @@ import torch
 
 from core.errors import UserError
 from models.baselines import MostPopular, evaluate_retriever, make_corpus
-from models.sequences import leave_one_out
+from models.sequences import Split, leave_one_out
 from models.train_sequences import (
+    SequenceRetriever,
     SequenceTrainConfig,
+    SequenceTrainResult,
     evaluate_sequence_retriever,
-    successor_gaps,
+    post_table,
+    predecessor_gaps,
+    sequence_windows,
     train_sequences,
 )
 from models.two_tower import TwoTower, TwoTowerConfig, UserFeatures
@@ -86,12 +91,43 @@ def test_prefix_embeddings_equal_truncated_history_embeddings() -> None:
         TwoTower(replace(cfg, causal=False)).prefix_user_embeddings(x)
 
 
-def test_successor_gaps() -> None:
-    np.testing.assert_array_equal(successor_gaps(np.array([0, 10, 30]), 100), [10, 20, 70])
-    np.testing.assert_array_equal(successor_gaps(np.array([50]), 40), [0])
+def test_predecessor_gaps() -> None:
+    np.testing.assert_array_equal(predecessor_gaps(np.array([0, 10, 30])), [-1, 10, 20])
+    np.testing.assert_array_equal(predecessor_gaps(np.array([50, 40])), [-1, 0])
+    assert len(predecessor_gaps(np.array([], np.int64))) == 0
 
 
-def fit(split, corpus, context: str = "items", **overrides):  # type: ignore[no-untyped-def]
+def test_the_held_out_target_leaks_nothing_into_the_user_side() -> None:
+    """Leave-one-out: moving the test target later in time or changing its labels (action bits, surface) must not
+    change the user tower's inputs or any score; the successor gaps used before put 'target time - newest event'
+    into the newest event's gap (issue 22 item 4)."""
+    split = leave_one_out(cycle_events(n_users=8))
+    corpus = make_corpus(split.train, split.valid, split.test)
+    cfg = replace(NANO, user_attributes=("country",))
+    torch.manual_seed(0)
+    model = TwoTower(cfg).eval()
+    retriever = SequenceRetriever(model, post_table(cfg, corpus, split.test_history), "full")
+    moved = split.test.copy()
+    moved["ts_ms"] += np.arange(1, len(moved) + 1) * 7_777_777  # later by a different amount per user
+    moved["actions"] = 0b1011
+    moved["surface"] = 2
+    base, seen = retriever.score_events(split.test_history, split.test)
+    other, seen_other = retriever.score_events(split.test_history, moved)
+    torch.testing.assert_close(base, other, rtol=0, atol=0)
+    assert all((a == b).all() for a, b in zip(seen, seen_other, strict=True))
+    # Training: a window's inputs are its events 0..S-1 and carry no feature of the event each position predicts.
+    table = post_table(cfg, corpus, split.train)
+    events = split.train.copy()
+    windows = sequence_windows(cfg, events, table, "full")
+    last = events.groupby("user_id").tail(1).index  # each user's newest train event: a target, never an input
+    events.loc[last, "ts_ms"] += 5_000_000
+    events.loc[last, "actions"] = 0b110
+    shifted = sequence_windows(cfg, events, table, "full")
+    for name in ("hist_post_ids", "hist_actions", "hist_surfaces", "hist_gap_ms", "user_ids"):
+        torch.testing.assert_close(getattr(windows.user, name), getattr(shifted.user, name), rtol=0, atol=0)
+
+
+def fit(split: Split, corpus: np.ndarray, context: str = "items", **overrides: Any) -> SequenceTrainResult:
     tc = SequenceTrainConfig(
         **{"epochs": 40, "batch_size": 32, "lr": 1e-2, "eval_every": 5, "patience": 3, "context": context, **overrides}
     )
