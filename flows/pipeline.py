@@ -19,6 +19,7 @@ from flows.tasks import (
     deploy_champion,
     deploy_shadow,
     drift_check,
+    dvc_changed,
     dvc_push,
     dvc_repro,
     evaluate_against_champion,
@@ -72,8 +73,15 @@ def ember_pipeline(
         finally:
             seconds[name] = round(time.perf_counter() - start, 2)
 
+    # One `dvc status` first: while no earlier stage has run, a stage it does not list is up to date and its DVC
+    # process is skipped (a no-op rerun then starts DVC once, not once per stage). From the first stage that runs on,
+    # every later one goes through `dvc repro`, which sees the new upstream outputs.
+    changed = timed("dvc_status", lambda: dvc_changed(root))
     ran: dict[str, bool] = {}
     for stage in STAGES:
+        if changed is not None and stage not in changed and stage not in force and not any(ran.values()):
+            ran[stage] = False
+            continue
         ran[stage] = timed(stage, partial(dvc_repro, root, stage, stage in force))
     tag = timed("build_bento", lambda: build_bento(root)) if bento else None
     shadow = timed("deploy_shadow", lambda: deploy_shadow(root))

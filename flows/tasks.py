@@ -37,6 +37,18 @@ def dvc_repro(project: Path, stage: str, force: bool = False) -> bool:
     return ran
 
 
+@task(timeout_seconds=600)
+def dvc_changed(project: Path) -> set[str] | None:
+    """The stages `dvc status` finds out of date (changed dependencies or parameters, missing outputs), in one DVC
+    process; None when DVC cannot tell (every stage is then run through `dvc repro`, which decides by itself)."""
+    proc = subprocess.run(["dvc", "status", "--json"], cwd=project, env=_env(), capture_output=True, text=True)
+    try:
+        status = json.loads(proc.stdout) if proc.returncode == 0 else None
+    except ValueError:
+        status = None
+    return set(status) if isinstance(status, dict) else None
+
+
 @task(retries=3, retry_delay_seconds=[2, 10, 30], timeout_seconds=1800)
 def materialize_online(project: Path, online_store: str, redis: str) -> dict[str, Any]:
     """Loads the newest feature rows into the online store (store I/O: retried with backoff).
@@ -181,16 +193,24 @@ def monitor_window(
 def drift_check(project: Path, current: Path = Path("logs"), hours: float = 24.0) -> bool | None:
     """The gate's drift test: the request population served over the last `hours` against the freshly built ranker
     training set (`ember monitor run`'s data drift, user features per request). None (not measured) without enough
-    served requests: a first deployment has none."""
+    served requests (fewer than the thresholds' min_rows): a first deployment has none, and a smoke request or two
+    after `make run` are no population, so the monitor is not even started for them."""
     from datetime import UTC, timedelta
 
     from flows.deploy import DEPLOY_FILE
     from flows.promotion import VARIANTS_FILE
-    from monitoring.exposure_frame import exposure_files
+    from monitoring.config import load_config
+    from monitoring.exposure_frame import count_requests, exposure_files
 
     if not (project / current).exists() or not exposure_files(project / current):
         return None
     now = datetime.now(UTC)
+    served = count_requests(project / current, (now - timedelta(hours=hours)).timestamp())
+    needed = load_config(project / "monitoring" / "thresholds.yaml").min_rows
+    if served < needed:
+        get_run_logger().info("gate drift test: not run (%d requests in the last %g h, fewer than %d)", served,
+                              hours, needed)  # fmt: skip
+        return None
     out = Path("monitoring") / "reports" / f"gate-{now.strftime('%Y%m%dT%H%M%SZ')}"
     variants = DEPLOY_FILE if (project / DEPLOY_FILE).is_file() else VARIANTS_FILE
     summary = monitor_window.fn(project, current, out, variants, now - timedelta(hours=hours))

@@ -215,10 +215,13 @@ class RankerTrainTask(torch.nn.Module):
 
     available: torch.Tensor  # (K,) bool
 
-    def __init__(self, model: Ranker, available: torch.Tensor, pair_weight: float = 0.0) -> None:
+    def __init__(
+        self, model: Ranker, available: torch.Tensor, pair_weight: float = 0.0, pair_scope: str = "group"
+    ) -> None:
         super().__init__()
         self.model = model
         self.pair_weight = pair_weight
+        self.pair_scope = pair_scope
         self.register_buffer("available", available.clone(), persistent=False)
 
     def forward(self, batch: RankerBatch, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -226,7 +229,8 @@ class RankerTrainTask(torch.nn.Module):
         mask = loss_mask(self.available, batch.candidates.valid)
         loss, _ = ranker_loss(out.logits, batch.labels, mask, self.model.tasks)
         if self.pair_weight > 0:
-            loss = loss + self.pair_weight * pairwise_loss(out.logits, batch.labels, mask, self.model.tasks)
+            keys = batch.user.user_ids if self.pair_scope == "user" else None
+            loss = loss + self.pair_weight * pairwise_loss(out.logits, batch.labels, mask, self.model.tasks, keys)
         if out.blend_multipliers is not None:  # learn_blend: the combination module learns from pairs in a request
             probs = self.model.predictions(out)
             loss = loss + blend_loss(probs, out.blend_multipliers, batch.labels, mask, self.model.tasks)

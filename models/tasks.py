@@ -209,7 +209,11 @@ def ranker_loss(
 
 
 def pairwise_loss(
-    outputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, tasks: Sequence[Task] = TASKS
+    outputs: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    tasks: Sequence[Task] = TASKS,
+    keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Within-group ranking loss: for each binary task, logistic loss softplus(-(z_i - z_j)) over every pair of one
     group's candidates with label_i = 1 > label_j = 0, averaged over all pairs of the batch, tasks weighted by
@@ -218,11 +222,20 @@ def pairwise_loss(
 
     Args:
         outputs: (B, C, K) logits; labels (B, C, K); mask broadcastable to (B, C, K) (`loss_mask`).
+        keys: (B,) a key per group (e.g. its user id): pairs then span every group of the batch with the same key,
+            not only one group. A candidate's logit depends only on its own group's user state, so a pair of two
+            groups compares two (user state, item) scores of one user, as GAUC does across a user's requests.
 
     Returns:
         () loss; 0 when the batch has no such pair.
     """
     mask = torch.broadcast_to(mask, outputs.shape)
+    b, c, k_all = outputs.shape
+    if keys is not None:  # one flat group of the batch's N real candidates; a pair needs the same key
+        real = mask.reshape(b * c, k_all).any(1)
+        outputs, labels, mask = (x.reshape(b * c, k_all)[real].unsqueeze(0) for x in (outputs, labels, mask))
+        key = keys.repeat_interleave(c)[real]
+        same = (key.unsqueeze(1) == key.unsqueeze(0)).unsqueeze(0)  # (1, N, N)
     total = outputs.new_zeros(())
     for k, t in enumerate(tasks):
         if t.kind is not TaskKind.BINARY:
@@ -231,6 +244,8 @@ def pairwise_loss(
         pos = m & (labels[..., k] > 0.5)  # (B, C)
         neg = m & (labels[..., k] <= 0.5)
         pairs = pos.unsqueeze(2) & neg.unsqueeze(1)  # (B, C, C): i positive, j negative
+        if keys is not None:
+            pairs = pairs & same
         n = pairs.sum()
         if n == 0:
             continue

@@ -20,6 +20,7 @@ from models.ranker_data import RankerBatch, RankerDataset, RankerTrainTask, pred
 from models.ranker_metrics import ranking_report
 from models.tasks import TaskKind, availability
 from models.training import (
+    DistContext,
     Loop,
     TrainResult,
     adamw,
@@ -29,6 +30,29 @@ from models.training import (
     run_epochs,
     settings_json,
 )
+
+PAIR_SCOPES = ("group", "user")
+
+
+def user_batches(keys: np.ndarray, batch_size: int, generator: torch.Generator, ctx: DistContext) -> list[torch.Tensor]:
+    """Group positions of each step of one epoch, user by user: the users in a seeded random order, each user's
+    groups together (in a seeded random order too), cut into batches of `batch_size` groups. A user's groups then
+    share a batch (but for the one cut at a batch's end), which a user-scoped pairwise loss needs. Distributed, rank
+    r takes batches r, r + W, ... of the whole rounds of W."""
+    n = len(keys)
+    if n == 0:
+        return []
+    _, user = np.unique(keys, return_inverse=True)
+    user_rank = torch.randperm(int(user.max()) + 1, generator=generator).numpy()
+    within = torch.randperm(n, generator=generator).numpy()
+    order = np.lexsort((within, user_rank[user]))
+    batches = list(torch.from_numpy(order).split(batch_size))
+    if ctx.distributed:
+        rounds = len(batches) // ctx.world_size
+        if rounds == 0:
+            raise UserError(f"train: {n} groups make no batch of {batch_size} for each of {ctx.world_size} ranks")
+        batches = batches[: rounds * ctx.world_size][ctx.rank :: ctx.world_size]
+    return batches
 
 
 @dataclass(frozen=True)
@@ -49,6 +73,9 @@ class RankerTrainConfig:
     select_actions: tuple[str, ...] = ()
     # Weight of the within-group pairwise ranking loss (`models.tasks.pairwise_loss`) beside the pointwise one; 0 = off.
     pair_weight: float = 0.0
+    # Which candidates the pairwise loss compares: "group" = one request group's; "user" = every group of one user in
+    # the batch, with batches built user by user (`user_batches`), so pairs span a user's requests as GAUC does.
+    pair_scope: str = "group"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "max_eval_requests", "eval_batch_size"):
@@ -56,6 +83,8 @@ class RankerTrainConfig:
                 raise UserError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"train.lr: must be > 0, got {self.lr}")
+        if self.pair_scope not in PAIR_SCOPES:
+            raise UserError(f"train.pair_scope: unknown {self.pair_scope!r} (choose from {', '.join(PAIR_SCOPES)})")
 
 
 RankerTrainResult = TrainResult[Ranker]
@@ -141,10 +170,15 @@ def train_ranker(
         model.fit_dense_stats(train_ds.train_dense())
         model = model.to(device)
         optimizer = adamw(model, tc.lr, tc.weight_decay)
-        task = RankerTrainTask(model, available, tc.pair_weight).to(device)
+        task = RankerTrainTask(model, available, tc.pair_weight, tc.pair_scope).to(device)
+        group_users = train_ds.user.user_ids.numpy()
 
         def batches(generator: torch.Generator) -> Iterable[RankerBatch]:
-            return (train_ds[rows] for rows in epoch_batches(len(train_ds), tc.batch_size, generator, ctx))
+            if tc.pair_scope == "user":
+                steps = user_batches(group_users, tc.batch_size, generator, ctx)
+            else:
+                steps = epoch_batches(len(train_ds), tc.batch_size, generator, ctx)
+            return (train_ds[rows] for rows in steps)
 
         unknown = set(tc.select_actions) - set(binary_tasks(model, observed))
         if unknown:

@@ -130,6 +130,24 @@ def read_exposure(path: Path, include_shadow: bool = False) -> ExposureRead:
     return out
 
 
+def count_requests(path: Path, start_ts: float, end_ts: float | None = None) -> int:
+    """The served records (kind exposure) with `start_ts <= ts < end_ts` under `path`, counted without building a
+    frame: what decides whether a window is large enough to test at all."""
+    n = 0
+    for f in exposure_files(path):
+        with open(f, "rb") as handle:
+            for raw in handle:
+                try:
+                    record = json.loads(raw)
+                except (UnicodeDecodeError, ValueError):
+                    continue
+                if not isinstance(record, dict) or record.get("kind", "exposure") != "exposure":
+                    continue
+                ts = _as_float(record.get("ts"))
+                n += ts is not None and ts >= start_ts and (end_ts is None or ts < end_ts)
+    return n
+
+
 def save_window(path: Path, out: Path, start_ts: float, end_ts: float | None = None) -> int:
     """Copies the served records (kind exposure) with `start_ts <= ts < end_ts` from the log under `path` to
     `out/exposure.jsonl` (one file, written under a temporary name and renamed): a served window kept as the

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from core.actions import ACTION_NAMES, DWELL_TIME
+from core.errors import UserError
 from models.layers import string_id
 from models.ranker import RankerConfig, load_ranker
 from models.ranker_data import (
@@ -357,3 +358,34 @@ def test_pairwise_loss_compares_a_groups_positives_with_its_negatives_only() -> 
     torch.testing.assert_close(pairwise_loss(z, y, mask, tasks), expected)
     # no positive anywhere: no pair, no loss
     assert pairwise_loss(z, torch.zeros_like(y), mask, tasks).item() == 0.0
+
+
+def test_user_scoped_pairwise_loss_pairs_across_one_users_groups_only() -> None:
+    from models.tasks import pairwise_loss, select_tasks
+
+    tasks = select_tasks(("click",))
+    z = torch.tensor([[[2.0], [0.5]], [[-1.0], [9.0]], [[3.0], [0.0]]])  # (3 groups, 2 slots, 1 task)
+    y = torch.tensor([[[1.0], [0.0]], [[0.0], [0.0]], [[0.0], [1.0]]])
+    mask = torch.tensor([[True, True], [True, False], [True, True]]).unsqueeze(-1)  # group 1's slot 1 is padding
+    users = torch.tensor([7, 7, 8])  # groups 0 and 1 are one user's; group 2 another's
+    # user 7: positive 2.0 against 0.5 (own group) and -1.0 (group 1); padding 9.0 unused. User 8: 0.0 against 3.0.
+    # Never user 7's positive against user 8's negatives.
+    expected = (F.softplus(torch.tensor(-1.5)) + F.softplus(torch.tensor(-3.0)) + F.softplus(torch.tensor(3.0))) / 3
+    torch.testing.assert_close(pairwise_loss(z, y, mask, tasks, users), expected)
+
+
+def test_user_batches_keep_a_users_groups_together_and_cover_every_group() -> None:
+    from models.train_ranker import user_batches
+    from models.training import DistContext
+
+    keys = np.array([5, 1, 5, 3, 1, 5, 3, 9])
+    batches = user_batches(keys, 3, torch.Generator().manual_seed(0), DistContext())
+    order = torch.cat(batches).numpy()
+    assert sorted(order.tolist()) == list(range(len(keys)))  # every group once
+    seen = keys[order]
+    runs = [k for i, k in enumerate(seen) if i == 0 or k != seen[i - 1]]
+    assert len(runs) == len(set(seen))  # each user's groups are consecutive
+    again = torch.cat(user_batches(keys, 3, torch.Generator().manual_seed(0), DistContext())).numpy()
+    assert np.array_equal(order, again)  # seeded
+    with pytest.raises(UserError, match="pair_scope"):
+        RankerTrainConfig(pair_scope="request")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import UserError
-from monitoring.exposure_frame import exposure_files, read_exposure
+from monitoring.exposure_frame import count_requests, exposure_files, read_exposure
 
 
 def record(request_id: str, user: int, n_items: int, kind: str = "exposure") -> dict:
@@ -94,3 +94,17 @@ def test_item_actions_become_pred_columns_and_absent_ones_stay_missing(tmp_path:
     assert frame["pred_dwell_time"].iloc[0] == 4.5 and frame["pred_dwell_time"].iloc[1:].isna().all()
     assert frame["pred_like"].isna().all() and frame["pred_report"].isna().all()
     assert frame["pred_click"].mean() == pytest.approx(0.375)  # what summary()["prediction_mean"] reports
+
+
+def test_count_requests_counts_served_records_of_the_window_only(tmp_path: Path) -> None:
+    lines = []
+    for i, ts in enumerate((5.0, 10.0, 15.0, 20.0)):
+        lines.append(json.dumps({**record(f"r{i}", i, 2), "ts": ts}))
+    lines.append(json.dumps({**record("s", 9, 2, kind="shadow"), "ts": 12.0}))  # not served to anyone
+    lines.append("{not json")
+    (tmp_path / "exposure.jsonl.1").write_text(lines[0] + "\n")  # a rotated, older file counts too
+    (tmp_path / "exposure.jsonl").write_text("\n".join(lines[1:]) + "\n")
+    assert count_requests(tmp_path, 0.0) == 4
+    assert count_requests(tmp_path, 10.0) == 3
+    assert count_requests(tmp_path, 10.0, 20.0) == 2  # [start, end)
+    assert count_requests(tmp_path, 21.0) == 0
