@@ -26,6 +26,7 @@ from models.layers import Block, MultiHashEmbedding, RMSNorm, Rotary, entity_see
 from models.model_config import ModelConfig
 
 MIN_TEMPERATURE = 0.01  # a learned temperature below this blows the logits up (CLIP caps 1/T at 100 too)
+POOLINGS = ("mean", "last")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,12 @@ class TwoTowerConfig(ModelConfig):
     n_time_buckets: int = 40  # half-octave log buckets of minutes (time_bucket); 0 = padding/unknown
     temperature: float = 0.05  # initial value when learned
     learn_temperature: bool = True
+    # The user embedding: "mean" of the hidden states of the user token and every history event, or "last": the
+    # hidden state of the newest event (the user token's with no history), as SASRec reads a causal tower. With
+    # causal attention "last" still sees every event; ML-100K next-item, nano: see models.evaluate_retrieval.
+    pooling: str = "mean"
+    # Training only: dropout on the user tower's input tokens and on its final hidden states (as SASRec's).
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         self._freeze_tuples("user_attributes", "post_features", "post_attributes")
@@ -72,6 +79,10 @@ class TwoTowerConfig(ModelConfig):
             raise ValueError(f"TwoTowerConfig: id_dropout={self.id_dropout} is not in [0, 1)")
         if self.temperature < MIN_TEMPERATURE:
             raise ValueError(f"TwoTowerConfig: temperature={self.temperature} < {MIN_TEMPERATURE}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"TwoTowerConfig: pooling={self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"TwoTowerConfig: dropout={self.dropout} is not in [0, 1)")
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # Tests and `make demo`: trains on CPU in seconds.
@@ -193,6 +204,7 @@ class UserTower(nn.Module):
             Block(D, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_mult, cfg.gate) for _ in range(cfg.n_layers)
         )
         self.norm = RMSNorm(D)
+        self.drop = nn.Dropout(cfg.dropout)
         self.register_buffer("action_bits", torch.arange(cfg.n_actions), persistent=False)
 
     def history_tokens(
@@ -234,8 +246,11 @@ class UserTower(nn.Module):
             (B, D) float32, unit L2 norm.
         """
         h, valid = self.hidden_states(x, post_rows, author_rows, attribute_rows)
-        w = valid.unsqueeze(-1).float()  # (B, T, 1)
-        pooled = (h * w).sum(1) / w.sum(1)  # (B, D)
+        if self.cfg.pooling == "last":  # right-padded: the newest valid position is the number valid - 1
+            pooled = h[torch.arange(len(h), device=h.device), valid.sum(1) - 1]  # (B, D)
+        else:
+            w = valid.unsqueeze(-1).float()  # (B, T, 1)
+            pooled = (h * w).sum(1) / w.sum(1)  # (B, D)
         return F.normalize(pooled, dim=-1, eps=1e-12)
 
     def hidden_states(
@@ -245,7 +260,7 @@ class UserTower(nn.Module):
         (the user token is always valid)."""
         B, S = x.hist_post_ids.shape
         history = self.history_tokens(x, post_rows, author_rows, attribute_rows)  # (B, S, D)
-        h = torch.cat([self.user_token(x).unsqueeze(1), history], 1)  # (B, T, D)
+        h = self.drop(torch.cat([self.user_token(x).unsqueeze(1), history], 1))  # (B, T, D)
         # The user token is always valid, so no query row is fully masked (no NaN from softmax).
         valid = torch.cat([torch.ones_like(x.hist_post_ids[:, :1], dtype=torch.bool), x.hist_post_ids != 0], 1)
         mask = valid[:, None, None, :]  # (B, 1, 1, T): keys
@@ -254,7 +269,7 @@ class UserTower(nn.Module):
         cos, sin = self.rotary(S + 1)
         for block in self.blocks:
             h = block(h, cos, sin, mask)
-        return self.norm(h).float(), valid
+        return self.drop(self.norm(h)).float(), valid
 
     def prefix_forward(
         self, x: UserFeatures, post_rows: torch.Tensor, author_rows: torch.Tensor, attribute_rows: torch.Tensor | None
@@ -262,9 +277,9 @@ class UserTower(nn.Module):
         """The user embedding after each history position, from one causal pass (sequence training).
 
         Output i is the mean of the hidden states of the user token and the valid history events 0..i (a cumulative
-        mean), L2-normalised: with causal attention the same as `forward` on the history cut to its first i + 1
-        events, provided each event's features (hist_gap_ms included) do not depend on i. Positions past the
-        history (padding) repeat the last valid prefix and must be ignored by the caller.
+        mean; with pooling "last" the hidden state of event i), L2-normalised: with causal attention the same as
+        `forward` on the history cut to its first i + 1 events, provided each event's features (hist_gap_ms
+        included) do not depend on i. Positions past the history (padding) must be ignored by the caller.
 
         Args:
             x, post_rows, author_rows, attribute_rows: as in `forward`.
@@ -280,6 +295,8 @@ class UserTower(nn.Module):
                 "prefix embeddings need TwoTowerConfig(causal=True): a bidirectional tower leaks the future"
             )
         h, valid = self.hidden_states(x, post_rows, author_rows, attribute_rows)
+        if self.cfg.pooling == "last":
+            return F.normalize(h[:, 1:], dim=-1, eps=1e-12)  # (B, S, D): padding positions are ignored by the caller
         w = valid.unsqueeze(-1).float()  # (B, T, 1)
         pooled = (h * w).cumsum(1)[:, 1:] / w.cumsum(1)[:, 1:]  # (B, S, D): prefixes ending at history 0..S-1
         return F.normalize(pooled, dim=-1, eps=1e-12)

@@ -75,9 +75,10 @@ def truncated(x: UserFeatures, n: int) -> UserFeatures:
                                                           "hist_surfaces", "hist_gap_ms")})  # fmt: skip
 
 
-def test_prefix_embeddings_equal_truncated_history_embeddings() -> None:
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_prefix_embeddings_equal_truncated_history_embeddings(pooling: str) -> None:
     torch.manual_seed(0)
-    cfg = replace(NANO, n_layers=2)
+    cfg = replace(NANO, n_layers=2, pooling=pooling, dropout=0.3)  # dropout: training only
     model = TwoTower(cfg).eval()
     x = random_user(cfg, 3, [8, 5, 1], torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -89,6 +90,10 @@ def test_prefix_embeddings_equal_truncated_history_embeddings() -> None:
                 torch.testing.assert_close(prefix[b, i], expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="causal"):
         TwoTower(replace(cfg, causal=False)).prefix_user_embeddings(x)
+    with pytest.raises(ValueError, match="pooling"):
+        replace(cfg, pooling="max")
+    with pytest.raises(ValueError, match="dropout"):
+        replace(cfg, dropout=1.0)
 
 
 def test_predecessor_gaps() -> None:
@@ -139,6 +144,18 @@ def test_learns_a_deterministic_cycle_and_beats_popularity(context: str) -> None
     split = leave_one_out(cycle_events())
     corpus = make_corpus(split.train, split.valid, split.test)
     res = fit(split, corpus, context)
+    check_cycle(split, corpus, res, context)
+
+
+def test_last_position_pooling_with_dropout_learns_the_cycle() -> None:
+    split = leave_one_out(cycle_events())
+    corpus = make_corpus(split.train, split.valid, split.test)
+    cfg = replace(NANO, pooling="last", dropout=0.1)
+    tc = SequenceTrainConfig(epochs=40, batch_size=32, lr=1e-2, eval_every=5, patience=3, context="full")
+    check_cycle(split, corpus, train_sequences(cfg, split.train, split.valid, None, corpus, tc), "full")
+
+
+def check_cycle(split: Split, corpus: np.ndarray, res: SequenceTrainResult, context: str) -> None:
     test = evaluate_sequence_retriever(res.retriever, split.test_history, split.test)
     popular = evaluate_retriever(MostPopular(corpus).fit(split.train), split.test_history, split.test)
     assert res.best_metric > 0.8

@@ -144,7 +144,7 @@ def test_config_json_round_trip_presets_and_validation() -> None:
     with pytest.raises(ValueError, match="unknown preset"):
         TwoTowerConfig.preset("huge")
     with pytest.raises(ValueError, match="unknown keys"):
-        TwoTowerConfig.from_json('{"d_model": 32, "dropout": 0.1}')
+        TwoTowerConfig.from_json('{"d_model": 32, "warmup_steps": 10}')
     with pytest.raises(ValueError, match="n_kv_heads"):
         TwoTowerConfig(n_heads=4, n_kv_heads=3)
 
