@@ -17,6 +17,7 @@ GROUPS = [
     "bench.features",
     "bench.models",
     "bench.ranker",
+    "bench.threads",
     "bench.quality",
     "bench.serving",
     "bench.drift_detection",

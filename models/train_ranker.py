@@ -20,6 +20,7 @@ from models.ranker_data import RankerBatch, RankerDataset, RankerTrainTask, pred
 from models.ranker_metrics import ranking_report
 from models.tasks import TaskKind, availability
 from models.training import (
+    TRAIN_THREADS,
     DistContext,
     Loop,
     TrainResult,
@@ -27,6 +28,7 @@ from models.training import (
     device_for,
     distributed_context,
     epoch_batches,
+    intra_op_threads,
     run_epochs,
     settings_json,
 )
@@ -76,6 +78,7 @@ class RankerTrainConfig:
     # Which candidates the pairwise loss compares: "group" = one request group's; "user" = every group of one user in
     # the batch, with batches built user by user (`user_batches`), so pairs span a user's requests as GAUC does.
     pair_scope: str = "group"
+    threads: int = TRAIN_THREADS  # torch intra-op threads while training (models.training.TRAIN_THREADS); 0 = torch's
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "max_eval_requests", "eval_batch_size"):
@@ -83,6 +86,8 @@ class RankerTrainConfig:
                 raise UserError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"train.lr: must be > 0, got {self.lr}")
+        if self.threads < 0:
+            raise UserError(f"train.threads: must be >= 0, got {self.threads}")
         if self.pair_scope not in PAIR_SCOPES:
             raise UserError(f"train.pair_scope: unknown {self.pair_scope!r} (choose from {', '.join(PAIR_SCOPES)})")
 
@@ -153,6 +158,21 @@ def train_ranker(
     tc = train_cfg or RankerTrainConfig()
     if len(train_df) == 0 or len(valid_df) == 0:
         raise UserError(f"train: empty input (train {len(train_df)} rows, valid {len(valid_df)} rows)")
+    with intra_op_threads(tc.threads):
+        return _train(config, train_df, valid_df, observed, tc, out, resume, log, posts)
+
+
+def _train(
+    config: RankerConfig,
+    train_df: pd.DataFrame,
+    valid_df: pd.DataFrame,
+    observed: Sequence[str],
+    tc: RankerTrainConfig,
+    out: Path | None,
+    resume: bool,
+    log: Callable[[str], None] | None,
+    posts: pd.DataFrame | None,
+) -> RankerTrainResult:
     ctx = distributed_context()
     try:
         torch.manual_seed(tc.seed)

@@ -26,6 +26,7 @@ from torch import nn
 from core.errors import UserError
 from models.data import RetrievalBatch, RetrievalDataset, candidate_features, epoch_ms
 from models.training import (
+    TRAIN_THREADS,
     DistContext,
     Loop,
     TrainResult,
@@ -33,6 +34,7 @@ from models.training import (
     autocast,
     device_for,
     distributed_context,
+    intra_op_threads,
     rank_batches,
     run_epochs,
     settings_json,
@@ -61,8 +63,11 @@ class TrainConfig:
     max_eval_rows: int = 20_000  # validation queries (a seeded sample beyond this)
     eval_batch_size: int = 512
     seed: int = 0
+    threads: int = TRAIN_THREADS  # torch intra-op threads while training (models.training.TRAIN_THREADS); 0 = torch's
 
     def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise UserError(f"train.threads: must be >= 0, got {self.threads}")
         if self.select_k not in RECALL_KS:
             raise UserError(f"select_k: {self.select_k} is not one of the reported cut-offs {RECALL_KS}")
 
@@ -253,7 +258,8 @@ def train(
         raise UserError(f"train: empty input (train {len(train_df)}, valid {len(valid_df)}, corpus {len(corpus_df)})")
     ctx = distributed_context()
     try:
-        result = _train(ctx, config, train_df, valid_df, corpus_df, tc, out, resume, evaluate_fn, log)
+        with intra_op_threads(tc.threads):
+            result = _train(ctx, config, train_df, valid_df, corpus_df, tc, out, resume, evaluate_fn, log)
         if ctx.distributed:
             dist.barrier()  # rank 0's last writes are done before any rank returns
         return result

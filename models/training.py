@@ -15,8 +15,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -31,6 +31,27 @@ from core.errors import UserError
 from core.io import atomic_write_text
 
 M = TypeVar("M", bound=nn.Module)
+
+
+# Default torch intra-op threads while training: 1. The presets that train on CPU are small (D 32-64), whose steps are
+# hundreds of small kernels; with 2 OpenMP threads each kernel ends at a barrier, and when anything else holds a core
+# (the Prefect API, a DuckDB stage, another job) the waiting thread spins until the scheduler lets the other run. On a
+# 2-core machine with one other busy process, a nano two-tower step took 2,265 ms at 2 threads and 51-95 ms at 1
+# (`python -m bench.threads`). 0 = torch's default, one thread per core.
+TRAIN_THREADS = 1
+
+
+@contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` (0 = leave it) for the block, restored after."""
+    if n < 0:
+        raise UserError(f"train.threads: {n} is negative")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n or previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)
