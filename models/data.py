@@ -7,7 +7,7 @@ oldest first in positions 0..n-1, then post id 0. A null history (a new user) is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,22 +55,45 @@ def user_features(df: pd.DataFrame, cfg: UserInputs) -> UserFeatures:
     """The user-tower inputs of each row; history gaps are measured from the row's event_timestamp (request time)."""
     attributes = [f"user_{a}" for a in cfg.user_attributes]
     _require(df, ["user_id", "event_timestamp", *HISTORY, *attributes], "retrieval training set")
-    n, S = len(df), cfg.max_history
+    attribute_ids = np.stack([string_ids(df[c]) for c in attributes], 1) if attributes else np.zeros((len(df), 0))
+    return user_tensors(
+        df["user_id"].to_numpy(dtype=np.int64),
+        epoch_ms(df["event_timestamp"]),
+        zip(*(df[c].to_numpy() for c in HISTORY), strict=True),
+        attribute_ids,
+        cfg.max_history,
+    )
+
+
+def user_tensors(
+    user_ids: np.ndarray,
+    request_ms: np.ndarray,
+    histories: Iterable[tuple[object, ...]],
+    attribute_ids: np.ndarray,
+    max_history: int,
+) -> UserFeatures:
+    """UserFeatures of n users from plain arrays: the one rule `user_features` (training frames) and serving
+    (`serving.inputs.user_inputs`, one query without a DataFrame) share.
+
+    Args:
+        user_ids, request_ms: (n,) int64.
+        histories: per user, the HISTORY arrays in that order (None / not an array: no history yet).
+        attribute_ids: (n, A) `string_id`s of the user attributes.
+        max_history: S; the newest S events are kept, oldest first, gaps = request time - event time (>= 0).
+    """
+    n, S = len(user_ids), max_history
     hist = {c: np.zeros((n, S), dtype=np.int64) for c in HISTORY}
-    request_ms = epoch_ms(df["event_timestamp"])
-    columns = [df[c].to_numpy() for c in HISTORY]
-    for i, row in enumerate(zip(*columns, strict=True)):
+    for i, row in enumerate(histories):
         if not _is_array(row[0]):  # None / NaN: no history yet
             continue
-        length = min(len(row[0]), S)
+        length = min(len(row[0]), S)  # type: ignore[arg-type]
         if length == 0:
             continue
         for name, values in zip(HISTORY, row, strict=True):
             hist[name][i, :length] = np.asarray(values, dtype=np.int64)[-length:]  # the newest, oldest first
         hist["hist_timestamps"][i, :length] = np.maximum(request_ms[i] - hist["hist_timestamps"][i, :length], 0)
-    attribute_ids = np.stack([string_ids(df[c]) for c in attributes], 1) if attributes else np.zeros((n, 0))
     return UserFeatures(
-        user_ids=torch.as_tensor(df["user_id"].to_numpy(dtype=np.int64)),
+        user_ids=torch.as_tensor(np.asarray(user_ids, dtype=np.int64)),
         attribute_ids=torch.as_tensor(attribute_ids, dtype=torch.int64),
         hist_post_ids=torch.from_numpy(hist["hist_post_ids"]),
         hist_author_ids=torch.from_numpy(hist["hist_author_ids"]),

@@ -1,4 +1,4 @@
-"""Model inputs from a hydrated query, built by the same code training uses (`models.data.user_features`), so a
+"""Model inputs from a hydrated query, built by the rule training uses (`models.data.user_tensors`), so a
 user at serving is encoded exactly as a training row with the same feature values would be.
 
 Online values stand in for the training set's point-in-time columns: a view the store has no row for reads as the
@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.data import HISTORY
+from models.data import HISTORY, UserInputs, user_tensors
+from models.layers import string_id
+from models.two_tower import UserFeatures
 from serving.types import Query
 
 
@@ -23,16 +25,14 @@ def user_value(query: Query, name: str) -> Any:
     return query.user_stats.get(name)
 
 
-def user_frame(query: Query, attributes: tuple[str, ...]) -> pd.DataFrame:
-    """One training-set-shaped row for the user: user_id, event_timestamp (= query.now), the history arrays and
-    the `user_<attribute>` columns the models embed."""
+def user_inputs(query: Query, cfg: UserInputs) -> UserFeatures:
+    """The user-tower inputs of one query, built straight from its hydrated values by the rule training uses
+    (`models.data.user_tensors`): equal to `models.data.user_features` of the one training-set row with the same
+    values (tests/serving/test_inputs.py), without the one-row DataFrame that cost ~1 ms per model per request."""
     history = query.history or {}
-    row: dict[str, Any] = {"user_id": query.user_id, "event_timestamp": pd.Timestamp(query.now)}
-    for name in HISTORY:
-        values = history.get(name, ())
-        row[name] = np.asarray(values, dtype=np.int64) if len(values) else None
-    for a in attributes:
-        row[f"user_{a}"] = user_value(query, f"user_{a}")
-    frame = pd.DataFrame([row])
-    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
-    return frame
+    row = tuple(np.asarray(history[name], dtype=np.int64) if len(history.get(name, ())) else None for name in HISTORY)
+    now = pd.Timestamp(query.now)
+    now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
+    request_ms = np.array([(now - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)], dtype=np.int64)
+    attribute_ids = np.array([[string_id(user_value(query, f"user_{a}")) for a in cfg.user_attributes]], np.int64)
+    return user_tensors(np.array([query.user_id], np.int64), request_ms, [row], attribute_ids, cfg.max_history)

@@ -1,11 +1,11 @@
 """Ranker scorer (x-algorithm's PhoenixScorer): the multi-task ranker's per-action predictions for every candidate.
 
 Inputs are built as training builds them (`models.ranker_data.RankerDataset`): the user through
-`models.data.user_features`, the candidate dense vector from `cfg.candidate_features` (post_*, author_* and user_*
-columns), the candidate attributes as `string_id`s, the in-network flag, the post age at request time, the history
-posts' attributes, and position -1 (unknown, so the position-bias tower adds nothing). A feature the store did not
-have reads as training reads a null: 0, attribute id 0. The user is encoded once (`Ranker.encode_user`) and the
-candidates are scored against that cache (`Ranker.score_candidates`).
+`models.data.user_tensors` (`serving.inputs.user_inputs`), the candidate dense vector from `cfg.candidate_features`
+(post_*, author_* and user_* columns), the candidate attributes as `string_id`s, the in-network flag, the post age
+at request time, the history posts' attributes, and position -1 (unknown, so the position-bias tower adds nothing).
+A feature the store did not have reads as training reads a null: 0, attribute id 0. The user is encoded once
+(`Ranker.encode_user`) and the candidates are scored against that cache (`Ranker.score_candidates`).
 
 It fills `candidate.actions` {task: prediction} (probabilities; `dwell_time` in seconds) and leaves the blend to the
 weighted scorer.
@@ -18,13 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.data import user_features
 from models.layers import string_id
 from models.ranker import CandidateBatch, Ranker
 from models.two_tower import UserFeatures
 from serving.component import Component
 from serving.hydrators.post_features import FeatureRow, FeatureTable
-from serving.inputs import user_frame, user_value
+from serving.inputs import user_inputs, user_value
 from serving.types import ActionRow, ActionTable, Candidate, Query
 
 
@@ -143,7 +142,7 @@ def ranker_inputs(
     model: Ranker, query: Query, candidates: list[Candidate]
 ) -> tuple[UserFeatures, CandidateBatch, torch.Tensor]:
     """The user (1 request), its candidates and the history attributes: what `Ranker.forward` takes."""
-    user = user_features(user_frame(query, model.cfg.user_attributes), model.cfg)
+    user = user_inputs(query, model.cfg)
     return user, candidate_batch(model, query, candidates), history_attributes(model, query, user)
 
 

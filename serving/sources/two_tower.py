@@ -8,11 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.data import user_features
 from models.index import AnnIndex
 from models.two_tower import TwoTower
 from serving.component import Component
-from serving.inputs import user_frame
+from serving.inputs import user_inputs
 from serving.types import Candidate, Query
 
 
@@ -34,7 +33,7 @@ class TwoTowerSource(Component):
 
     def embed(self, query: Query) -> np.ndarray:
         """(1, D) the viewer's unit-norm embedding (what the index is searched with)."""
-        user = user_features(user_frame(query, self.model.cfg.user_attributes), self.model.cfg)
+        user = user_inputs(query, self.model.cfg)
         with torch.inference_mode():
             return self.model.user_embedding(user).float().cpu().numpy()
 
