@@ -22,8 +22,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 # The main job on the embedded default (synthetic feed): the `ember-pipeline` Prefect flow (DVC stages data ->
 # features -> Feast registry -> retrieval -> index -> ranker, then the online store loaded incrementally), one read
 # through the feature hot path, then `ember serve` started, one POST /recommend over HTTP, and the server stopped.
+# RUN_REPORT=path: also write the flow's result (seconds per step) there (bench/pipeline.py times `make run` with it).
 run: setup
-	ember run
+	ember run $(if $(RUN_REPORT),--report $(RUN_REPORT))
 	ember features show --user 1
 	python -m serving.smoke --user 1 --k 10 --config artifacts/deploy/variants.yaml
 	ember lineage

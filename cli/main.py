@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -37,6 +39,7 @@ def run(
     redis: str = typer.Option("127.0.0.1:6379", "--redis", help="Redis address when --online-store redis."),
     push: bool = typer.Option(False, "--push", help="`dvc push` the artifacts at the end."),
     bento: bool = typer.Option(False, "--bento", help="Build the Bento (`make bento`) and record its tag."),
+    report: Path | None = typer.Option(None, "--report", help="Also write the flow's result (seconds per step) here."),
 ) -> None:
     """Run the main job, the `ember-pipeline` Prefect flow, against PREFECT_API_URL when set, else against a local
     `prefect server start` (PREFECT_HOME .prefect/) started for the run and stopped afterwards (flows/api.py)."""
@@ -46,6 +49,10 @@ def run(
     with prefect_api() as url:
         typer.echo(f"Prefect API: {url}")
         result = ember_pipeline(online_store=online_store, redis=redis, push=push, bento=bento)
+    if report is not None:
+        from core.io import atomic_write_text
+
+        atomic_write_text(report, json.dumps(result, indent=2, default=str))
     ran = ", ".join(result["stages_run"]) or "none (all cached)"
     typer.echo(f"ember-pipeline done: stages run: {ran}; online store: {len(result['online']['views'])} views")
     promotion, deployed = result["promotion"], result["deployment"]
