@@ -151,20 +151,38 @@ def evaluate_retrieval_cmd(
     out: Path = typer.Option(Path("metrics/retrieval_eval.json"), "--out", help="Metrics JSON (all models)."),
     preset: str = typer.Option("nano", "--preset", help="Two-tower and SASRec size."),
     budget_s: float = typer.Option(60.0, "--budget-s", min=1.0, help="Training budget per trained model, seconds."),
+    converge: bool = typer.Option(
+        False, "--converge", help="No budget: SASRec and the two-tower early-stop on validation (patience, epoch cap)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of every trained model."),
-    overrides: list[str] = SET,
+    seeds: str | None = typer.Option(
+        None, "--seeds", help="Comma-separated seeds (overrides --seed): metrics are the mean, with their std."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config field: model.<field>, train.<field> or sasrec.<field>=<value>."
+    ),
 ) -> None:
     """Two-tower vs most-popular, item-kNN and SASRec on the same split, full ranking, seen items filtered."""
+    from core.errors import UserError
     from core.io import atomic_write_text
+    from models.config_overrides import split_overrides
     from models.evaluate_retrieval import evaluate_retrieval
 
-    sets = _overrides(overrides)
-    report = evaluate_retrieval(data, protocol, preset, budget_s, seed, sets["model"], sets["train"], log=typer.echo)
+    sets = split_overrides(overrides, ("model", "train", "sasrec"))
+    try:
+        seed_list = [int(s) for s in seeds.split(",")] if seeds else [seed]
+    except ValueError:
+        raise UserError(f"--seeds: {seeds!r} is not a comma-separated list of integers") from None
+    report = evaluate_retrieval(
+        data, protocol, preset, None if converge else budget_s, seed_list[0], sets["model"], sets["train"],
+        log=typer.echo, seeds=seed_list, sasrec_overrides=sets["sasrec"],
+    )  # fmt: skip
     atomic_write_text(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
     for name, row in report["models"].items():
+        std = report.get("std", {}).get(name, {})
         typer.echo(
-            f"{name:>12}: NDCG@10 {row['ndcg@10']:.4f}  Recall@10 {row['recall@10']:.4f}  "
-            f"Recall@200 {row['recall@200']:.4f}  ({row.get('seconds', 0):.1f} s)"
+            f"{name:>12}: NDCG@10 {row['ndcg@10']:.4f} (std {std.get('ndcg@10', 0.0):.4f})  "
+            f"Recall@10 {row['recall@10']:.4f}  Recall@200 {row['recall@200']:.4f}  ({row.get('seconds', 0):.1f} s)"
         )
     typer.echo(f"wrote {out}")
 

@@ -74,6 +74,9 @@ class SequenceTrainConfig:
     context: str = "items"  # items | full (see the module doc)
     budget_seconds: float = 300.0  # wall-clock limit: training stops and evaluates once past it
     patience: int = 5  # evaluations without a better validation select_metric before stopping
+    # The learning rate is multiplied by this after every evaluation without a better validation select_metric
+    # (reduce-on-plateau; 1 = constant rate).
+    plateau_decay: float = 1.0
     eval_every: int = 1  # epochs between validation evaluations
     # > 0: targets score candidates as of snapshots this far apart (Snapshots); 0: one table at the end of training
     snapshot_hours: float = 0.0
@@ -98,6 +101,8 @@ class SequenceTrainConfig:
             raise UserError(f"snapshot_hours: {self.snapshot_hours} is negative")
         if self.threads < 0:
             raise UserError(f"threads: {self.threads} is negative")
+        if not 0.0 < self.plateau_decay <= 1.0:
+            raise UserError(f"plateau_decay: {self.plateau_decay} is not in (0, 1]")
         if self.batch_size < 1 or self.epochs < 1 or self.eval_every < 1:
             raise UserError("SequenceTrainConfig: batch_size, epochs and eval_every must be >= 1")
 
@@ -604,7 +609,8 @@ def _train(
         if epoch % tc.eval_every and epoch != tc.epochs and not over_budget:
             continue
         retriever.refresh()
-        entry: dict[str, float] = {"epoch": epoch, "steps": steps, "train_loss": float(np.mean(losses))}
+        lr = float(optimizer.param_groups[0]["lr"])
+        entry: dict[str, float] = {"epoch": epoch, "steps": steps, "lr": lr, "train_loss": float(np.mean(losses))}
         losses = []
         if has_valid:
             assert valid is not None
@@ -619,6 +625,8 @@ def _train(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             bad += 1
+            for group in optimizer.param_groups:
+                group["lr"] *= tc.plateau_decay
         if bad >= tc.patience or over_budget:
             break
     model.load_state_dict(best_state)

@@ -61,6 +61,14 @@ def test_bad_protocol_and_unknown_keys_are_one_line_errors(feed: Path, tmp_path:
     line = run_cli("evaluate", "retrieval", "--data", str(feed), "--protocol", "temporal", "--out", str(out),
                    "--set", "train.warmup=3").error_line()  # fmt: skip
     assert "train.warmup" in line
+    line = run_cli("evaluate", "retrieval", "--data", str(feed), "--seeds", "0,x", "--out", str(out)).error_line()
+    assert "--seeds" in line
+    line = run_cli("evaluate", "retrieval", "--data", str(feed), "--seeds", "1,1", "--out", str(out)).error_line()
+    assert "--seeds" in line
+    line = run_cli(
+        "evaluate", "retrieval", "--data", str(feed), "--set", "sasrec.depth=3", "--out", str(out)
+    ).error_line()
+    assert "sasrec.depth" in line
     assert not out.exists()
 
 
@@ -76,3 +84,27 @@ def test_top_overlap_counts_the_ideal_slate_found_at_depth() -> None:
     # Row 0: ideal top-2 {0, 1}, retrieved top-2 {0, 3} -> 1/2. Row 1: post 0 seen, ideal {1, 2}, retrieved {3, 2}.
     assert top_overlap(truth, scores, seen, k=2, depth=2).tolist() == [0.5, 0.5]
     assert top_overlap(truth, scores, seen, k=2, depth=3).tolist() == [0.5, 1.0]
+
+
+def test_seeds_report_mean_std_and_every_run_and_converge_drops_the_budget(feed: Path) -> None:
+    import numpy as np
+
+    from models.evaluate_retrieval import evaluate_retrieval
+
+    caps = {"epochs": 2, "patience": 1}
+    report = evaluate_retrieval(
+        feed, "leave-one-out", "nano", None, seeds=[0, 1], names=("most_popular", "sasrec", "two_tower"),
+        train_overrides=caps, sasrec_overrides={**caps, "eval_every": 1},
+    )  # fmt: skip
+    assert report["seeds"] == [0, 1] and report["budget_s"] is None
+    assert report["config"]["sasrec"]["epochs"] == 2 and "budget_seconds" not in report["config"]["sasrec"]
+    assert len(report["per_seed"]["sasrec"]) == len(report["per_seed"]["two_tower"]) == 2
+    assert len(report["per_seed"]["most_popular"]) == 1 and report["std"]["most_popular"]["ndcg@10"] == 0.0
+    for name in ("sasrec", "two_tower"):
+        runs = [r["ndcg@10"] for r in report["per_seed"][name]]
+        assert report["models"][name]["ndcg@10"] == np.mean(runs)
+        assert report["std"][name]["ndcg@10"] == np.std(runs, ddof=1)
+    ratios = report["two_tower_vs_sasrec_per_seed"]
+    assert len(ratios) == 2 and all(r >= 0 or np.isnan(r) for r in ratios)
+    # Each seed's time to reach is measured against that seed's SASRec (NaN where it never reached).
+    assert all(r["seconds_to_reach"] >= 0 or np.isnan(r["seconds_to_reach"]) for r in report["per_seed"]["two_tower"])

@@ -165,6 +165,20 @@ def check_cycle(split: Split, corpus: np.ndarray, res: SequenceTrainResult, cont
         assert evaluate_retriever(res.retriever, split.test_history, split.test) == test
 
 
+def test_plateau_decay_halves_the_rate_after_each_evaluation_without_progress() -> None:
+    split = leave_one_out(cycle_events())
+    corpus = make_corpus(split.train, split.valid, split.test)
+    res = fit(split, corpus, epochs=12, eval_every=1, patience=12, plateau_decay=0.5)
+    best = -1.0
+    for entry, after in zip(res.history, res.history[1:], strict=False):
+        improved = entry["ndcg@10"] > best
+        best = max(best, entry["ndcg@10"])
+        assert after["lr"] == pytest.approx(entry["lr"] * (1.0 if improved else 0.5))
+    assert res.history[-1]["lr"] < res.history[0]["lr"]  # the cycle is learnt early, then plateaus
+    with pytest.raises(UserError, match="plateau_decay"):
+        SequenceTrainConfig(plateau_decay=0.0)
+
+
 def test_budget_stops_training() -> None:
     split = leave_one_out(cycle_events())
     corpus = make_corpus(split.train, split.valid, split.test)
