@@ -223,10 +223,12 @@ def hold(url: str, pid: int, rate: float, minutes: float, seed: int) -> dict[str
 
 
 def start_server(config: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str, float]:
-    """`ember serve` with `config`, its exposure log moved under `workdir` (the repo's logs/ are the monitoring
-    window); returns the process, its URL and the seconds it took to get ready."""
+    """`ember serve` with `config`, its exposure log (the repo's logs/ are the monitoring window) and its SQLite served
+    sets moved under `workdir`; returns the process, its URL and the seconds it took to get ready."""
     body = yaml.safe_load(config.read_text())
     body.setdefault("exposure", {})["path"] = str(workdir / "exposure.jsonl")
+    if body.get("fresh_feed", {}).get("store") == "sqlite":  # a benchmark's served sets stay out of the repo's store
+        body["fresh_feed"]["sqlite_path"] = str(workdir / "served.db")
     moved = workdir / "variants.yaml"
     moved.write_text(yaml.safe_dump(body))
     port = free_port()

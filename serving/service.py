@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException
 
 from core.errors import UserError
 from core.schema import N_SURFACES
+from features.served import open_served
 from serving.ab import PopularSpec, Router, Routing, in_shadow, load_config
 from serving.exposure import ExposureLog
 from serving.metrics import ServiceMetrics
@@ -187,6 +188,7 @@ class Ember:
         config = load_config(self.config_path)
         self.metrics = ServiceMetrics()
         self.exposure = ExposureLog(config.exposure, on_drop=self.metrics.exposure_dropped.inc)
+        self.served = open_served(config.fresh_feed)  # what each user was served lately: not served again
         self.shadow = ShadowRunner()
         self.router = Router.build(config)
         self.fallback = _fallback_recommender(self.router.routing)
@@ -213,7 +215,9 @@ class Ember:
         request_id = uuid.uuid4().hex
         variant = routing.assign(user_id)
         recommender = routing.recommenders[variant]
-        seen = frozenset(seen_ids)
+        now_ms = int(time.time() * 1000)
+        served_before = self.served.recent(user_id, now_ms) if self.served is not None else frozenset()
+        seen = frozenset(seen_ids) | served_before
         try:
             rec = recommender.recommend(user_id, k, seen, surface)
         except Exception:
@@ -221,6 +225,8 @@ class Ember:
             recommender = self.fallback
             rec = _last_resort(lambda: recommender.recommend(user_id, k, seen, surface))
         rec = replace(rec, items=rec.items[:k])  # what is logged is exactly what is served
+        if self.served is not None:
+            self.served.add(user_id, [i.post_id for i in rec.items], now_ms)
         self.metrics.observe("recommend", variant, rec)
         self._log_exposure("recommend", request_id, user_id, surface, variant, recommender, rec)
         if in_shadow(routing.config, request_id):

@@ -43,11 +43,11 @@ def test_age_filter_boundaries() -> None:
     assert _ids(AgeFilter(max_age=timedelta(hours=1)).filter(Query(1, NOW), cands).kept) == []
 
 
-def test_previously_seen_uses_client_ids_and_the_served_log() -> None:
-    f = PreviouslySeenFilter(served={1: {3}})
-    result = f.filter(Query(1, NOW, seen_ids=frozenset({2})), [_c(1), _c(2), _c(3)])
+def test_previously_seen_drops_the_seen_ids() -> None:
+    f = PreviouslySeenFilter()
+    result = f.filter(Query(1, NOW, seen_ids=frozenset({2, 3})), [_c(1), _c(2), _c(3)])
     assert (_ids(result.kept), _ids(result.removed)) == ([1], [2, 3])
-    assert _ids(f.filter(Query(9, NOW), [_c(3)]).kept) == [3]  # another user's served log does not apply
+    assert _ids(f.filter(Query(9, NOW), [_c(3)]).kept) == [3]
 
 
 def test_blocked_and_muted_authors_removed() -> None:

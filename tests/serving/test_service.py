@@ -62,11 +62,12 @@ class Server:
 
 
 @contextmanager
-def running(root: Path, name: str) -> Iterator[Server]:
-    """`ember serve` with a fresh config under `root`, until /readyz answers 200; stopped (its process group) after."""
+def running(root: Path, name: str, extra: dict[str, Any] | None = None) -> Iterator[Server]:
+    """`ember serve` with a fresh config under `root` (plus `extra` top-level keys), until /readyz answers 200;
+    stopped (its process group) after."""
     exposure = root / name / "exposure.jsonl"
     config = root / f"{name}.yaml"
-    config.write_text(yaml.safe_dump(_config(exposure)))
+    config.write_text(yaml.safe_dump({**_config(exposure), **(extra or {})}))
     port = _free_port()
     # Its own BENTOML_HOME: every `bentoml serve` wipes $BENTOML_HOME/prometheus_multiproc_dir when it starts, so two
     # servers sharing one lose each other's metrics.
@@ -133,6 +134,27 @@ def test_recommend_returns_k_items(server: Server) -> None:
     assert set(body["items"][0]) == {"post_id", "author_id", "score", "source", "in_network", "actions"}
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_a_repeated_request_gets_a_fresh_slate(tmp_path: Path) -> None:
+    served_db = tmp_path / "served" / "served.db"
+    fresh = {"fresh_feed": {"store": "sqlite", "ttl_s": 3600, "sqlite_path": str(served_db)}}
+    with running(tmp_path, "fresh", fresh) as s:
+        slates = [
+            [i["post_id"] for i in _post(s, "/recommend", {"user_id": 7, "k": 5}).json()["items"]] for _ in range(3)
+        ]
+        other = [i["post_id"] for i in _post(s, "/recommend", {"user_id": 8, "k": 5}).json()["items"]]
+        # the client's seen_ids still apply on top of what was served
+        fourth = _post(s, "/recommend", {"user_id": 7, "k": 5, "seen_ids": [16, 17]}).json()["items"]
+    assert all(len(x) == 5 for x in slates)
+    assert len(set(slates[0]) | set(slates[1]) | set(slates[2])) == 15, slates  # no post twice to user 7
+    assert set(slates[0]) & set(other) or set(slates[1]) & set(other) or set(slates[2]) & set(other)  # per user
+    assert not {16, 17} & {i["post_id"] for i in fourth}
+    assert not set().union(*slates) & {i["post_id"] for i in fourth}
+    import sqlite3
+
+    with sqlite3.connect(served_db) as db:
+        assert db.execute("SELECT count(*) FROM ember_served WHERE user_id = 7").fetchone()[0] == 20
 
 
 def test_rank_answers_in_the_order_given(server: Server) -> None:
@@ -373,6 +395,9 @@ def test_ember_serve_rejects_a_bad_config_in_one_line(tmp_path: Path, run_cli: A
     bad.write_text(yaml.safe_dump(body))
     line = run_cli("serve", "--config", str(bad)).error_line()
     assert line == f"error: {bad}: variants: shares sum to 1.2, not 1"
+    bad.write_text(yaml.safe_dump({**_config(tmp_path / "e.jsonl"), "fresh_feed": {"store": "memcached"}}))
+    line = run_cli("serve", "--config", str(bad)).error_line()
+    assert line == f"error: {bad}: fresh_feed.store: Input should be 'off', 'sqlite' or 'redis'"
 
 
 @pytest.fixture
