@@ -50,7 +50,7 @@ from models.data import epoch_ms
 from models.layers import string_ids
 from models.metrics import NDCG_KS, RECALL_KS, corpus_columns, mask_unborn, ranking_metrics, target_ranks
 from models.sequences import _before, sort_events
-from models.training import adamw
+from models.training import TRAIN_THREADS, adamw, intra_op_threads
 from models.two_tower import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
 
 GAP_UNKNOWN = -1  # hist_gap_ms of an unknown gap: time bucket 0, the zero padding row
@@ -86,10 +86,10 @@ class SequenceTrainConfig:
     # The validation metric early stopping keeps the best of (models.metrics.ranking_metrics names): a candidate
     # generator is judged by what reaches the ranker (recall at the retrieval depth), a next-item model by NDCG@10.
     select_metric: str = "ndcg@10"
-    # torch intra-op threads while training (restored after); 0 = torch's default, one per core. A nano tower's
-    # matrices are small: on 2 cores shared with other jobs (load ~6) 1 thread ran 141 steps in a 60 s budget where
-    # the default ran 48.
-    threads: int = 0
+    # torch intra-op threads while training (restored after; models.training.TRAIN_THREADS); 0 = torch's default,
+    # one per core. A nano tower's matrices are small: on 2 cores shared with other jobs (load ~6) 1 thread ran 141
+    # steps in a 60 s budget where the default ran 48.
+    threads: int = TRAIN_THREADS
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -556,12 +556,8 @@ def train_sequences(
     tc = train_cfg or SequenceTrainConfig()
     if not config.causal:
         raise UserError("train_sequences: needs a causal user tower (TwoTowerConfig causal=True)")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(tc.threads or previous)
-    try:
+    with intra_op_threads(tc.threads):
         return _train(config, train_events, valid, dataset, corpus, tc, log, device)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _train(

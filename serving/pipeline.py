@@ -2,7 +2,8 @@
 
 Order (x-algorithm's candidate pipeline): query hydrators -> sources (concatenated) -> candidate hydrators ->
 filters (sequential; a failing filter fails open) -> scorers (sequential) -> selector -> post-selection filters ->
-truncate to `query.k` -> side effects (after the response, never on its path).
+explorer (optional: a sampled slate with propensities, serving/selectors/explore.py; failing, the ranked order
+stands) -> truncate to `query.k` -> side effects (after the response, never on its path).
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class Pipeline:
     scorers: list[Scorer] = field(default_factory=list)
     selector: Selector | None = None
     post_filters: list[Filter] = field(default_factory=list)
+    explorer: Selector | None = None
     side_effects: list[SideEffect] = field(default_factory=list)
 
     def run(self, query: Query) -> PipelineResult:
@@ -151,6 +153,10 @@ class Pipeline:
             out = call("selector", sel.name, len(candidates), partial(sel.select, query, candidates), _is_list)
             candidates = out if out is not None else candidates
         candidates = self._filter("post_filter", self.post_filters, query, candidates, call)
+        if self.explorer is not None and self.explorer.enabled(query):
+            ex = self.explorer
+            out = call("explorer", ex.name, len(candidates), partial(ex.select, query, candidates), _is_list)
+            candidates = out if out is not None else candidates
         selected = candidates[: query.k]
         effects: list[Callable[[], None]] = [
             partial(e.run, query, list(selected)) for e in self.side_effects if e.enabled(query)

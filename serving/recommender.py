@@ -21,6 +21,10 @@ class Item:
     source: str = ""
     in_network: bool = False
     actions: dict[str, float] = field(default_factory=dict)
+    # A randomised slate's P(this post in this slot) and P(in the slate) (serving/selectors/explore.py); None when
+    # the slate is deterministic.
+    propensity: float | None = None
+    inclusion: float | None = None
 
 
 @dataclass(frozen=True)

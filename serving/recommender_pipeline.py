@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -58,6 +59,7 @@ from serving.scorers.author_diversity import AuthorDiversityScorer
 from serving.scorers.out_of_network import OutOfNetworkScorer
 from serving.scorers.ranker import RankerScorer
 from serving.scorers.weighted import ScoringWeights, WeightedScorer
+from serving.selectors.explore import PlackettLuceExplorer
 from serving.selectors.top_k import TopKSelector
 from serving.sources.in_network import InNetworkSource
 from serving.sources.popular import PopularPost, PopularSource, popular_posts
@@ -92,6 +94,10 @@ class RecommenderConfig:
         warm_posts: at load, read this many posts' features (the newest of the ANN corpus) into the in-process
             cache, so requests do not pay a cold online-store read per candidate; 0 = off.
         device: torch device of the models.
+        explore_temperature: > 0 draws the slate from the ranked pool at random (Plackett-Luce over the standardised
+            final scores at this temperature, serving/selectors/explore.py) and logs each item's propensity; 0 (the
+            default) serves the ranked order. explore_samples: draws that estimate the propensities;
+            explore_seed: fixes the draws (simulations, tests), None = fresh entropy per request.
     """
 
     retrieval_model: Path
@@ -117,6 +123,9 @@ class RecommenderConfig:
     oon_factor: float = 0.75
     warm_posts: int = 200_000  # ~20 s and ~250 MB per million posts: the small world's 100k load in about 1 s
     device: str = "cpu"
+    explore_temperature: float = 0.0
+    explore_samples: int = 2000
+    explore_seed: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("retrieval_model", "index", "ranker", "features", "sqlite_path"):
@@ -140,6 +149,10 @@ class RecommenderConfig:
             raise UserError("recommender.diversity_decay must be in (0, 1] and diversity_floor in [0, 1]")
         if not 0.0 <= self.oon_factor <= 1.0:
             raise UserError(f"recommender.oon_factor: must be in [0, 1], got {self.oon_factor}")
+        if not (self.explore_temperature >= 0 and math.isfinite(self.explore_temperature)):
+            raise UserError(f"recommender.explore_temperature: must be >= 0 (0 = off), got {self.explore_temperature}")
+        if self.explore_samples < 1:
+            raise UserError(f"recommender.explore_samples: must be >= 1, got {self.explore_samples}")
         if self.as_of is not None:
             self.now_at()  # a bad time is a load error, not a request error
         if self.weights is not None:
@@ -313,6 +326,11 @@ class PipelineRecommender:
             ],
             selector=TopKSelector(cfg.top_k),
             post_filters=[AuthorCapFilter(cfg.author_cap)],
+            explorer=(
+                PlackettLuceExplorer(cfg.explore_temperature, cfg.explore_samples, cfg.explore_seed)
+                if cfg.explore_temperature > 0
+                else None
+            ),
         )
         # No store needed: the popular list by popularity (the source sets each candidate's score).
         self.fallback = Pipeline(
@@ -466,6 +484,8 @@ def _item(c: Candidate) -> Item:
         source=c.source,
         in_network=c.in_network,
         actions=dict(c.actions),
+        propensity=c.propensity,
+        inclusion=c.inclusion,
     )
 
 

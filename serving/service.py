@@ -85,6 +85,8 @@ class RecommendedItem(BaseModel):
     source: str
     in_network: bool
     actions: dict[str, float]
+    # The exploring variant's P(this post in this slot) (serving/selectors/explore.py); null for a ranked slate.
+    propensity: float | None = None
 
 
 class RecommendResponse(BaseModel):
@@ -239,6 +241,7 @@ class Ember:
                 source=i.source,
                 in_network=i.in_network,
                 actions=i.actions,
+                propensity=i.propensity,
             )
             for i in rec.items
         ]
@@ -303,6 +306,8 @@ class Ember:
                         "source": i.source,
                         # the ranker's per-action predictions: what prediction drift is measured on (monitoring/)
                         "actions": {a: round(float(v), 6) for a, v in (i.actions or {}).items()},
+                        # an exploring variant's P(this post in this slot) and P(in the slate): off-policy weights
+                        **({"propensity": i.propensity, "inclusion": i.inclusion} if i.propensity is not None else {}),
                     }
                     for n, i in enumerate(rec.items)
                 ],

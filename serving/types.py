@@ -63,6 +63,10 @@ class Candidate:
     # post_* / author_* feature values from the candidate hydrator; a feature of a post or author the store does not
     # hold is absent (the ranker then reads it as training reads a null: 0, attribute id 0).
     features: Mapping[str, Any] = field(default_factory=dict)
+    # Set by an explorer (serving/selectors/explore.py): P(this post in this slot) and P(this post in the slate)
+    # under the randomised policy that drew the slate; None for a deterministic slate.
+    propensity: float | None = None
+    inclusion: float | None = None
 
 
 class ActionTable:

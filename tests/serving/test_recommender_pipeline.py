@@ -298,6 +298,35 @@ def test_serving_inputs_equal_the_training_inputs_for_the_same_feature_values(re
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_an_exploring_variant_draws_varied_slates_and_logs_their_propensities(
+    world: Path, rec: PipelineRecommender
+) -> None:
+    ranked = [i.post_id for i in rec.recommend(USERS[0], K).items]
+    assert all(i.propensity is None for i in rec.recommend(USERS[0], K).items)  # off by default: a ranked slate
+    explorer = PipelineRecommender.load(_config(world, explore_temperature=0.3, explore_seed=7, warm_posts=0))
+    n = 150
+    slates = [explorer.recommend(USERS[0], K) for _ in range(n)]
+    firsts: dict[int, int] = {}
+    p0: dict[int, float] = {}
+    for out in slates:
+        assert not out.degraded and len(out.items) == K and len({i.post_id for i in out.items}) == K
+        assert max(Counter(i.author_id for i in out.items).values()) <= explorer.cfg.author_cap
+        for item in out.items:
+            assert item.propensity is not None and item.inclusion is not None
+            assert 0.0 < item.propensity <= item.inclusion <= 1.0
+        first = out.items[0]
+        firsts[first.post_id] = firsts.get(first.post_id, 0) + 1
+        assert p0.setdefault(first.post_id, first.propensity) == pytest.approx(first.propensity)  # exact softmax
+        assert out.stages[-1]["name"] == "PlackettLuceExplorer"
+    assert len({tuple(i.post_id for i in out.items) for out in slates}) > n // 2  # the slates vary
+    # The ranked slate's first post has the largest slot-0 propensity, and leads as often as that propensity says.
+    top = ranked[0]
+    assert max(p0, key=p0.__getitem__) == top and sum(p0.values()) <= 1.0 + 1e-9
+    assert abs(firsts[top] / n - p0[top]) < 4 * np.sqrt(p0[top] * (1 - p0[top]) / n), (firsts[top], p0[top])
+    with pytest.raises(UserError, match="recommender.explore_temperature"):
+        RecommenderConfig.from_dict({"retrieval_model": "a", "index": "b", "ranker": "c", "explore_temperature": -1})
+
+
 def test_bad_configs_are_one_line_errors_naming_the_key(world: Path) -> None:
     base = {"retrieval_model": "a", "index": "b", "ranker": "c"}
     with pytest.raises(UserError, match="recommender.author_cpa"):

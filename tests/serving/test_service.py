@@ -131,7 +131,8 @@ def test_recommend_returns_k_items(server: Server) -> None:
     assert body["variant"] in ("control", "treatment") and body["degraded"] is False
     assert len(body["items"]) == 5
     assert not {1, 30} & {i["post_id"] for i in body["items"]}
-    assert set(body["items"][0]) == {"post_id", "author_id", "score", "source", "in_network", "actions"}
+    assert set(body["items"][0]) == {"post_id", "author_id", "score", "source", "in_network", "actions", "propensity"}
+    assert body["items"][0]["propensity"] is None  # a ranked slate claims no propensity
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
 
@@ -362,6 +363,35 @@ def test_a_failing_variant_falls_back_to_popular_degraded(service: Any) -> None:
     service.exposure.flush()
     lines = [json.loads(x) for x in (service.exposure.path).read_text().splitlines()]
     assert [(r["degraded"], r["fallback"]) for r in lines if r["kind"] == "exposure"] == [(True, "error")] * 2
+
+
+class _Exploring:
+    """A variant that serves a randomised slate with its propensities."""
+
+    version = "exploring"
+
+    def ready(self) -> bool:
+        return True
+
+    def recommend(self, user_id: int, k: int, seen_ids: Any = frozenset(), surface: int = 0) -> Any:
+        from serving.recommender import Item, Recommendation
+
+        items = [Item(p, 100 + p, 1.0 / p, "s", propensity=0.1 * p, inclusion=0.2 * p) for p in (3, 1, 2)]
+        return Recommendation(items=items[:k])
+
+
+def test_propensities_reach_the_response_and_the_exposure_log(service: Any) -> None:
+    from monitoring.exposure_frame import read_exposure
+    from serving.ab import Routing
+
+    routing = service.router.routing
+    service.router.routing = Routing(routing.config, {name: _Exploring() for name in routing.recommenders})
+    out = service.recommend(user_id=4, k=3)
+    assert [(i.post_id, i.propensity) for i in out.items] == [(3, pytest.approx(0.3)), (1, 0.1), (2, 0.2)]
+    service.exposure.flush()
+    frame = read_exposure(service.exposure.path).frame
+    assert frame["propensity"].tolist() == pytest.approx([0.3, 0.1, 0.2])
+    assert frame["inclusion"].tolist() == pytest.approx([0.6, 0.2, 0.4])
 
 
 def test_not_ready_until_every_variant_is(service: Any) -> None:
