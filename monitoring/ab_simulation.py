@@ -122,17 +122,21 @@ def off_policy_run(
     k: int = 10,
     pool: int = 30,
     log_noise: float = 1.0,
-    temperature: float = 1.0,
-    target_noise: float = 0.3,
+    temperature: float = 0.5,
+    target_noise: float | None = None,
     samples: int = 2_000,
 ) -> dict[str, Any]:
-    """Logs `n_requests` Plackett-Luce slates (scores = true relevance + N(0, log_noise), softmax at `temperature`),
-    draws their outcomes from the truth, and estimates the reward of a deterministic target (the top k of relevance
-    + N(0, target_noise)) with IPS, SNIPS and DR; the target's true reward on the same requests is computed exactly
-    from the truth model's probabilities of its slates."""
+    """Logs `n_requests` slates the way an exploring variant serves them (serving/selectors/explore.py: Plackett-
+    Luce over the pool's standardised scores at `temperature`, the logged propensities estimated from `samples`
+    draws that include the served one), with scores = true relevance + N(0, log_noise) standing in for a model;
+    draws their outcomes from the truth and estimates a deterministic target's reward with IPS, SNIPS and DR. The
+    target ranks the same scores (target_noise None: what serving the ranked order instead would earn) or another
+    model's, true relevance + N(0, target_noise). Its true reward on the same requests is computed from the truth
+    model's probabilities of its slates."""
     from features.synth import DAY_S, EPOCH, relevance
-    from monitoring.off_policy import estimates, pl_marginals, pl_sample, top_k_marginals
+    from monitoring.off_policy import estimates, fit_reward_model, predict_reward
     from monitoring.outcomes import simulate_outcomes
+    from serving.selectors.explore import plackett_luce, standardised
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1806]))
     end = world.cfg.days * DAY_S
@@ -141,10 +145,12 @@ def off_policy_run(
     t = end - 1 - rng.integers(0, DAY_S - 1, n_requests)
     lo = np.searchsorted(world.post_created_s, t - 2 * DAY_S)
     hi = np.searchsorted(world.post_created_s, t, side="right")
-    cand = lo[:, None] + np.floor(rng.random((n_requests, pool)) * (hi - lo)[:, None]).astype(np.int64)
+    if (hi - lo < pool).any():
+        raise ValueError(f"off_policy_run: fewer than {pool} posts in some request's 48 h window")
+    cand = lo[:, None] + np.stack([rng.choice(h - low, pool, replace=False) for low, h in zip(lo, hi, strict=True)])
     rel = relevance(world, users[:, None], cand, t[:, None], np.zeros(cand.shape))
     log_scores = rel + log_noise * rng.standard_normal(rel.shape)
-    target_scores = rel + target_noise * rng.standard_normal(rel.shape)
+    target_scores = log_scores if target_noise is None else rel + target_noise * rng.standard_normal(rel.shape)
 
     def outcomes(slots: np.ndarray, outcome_seed: int) -> pd.DataFrame:
         posts = np.take_along_axis(cand, slots, 1)
@@ -157,14 +163,32 @@ def off_policy_run(
         })  # fmt: skip
         return item_rewards(simulate_outcomes(served, world, seed=outcome_seed).frame)
 
-    logged = pl_sample(log_scores, temperature, k, rng)
+    z = np.stack([standardised(row) for row in log_scores])
+    logged = np.empty((n_requests, k), dtype=np.int64)
+    propensities = np.empty((n_requests, k))
+    for r in range(n_requests):
+        slate, marginals, _ = plackett_luce(z[r] / temperature, k, samples, rng)
+        logged[r], propensities[r] = slate, marginals[slate, np.arange(k)]
     logged_items = outcomes(logged, seed)
     rewards = logged_items["reward"].to_numpy().reshape(n_requests, k)
-    mu = pl_marginals(log_scores, temperature, k, samples, rng)
-    pi = top_k_marginals(target_scores, k)
     target_slots = np.argsort(-target_scores, axis=1)[:, :k]
-    truth = float(outcomes(target_slots, seed + 1)["true_reward"].to_numpy().reshape(n_requests, k).sum(1).mean())
+    target_probs = (logged == target_slots).astype(np.float64)
+    # The reward model: per slot, a line in the logging score (what a deployed model's log holds), fitted on the log.
+    coef = fit_reward_model(np.take_along_axis(z, logged, 1)[:, :, None], rewards)
+    q_logged = predict_reward(coef, np.take_along_axis(z, logged, 1)[:, :, None])
+    q_target = predict_reward(coef, np.take_along_axis(z, target_slots, 1)[:, :, None]).sum(1)
+    truth_items = outcomes(target_slots, seed + 1)
+    truth = float(truth_items["true_reward"].to_numpy().reshape(n_requests, k).sum(1).mean())
     logging_truth = float(logged_items["true_reward"].to_numpy().reshape(n_requests, k).sum(1).mean())
-    est = estimates(logged, rewards, mu, pi)
+    per_request = rewards.sum(1)
+    est = estimates(rewards, propensities, target_probs, q_logged, q_target)
     errors = {name: abs(est[name] - truth) / abs(truth) for name in ("ips", "snips", "dr")}
-    return {"truth": truth, "logging_truth": logging_truth, "estimates": est, "relative_error": errors}
+    return {
+        "truth": truth,
+        "logging_truth": logging_truth,
+        # the on-policy floor: how well the log's own mean knows the logging policy's reward
+        "logging_observed": float(per_request.mean()),
+        "reward_sd": float(per_request.std(ddof=1)),
+        "estimates": est,
+        "relative_error": errors,
+    }
