@@ -48,3 +48,35 @@ def report(
     typer.echo(f"test: {result['test']}\ndecision: {d['action']} {d['variant'] or ''} ({d['why']})")
     if json_out is not None:
         atomic_write_text(Path(json_out), json.dumps(result, indent=2, default=float) + "\n")
+
+
+@app.command("off-policy")
+def off_policy(
+    exposure: Path = typer.Option(Path("logs/exposure.jsonl"), "--exposure", help="The exposure log (or its folder)."),
+    variant: str | None = typer.Option(None, "--variant", help="The exploring variant (default: the only one)."),
+    outcomes: Path | None = typer.Option(
+        None, "--outcomes", help="Outcomes file (JSONL or parquet: request_id, post_id, action flags)."
+    ),
+    synthetic: Path | None = typer.Option(
+        None, "--synthetic", help="Synthetic dataset: draw the outcomes from its truth model (no --outcomes)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the simulated outcomes."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the estimates as JSON here."),
+) -> None:
+    """What an exploring variant (explore_temperature > 0) would earn serving its ranked order instead: IPS, SNIPS and
+    DR from the logged propensities and the outcomes, beside the reward it logged."""
+    from core.io import atomic_write_text
+    from monitoring.off_policy import ranked_target_from_log
+
+    r = ranked_target_from_log(exposure, variant, outcomes, synthetic, seed)
+    e = r["ranked_target"]
+    truth = f" (true {r['logged_true_reward_per_request']:.4f})" if "logged_true_reward_per_request" in r else ""
+    typer.echo(f"{r['variant']}: {r['requests']} requests of {r['slate_length']} items ({r['requests_dropped']} "
+               f"dropped), logged reward/request {r['logged_reward_per_request']:.4f} +- "
+               f"{r['logged_reward_se']:.4f}{truth}")  # fmt: skip
+    typer.echo(
+        f"ranked order, estimated: IPS {e['ips']:.4f}, SNIPS {e['snips']:.4f}, DR {e['dr']:.4f} "
+        f"(effective sample share {e['effective_sample_share']:.3f}, max weight {e['max_weight']:.1f})"
+    )
+    if json_out is not None:
+        atomic_write_text(Path(json_out), json.dumps(r, indent=2, default=float) + "\n")

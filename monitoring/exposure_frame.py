@@ -1,13 +1,13 @@
 """The exposure log (serving/exposure.py, JSONL, rotated exposure.jsonl -> .1 -> ... -> .N) as a DataFrame.
 
 One row per served item: request_id, ts, user_id, surface, variant, version, endpoint, degraded, fallback, post_id,
-position, score, source, propensity and inclusion (an exploring variant's P(post in this slot) and P(post in the
-slate), serving/selectors/explore.py; columns only where some item has them), the ranker's per-action predictions
-of the item (`pred_<action>` for each key of the item's `actions` mapping: probabilities, `pred_dwell_time` in
-seconds; an item or record without one is missing, never 0) and the user's feature values the models saw (one
-column per scalar feature; a list, like `missing_views`, becomes `n_<name>`). Shadow records (kind "shadow") are
-not what users saw and are skipped. Lines that are not a JSON object with an items list are counted in
-`ExposureRead.malformed` and skipped.
+position, score, source; propensity, inclusion and rank (an exploring variant's P(post in this slot), P(post in the
+slate) and its place in the ranked order, serving/selectors/explore.py; columns only where some item has them); the
+ranker's per-action predictions of the item (`pred_<action>` for each key of the item's `actions` mapping:
+probabilities, `pred_dwell_time` in seconds; an item or record without one is missing, never 0) and the user's
+feature values the models saw (one column per scalar feature; a list, like `missing_views`, becomes `n_<name>`).
+Shadow records (kind "shadow") are not what users saw and are skipped. Lines that are not a JSON object with an
+items list are counted in `ExposureRead.malformed` and skipped.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from core.errors import UserError
 _ROTATED = re.compile(r"^(?P<base>.+\.jsonl)(?:\.(?P<n>\d+))?$")
 _RECORD_KEYS = ("request_id", "ts", "user_id", "surface", "variant", "version", "endpoint", "degraded", "fallback")
 _ITEM_KEYS = ("post_id", "position", "score", "source")
-_EXPLORATION_KEYS = ("propensity", "inclusion")  # columns only where some item has them
+_EXPLORATION_KEYS = ("propensity", "inclusion", "rank")  # columns only where some item has them
 # An action name becomes a column name: anything else in an item's "actions" is skipped, not turned into a column.
 _ACTION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 PREDICTION_PREFIX = "pred_"

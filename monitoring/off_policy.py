@@ -81,3 +81,70 @@ def estimates(
         "max_weight": float(w.max()),
         "effective_sample_share": float((w.sum() ** 2) / (w.size * (w**2).sum())) if w.any() else 0.0,
     }
+
+
+def ranked_target_from_log(
+    exposure: Any, variant: str | None = None, outcomes: Any = None, synthetic: Any = None, seed: int = 0
+) -> dict[str, Any]:
+    """`ember ab off-policy`: what an exploring variant would earn serving its ranked order instead, estimated from
+    its exposure log (each item's logged propensity and rank, serving/selectors/explore.py) and the outcomes the
+    slates received (a file, or drawn from a synthetic world's truth).
+
+    The target puts the post of rank j in slot j, so pi(a_rj, j) = 1 when the logged post's rank equals its slot.
+    Requests are kept when every item has a propensity and the slate has the variant's usual length.
+    """
+    from pathlib import Path
+
+    from core.errors import UserError
+    from monitoring.ab_report import item_rewards
+    from monitoring.exposure_frame import read_exposure
+    from monitoring.outcomes import join_outcomes, read_outcomes, simulate_outcomes
+
+    served = read_exposure(Path(exposure)).frame
+    if served.empty:
+        raise UserError(f"{exposure}: no served records in the exposure log")
+    if "propensity" not in served.columns or "rank" not in served.columns:
+        raise UserError(f"{exposure}: no item has a logged propensity (no variant explored: explore_temperature)")
+    explored = served.groupby("variant")["propensity"].apply(lambda p: p.notna().any())
+    choices = sorted(explored[explored].index)
+    if variant is None:
+        if len(choices) != 1:
+            raise UserError(f"ab off-policy: give --variant (exploring variants in the log: {', '.join(choices)})")
+        variant = choices[0]
+    if variant not in choices:
+        raise UserError(f"ab off-policy: variant {variant!r} logged no propensities (exploring: {', '.join(choices)})")
+    items = served[served["variant"] == variant]
+    complete = items.groupby("request_id")["propensity"].transform(lambda p: p.notna().all())
+    items = items[complete]
+    length = items.groupby("request_id")["post_id"].transform("size")
+    k = int(length.mode().iloc[0])
+    items = items[length == k].sort_values(["request_id", "position"], kind="stable")
+    if outcomes is not None:
+        outcome_set = join_outcomes(items, read_outcomes(Path(outcomes)), f"outcomes file {outcomes}")
+    elif synthetic is not None:
+        from features.oracle import load_world
+
+        outcome_set = simulate_outcomes(items, load_world(Path(synthetic)), seed=seed)
+    else:
+        raise UserError("ab off-policy: give --outcomes (a file) or --synthetic (a world to draw outcomes from)")
+    rewarded = item_rewards(outcome_set.frame)
+    R = len(rewarded) // k
+    shape = (R, k)
+    rewards = rewarded["reward"].to_numpy(dtype=np.float64).reshape(shape)
+    mu = rewarded["propensity"].to_numpy(dtype=np.float64).reshape(shape)
+    pi = rewarded["rank"].to_numpy(dtype=np.float64) == rewarded["position"].to_numpy(dtype=np.float64)
+    est = estimates(rewards, mu, pi.reshape(shape).astype(np.float64))
+    per_request = rewards.sum(1)
+    out: dict[str, Any] = {
+        "variant": variant,
+        "slate_length": k,
+        "requests": R,
+        "requests_dropped": int(served[served["variant"] == variant]["request_id"].nunique() - R),
+        "logged_reward_per_request": float(per_request.mean()),
+        "logged_reward_se": float(per_request.std(ddof=1) / np.sqrt(R)) if R > 1 else float("nan"),
+        "ranked_target": est,
+        "outcomes": outcome_set.describe(),
+    }
+    if "true_reward" in rewarded.columns:
+        out["logged_true_reward_per_request"] = float(rewarded["true_reward"].to_numpy().reshape(shape).sum(1).mean())
+    return out

@@ -25,6 +25,7 @@ class Item:
     # the slate is deterministic.
     propensity: float | None = None
     inclusion: float | None = None
+    rank: int | None = None  # with a propensity: the post's place in the ranked order it was drawn from
 
 
 @dataclass(frozen=True)

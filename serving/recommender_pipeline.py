@@ -486,6 +486,7 @@ def _item(c: Candidate) -> Item:
         actions=dict(c.actions),
         propensity=c.propensity,
         inclusion=c.inclusion,
+        rank=c.rank,
     )
 
 

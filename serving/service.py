@@ -306,8 +306,13 @@ class Ember:
                         "source": i.source,
                         # the ranker's per-action predictions: what prediction drift is measured on (monitoring/)
                         "actions": {a: round(float(v), 6) for a, v in (i.actions or {}).items()},
-                        # an exploring variant's P(this post in this slot) and P(in the slate): off-policy weights
-                        **({"propensity": i.propensity, "inclusion": i.inclusion} if i.propensity is not None else {}),
+                        # an exploring variant's P(this post in this slot), P(in the slate) and the post's place in
+                        # the ranked order: off-policy weights and the ranked-slate target
+                        **(
+                            {"propensity": i.propensity, "inclusion": i.inclusion, "rank": i.rank}
+                            if i.propensity is not None
+                            else {}
+                        ),
                     }
                     for n, i in enumerate(rec.items)
                 ],

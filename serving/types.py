@@ -67,6 +67,7 @@ class Candidate:
     # under the randomised policy that drew the slate; None for a deterministic slate.
     propensity: float | None = None
     inclusion: float | None = None
+    rank: int | None = None  # its place in the ranked order the explorer drew from (0 = best)
 
 
 class ActionTable:

@@ -12,7 +12,9 @@ The propensities cost about 1 ms per request at 2,000 draws (a pool of 50, k 20,
 Each served candidate gets:
 
 - `propensity`: P(this post in this slot) under the policy, given the pool and its scores;
-- `inclusion`: P(this post anywhere in the first k slots).
+- `inclusion`: P(this post anywhere in the first k slots);
+- `rank`: its slot in the ranked order the explorer drew from (0 = the best score), so the ranked slate, the policy
+  the variant serves without exploration, is an off-policy target the log can evaluate (`ember ab off-policy`).
 
 Plackett-Luce slot marginals have no closed form: both are estimated from `samples` extra draws of the same policy
 (seeded by the request's draw, so a request's log is reproducible), and the served slate's own draw is one of them.
@@ -97,6 +99,6 @@ class PlackettLuceExplorer(Component):
         logits = standardised(scores) / self.temperature
         slate, marginals, inclusion = plackett_luce(logits, query.k, self.samples, self._rng(query))
         return [
-            replace(candidates[a], propensity=float(marginals[a, j]), inclusion=float(inclusion[a]))
+            replace(candidates[a], propensity=float(marginals[a, j]), inclusion=float(inclusion[a]), rank=int(a))
             for j, a in enumerate(slate)
         ]
