@@ -379,6 +379,12 @@ class OnlineFeatures:
         except FeatureStoreUnavailable as err:  # requests keep reading through; the next materialization retries
             log.warning("online store re-warm stopped: %s", err)
 
+    def forget_posts(self, post_ids: Sequence[int]) -> None:
+        """Drops cached rows of these posts (a post written after a request cached it as missing)."""
+        cache = self._cache["post"]
+        for p in post_ids:
+            cache.pop(int(p), None)
+
     def user(self, user_id: int) -> UserFeatures:
         """A user's stats, history and graph in one round of reads; unknown users get defaults + `missing`."""
         rows = {v.name: self.backend.read(v, [user_id])[0] for v in (USER_STATS, USER_HISTORY, USER_GRAPH)}

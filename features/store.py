@@ -330,12 +330,20 @@ class Engagement:
     ts: datetime
 
 
-def push_history(cfg: StoreConfig, engagements: list[Engagement], history_length: int = 128) -> int:
+def push_history(
+    cfg: StoreConfig,
+    engagements: list[Engagement],
+    history_length: int = 128,
+    store: FeatureStore | None = None,
+    not_before: datetime | None = None,
+) -> int:
     """Appends engagements to their users' online histories through the Feast PushSource (PushMode.ONLINE).
 
     Each user's current history is read from the online store, extended oldest-first and cut to the last
     `history_length`; the pushed row's event_timestamp is the newest engagement time (Redis ignores a push that is not
-    newer than what it holds, so engagements must arrive in time order per user).
+    newer than what it holds, so engagements must arrive in time order per user). `not_before` raises the pushed
+    row's time to at least that (the service passes the wall clock, so a late engagement still lands in Redis);
+    `store` reuses an open FeatureStore.
 
     Returns:
         the number of users pushed.
@@ -360,8 +368,9 @@ def push_history(cfg: StoreConfig, engagements: list[Engagement], history_length
             "hist_timestamps": [*h["hist_timestamps"], *(int(e.ts.timestamp() * 1000) for e in new)],
         }
         row: dict[str, Any] = {k: [int(x) for x in v[-history_length:]] for k, v in cols.items()}
-        row.update(user_id=user_id, hist_length=len(row["hist_post_ids"]), event_timestamp=new[-1].ts)
+        stamp = new[-1].ts if not_before is None else max(new[-1].ts, not_before)
+        row.update(user_id=user_id, hist_length=len(row["hist_post_ids"]), event_timestamp=stamp)
         rows.append(row)
-    store = open_store(cfg)
+    store = store or open_store(cfg)
     store.push("user_history_push", pd.DataFrame(rows), to=PushMode.ONLINE)
     return len(rows)
