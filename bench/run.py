@@ -22,6 +22,7 @@ GROUPS = [
     "bench.serving",
     "bench.drift_detection",
     "bench.ab",
+    "bench.off_policy",
     "bench.pipeline",
 ]
 
