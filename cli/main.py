@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from cli import ab, data, features, lineage, models, monitor, serve
+from cli import ab, data, events, features, lineage, models, monitor, serve
 from cli.dashboards import dashboards
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.add_typer(models.evaluate_app, name="evaluate")
 app.add_typer(models.index_app, name="index")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(ab.app, name="ab")
+app.add_typer(events.app, name="events")
 app.command("serve")(serve.serve)
 app.command("promote")(lineage.promote_cmd)
 app.command("rollback")(lineage.rollback_cmd)

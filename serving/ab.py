@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from core.errors import UserError
 from core.io import read_yaml
+from features.live import EventsSettings
 from features.served import FreshFeedSettings
 from serving.exposure import ExposureSettings
 from serving.recommender import Recommender
@@ -82,6 +83,7 @@ class VariantsConfig(_Strict):
     shadow: Shadow | None = None
     exposure: ExposureSettings = Field(default_factory=ExposureSettings)
     fresh_feed: FreshFeedSettings = Field(default_factory=FreshFeedSettings)  # features/served.py
+    events: EventsSettings = Field(default_factory=EventsSettings)  # POST /events (serving/events.py)
 
     @model_validator(mode="after")
     def _consistent(self) -> VariantsConfig:

@@ -5,7 +5,7 @@ popular/fresh list (cold start and fallback), the ranker, blend weights and pipe
 generic runner (serving/pipeline.py) in x-algorithm's order:
 
     query hydrators  UserFeaturesHydrator, UserGraphHydrator                      (online store)
-    sources          InNetworkSource, TwoTowerSource, PopularSource (cold start only)
+    sources          InNetworkSource, TwoTowerSource, FreshSource (posts added live), PopularSource (cold start only)
     hydrators        PostFeaturesHydrator                                         (online store)
     filters          DropDuplicates, CoreData, Age, SelfPost, PreviouslySeen, AuthorSocialgraph
     scorers          RankerScorer -> WeightedScorer -> AuthorDiversityScorer -> OutOfNetworkScorer
@@ -61,6 +61,7 @@ from serving.scorers.ranker import RankerScorer
 from serving.scorers.weighted import ScoringWeights, WeightedScorer
 from serving.selectors.explore import PlackettLuceExplorer
 from serving.selectors.top_k import TopKSelector
+from serving.sources.fresh import FreshSource
 from serving.sources.in_network import InNetworkSource
 from serving.sources.popular import PopularPost, PopularSource, popular_posts
 from serving.sources.two_tower import TwoTowerSource
@@ -86,6 +87,7 @@ class RecommenderConfig:
         in_network, in_network_max_results, in_network_per_author: the in-network source (Thunder: 1200, 50).
         popular_max_results: posts the popular source returns; popular_posts: a popularity list given at load
             (post ids, most popular first) instead of the one ranked from `features`.
+        fresh_max_results: posts added live (`add_posts`) the fresh-post source offers every request, newest first.
         max_age_hours: posts older than this are filtered (x-algorithm MAX_POST_AGE: 48 h).
         top_k: candidates kept by the selector before post-selection filters (x-algorithm: 50).
         author_cap: at most this many posts per author in a slate.
@@ -115,6 +117,7 @@ class RecommenderConfig:
     in_network_per_author: int = 50
     popular_max_results: int = 200
     popular_posts: tuple[int, ...] = ()
+    fresh_max_results: int = 100
     max_age_hours: float = 48.0
     top_k: int = 50
     author_cap: int = 2
@@ -137,7 +140,14 @@ class RecommenderConfig:
             raise UserError(
                 f"recommender.online_store: unknown store {self.online_store!r} (choose from sqlite, redis)"
             )
-        positive = ("retrieval_max_results", "in_network_max_results", "in_network_per_author", "top_k", "author_cap")
+        positive = (
+            "retrieval_max_results",
+            "in_network_max_results",
+            "in_network_per_author",
+            "fresh_max_results",
+            "top_k",
+            "author_cap",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"recommender.{name}: must be >= 1, got {getattr(self, name)}")
@@ -297,6 +307,8 @@ class PipelineRecommender:
         self.post_hydrator = PostFeaturesHydrator(online)
         self.ranker_scorer = RankerScorer(ranker)
         self.weighted = WeightedScorer(weights)
+        self.recent = recent
+        self.fresh = FreshSource(cfg.max_age, cfg.fresh_max_results)
         sources: list[Any] = []
         if recent is not None and cfg.in_network:
             sources.append(
@@ -304,6 +316,7 @@ class PipelineRecommender:
             )
         sources += [
             TwoTowerSource(two_tower, index, cfg.retrieval_max_results),
+            self.fresh,
             PopularSource(popular, cfg.popular_max_results, cfg.max_age),
         ]
         self.pipeline = Pipeline(
@@ -417,6 +430,14 @@ class PipelineRecommender:
         """Models are loaded at construction; ready when the online store could be opened."""
         backend = self.online.backend
         return backend.opened() if isinstance(backend, ReopeningBackend) else True
+
+    def add_posts(self, posts: Sequence[RecentPost]) -> None:
+        """New posts, at once: into the in-network store (their author's followers) and the fresh-post source
+        (everyone, until the next index holds them). Their features are read from the online store on first use."""
+        if self.recent is not None:
+            self.recent.extend(posts)
+        self.fresh.add(posts)
+        self.online.forget_posts([p.post_id for p in posts])
 
     def recommend(
         self, user_id: int, k: int, seen_ids: frozenset[int] = frozenset(), surface: int = 0

@@ -6,6 +6,7 @@
 | route | what |
 |---|---|
 | POST /recommend, /rank | the variant the user is assigned to answers; a failure falls back to the popular slate |
+| POST /events | a batch of engagements, impressions, new posts, follows (serving/events.py), idempotent by event id |
 | GET /healthz, /readyz, /metrics, /docs.json | BentoML's probes (readyz asks `__is_ready__`), Prometheus, OpenAPI |
 | /admin/variants, /shares, /promote, /rollback | needs `Authorization: Bearer $EMBER_ADMIN_TOKEN` |
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
+from bentoml.exceptions import NotFound, ServiceUnavailable
 from fastapi import Body, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -38,6 +40,7 @@ from core.errors import UserError
 from core.schema import N_SURFACES
 from features.served import open_served
 from serving.ab import PopularSpec, Router, Routing, in_shadow, load_config
+from serving.events import MAX_EVENTS, Event, EventSinks, EventsUnavailable, apply_events, field_of, message_of
 from serving.exposure import ExposureLog
 from serving.metrics import ServiceMetrics
 from serving.recommender import Item, Recommendation, Recommender
@@ -94,6 +97,13 @@ class RecommendResponse(BaseModel):
     variant: str
     degraded: bool
     items: list[RecommendedItem]
+
+
+class EventsResponse(BaseModel):
+    received: int
+    applied: int
+    replayed: int  # event ids applied before: acknowledged, not applied again
+    applied_by_type: dict[str, int]
 
 
 class RankedItem(BaseModel):
@@ -163,15 +173,10 @@ def require_admin(authorization: Annotated[str | None, Header()] = None) -> None
 def error_body(errors: Any, skip: tuple[str, ...] = ()) -> dict[str, str]:
     """{"error", "field"} from pydantic's error list: the first error, its location dotted ("seen_ids[3]")."""
     first = errors[0] if errors else {}
-    field = ""
     if first.get("type") == "json_invalid":
         return {"error": f"body: {first.get('msg', 'invalid JSON')}", "field": "body"}
-    for part in first.get("loc", ()):
-        if part in skip:
-            continue
-        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
-    field = field or "body"
-    return {"error": f"{field}: {first.get('msg', 'invalid request')}", "field": field}
+    field = field_of(first, skip) or "body"
+    return {"error": f"{field}: {message_of(first) if first else 'invalid request'}", "field": field}
 
 
 @bentoml.asgi_app(admin, path="/admin")
@@ -193,6 +198,13 @@ class Ember:
         self.served = open_served(config.fresh_feed)  # what each user was served lately: not served again
         self.shadow = ShadowRunner()
         self.router = Router.build(config)
+        # POST /events: into the online store and every loaded variant; None when `events.store` is off
+        self.events = EventSinks.open(config.events, self.served, lambda: self.router.routing.recommenders.values())
+        if self.events is not None:
+            try:
+                self.events.live.open()  # imports feast now (seconds), not on the first batch
+            except Exception:
+                log.exception("events: the Feast store could not be opened; POST /events answers 503 until it can")
         self.fallback = _fallback_recommender(self.router.routing)
         log.info("ember service: %s, variants %s", self.config_path, [v.name for v in config.variants])
 
@@ -273,6 +285,23 @@ class Ember:
         self._log_exposure("rank", request_id, user_id, surface, variant, recommender, rec)
         items = [RankedItem(post_id=i.post_id, score=i.score, actions=i.actions) for i in rec.items]
         return RankResponse(request_id=request_id, variant=variant, degraded=rec.degraded, items=items)
+
+    @bentoml.api(route="/events")
+    def events_in(self, events: Annotated[list[Event], Field(min_length=1, max_length=MAX_EVENTS)]) -> EventsResponse:
+        """Applies a batch of events (validated whole first); a replayed event id is acknowledged, not applied.
+        404 when events are off; 503 when the online store could not be written (retry the batch)."""
+        if self.events is None:
+            raise NotFound("events are off on this service: set events.store in the variants config")
+        try:
+            result = apply_events(events, self.events)
+        except EventsUnavailable as err:
+            raise ServiceUnavailable(str(err)) from None
+        return EventsResponse(
+            received=result.received,
+            applied=result.applied,
+            replayed=result.replayed,
+            applied_by_type=result.applied_by_type,
+        )
 
     # Off the response path ----------------------------------------------------------------------------------------
 
@@ -550,5 +579,5 @@ async def _send_json(send: Any, status: int, body: dict[str, Any]) -> None:
 
 # `Ember` is a bentoml Service object here; its stubs still type the decorated class as the class.
 Ember.add_asgi_middleware(  # type: ignore[attr-defined]
-    RequestGuard, max_body_bytes=MAX_BODY_BYTES, paths=("/recommend", "/rank")
+    RequestGuard, max_body_bytes=MAX_BODY_BYTES, paths=("/recommend", "/rank", "/events")
 )
