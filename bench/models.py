@@ -333,20 +333,20 @@ def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
 
 def bench_ann_served(threads: int, k: int = 350, recall_k: int = 100, max_queries: int = 500) -> list[Row]:
     """The index `make run` serves (artifacts/index, loaded as serving loads it) on the model's own embeddings: the
-    candidate tower's posts of the small world and the user tower's held-out validation users (the recall gate's
-    queries), top-`k` per query as the two-tower source asks (serving/variants.yaml retrieval_max_results), one query
-    per call on one thread; exact search on the same vectors side by side. Needs `dvc repro` (make bench runs it)."""
+    candidate tower's posts of the small world and the user tower's embedding of each sampled user's newest click
+    request (the recall gate's queries), top-`k` per query as the two-tower source asks (serving/variants.yaml
+    retrieval_max_results), one query per call on one thread; exact search on the same vectors side by side. Needs
+    `dvc repro` (make bench runs it)."""
     import faiss
 
     from models.index import load_index
-    from models.retrieval_job import index_inputs
+    from models.retrieval_job import event_index_inputs
 
-    paths = [REPO / "artifacts/index", REPO / "artifacts/retrieval/best", REPO / "data/features",
-             REPO / "data/training/retrieval"]  # fmt: skip
+    paths = [REPO / "artifacts/index", REPO / "artifacts/retrieval/best", REPO / "data/synth"]
     if missing := [str(p.relative_to(REPO)) for p in paths if not p.exists()]:
         raise SystemExit(f"bench.models --only ann-served: missing {', '.join(missing)} (run `dvc repro` first)")
     served = load_index(paths[0])
-    ids, item_emb, queries = index_inputs(paths[1], paths[2], paths[3], max_queries=max_queries)
+    ids, item_emb, queries = event_index_inputs(paths[1], paths[2], max_queries=max_queries)
     if not np.array_equal(np.sort(ids), np.sort(served.item_ids)):
         raise SystemExit("bench.models --only ann-served: artifacts/index was built from other posts (run `dvc repro`)")
     faiss.omp_set_num_threads(threads)
@@ -366,7 +366,7 @@ def bench_ann_served(threads: int, k: int = 350, recall_k: int = 100, max_querie
     e50, e99 = percentiles_ms(exact_s)
     p50, p99 = percentiles_ms(served_s)
     data = (f"the served index (artifacts/index, {served.kind}, {len(ids):,} posts x {item_emb.shape[1]}) on the "
-            f"two-tower's own embeddings, {len(queries)} held-out validation users as queries, top-{k} per query "
+            f"two-tower's own embeddings, {len(queries)} users' newest click requests as queries, top-{k} per query "
             "(retrieval_max_results), 1 query per call, faiss.omp_set_num_threads(1)")  # fmt: skip
     cmd = f"{CMD} --only ann-served"
     extra = {"section": "ann-served", "index": served.kind, "n_items": len(ids)}

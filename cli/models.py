@@ -33,28 +33,41 @@ def train_retrieval_cmd(
     training_set: Path = typer.Option(
         Path("data/training/retrieval"),
         "--training-set",
-        help="Retrieval training set (`ember features training-set`).",
+        help="Retrieval training set (`ember features training-set`); ignored with --data.",
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="Canonical dataset: train on its click sequences (the served and evaluated model)."
     ),
     out: Path = typer.Option(Path("artifacts/retrieval"), "--out", help="Model directory (best/, checkpoint.pt)."),
     preset: str = typer.Option("small", "--preset", help="Model size: nano, small or base."),
     valid_fraction: float = typer.Option(0.2, "--valid-fraction", help="Newest share of rows used for validation."),
+    budget_s: float = typer.Option(60.0, "--budget-s", min=1.0, help="With --data: training wall-clock budget."),
     resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
     metrics_out: Path | None = typer.Option(None, "--metrics", help="Also write the metrics JSON here (DVC)."),
     work: Path | None = typer.Option(None, "--work-dir", help=WORK_HELP),
     overrides: list[str] = SET,
 ) -> None:
-    """Train the two-tower retrieval model (early stopping on validation Recall@K)."""
-    from models.retrieval_job import train_retrieval
+    """Train the two-tower retrieval model: on a dataset's click sequences (--data: the temporal protocol of
+    `ember evaluate retrieval`, early stopping on validation Recall@200) or on a Feast training set."""
+    from models.retrieval_job import train_retrieval, train_retrieval_events
 
     sets = _overrides(overrides)
-    metrics = train_retrieval(
-        training_set, out, preset, sets["model"], sets["train"], valid_fraction, resume, log=typer.echo, work=work
-    )
+    if data is not None:
+        seed = int(sets["train"].pop("seed", 0))
+        metrics = train_retrieval_events(
+            data, out, preset, sets["model"], sets["train"], budget_s, seed, log=typer.echo
+        )
+        keys = ("valid_recall@200", "recall@200", "ndcg@10", "best_epoch", "seconds")
+    else:
+        metrics = train_retrieval(
+            training_set, out, preset, sets["model"], sets["train"], valid_fraction, resume, log=typer.echo, work=work
+        )
+        keys = ("recall@10", "recall@200", "ndcg@10", "best_epoch", "seconds")
     if metrics_out is not None:
         from core.io import atomic_write_text
 
         atomic_write_text(metrics_out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    shown = ", ".join(f"{k}={metrics[k]}" for k in ("recall@10", "recall@200", "ndcg@10", "best_epoch", "seconds"))
+    shown = ", ".join(f"{k}={metrics[k]}" for k in keys if k in metrics)
     typer.echo(f"wrote {out}: {shown}")
 
 
@@ -99,6 +112,9 @@ def train_ranker_cmd(
 @index_app.command("build")
 def index_build_cmd(
     model: Path = typer.Option(Path("artifacts/retrieval/best"), "--model", help="Saved two-tower directory."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Canonical dataset: post table and queries of a model trained on its click sequences."
+    ),
     features: Path = typer.Option(Path("data/features"), "--features", help="Offline features (post_stats)."),
     training_set: Path = typer.Option(
         Path("data/training/retrieval"), "--training-set", help="Training set: build time and held-out users."
@@ -109,11 +125,13 @@ def index_build_cmd(
 ) -> None:
     """Embed every post with the candidate tower into faiss; refuse to publish below the recall gate."""
     from models.index import IndexConfig
-    from models.retrieval_job import build_retrieval_index
+    from models.retrieval_job import build_event_index, build_retrieval_index
 
-    meta = build_retrieval_index(
-        model, features, training_set, out, IndexConfig(exact_below=exact_below, min_recall=min_recall)
-    )
+    index_cfg = IndexConfig(exact_below=exact_below, min_recall=min_recall)
+    if data is not None:
+        meta = build_event_index(model, data, out, index_cfg)
+    else:
+        meta = build_retrieval_index(model, features, training_set, out, index_cfg)
     typer.echo(
         f"wrote {out}: {meta['kind']} index of {meta['n_items']:,} posts, Recall@100 vs exact {meta['recall_at_100']}"
         f", model {meta['model']}"

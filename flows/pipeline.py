@@ -36,7 +36,6 @@ STAGES = (
     "data_stats",
     "features_build",
     "features_apply",
-    "training_set_retrieval",
     "train_retrieval",
     "build_index",
     "training_set_ranker",
@@ -53,7 +52,7 @@ def ember_pipeline(
     force: tuple[str, ...] = (),
     bento: bool = False,
 ) -> dict[str, Any]:
-    """Data -> features -> Feast registry -> retrieval training set -> two-tower -> ANN index -> ranker training set
+    """Data -> features -> Feast registry -> two-tower (click sequences) -> ANN index -> ranker training set
     -> ranker -> (the Bento) -> the model set stored and deployed as shadow -> challenger and champion rankers
     scored on the same window -> the drift test of the last day's served requests against the new training set ->
     promotion gate (flows/promotion.py against the registry's champion) -> the deployment rewritten for the gate's

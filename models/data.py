@@ -43,7 +43,8 @@ def _is_array(value: object) -> bool:
 
 
 class UserInputs(Protocol):
-    """What `user_features` reads of a model config (TwoTowerConfig and RankerConfig both have it)."""
+    """What `user_features` reads of a model config (TwoTowerConfig and RankerConfig both have it; a config without
+    `history_gaps` / `history_action` reads request gaps over every event)."""
 
     @property
     def user_attributes(self) -> tuple[str, ...]: ...
@@ -51,17 +52,47 @@ class UserInputs(Protocol):
     def max_history(self) -> int: ...
 
 
+GAP_UNKNOWN = -1  # hist_gap_ms of an unknown gap: time bucket 0, the zero padding row
+
+
+def predecessor_gaps(ts_ms: np.ndarray) -> np.ndarray:
+    """Predecessor gaps of one history (oldest first): each event's time since the previous event, GAP_UNKNOWN for
+    the first; negative differences (out-of-order clocks) clamp to 0. No request time: nothing after the history.
+
+    Args:
+        ts_ms: (n,) int64 event times.
+
+    Returns:
+        (n,) int64 milliseconds.
+    """
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    gaps = np.full(len(ts), GAP_UNKNOWN, dtype=np.int64)
+    gaps[1:] = np.maximum(np.diff(ts), 0)
+    return gaps
+
+
+def history_rule(cfg: object) -> tuple[str, int | None]:
+    """(gaps, action bit or None) of a model config: how `user_tensors` builds its history (see TwoTowerConfig)."""
+    from core.actions import BY_NAME
+
+    action = getattr(cfg, "history_action", "")
+    return getattr(cfg, "history_gaps", "request"), (BY_NAME[action].bit if action else None)
+
+
 def user_features(df: pd.DataFrame, cfg: UserInputs) -> UserFeatures:
-    """The user-tower inputs of each row; history gaps are measured from the row's event_timestamp (request time)."""
+    """The user-tower inputs of each row; request gaps are measured from the row's event_timestamp (request time)."""
     attributes = [f"user_{a}" for a in cfg.user_attributes]
     _require(df, ["user_id", "event_timestamp", *HISTORY, *attributes], "retrieval training set")
     attribute_ids = np.stack([string_ids(df[c]) for c in attributes], 1) if attributes else np.zeros((len(df), 0))
+    gaps, action_bit = history_rule(cfg)
     return user_tensors(
         df["user_id"].to_numpy(dtype=np.int64),
         epoch_ms(df["event_timestamp"]),
         zip(*(df[c].to_numpy() for c in HISTORY), strict=True),
         attribute_ids,
         cfg.max_history,
+        gaps=gaps,
+        action_bit=action_bit,
     )
 
 
@@ -71,27 +102,50 @@ def user_tensors(
     histories: Iterable[tuple[object, ...]],
     attribute_ids: np.ndarray,
     max_history: int,
+    gaps: str = "request",
+    action_bit: int | None = None,
+    history_attributes: Sequence[np.ndarray | None] | None = None,
 ) -> UserFeatures:
-    """UserFeatures of n users from plain arrays: the one rule `user_features` (training frames) and serving
-    (`serving.inputs.user_inputs`, one query without a DataFrame) share.
+    """UserFeatures of n users from plain arrays: the one rule `user_features` (training frames), serving
+    (`serving.inputs.user_inputs`, one query without a DataFrame) and sequence training's checks share.
 
     Args:
         user_ids, request_ms: (n,) int64.
         histories: per user, the HISTORY arrays in that order (None / not an array: no history yet).
         attribute_ids: (n, A) `string_id`s of the user attributes.
-        max_history: S; the newest S events are kept, oldest first, gaps = request time - event time (>= 0).
+        max_history: S; the newest S events are kept, oldest first.
+        gaps: "request": gap = request time - event time (>= 0); "predecessor": the time since the user's previous
+            event in the (filtered) history, GAP_UNKNOWN for its first (models.train_sequences).
+        action_bit: keep only events whose action mask has this bit (None: every event); applied first.
+        history_attributes: per user, (len(history), P) attribute ids aligned with its history arrays, or None;
+            None for all: no hist_attributes (the tower reads them as unknown).
     """
     n, S = len(user_ids), max_history
     hist = {c: np.zeros((n, S), dtype=np.int64) for c in HISTORY}
+    attrs: np.ndarray | None = None
     for i, row in enumerate(histories):
         if not _is_array(row[0]):  # None / NaN: no history yet
             continue
-        length = min(len(row[0]), S)  # type: ignore[arg-type]
+        arrays = [np.asarray(values, dtype=np.int64) for values in row]
+        extra = history_attributes[i] if history_attributes is not None else None
+        if action_bit is not None:
+            keep = ((arrays[2] >> action_bit) & 1) == 1  # HISTORY[2] = hist_actions
+            arrays = [a[keep] for a in arrays]
+            extra = extra[keep] if extra is not None else None
+        ts = arrays[4]  # HISTORY[4] = hist_timestamps
+        gap = predecessor_gaps(ts) if gaps == "predecessor" else np.maximum(request_ms[i] - ts, 0)
+        length = min(len(ts), S)
         if length == 0:
             continue
-        for name, values in zip(HISTORY, row, strict=True):
-            hist[name][i, :length] = np.asarray(values, dtype=np.int64)[-length:]  # the newest, oldest first
-        hist["hist_timestamps"][i, :length] = np.maximum(request_ms[i] - hist["hist_timestamps"][i, :length], 0)
+        for name, values in zip(HISTORY, arrays, strict=True):
+            hist[name][i, :length] = values[-length:]  # the newest, oldest first
+        hist["hist_timestamps"][i, :length] = gap[-length:]
+        if extra is not None:
+            if attrs is None:
+                attrs = np.zeros((n, S, extra.shape[1]), dtype=np.int64)
+            attrs[i, :length] = extra[-length:]
+    if gaps == "predecessor":  # padding reads as an unknown gap, as sequence training pads
+        hist["hist_timestamps"][hist["hist_post_ids"] == 0] = GAP_UNKNOWN
     return UserFeatures(
         user_ids=torch.as_tensor(np.asarray(user_ids, dtype=np.int64)),
         attribute_ids=torch.as_tensor(attribute_ids, dtype=torch.int64),
@@ -100,6 +154,7 @@ def user_tensors(
         hist_actions=torch.from_numpy(hist["hist_actions"]),
         hist_surfaces=torch.from_numpy(hist["hist_surfaces"]),
         hist_gap_ms=torch.from_numpy(hist["hist_timestamps"]),
+        hist_attributes=None if attrs is None else torch.from_numpy(attrs),
     )
 
 

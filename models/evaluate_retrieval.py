@@ -307,7 +307,8 @@ def two_tower_configs(
     from models.retrieval_job import model_config
 
     loo = LEAVE_ONE_OUT_TWO_TOWER if protocol == "leave-one-out" else {}
-    cfg = model_config(preset, {"causal": True, "history_attributes": True, **loo, **model_overrides})
+    sequence = {"causal": True, "history_attributes": True, "history_gaps": "predecessor", "history_action": "click"}
+    cfg = model_config(preset, {**sequence, **loo, **model_overrides})
     # context "full": the tower reads user id and attributes and its history's actions, surfaces and predecessor
     # gaps too (models.train_sequences); nothing of the target event but its user.
     defaults: dict[str, Any] = {"budget_seconds": budget_s, "seed": seed, "context": "full", "patience": 8}

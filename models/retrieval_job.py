@@ -1,9 +1,18 @@
 """The retrieval jobs that `ember train retrieval`, `ember index build`, the DVC stages and the Prefect flow all call.
 
-training set (features.store.training_set, retrieval rows)
-    -> train_retrieval: temporal split, two-tower training, out/best/{model.pt,config.json}, out/metrics.json
-    -> build_retrieval_index: every post of the dataset embedded by the candidate tower (post features as of the
-       index-build time), faiss index checked against exact search on held-out users, out/index.faiss
+The served path (dvc.yaml), the model `ember evaluate retrieval --protocol temporal` reports:
+
+dataset (data/synth: click events, posts, users)
+    -> train_retrieval_events: the causal two-tower trained one pass per user sequence on the temporal split's
+       train events, early-stopped on validation Recall@200, scored on the test targets by the evaluation's own
+       function (models.evaluate_retrieval.two_tower_metrics); out/best/{model.pt,config.json}, out/metrics.json
+    -> build_event_index: every post of the dataset embedded by that candidate tower from the same post table
+       training used (counts over click events, ages at the newest event), checked against exact search on the
+       users' newest requests, out/index.faiss
+
+The Feast path (`--training-set`): a point-in-time retrieval training set (features.store.training_set)
+    -> train_retrieval: temporal split, two-tower training (models.train_retrieval)
+    -> build_retrieval_index: post features from the offline store's post_stats as of the index-build time
 """
 
 from __future__ import annotations
@@ -112,6 +121,47 @@ def train_retrieval(
     return metrics
 
 
+def train_retrieval_events(
+    data: Path,
+    out: Path,
+    preset: str = "nano",
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    budget_s: float = 60.0,
+    seed: int = 0,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Trains the two-tower on a dataset's click sequences exactly as `ember evaluate retrieval --protocol temporal`
+    trains and scores its two-tower (same split, corpus, configs and metrics), and publishes that model: `out` is
+    replaced whole (best/, metrics.json) only when training and scoring finished.
+
+    Returns the metrics: validation and test Recall/NDCG (test targets ranked against the post table at the test
+    cut-off), by engagement before the cut-off, seconds, best epoch; NaN entries are left out.
+    """
+    from core.io import atomic_dir
+    from models.baselines import make_corpus
+    from models.evaluate_retrieval import make_split, two_tower_configs, two_tower_metrics
+    from models.sequences import positive_events
+    from models.two_tower import save
+
+    cfg, tc = two_tower_configs(preset, budget_s, seed, model_overrides or {}, train_overrides or {}, "temporal")
+    if tc.context != "full":
+        raise UserError("train.context: the served two-tower reads the full request context (context=full)")
+    events = positive_events(Path(data))
+    split = make_split(events, "temporal")
+    if split.valid.empty or split.test.empty:
+        raise UserError(f"{data}: the temporal split has no validation or test targets")
+    corpus = make_corpus(split.train, split.valid, split.test)
+    metrics, retriever = two_tower_metrics(Path(data), split, corpus, cfg, tc, log)
+    report: dict[str, Any] = {k: round(float(v), 5) for k, v in metrics.items() if v == v}
+    report |= {"train_events": len(split.train), "corpus": len(corpus), "preset": preset, "budget_s": budget_s}
+    report["train_config"] = {f: getattr(tc, f) for f in ("context", "snapshot_hours", "select_metric", "seed")}
+    with atomic_dir(Path(out)) as tmp:
+        save(retriever.model, tmp / "best")
+        atomic_write_text(tmp / "metrics.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return report
+
+
 def model_version(model_dir: Path) -> str:
     """Content hash of a saved model (weights and config): what the index and the serving logs name."""
     digest = hashlib.sha256()
@@ -165,6 +215,8 @@ def index_inputs(
     from models.two_tower import load_two_tower
 
     model = load_two_tower(Path(model_dir))
+    if model.cfg.history_gaps == "predecessor":
+        raise UserError(f"{model_dir}: trained on event sequences; build its index from the dataset (--data)")
     df = read_training_set(training_set)
     if df.empty:
         raise UserError(f"{training_set}: empty training window (0 rows)")
@@ -177,6 +229,46 @@ def index_inputs(
     with torch.inference_mode():
         queries = model.user_embedding(user_features(valid_df, model.cfg)).cpu().numpy()
     return corpus.post_ids.numpy(), item_emb, queries
+
+
+def event_index_inputs(
+    model_dir: Path, data: Path, max_queries: int = 2_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the index of an event-trained two-tower is built and checked on: (post ids (N,), candidate-tower
+    embeddings (N, D), user embeddings (Q, D)).
+
+    Every post of the dataset, with the post table training used (models.train_sequences.post_table: counts over
+    the click events, ages at the newest one); the queries are the newest click of up to `max_queries` users, each
+    embedded from the events before it (the request a user makes after their history).
+    """
+    from core.schema import read_table
+    from models.sequences import positive_events
+    from models.train_retrieval import embed_corpus
+    from models.train_sequences import SequenceRetriever, post_table
+    from models.two_tower import load_two_tower
+
+    model = load_two_tower(Path(model_dir))
+    if model.cfg.history_gaps != "predecessor":
+        raise UserError(f"{model_dir}: not trained on event sequences (build its index with --features)")
+    events = positive_events(Path(data))
+    posts = read_table(Path(data), "posts", columns=["post_id"]).column("post_id").to_numpy()
+    corpus = np.union1d(np.asarray(posts, dtype=np.int64), events["post_id"].to_numpy(dtype=np.int64))
+    table = post_table(model.cfg, corpus, events, Path(data))
+    item_emb = embed_corpus(model, table.features).cpu().numpy()
+    last = events.groupby("user_id", sort=False).tail(1)
+    last = last.sample(min(max_queries, len(last)), random_state=0)
+    queries = SequenceRetriever(model, table, "full", Path(data)).user_embeddings(events, last)
+    return corpus, item_emb, queries
+
+
+def build_event_index(
+    model_dir: Path, data: Path, out: Path, index_cfg: IndexConfig | None = None, max_queries: int = 2_000
+) -> dict[str, Any]:
+    """`build_retrieval_index` for a two-tower trained on event sequences (`event_index_inputs`)."""
+    from models.index import publish
+
+    ids, item_emb, queries = event_index_inputs(model_dir, data, max_queries)
+    return publish(Path(out), ids, item_emb, queries, index_cfg or IndexConfig(), model_version(model_dir))
 
 
 def build_retrieval_index(

@@ -46,14 +46,13 @@ from core.actions import BY_NAME
 from core.errors import UserError
 from core.schema import read_table
 from models.baselines import evaluate_retriever
-from models.data import epoch_ms
+from models.data import GAP_UNKNOWN, epoch_ms, predecessor_gaps
 from models.layers import string_ids
 from models.metrics import NDCG_KS, RECALL_KS, corpus_columns, mask_unborn, ranking_metrics, target_ranks
 from models.sequences import _before, sort_events
 from models.training import TRAIN_THREADS, adamw, intra_op_threads
 from models.two_tower import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
 
-GAP_UNKNOWN = -1  # hist_gap_ms of an unknown gap: time bucket 0, the zero padding row
 CONTEXTS = ("items", "full")
 SELECT_METRICS = tuple(f"recall@{k}" for k in RECALL_KS) + tuple(f"ndcg@{k}" for k in NDCG_KS)
 
@@ -105,22 +104,6 @@ class SequenceTrainConfig:
             raise UserError(f"plateau_decay: {self.plateau_decay} is not in (0, 1]")
         if self.batch_size < 1 or self.epochs < 1 or self.eval_every < 1:
             raise UserError("SequenceTrainConfig: batch_size, epochs and eval_every must be >= 1")
-
-
-def predecessor_gaps(ts_ms: np.ndarray) -> np.ndarray:
-    """Predecessor gaps of one history (oldest first): each event's time since the previous event, GAP_UNKNOWN for
-    the first; negative differences (out-of-order clocks) clamp to 0. No request time: nothing after the history.
-
-    Args:
-        ts_ms: (n,) int64 event times.
-
-    Returns:
-        (n,) int64 milliseconds.
-    """
-    ts = np.asarray(ts_ms, dtype=np.int64)
-    gaps = np.full(len(ts), GAP_UNKNOWN, dtype=np.int64)
-    gaps[1:] = np.maximum(np.diff(ts), 0)
-    return gaps
 
 
 @dataclass(frozen=True)
@@ -473,9 +456,10 @@ class SequenceRetriever:
         """(N,) creation times evaluation masks with (`mask_unborn`), None when it masks nothing."""
         return self.table.created_ms if self.mask_unborn else None
 
-    def score_events(self, history_events: pd.DataFrame, targets: pd.DataFrame) -> tuple[torch.Tensor, list]:
-        """(Q, N) scores of each target's request (its user's history_events before it, the request at its time;
-        posts created after it at -inf with `mask_unborn`) and each query's seen post ids (its whole history)."""
+    def event_features(self, history_events: pd.DataFrame, targets: pd.DataFrame) -> tuple[UserFeatures, list]:
+        """The user-tower input of each target's request (its user's history_events before it: user, attributes,
+        actions, surface, predecessor gaps over the whole history, history post attributes) and each query's seen
+        post ids (its whole history)."""
         S, cfg = self.model.cfg.max_history, self.model.cfg
         h = {c: history_events[c].to_numpy(dtype=np.int64) for c in history_events.columns if c in _EVENT_INT}
         tu, tts, timp = (targets[c].to_numpy(dtype=np.int64) for c in ("user_id", "ts_ms", "impression_id"))
@@ -498,6 +482,20 @@ class SequenceRetriever:
             cfg, self.context, tu, attrs, posts, arr["author_id"], arr["actions"], arr["surface"], gaps,
             self.table.attributes(posts),
         )  # fmt: skip
+        return user, seen
+
+    @torch.no_grad()
+    def user_embeddings(self, history_events: pd.DataFrame, targets: pd.DataFrame) -> np.ndarray:
+        """(Q, D) unit-norm user embeddings of each target's request (`event_features`)."""
+        self.model.eval()
+        user, _ = self.event_features(history_events, targets)
+        return self.model.user_embedding(user.to(self.device)).float().cpu().numpy()
+
+    def score_events(self, history_events: pd.DataFrame, targets: pd.DataFrame) -> tuple[torch.Tensor, list]:
+        """(Q, N) scores of each target's request (`event_features`; posts created after it at -inf with
+        `mask_unborn`) and each query's seen post ids (its whole history)."""
+        user, seen = self.event_features(history_events, targets)
+        tts = targets["ts_ms"].to_numpy(dtype=np.int64)
         return mask_unborn(self._scores(user), self.created_ms, tts), seen
 
 
@@ -556,6 +554,7 @@ def train_sequences(
     tc = train_cfg or SequenceTrainConfig()
     if not config.causal:
         raise UserError("train_sequences: needs a causal user tower (TwoTowerConfig causal=True)")
+    config = replace(config, history_gaps="predecessor")  # what one pass computes; saved with the weights
     with intra_op_threads(tc.threads):
         return _train(config, train_events, valid, dataset, corpus, tc, log, device)
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.actions import ACTIONS
+from core.actions import ACTIONS, BY_NAME
 from core.errors import UserError
 from core.io import atomic_dir
 from core.schema import N_SURFACES
@@ -27,6 +27,7 @@ from models.model_config import ModelConfig
 
 MIN_TEMPERATURE = 0.01  # a learned temperature below this blows the logits up (CLIP caps 1/T at 100 too)
 POOLINGS = ("mean", "last")
+HISTORY_GAPS = ("request", "predecessor")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,13 @@ class TwoTowerConfig(ModelConfig):
     pooling: str = "mean"
     # Training only: dropout on the user tower's input tokens and on its final hidden states (as SASRec's).
     dropout: float = 0.0
+    # How a history event's time gap is measured: "request" = request time - event time (models.data.user_features:
+    # the Feast training set's rows), "predecessor" = the time since the user's previous event (what one-pass
+    # sequence training can compute, models.train_sequences). Serving builds whichever the model was trained with.
+    history_gaps: str = "request"
+    # The history events the tower reads: "" = every engagement of the user_history view; an action name (e.g.
+    # "click") = only events with that action, as sequence training's events are (models.sequences.positive_events).
+    history_action: str = ""
 
     def __post_init__(self) -> None:
         self._freeze_tuples("user_attributes", "post_features", "post_attributes")
@@ -83,6 +91,11 @@ class TwoTowerConfig(ModelConfig):
             raise ValueError(f"TwoTowerConfig: pooling={self.pooling!r} is not one of {', '.join(POOLINGS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TwoTowerConfig: dropout={self.dropout} is not in [0, 1)")
+        if self.history_gaps not in HISTORY_GAPS:
+            choices = ", ".join(HISTORY_GAPS)
+            raise ValueError(f"TwoTowerConfig: history_gaps={self.history_gaps!r} is not one of {choices}")
+        if self.history_action and self.history_action not in BY_NAME:
+            raise ValueError(f"TwoTowerConfig: history_action={self.history_action!r} is not an action name")
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # Tests and `make demo`: trains on CPU in seconds.

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.data import HISTORY, UserInputs, user_tensors
+from models.data import HISTORY, UserInputs, history_rule, user_tensors
 from models.layers import string_id
 from models.two_tower import UserFeatures
 from serving.types import Query
@@ -28,11 +28,31 @@ def user_value(query: Query, name: str) -> Any:
 def user_inputs(query: Query, cfg: UserInputs) -> UserFeatures:
     """The user-tower inputs of one query, built straight from its hydrated values by the rule training uses
     (`models.data.user_tensors`): equal to `models.data.user_features` of the one training-set row with the same
-    values (tests/serving/test_inputs.py), without the one-row DataFrame that cost ~1 ms per model per request."""
+    values (tests/serving/test_inputs.py), without the one-row DataFrame that cost ~1 ms per model per request.
+
+    A two-tower trained on event sequences (history_gaps "predecessor", history_action, history_attributes) gets
+    the same history its training built: only events with the action, gaps between consecutive events, and each
+    history post's attributes from the hydrated `hist_<attribute>` tuples (tests/models/test_retrieval_job.py)."""
     history = query.history or {}
     row = tuple(np.asarray(history[name], dtype=np.int64) if len(history.get(name, ())) else None for name in HISTORY)
     now = pd.Timestamp(query.now)
     now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
     request_ms = np.array([(now - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)], dtype=np.int64)
     attribute_ids = np.array([[string_id(user_value(query, f"user_{a}")) for a in cfg.user_attributes]], np.int64)
-    return user_tensors(np.array([query.user_id], np.int64), request_ms, [row], attribute_ids, cfg.max_history)
+    gaps, action_bit = history_rule(cfg)
+    post_attributes: tuple[str, ...] = getattr(cfg, "post_attributes", ())
+    extra = None
+    if getattr(cfg, "history_attributes", False) and post_attributes and row[0] is not None:
+        n = len(row[0])
+        columns = [history.get(f"hist_{a}") or (None,) * n for a in post_attributes]
+        extra = [np.array([[string_id(c[j]) for c in columns] for j in range(n)], dtype=np.int64).reshape(n, -1)]
+    return user_tensors(
+        np.array([query.user_id], np.int64),
+        request_ms,
+        [row],
+        attribute_ids,
+        cfg.max_history,
+        gaps=gaps,
+        action_bit=action_bit,
+        history_attributes=extra,
+    )

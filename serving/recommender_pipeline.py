@@ -69,6 +69,10 @@ from serving.types import Candidate, Query
 
 log = logging.getLogger(__name__)
 
+# History posts whose attributes are looked up for a two-tower that reads one action's events (the user_history view
+# keeps the newest 128 engagements: features_build.history_length).
+FILTERED_HISTORY_LOOKUP = 128
+
 
 @dataclass(frozen=True)
 class RecommenderConfig:
@@ -288,6 +292,7 @@ class PipelineRecommender:
         recent: RecentPostStore | None,
         version: str,
         clock: Callable[[], datetime] | None = None,
+        post_attributes: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         self.cfg, self.two_tower, self.index, self.ranker, self.online = cfg, two_tower, index, ranker, online
         self._version = version
@@ -300,8 +305,11 @@ class PipelineRecommender:
             self.clock = lambda: datetime.now(UTC)
         weights = ScoringWeights(cfg.weights) if cfg.weights is not None else ScoringWeights()
         history = max(two_tower.cfg.max_history, ranker.cfg.max_history)
+        if two_tower.cfg.history_action:  # its newest S events of one action lie further back: look up all of them
+            history = max(history, FILTERED_HISTORY_LOOKUP)
+        attributes = tuple(dict.fromkeys((*ranker.cfg.candidate_attributes, *two_tower.cfg.post_attributes)))
         self.query_hydrators: list[QueryHydrator] = [
-            UserFeaturesHydrator(online, ranker.cfg.candidate_attributes, max_history=history),
+            UserFeaturesHydrator(online, attributes, max_history=history, known_attributes=post_attributes or {}),
             UserGraphHydrator(online),
         ]
         self.post_hydrator = PostFeaturesHydrator(online)
@@ -418,7 +426,13 @@ class PipelineRecommender:
             online = OnlineFeatures(open_backend(cfg))
         if cfg.warm_posts:
             _warm(online, index.item_ids, corpus, cfg.warm_posts)
-        return cls(cfg, two_tower, index, ranker, online, popular, recent, version, clock)
+        attributes: dict[int, dict[str, Any]] = {}
+        if corpus is not None:
+            names = [a for a in (*ranker.cfg.candidate_attributes, *two_tower.cfg.post_attributes) if a in corpus]
+            ids = corpus["post_id"].to_numpy(dtype=np.int64).tolist()
+            columns = [corpus[a].tolist() for a in names]
+            attributes = {p: dict(zip(names, values, strict=True)) for p, *values in zip(ids, *columns, strict=True)}
+        return cls(cfg, two_tower, index, ranker, online, popular, recent, version, clock, attributes)
 
     # The Recommender protocol -------------------------------------------------------------------------------------
 

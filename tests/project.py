@@ -30,7 +30,7 @@ def use_nano(project: Path) -> None:
     """Switches the copy's params.yaml to the nano synthetic scale and model preset (seconds instead of minutes)."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["synth"].update(scale="nano", days=4, drift_day=2)
-    params["train_retrieval"].update(preset="nano", epochs=1, batch_size=256)
+    params["train_retrieval"].update(preset="nano", budget_s=15, epochs=3)
     params["training_set_ranker"].update(start="2026-01-03", end="2026-01-05")
     params["train_ranker"].update(preset="nano", epochs=1, batch_size=64)
     (project / "params.yaml").write_text(yaml.safe_dump(params))

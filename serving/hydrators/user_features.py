@@ -3,7 +3,8 @@ posts in the history (what the ranker's history tokens embed)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -25,11 +26,15 @@ class UserFeaturesHydrator(Component):
         post_attributes: post_stats columns looked up for each history post, stored as `history["hist_<name>"]`
             aligned with hist_post_ids (None for posts the store does not hold).
         max_history: only the newest this many events get their attributes looked up (the models read no more).
+        known_attributes: post_id -> {attribute: value} loaded with the models (the offline store's posts): a post's
+            topic and media never change, and the online store holds only the posts of the materialization window,
+            so an older history post is looked up here (training reads every post's attributes).
     """
 
     online: OnlineFeatures
     post_attributes: tuple[str, ...] = ("post_topic", "post_media_type")
     max_history: int = 128
+    known_attributes: Mapping[int, Mapping[str, object]] = field(default_factory=dict)
 
     def hydrate(self, query: Query) -> Query:
         stats, has_stats = read_user_view(self.online, USER_STATS, query.user_id)
@@ -57,8 +62,13 @@ class UserFeaturesHydrator(Component):
         out: dict[str, tuple[object, ...]] = {}
         for a in self.post_attributes:
             column = feats.post.get(a)
-            known = [column is not None and not feats.post_missing[i] for i in range(n)]
-            out[f"hist_{a}"] = pad + tuple(_plain(column[i]) if ok else None for i, ok in enumerate(known))  # type: ignore[index]
+            values = []
+            for i, post in enumerate(newest):
+                if column is not None and not feats.post_missing[i]:
+                    values.append(_plain(column[i]))
+                else:
+                    values.append(_plain(self.known_attributes.get(post, {}).get(a)))
+            out[f"hist_{a}"] = pad + tuple(values)
         return out
 
 

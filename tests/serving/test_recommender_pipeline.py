@@ -298,6 +298,39 @@ def test_serving_inputs_equal_the_training_inputs_for_the_same_feature_values(re
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("user_id", USERS[:4])
+def test_the_served_two_tower_reads_what_its_evaluation_read(
+    world: Path, rec: PipelineRecommender, user_id: int
+) -> None:
+    """The served source's user input (online store at `as_of`) equals the one `ember evaluate retrieval` builds from
+    the dataset's click events before the same time (models.train_sequences.SequenceRetriever.event_features): the
+    same clicks, predecessor gaps, user attributes and history post attributes, so the served user embedding is
+    the evaluated one."""
+    from models.sequences import positive_events
+    from models.train_sequences import SequenceRetriever, post_table
+    from serving.inputs import user_inputs
+
+    model = rec.two_tower
+    assert model.cfg.history_gaps == "predecessor" and model.cfg.history_action == "click"
+    query = Query(user_id=user_id, now=rec.clock(), k=K)
+    for h in rec.query_hydrators:
+        query = h.hydrate(query)
+    served = user_inputs(query, model.cfg)
+    data = world / "data" / "synth"
+    events = positive_events(data)
+    now_ms = int(pd.Timestamp(query.now).timestamp() * 1000)
+    corpus = np.unique(events["post_id"].to_numpy())
+    table = post_table(model.cfg, corpus, events[events["ts_ms"] < now_ms], data)
+    request = pd.DataFrame({"user_id": [user_id], "ts_ms": [now_ms], "impression_id": [np.iinfo(np.int64).max]})
+    evaluated, _ = SequenceRetriever(model, table, "full", data).event_features(events, request)
+    assert int((served.hist_post_ids != 0).sum()) > 0, "a user with clicks"
+    for name in ("user_ids", "attribute_ids", "hist_post_ids", "hist_author_ids", "hist_actions", "hist_surfaces",
+                 "hist_gap_ms", "hist_attributes"):  # fmt: skip
+        torch.testing.assert_close(getattr(served, name), getattr(evaluated, name), msg=lambda m, n=name: f"{n}: {m}")
+    with torch.inference_mode():
+        torch.testing.assert_close(model.user_embedding(served), model.user_embedding(evaluated))
+
+
 def test_an_exploring_variant_draws_varied_slates_and_logs_their_propensities(
     world: Path, rec: PipelineRecommender
 ) -> None:
