@@ -83,22 +83,25 @@ def materialize_cmd(
 @app.command("training-set")
 def training_set_cmd(
     model: str = typer.Option(..., "--model", help="retrieval or ranker."),
-    start: datetime = typer.Option(..., "--start", help="First impression time (UTC)."),
-    end: datetime = typer.Option(..., "--end", help="End of the window, exclusive (UTC)."),
     out: Path = typer.Option(..., "--out", help="Output directory (replaced atomically)."),
+    start: datetime | None = typer.Option(None, "--start", help="First impression time (UTC); with --end."),
+    end: datetime | None = typer.Option(None, "--end", help="End of the window, exclusive (UTC); with --start."),
+    days: int | None = typer.Option(
+        None, "--days", help="Instead of --start/--end: the last N whole days before the newest impression of --data."
+    ),
+    as_of: datetime | None = typer.Option(None, "--as-of", help="With --days: end the window here instead (UTC)."),
     data: Path = typer.Option(Path("data/synth"), "--data", help="Canonical dataset the impressions come from."),
     online_store: str = ONLINE,
     repo: Path = REPO,
 ) -> None:
     """Point-in-time training set from Feast's offline store (get_historical_features)."""
     from features.store import training_set
+    from features.windows import training_window
 
-    def utc(t: datetime) -> datetime:
-        return t.replace(tzinfo=UTC) if t.tzinfo is None else t
-
-    with _status(f"point-in-time join of {model} rows in [{start}, {end})"):
-        result = training_set(_store(online_store, repo), model, data, utc(start), utc(end), out)
-    typer.echo(f"wrote {out}: {result['rows']:,} rows x {result['columns']} columns")
+    w_start, w_end, rule = training_window(data, start, end, days, as_of)
+    with _status(f"point-in-time join of {model} rows in [{w_start}, {w_end})"):
+        result = training_set(_store(online_store, repo), model, data, w_start, w_end, out, window=rule)
+    typer.echo(f"wrote {out}: {result['rows']:,} rows x {result['columns']} columns, [{w_start}, {w_end})")
 
 
 @app.command("show")

@@ -280,7 +280,13 @@ def online_backend(cfg: StoreConfig) -> Backend:
 
 
 def training_set(
-    cfg: StoreConfig, model: str, dataset: Path, start: datetime, end: datetime, out: Path
+    cfg: StoreConfig,
+    model: str,
+    dataset: Path,
+    start: datetime,
+    end: datetime,
+    out: Path,
+    window: dict[str, Any] | None = None,
 ) -> dict[str, int]:
     """Point-in-time training set: each impression in [start, end) joined with the features as of its time.
 
@@ -288,6 +294,7 @@ def training_set(
     them). Retrieval rows are the clicked impressions (the positives of the two-tower model).
     Every feature row was computed from events strictly before its event_timestamp (features.build), and Feast
     joins the newest row with event_timestamp <= the impression time, so no feature can see its own label.
+    `window` (how [start, end) was chosen: features.windows.training_window) is recorded in meta.json.
     """
     if model not in FEATURE_SERVICES:
         raise UserError(f"--model: unknown model {model!r} (choose from {', '.join(FEATURE_SERVICES)})")
@@ -314,6 +321,8 @@ def training_set(
         frame.to_parquet(tmp / "training_set.parquet", index=False)
         meta: dict[str, Any] = {"dataset": manifest.dataset, "model": model, "start": start.isoformat()}
         meta |= {"end": end.isoformat(), "observed_actions": list(manifest.observed_actions)}
+        if window is not None:
+            meta["window"] = window
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return {"rows": len(frame), "columns": frame.shape[1]}
 

@@ -7,8 +7,10 @@ directories can then be retrained while the champion keeps serving its own copy,
 
 Deployment: artifacts/deploy/variants.yaml, serving/variants.yaml with the model paths of its champion variant
 pointed at the registry champion's set and, while a challenger waits at the gate, a `challenger` variant (share 0)
-running as the shadow variant on `shadow_share` of the requests (serving/shadow.py logs its agreement). `ember serve
---config artifacts/deploy/variants.yaml` serves it; the admin API (serving/service.py) swaps models in a running
+running as the shadow variant on `shadow_share` of the requests (serving/shadow.py logs its agreement). A template
+`as_of: data` is written as the time it stands for (the end of the newest day of the variant's features,
+features/windows.py), so the deployment says which "now" it serves at and the monitor reads the same time. `ember
+serve --config artifacts/deploy/variants.yaml` serves it; the admin API (serving/service.py) swaps models in a running
 service. Pure functions: the pipeline's tasks and `ember rollback` call them.
 """
 
@@ -23,6 +25,7 @@ import yaml
 
 from core.errors import UserError
 from core.io import atomic_write_text, read_yaml
+from features.windows import AS_OF_DATA, resolve_as_of
 from flows.promotion import VARIANTS_FILE, champion_entry, model_versions, read_registry
 
 MODEL_STORE = Path("artifacts/models")
@@ -92,6 +95,10 @@ def write_deployment(
     if template.get("recommender", {}).get("kind") != "pipeline":
         raise UserError(f"{VARIANTS_FILE}: no pipeline champion variant to deploy models into")
     params = dict(template["recommender"]["params"])
+    features = params.get("features")
+    if params.get("as_of") == AS_OF_DATA and features is not None and (root / features).is_dir():
+        params["as_of"] = resolve_as_of(AS_OF_DATA, features, root)  # else the service resolves it when it loads
+        template["recommender"]["params"] = params
     if champion is not None:
         template["recommender"]["params"] = _pointed(params, champion)
     shadowed = champion is not None and challenger is not None and challenger != champion

@@ -174,7 +174,9 @@ def monitor_window(
     argv += ["--current", str(current), "--out", str(out), "--synthetic", "data/synth", "--features", "data/features"]
     argv += ["--retrieval-model", str(params.get("retrieval_model", "artifacts/retrieval/best"))]
     if params.get("as_of"):
-        argv += ["--as-of", str(params["as_of"])]
+        from features.windows import resolve_as_of
+
+        argv += ["--as-of", str(resolve_as_of(str(params["as_of"]), params.get("features"), project))]
     if start is not None:
         argv += ["--start", start.isoformat()]
     if baseline is not None:

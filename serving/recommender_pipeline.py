@@ -37,6 +37,7 @@ from core.errors import UserError
 from core.io import read_yaml
 from features.catalog import View
 from features.online import Backend, FeatureStoreUnavailable, OnlineFeatures, RedisBackend, SqliteBackend
+from features.windows import AS_OF_DATA, features_end
 from models.index import AnnIndex, load_index
 from models.ranker import EXTRA_PREFIX, Ranker, load_ranker
 from models.retrieval_job import model_version, post_corpus
@@ -85,7 +86,8 @@ class RecommenderConfig:
         features: offline feature directory (post_stats): the popular list and the in-network recent posts are
             loaded from it as of `as_of`; None = no popular/in-network sources (unless popular_posts is given).
         online_store: "sqlite" or "redis"; sqlite_path (default data/feast/online.db) or redis ("host:port").
-        as_of: ISO time taken as "now" (a simulated or replayed world); None = the wall clock.
+        as_of: ISO time taken as "now" (a simulated or replayed world); "data" = the end of the newest day of the
+            data `features` was built from, read at load (features.windows.features_end); None = the wall clock.
         weights: signed blend weights per action (None = the x-algorithm defaults of ScoringWeights).
         retrieval_max_results: posts the ANN source fetches (x-algorithm: 1000).
         in_network, in_network_max_results, in_network_per_author: the in-network source (Thunder: 1200, 50).
@@ -167,7 +169,10 @@ class RecommenderConfig:
             raise UserError(f"recommender.explore_temperature: must be >= 0 (0 = off), got {self.explore_temperature}")
         if self.explore_samples < 1:
             raise UserError(f"recommender.explore_samples: must be >= 1, got {self.explore_samples}")
-        if self.as_of is not None:
+        if self.as_of == AS_OF_DATA:
+            if self.features is None:
+                raise UserError(f"recommender.as_of: {AS_OF_DATA!r} needs recommender.features (the snapshot it reads)")
+        elif self.as_of is not None:
             self.now_at()  # a bad time is a load error, not a request error
         if self.weights is not None:
             ScoringWeights(dict(self.weights))  # checks names and signs at load
@@ -196,6 +201,9 @@ class RecommenderConfig:
     def now_at(self) -> datetime | None:
         if self.as_of is None:
             return None
+        if self.as_of == AS_OF_DATA:
+            assert self.features is not None  # __post_init__
+            return features_end(self.features)
         try:
             t = datetime.fromisoformat(self.as_of)
         except ValueError:

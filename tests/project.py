@@ -31,14 +31,10 @@ def use_nano(project: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["synth"].update(scale="nano", days=4, drift_day=2)
     params["train_retrieval"].update(preset="nano", budget_s=15, epochs=3)
-    params["training_set_ranker"].update(start="2026-01-03", end="2026-01-05")
+    params["training_set_ranker"].update(days=2)  # 2026-01-03..05, the last two of the 4 days
     params["train_ranker"].update(preset="nano", epochs=1, batch_size=64)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    # The service's "now" is the end of the simulated world: 4 days from 2026-01-01.
-    variants = project / "serving" / "variants.yaml"
-    variants.write_text(
-        variants.read_text().replace('as_of: "2026-01-09T00:00:00+00:00"', 'as_of: "2026-01-05T00:00:00+00:00"')
-    )
+    # serving/variants.yaml's `as_of: data` is the end of the world the features were built from: no rewrite.
 
 
 def git_commit(project: Path, message: str = "copy") -> None:
