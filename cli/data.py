@@ -83,3 +83,62 @@ def stats(
 
     summary = write_stats(dataset, out)
     typer.echo(f"wrote {out}: {summary['rows']}")
+
+
+@app.command()
+def exposures(
+    out: Path = typer.Option(..., "--out", help="Output dataset directory (replaced atomically)."),
+    exposure: Path = typer.Option(Path("logs"), "--exposure", help="The exposure log: a .jsonl file or its directory."),
+    data: Path = typer.Option(Path("data/synth"), "--data", help="The dataset the served posts and users are from."),
+    outcomes: Path | None = typer.Option(
+        None, "--outcomes", help="Outcomes file (JSONL or parquet: request_id, post_id, 0/1 per action)."
+    ),
+    synthetic: Path | None = typer.Option(
+        None, "--synthetic", help="Instead of --outcomes: draw them from this synthetic dataset's truth model."
+    ),
+    as_of: str | None = typer.Option(
+        None,
+        "--as-of",
+        help="The time the service served at (its variants' as_of): an ISO time, or 'data' (the end of the newest "
+        "day of --data); default: each record's ts.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic outcomes."),
+    allow_missing: bool = typer.Option(
+        False, "--allow-missing", help="A served item without an outcome row had no action (default: refused)."
+    ),
+) -> None:
+    """What was served, with its outcomes, as canonical impressions (the exposure log back into training)."""
+    from datetime import UTC, datetime
+
+    from core.errors import UserError
+    from features.windows import AS_OF_DATA, data_end
+    from monitoring.served_impressions import served_dataset
+
+    when: datetime | None = None
+    if as_of == AS_OF_DATA:
+        when = data_end(data)
+    elif as_of is not None:
+        try:
+            when = datetime.fromisoformat(as_of)
+        except ValueError:
+            raise UserError(f"--as-of: not an ISO time or {AS_OF_DATA!r}: {as_of!r}") from None
+        when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    result = served_dataset(exposure, data, out, outcomes, synthetic, when, seed, allow_missing)
+    typer.echo(
+        f"wrote {out}: {result['rows']:,} served impressions of {result['requests']:,} requests; "
+        f"outcomes {result['outcomes']}"
+    )
+
+
+@app.command()
+def merge(
+    base: Path = typer.Argument(..., help="The base dataset (its users, follows, posts and impressions)."),
+    extras: list[Path] = typer.Argument(..., help="Datasets whose impressions are added (e.g. data/served)."),
+    out: Path = typer.Option(..., "--out", help="Output dataset directory (replaced atomically)."),
+) -> None:
+    """The base dataset plus the impressions of others, as one canonical dataset."""
+    from features.merge import merge_datasets
+
+    result = merge_datasets(base, extras, out)
+    added = ", ".join(f"{p['dataset']} {p['impressions']:,}" for p in result["parts"])
+    typer.echo(f"wrote {out}: impressions {added}")
