@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from cli import ab, data, events, features, lineage, models, monitor, serve
+from cli import ab, data, events, features, lineage, models, monitor, serve, simulate
 from cli.dashboards import dashboards
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ app.command("promote")(lineage.promote_cmd)
 app.command("rollback")(lineage.rollback_cmd)
 app.command("lineage")(lineage.lineage_cmd)
 app.command("dashboards")(dashboards)
+app.command("simulate")(simulate.simulate)
 
 
 @app.command("run")

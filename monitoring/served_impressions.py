@@ -130,10 +130,12 @@ def served_dataset(
     as_of: datetime | None = None,
     seed: int = 0,
     missing_is_no_action: bool = False,
+    world: Any = None,
 ) -> dict[str, Any]:
     """Writes the served items of the exposure log under `exposure`, with their outcomes (a file, or the synthetic
     truth of the dataset `synthetic`), as the canonical dataset `out` (atomically; see the module doc). `base` is
-    the dataset the posts, users and follows come from.
+    the dataset the posts, users and follows come from. `world`: the synthetic world to draw from instead of the one
+    `synthetic`'s manifest rebuilds (a simulation's world, whose days and posts run past the dataset's).
 
     Returns:
         rows, requests, observed actions and the outcome source's description.
@@ -183,7 +185,8 @@ def served_dataset(
     if synthetic is not None:
         from features.oracle import load_world
 
-        result = simulate_outcomes(served, load_world(Path(synthetic)), seed=seed, as_of=as_of)
+        world = load_world(Path(synthetic)) if world is None else world
+        result = simulate_outcomes(served, world, seed=seed, as_of=as_of)
         known = result.frame[prob_column(ACTION_NAMES[0])].notna().to_numpy()
         if not known.all():
             k = int(np.flatnonzero(~known)[0])

@@ -1,0 +1,233 @@
+"""`simulate`: days of production against a synthetic world's ground truth, the closed loop measured (issue 18).
+
+The run owns a project: a copy of this one (its code and configs, `params.yaml` with the synth section set to what
+reproduces `--data`, plus `overrides`) under `<out>/project`, where the main job (`ember-pipeline`) first builds
+and deploys the models from the dataset. Then, for each simulated day after the dataset's last:
+
+1. the day's posts exist (monitoring/simulate.extend_world) and requests arrive (users in proportion to activity);
+2. every request goes through the deployed pipeline in-process (serving.recommender_pipeline.PipelineRecommender,
+   the deployment's champion: "loop"; the first champion's model set: "frozen"), served at the request's time with
+   the day's posts (the corpus as of the day's start, posts newer than the variant's index through its fresh-post
+   source, as POST /events adds them); oracle, popular and random fill the same requests' slates;
+3. each slate's true reward is read from the truth (expected weighted engagement under the blend's signed weights);
+4. what the loop served goes to an exposure log (logs/simulated/day-NN.jsonl, the service's format) and, with
+   outcomes drawn from the truth, becomes the day's impressions in data/synth (served_impressions + merge), which
+   `dvc commit` records as the synth stage's output: the next day's data is DVC-tracked;
+5. the deployed flows' steps: `dvc repro features_build` (the next day's features) and the `materialize` flow, then
+   the `monitor` flow on the day's log (drift and quality; a failing check starts `retrain`, which is the main job
+   with the training stages forced, its promotion gate and deployment); `retrain_every` > 0 also retrains on that
+   cadence (`retrain` with reason "scheduled").
+
+`<out>/simulate.json` and `<out>/simulate.csv` hold one row per day and policy (true reward per request, requests,
+alarm, retrain, promotion, the loop's champion). The whole of `<out>` is written under a temporary name and renamed
+at the end: a failed or refused run leaves `<out>` as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger
+
+from flows.deploy import DEPLOY_FILE, MODEL_PATHS, MODEL_STORE, champion_key
+from flows.monitor import monitor_flow, retrain_flow
+from flows.pipeline import PROJECT, ember_pipeline, materialize_flow
+from flows.tasks import _env, dvc_repro
+
+LOGS = Path("logs") / "simulated"
+
+
+def copy_project(source: Path, dst: Path) -> None:
+    """The tracked and not-ignored files of `source`'s working tree (its code and configs, no data or artifacts)
+    into `dst`, made a git repository (DVC needs one) with them in one commit."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=source, capture_output=True, check=True,
+    ).stdout.split(b"\0")  # fmt: skip
+    for rel in filter(None, (p.decode() for p in listed)):
+        if (source / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / rel, dst / rel)
+    git = ["git", "-c", "user.name=ember-simulate", "-c", "user.email=simulate@localhost"]
+    for args in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "ember simulate"]):
+        subprocess.run(args, cwd=dst, check=True, capture_output=True)
+
+
+def set_params(project: Path, synth: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """params.yaml: the synth section that reproduces the dataset, then `overrides` ("stage.key": value)."""
+    from core.errors import UserError
+
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["synth"].update(synth)
+    for dotted, value in overrides.items():
+        stage, _, key = dotted.partition(".")
+        if stage not in params or not isinstance(params[stage], dict) or key not in params[stage]:
+            raise UserError(f"--set: {dotted!r} is not a key of params.yaml (stage.key)")
+        params[stage][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def deployed_params(project: Path, as_of: datetime, models: str | None = None) -> dict[str, Any]:
+    """The deployment's champion recommender params with paths under `project`, served at `as_of`; `models`: a
+    model-store key whose set replaces the champion's (the frozen policy)."""
+    from serving.ab import load_config
+
+    cfg = load_config(project / DEPLOY_FILE)
+    params = dict(cfg.variant(cfg.champion).recommender.params)  # type: ignore[union-attr]
+    if models is not None:
+        params.update({p: str(MODEL_STORE / models / d) for p, d in MODEL_PATHS.items()})
+    for key in ("retrieval_model", "index", "ranker", "features"):
+        params[key] = str(project / params[key])
+    params["sqlite_path"] = str(project / "data" / "feast" / "online.db")
+    params["as_of"] = as_of.isoformat()
+    return params
+
+
+def load_recommender(params: dict[str, Any], world: Any, day_start_s: int) -> Any:
+    """The variant, with the posts of the 48 h before the day that its index lacks offered through its fresh-post
+    source (PipelineRecommender.add_posts, what POST /events does for a new post)."""
+    import numpy as np
+
+    from features.synth import DAY_S, EPOCH_MS
+    from serving.recent_posts import RecentPost
+    from serving.recommender_pipeline import PipelineRecommender, RecommenderConfig
+
+    rec = PipelineRecommender.load(RecommenderConfig.from_dict(params))
+    lo = int(np.searchsorted(world.post_created_s, day_start_s - 2 * DAY_S))
+    hi = int(np.searchsorted(world.post_created_s, day_start_s))
+    recent = np.arange(lo, hi)
+    recent = recent[~np.isin(recent + 1, np.asarray(rec.index.item_ids, dtype=np.int64))]
+    rec.add_posts([
+        RecentPost(int(EPOCH_MS + world.post_created_s[p] * 1000), int(p + 1), int(world.post_author[p] + 1))
+        for p in recent
+    ])  # fmt: skip
+    return rec
+
+
+def serve_day(rec: Any, requests: Any, k: int) -> list[list[dict[str, Any]]]:
+    """Each request's slate from `rec`, served at the request's time (its clock), as exposure-log items."""
+    slates = []
+    for r in requests.itertuples(index=False):
+        now = datetime.fromtimestamp(float(r.ts), UTC)
+        rec.clock = lambda now=now: now
+        result = rec.recommend(int(r.user_id), k, frozenset(), int(r.surface))
+        slates.append([
+            {"post_id": int(i.post_id), "score": float(i.score), "source": str(i.source),
+             "actions": {a: round(float(v), 6) for a, v in (i.actions or {}).items()}}
+            for i in result.items[:k]
+        ])  # fmt: skip
+    return slates
+
+
+@flow(name="simulate", log_prints=True)
+def simulate_flow(
+    data: str,
+    out: str,
+    days: int,
+    policies: tuple[str, ...] = ("loop", "frozen", "oracle", "popular", "random"),
+    requests_per_day: int = 200,
+    seed: int = 0,
+    drift: str = "none",
+    drift_day: int | None = None,
+    k: int = 10,
+    retrain_every: int = 0,
+    overrides: dict[str, Any] | None = None,
+    source: str = str(PROJECT),
+) -> dict[str, Any]:
+    """Runs the simulation (see the module doc) and returns {"rows", "summary", "out"}."""
+    from core.io import atomic_dir
+    from features.synth import DAY_S, EPOCH
+    from monitoring import simulate as simulated
+    from monitoring.replay import write_records
+
+    log = get_run_logger()
+    simulated.check_args(days, requests_per_day, drift, drift_day, seed, k, retrain_every)
+    world = simulated.load_synthetic(Path(data))
+    synth = simulated.synth_params(Path(data))
+    first_day = world.cfg.days
+    with atomic_dir(Path(out)) as tmp:
+        project = tmp / "project"
+        project.mkdir()
+        copy_project(Path(source), project)
+        set_params(project, synth, overrides or {})
+        subprocess.run(["git", "-c", "user.name=ember-simulate", "-c", "user.email=simulate@localhost", "commit",
+                        "-qam", "simulation params"], cwd=project, check=True, capture_output=True)  # fmt: skip
+        start = time.perf_counter()
+        initial = ember_pipeline(project=str(project))
+        frozen = champion_key(project)
+        log.info("initial main job: champion %s (%.0f s)", frozen, time.perf_counter() - start)
+        sim = simulated.extend_world(world, days, drift, drift_day, seed)
+        rows: list[dict[str, Any]] = []
+        for n in range(1, days + 1):
+            day = first_day + n - 1
+            day_start = EPOCH + timedelta(days=day)
+            requests = simulated.day_requests(sim, day, requests_per_day, seed)
+            champion = champion_key(project)
+            served: dict[str, list[list[int]]] = {}
+            loop_items: list[list[dict[str, Any]]] = []
+            version = ""
+            for policy in policies:
+                if policy in ("loop", "frozen"):
+                    key = None if policy == "loop" else frozen
+                    rec = load_recommender(deployed_params(project, day_start, key), sim, day * DAY_S)
+                    items = serve_day(rec, requests, k)
+                    served[policy] = [[i["post_id"] for i in s] for s in items]
+                    if policy == "loop":
+                        loop_items, version = items, rec.version
+                else:
+                    served[policy] = simulated.reference_slates(sim, requests, policy, k, seed)
+            if not loop_items:  # the loop's data is the next day's data even when its reward is not reported
+                rec = load_recommender(deployed_params(project, day_start), sim, day * DAY_S)
+                loop_items, version = serve_day(rec, requests, k), rec.version
+            reward = {p: simulated.mean_true_reward(sim, requests, s, seed + day) for p, s in served.items()}
+            # The loop's day becomes data: exposure log -> impressions with drawn outcomes -> data/synth (DVC).
+            log_file = LOGS / f"day-{n:02d}.jsonl"
+            write_records(simulated.exposure_records(requests, loop_items, "ranker", version), project / log_file)
+            work = tmp / "work" / f"day-{n:02d}"
+            simulated.write_day(project / "data" / "synth", sim, project / log_file, project / "data" / "synth",
+                      (day + 1) * DAY_S, seed + day, work)  # fmt: skip
+            shutil.rmtree(work, ignore_errors=True)
+            subprocess.run(["dvc", "commit", "-f", "-q", "synth"], cwd=project, env=_env(), check=True,
+                           capture_output=True)  # fmt: skip
+            dvc_repro(project, "features_build")
+            materialize_flow(project=str(project))
+            hours = (datetime.now(UTC) - day_start).total_seconds() / 3600 + 1
+            monitored = monitor_flow(project=str(project), current=str(log_file), window_hours=hours,
+                                     retrain_on_fail=True, dashboards=False)  # fmt: skip
+            alarm = monitored["summary"]["status"] == "fail"
+            retrained = monitored["retrained"]
+            if retrained is None and retrain_every and n % retrain_every == 0:
+                retrained = retrain_flow(project=str(project), reason=f"scheduled (every {retrain_every} days)")
+            after = champion_key(project)
+            for policy in policies:
+                rows.append({
+                    "day": n, "date": day_start.date().isoformat(), "policy": policy, "true_reward": reward[policy],
+                    "requests": len(requests), "alarm": alarm, "retrained": retrained is not None,
+                    "promoted": after != champion, "champion": champion,
+                })  # fmt: skip
+            log.info(
+                "day %d (%s): %s; alarm %s, retrained %s, champion %s",
+                n,
+                day_start.date(),
+                ", ".join(f"{p} {v:.4f}" for p, v in reward.items()),
+                alarm,
+                retrained is not None,
+                after,
+            )
+        meta = {
+            "data": str(data), "days": days, "first_date": (EPOCH + timedelta(days=first_day)).date().isoformat(),
+            "policies": list(policies), "requests_per_day": requests_per_day, "k": k, "seed": seed,
+            "drift": drift, "drift_day": drift_day, "retrain_every": retrain_every, "overrides": overrides or {},
+            "initial_champion": frozen, "initial_stages": initial["stages_run"],
+            "posts_per_day": (len(sim.post_author) - len(world.post_author)) / days,
+        }  # fmt: skip
+        simulated.write_results(tmp, rows, meta)
+        shutil.rmtree(tmp / "work", ignore_errors=True)
+    return {"rows": rows, "summary": simulated.summary_line(rows), "out": str(out)}
