@@ -29,8 +29,8 @@ from models.sequences import Split, leave_one_out, positive_events, temporal_tar
 from models.train_sequences import (
     SequenceRetriever,
     SequenceTrainConfig,
-    evaluate_sequence_retriever,
     post_table,
+    sequence_target_ranks,
     train_sequences,
 )
 from models.two_tower import TwoTowerConfig
@@ -260,17 +260,18 @@ SASREC_CONVERGED: dict[str, Any] = {"max_len": 100, "dropout": 0.3}
 LEAVE_ONE_OUT_TWO_TOWER: dict[str, Any] = {"pooling": "last", "dropout": 0.2}
 
 
-def _two_tower_by_engagement(
-    retriever: SequenceRetriever, history: pd.DataFrame, targets: pd.DataFrame, prefix: str = ""
-) -> dict[str, float]:
-    """Recall@200 of the targets whose post has an event in `history` and of the others (`engaged_targets`)."""
-    engaged = np.isin(targets["post_id"].to_numpy(), history["post_id"].to_numpy())
-    out = {}
+def _two_tower_scored(
+    retriever: SequenceRetriever, history: pd.DataFrame, targets: pd.DataFrame
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The full-ranking metrics of `targets` and the Recall@200 of those whose post has an event in `history`
+    ("recall@200_engaged") and of the others ("recall@200_new"), from one scoring pass."""
+    n = len(retriever.corpus)
+    ranks = sequence_target_ranks(retriever, history, targets)
+    engaged = torch.as_tensor(np.isin(targets["post_id"].to_numpy(), history["post_id"].to_numpy()))
+    parts = {}
     for name, mask in (("engaged", engaged), ("new", ~engaged)):
-        part = targets[mask]
-        metrics = evaluate_sequence_retriever(retriever, history, part) if len(part) else {}
-        out[f"{prefix}recall@200_{name}"] = metrics.get("recall@200", float("nan"))
-    return out
+        parts[f"recall@200_{name}"] = ranking_metrics(ranks[mask], n)["recall@200"] if mask.any() else float("nan")
+    return ranking_metrics(ranks, n), parts
 
 
 _VS_ORACLE = ("recall@200", "ndcg@10", "recall@200_engaged", "recall@200_new")
@@ -335,19 +336,20 @@ def two_tower_metrics(
     (evaluations included) of the first evaluation at or above it; NaN if none was. Also returns the retriever the
     test was ranked with."""
     result = train_sequences(cfg, split.train, split.valid, data, corpus, tc, log=log)
-    valid = evaluate_sequence_retriever(result.retriever, split.train, split.valid)
+    valid, valid_parts = _two_tower_scored(result.retriever, split.train, split.valid)
     reached = [h["seconds"] for h in result.history if reach is not None and h.get("ndcg@10", -1.0) >= reach]
     # Test targets rank the corpus as an index built at the test cut-off sees it (counts and ages of then).
     table = post_table(cfg, corpus, split.test_history, data)
     at_cutoff = SequenceRetriever(result.model, table, tc.context, data, tc.mask_unborn)
+    test, test_parts = _two_tower_scored(at_cutoff, split.test_history, split.test)
     metrics = {
         "seconds_to_reach": reached[0] if reached else float("nan"),
-        **evaluate_sequence_retriever(at_cutoff, split.test_history, split.test),
-        **_two_tower_by_engagement(at_cutoff, split.test_history, split.test),
+        **test,
+        **test_parts,
         "seconds": result.seconds,
         "best_epoch": float(result.best_epoch),
         "valid_ndcg@10": valid["ndcg@10"],
         f"valid_{tc.select_metric}": valid[tc.select_metric],
-        **_two_tower_by_engagement(result.retriever, split.train, split.valid, prefix="valid_"),
+        **{f"valid_{k}": v for k, v in valid_parts.items()},
     }
     return metrics, at_cutoff

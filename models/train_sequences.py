@@ -71,7 +71,8 @@ class SequenceTrainConfig:
     full_softmax_max_items: int = 20_000  # corpora up to this size get a full softmax
     max_windows: int | None = None  # windows per user, newest first; None = all
     context: str = "items"  # items | full (see the module doc)
-    budget_seconds: float = 300.0  # wall-clock limit: training stops and evaluates once past it
+    budget_seconds: float = 300.0  # wall-clock limit: training stops and evaluates once past it (unless within a
+    # quarter epoch of the last evaluation: those steps are dropped)
     patience: int = 5  # evaluations without a better validation select_metric before stopping
     # The learning rate is multiplied by this after every evaluation without a better validation select_metric
     # (reduce-on-plateau; 1 = constant rate).
@@ -509,13 +510,22 @@ def evaluate_sequence_retriever(
     goes through `score`, "full" through `score_events`, with the same seen-item removal and tie rule."""
     if retriever.context == "items":
         return evaluate_retriever(retriever, history_events, targets, retriever.created_ms)
+    return ranking_metrics(sequence_target_ranks(retriever, history_events, targets, batch_size), len(retriever.corpus))
+
+
+def sequence_target_ranks(
+    retriever: SequenceRetriever, history_events: pd.DataFrame, targets: pd.DataFrame, batch_size: int = 1024
+) -> torch.Tensor:
+    """(Q,) 0-based rank of each target among the corpus for a context="full" retriever (seen items removed, the
+    baselines' tie rule): one scoring pass, from which metrics of any subset of the targets follow
+    (`ranking_metrics(ranks[mask], len(corpus))`)."""
     ranks = []
     for start in range(0, len(targets), batch_size):
         chunk = targets.iloc[start : start + batch_size]
         scores, seen = retriever.score_events(history_events, chunk)
         target_cols = torch.as_tensor(corpus_columns(retriever.corpus, chunk["post_id"].to_numpy()))
         ranks.append(target_ranks(scores, target_cols, [corpus_columns(retriever.corpus, s) for s in seen]))
-    return ranking_metrics(torch.cat(ranks), len(retriever.corpus))
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.int64)
 
 
 @dataclass
@@ -586,6 +596,7 @@ def _train(
     history: list[dict[str, float]] = []
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     losses: list[float] = []
+    epoch_steps = max(1, math.ceil(len(data) / tc.batch_size))
     for epoch in range(1, tc.epochs + 1):
         model.train()
         over_budget = False
@@ -603,6 +614,12 @@ def _train(
                 break
         if epoch % tc.eval_every and epoch != tc.epochs and not over_budget:
             continue
+        if over_budget and history and steps - history[-1]["steps"] < epoch_steps / 4:
+            # The budget ran out within a quarter epoch of the last evaluation: evaluating a few steps' change costs
+            # a full validation pass and rarely wins; the best evaluated weights stand.
+            if log is not None:
+                log(f"budget reached {steps - int(history[-1]['steps'])} steps after the last evaluation: stop")
+            break
         retriever.refresh()
         lr = float(optimizer.param_groups[0]["lr"])
         entry: dict[str, float] = {"epoch": epoch, "steps": steps, "lr": lr, "train_loss": float(np.mean(losses))}
