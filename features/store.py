@@ -319,7 +319,8 @@ def training_set(
     frame = frame.sort_values("impression_id").reset_index(drop=True)
     with atomic_dir(out) as tmp:
         frame.to_parquet(tmp / "training_set.parquet", index=False)
-        meta: dict[str, Any] = {"dataset": manifest.dataset, "model": model, "start": start.isoformat()}
+        meta: dict[str, Any] = {"dataset": manifest.dataset, "source": str(dataset), "model": model}
+        meta["start"] = start.isoformat()
         meta |= {"end": end.isoformat(), "observed_actions": list(manifest.observed_actions)}
         if window is not None:
             meta["window"] = window

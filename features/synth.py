@@ -488,6 +488,32 @@ def click_logit(world: World, rel: np.ndarray, post: np.ndarray, t: np.ndarray) 
     return tm.b_click + rel - tm.w_fresh * age_h / 24.0
 
 
+def action_probabilities(
+    world: World, rel: np.ndarray, post: np.ndarray, t: np.ndarray, position: np.ndarray, in_network: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The true probability of every action of each impression (relevance `rel`, post index, time t in seconds from
+    EPOCH, slate position, in-network flag), and each conditional action's probability given a click.
+
+    Returns:
+        (probs {action: P(action)}, given_click {conditional action: P(action | click)}); an action without a click
+        happens with probability leak * P(action | click).
+    """
+    tm = world.cfg.truth
+    p_click = _sigmoid(click_logit(world, rel, post, t) - tm.w_pos * np.log1p(position))
+    probs: dict[str, np.ndarray] = {"click": p_click}
+    given_click: dict[str, np.ndarray] = {}
+    for name, bias, slope, leak in tm.conditional:
+        c = _sigmoid(bias + slope * rel)
+        if name == "follow_author":
+            c = np.where(in_network, 0.0, c)
+        given_click[name] = c
+        probs[name] = c * (p_click + (1.0 - p_click) * leak)
+    q = world.quality[world.post_author[post]].astype(np.float64)
+    for name, bias, k_rel, m_q in tm.negative:
+        probs[name] = _sigmoid(bias - k_rel * rel - m_q * q)
+    return probs, given_click
+
+
 def impressions_chunk(world: World, day: int, lo: int, hi: int, first_id: int, first_request: int) -> pa.Table:
     """Impressions of users [lo, hi) on `day`, with outcomes and their true probabilities."""
     cfg, tm = world.cfg, world.cfg.truth
@@ -535,22 +561,14 @@ def impressions_chunk(world: World, day: int, lo: int, hi: int, first_id: int, f
     author = world.post_author[post]
     in_network = np.isin((user << 32) | author, world.follow_keys, assume_unique=False)
 
-    # Ground-truth probabilities.
-    q = world.quality[author].astype(np.float64)
+    # Ground-truth probabilities, then the draws (click first, then each conditional, then each negative action).
     rel = relevance(world, user, post, t, in_network)
-    p_click = _sigmoid(click_logit(world, rel, post, t) - tm.w_pos * np.log1p(position))
-    click = rng.random(n) < p_click
-
+    probs, given_click = action_probabilities(world, rel, post, t, position, in_network)
+    click = rng.random(n) < probs["click"]
     cols: dict[str, np.ndarray] = {"click": click}
-    probs: dict[str, np.ndarray] = {"click": p_click}
-    for name, bias, slope, leak in tm.conditional:
-        c = _sigmoid(bias + slope * rel)
-        if name == "follow_author":
-            c = np.where(in_network, 0.0, c)
-        probs[name] = c * (p_click + (1.0 - p_click) * leak)
-        cols[name] = rng.random(n) < np.where(click, c, leak * c)
-    for name, bias, k_rel, m_q in tm.negative:
-        probs[name] = _sigmoid(bias - k_rel * rel - m_q * q)
+    for name, _, _, leak in tm.conditional:
+        cols[name] = rng.random(n) < np.where(click, given_click[name], leak * given_click[name])
+    for name, *_ in tm.negative:
         cols[name] = rng.random(n) < probs[name]
     is_video = world.post_media[post] == MEDIA_TYPES.index("video")
     long_dwell = np.exp(2.0 + 0.4 * rel + 0.5 * is_video + rng.normal(0.0, 0.6, n))

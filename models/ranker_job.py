@@ -204,6 +204,19 @@ def _epoch_line(log: Callable[[str], None], mode: str) -> Callable[[str], None]:
     return line
 
 
+def _informed_oracle(training_set: Path, test_df: pd.DataFrame) -> dict[str, np.ndarray] | None:
+    """features.oracle.informed_probabilities on the test rows, when the training set names its synthetic source
+    dataset (meta.json "source", written since the informed oracle exists) and that dataset is still there."""
+    from features.oracle import informed_probabilities, load_world
+
+    meta_file = Path(training_set) / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    source = Path(meta["source"]) if meta.get("source") else None
+    if meta.get("dataset") != "synthetic" or source is None or not (source / "manifest.json").is_file():
+        return None
+    return informed_probabilities(load_world(source), source, test_df)
+
+
 def evaluate_ranker_job(
     training_set: Path,
     test_days: float | None = None,
@@ -224,7 +237,9 @@ def evaluate_ranker_job(
     Returns:
         {"split": sizes and windows, "observed_actions", "models": {name: {"seconds", "report"}}, "table": {action:
         {name: {"auc", "gauc"}}}, "wins": {action: {"auc", "gauc"}: the best ranker mode beats every baseline},
-        "oracle_ratio": {name: {action: auc / oracle auc}} (synthetic only)}
+        "oracle_ratio": {name: {action: auc / oracle auc}} (synthetic only; "oracle_informed", when the training
+        set names its source dataset: the truth with each user's topic preference estimated from earlier clicks,
+        features.oracle.informed_probabilities)}
     """
     log = log or (lambda line: None)
     unknown = set(head_modes) - set(HEAD_MODES) or None
@@ -276,6 +291,10 @@ def evaluate_ranker_job(
         probs = {a: test_df[f"p_{a}"].to_numpy() for a in actions}
         report = ranking_report(labels, probs, test_df["user_id"], test_df["request_id"], actions)
         models["oracle"] = {"seconds": 0.0, "report": _compact(report)}
+        informed = _informed_oracle(training_set, test_df)
+        if informed is not None:
+            report = ranking_report(labels, informed, test_df["user_id"], test_df["request_id"], actions)
+            models["oracle_informed"] = {"seconds": 0.0, "report": _compact(report)}
     table = {
         a: {n: {k: m["report"]["actions"][a][k] for k in ("auc", "gauc")} for n, m in models.items()}
         for a in actions

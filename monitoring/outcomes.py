@@ -137,7 +137,7 @@ def simulate_outcomes(served: pd.DataFrame, world: object, seed: int = 0, as_of:
         is not in the world get no outcome row (counted in n_with_outcome) and all-zero actions.
     """
     from core.schema import MEDIA_TYPES
-    from features.synth import DAY_S, EPOCH, World, click_logit, relevance
+    from features.synth import DAY_S, EPOCH, World, action_probabilities, relevance
 
     assert isinstance(world, World)
     tm = world.cfg.truth
@@ -167,22 +167,15 @@ def simulate_outcomes(served: pd.DataFrame, world: object, seed: int = 0, as_of:
     pos = np.clip(np.searchsorted(world.follow_keys, keys), 0, max(len(world.follow_keys) - 1, 0))
     in_network = (world.follow_keys[pos] == keys) if len(world.follow_keys) else np.zeros(len(u), bool)
     rel = relevance(world, u, p, tk, in_network.astype(np.float64))
-    p_click = 1.0 / (1.0 + np.exp(-(click_logit(world, rel, p, tk) - tm.w_pos * np.log1p(position[known]))))
+    probs, given_click = action_probabilities(world, rel, p, tk, position[known], in_network)
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 8]))
     m = len(u)
-    click = rng.random(m) < p_click
+    click = rng.random(m) < probs["click"]
     flags: dict[str, np.ndarray] = {"click": click}
-    probs: dict[str, np.ndarray] = {"click": p_click}
-    for name, bias, slope, leak in tm.conditional:  # the funnel: likelier after a click, `leak` times as likely without
-        c = 1.0 / (1.0 + np.exp(-(bias + slope * rel)))
-        if name == "follow_author":
-            c = np.where(in_network, 0.0, c)
-        probs[name] = c * (p_click + (1.0 - p_click) * leak)
-        flags[name] = rng.random(m) < np.where(click, c, leak * c)
-    quality = world.quality[author].astype(np.float64)
-    for name, bias, k_rel, m_q in tm.negative:
-        probs[name] = 1.0 / (1.0 + np.exp(-(bias - k_rel * rel - m_q * quality)))
+    for name, _, _, leak in tm.conditional:  # the funnel: likelier after a click, `leak` times as likely without
+        flags[name] = rng.random(m) < np.where(click, given_click[name], leak * given_click[name])
+    for name, *_ in tm.negative:
         flags[name] = rng.random(m) < probs[name]
     is_video = world.post_media[p] == MEDIA_TYPES.index("video")
     dwell_s = np.exp(2.0 + 0.4 * rel + 0.5 * is_video + rng.normal(0.0, 0.6, m))
