@@ -37,7 +37,7 @@ def simulate(
     chosen = parse_policies(policies)
     check_args(days, requests_per_day, drift, drift_day, seed, k, retrain_every)
     load_synthetic(data)
-    synth_params(data)
+    synth = synth_params(data)
     parsed = {}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -46,7 +46,10 @@ def simulate(
         parsed[key.strip()] = yaml.safe_load(value)
 
     from flows.api import prefect_api
-    from flows.simulate import simulate_flow
+    from flows.pipeline import PROJECT
+    from flows.simulate import run_params, simulate_flow
+
+    run_params(PROJECT / "params.yaml", synth, parsed)  # an unknown --set key, before anything starts
 
     with prefect_api() as url:
         typer.echo(f"Prefect API: {url}")

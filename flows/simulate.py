@@ -59,19 +59,19 @@ def copy_project(source: Path, dst: Path) -> None:
         subprocess.run(args, cwd=dst, check=True, capture_output=True)
 
 
-def set_params(project: Path, synth: dict[str, Any], overrides: dict[str, Any]) -> None:
-    """params.yaml: the synth section that reproduces the dataset, then `overrides` ("stage.key": value)."""
+def run_params(path: Path, synth: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The params.yaml at `path` with the synth section that reproduces the dataset, then `overrides`
+    ("stage.key": value). Raises a UserError naming --set for a key params.yaml does not have."""
     from core.errors import UserError
 
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
+    params = yaml.safe_load(Path(path).read_text())
     params["synth"].update(synth)
     for dotted, value in overrides.items():
         stage, _, key = dotted.partition(".")
         if stage not in params or not isinstance(params[stage], dict) or key not in params[stage]:
             raise UserError(f"--set: {dotted!r} is not a key of params.yaml (stage.key)")
         params[stage][key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
 
 
 def deployed_params(project: Path, as_of: datetime, models: str | None = None) -> dict[str, Any]:
@@ -156,7 +156,8 @@ def simulate_flow(
         project = tmp / "project"
         project.mkdir()
         copy_project(Path(source), project)
-        set_params(project, synth, overrides or {})
+        params = run_params(project / "params.yaml", synth, overrides or {})
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         subprocess.run(["git", "-c", "user.name=ember-simulate", "-c", "user.email=simulate@localhost", "commit",
                         "-qam", "simulation params"], cwd=project, check=True, capture_output=True)  # fmt: skip
         start = time.perf_counter()

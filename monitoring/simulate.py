@@ -328,12 +328,17 @@ def write_day(dataset: Path, world: Any, exposure: Path, out: Path, day_end_s: i
 
 
 def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    """`simulate.json` (the run's parameters and one row per day and policy) and `simulate.csv` (the same rows: a
-    DVC plot, x = day, y = true_reward, one line per policy) into the directory `out`."""
+    """`simulate.json` (the run's parameters and one row per day and policy) and `simulate.csv` (one row per day:
+    day, date, each policy's true reward per request, then alarm, retrained, promoted and the champion that served;
+    a DVC plot with x = day and y = the policies) into the directory `out`."""
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "simulate.json").write_text(json.dumps({**meta, "rows": rows}, indent=2, default=str) + "\n")
     frame = pd.DataFrame(rows, columns=list(ROW_FIELDS))
-    frame.to_csv(Path(out) / "simulate.csv", index=False, float_format="%.6g")
+    wide = frame.pivot(index=["day", "date"], columns="policy", values="true_reward")
+    wide = wide[list(dict.fromkeys(frame["policy"]))].reset_index()
+    wide.columns.name = None
+    days = frame.drop_duplicates("day")[["day", "alarm", "retrained", "promoted", "champion"]]
+    wide.merge(days, on="day").to_csv(Path(out) / "simulate.csv", index=False, float_format="%.6g")
 
 
 def summary_line(rows: list[dict[str, Any]]) -> str:

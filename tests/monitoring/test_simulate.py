@@ -197,7 +197,9 @@ def test_results_are_json_and_a_csv_plot_with_a_one_line_summary(tmp_path: Path)
     ]  # fmt: skip
     write_results(tmp_path, rows, {"days": 2})
     frame = pd.read_csv(tmp_path / "simulate.csv")
-    assert list(frame.columns[:4]) == ["day", "date", "policy", "true_reward"] and len(frame) == 4
+    assert list(frame.columns) == ["day", "date", "loop", "oracle", "alarm", "retrained", "promoted", "champion"]
+    assert frame.loop.tolist() == [1.0, 2.0] and frame.oracle.tolist() == [5.0, 5.0]
+    assert frame.alarm.tolist() == [False, True]
     line = summary_line(rows)
     assert "\n" not in line and "loop 1.5000" in line and "oracle 5.0000" in line and "1 alarms, 1 retrains" in line
 
@@ -232,6 +234,7 @@ def test_policies_and_numbers_are_checked() -> None:
         (["--drift", "topic_shift", "--drift-day", "9"], "--drift-day"),
         (["--policies", "loop,bogus"], "--policies: unknown policy 'bogus'"),
         (["--set", "train_ranker"], "--set"),
+        (["--set", "train_ranker.no_such_key=1"], "--set: 'train_ranker.no_such_key'"),
         (["--data", "NOT_A_DATASET"], "--data: not a synthetic dataset"),
         (["--data", "DRIFTED"], "--data"),
         (["--data", "NOT_A_PRESET"], "--data"),
