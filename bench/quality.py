@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench.harness import RESULTS, Row, run_once, save
 
 GROUP = "quality"
@@ -222,11 +224,16 @@ def ranker(section: str) -> list[Row]:
     split_args, split = ["--test-fraction", "0.2"], "the newest 20% of requests as test"
     out = TMP / f"{section}.json"
     epochs = RANKER_EPOCHS[section]
+    history = int(yaml.safe_load((REPO / "params.yaml").read_text())["train_ranker"]["max_history"])  # as served
     argv = ember("evaluate", "ranker", "--training-set", str(training), "--features", str(features), *split_args,
-                 "--preset", "nano", "--set", f"train.epochs={epochs}", "--out", str(out))  # fmt: skip
+                 "--preset", "nano", "--set", f"model.max_history={history}", "--set", f"train.epochs={epochs}",
+                 "--out", str(out))  # fmt: skip
     wall, rss = _run(argv)
     report = json.loads(out.read_text())
-    settings = f"{split}, 10% of the rest for early stopping, ranker preset nano (<= {epochs} epochs), 2 cores"
+    settings = (
+        f"{split}, 10% of the rest for early stopping, ranker preset nano with history {history} as served "
+        f"(<= {epochs} epochs), 2 cores"
+    )
     rows = []
     for name, m in report["models"].items():
         acts = m["report"]["actions"]
