@@ -98,19 +98,23 @@ def online_rows(
     def cold(i: int) -> None:
         OnlineFeatures(backend).candidates(batches[i % len(batches)])
 
+    cold_ms = timed(cold, max(20, reps // 10))
     rows.append(
         row(
             f"500 candidates, direct, cold cache ({label})",
-            "500 posts + authors, 54 features",
+            "500 posts + authors, 54 features; a new reader per call, batches cycled: every row read from the store",
             cmd,
-            timed(cold, max(20, reps // 10)),
+            cold_ms,
         )
     )
+    cold_row = rows[-1]
     reader.candidates(batches[0])
     warm = timed(lambda i: reader.candidates(batches[0]), reps)
     rows.append(
-        row(f"500 candidates, direct, warm cache ({label})", "500 posts + authors, 54 features", cmd, warm, 5.0,
-            f"cited, another machine: {FEAST_BLOG}; regular read path, 500 rows: p99 424.91 ms")
+        row(f"500 candidates, direct, warm cache ({label})",
+            "500 posts + authors, 54 features; the same 500 again: an in-process cache hit, no store read (what a "
+            "repeat of a request's candidates costs; not comparable with a store read)",
+            cmd, warm, 5.0, f"cited, another machine: {FEAST_BLOG}; regular read path, 500 rows: p99 424.91 ms")
     )  # fmt: skip
 
     def feast_cands(i: int) -> None:
@@ -127,7 +131,8 @@ def online_rows(
             anchor="side-by-side anchor",
         )
     )
-    rows[-2].verdict += f"; {np.percentile(feast_ms, 50) / np.percentile(warm, 50):.0f}x faster than Feast (p50)"
+    # Like for like: both read every row from the store (the warm row reads none, so no ratio is drawn from it).
+    cold_row.verdict = f"{np.percentile(feast_ms, 50) / np.percentile(cold_ms, 50):.1f}x faster than Feast (p50)"
     rows[
         0
     ].verdict += f"; {np.percentile(feast_user, 50) / np.percentile(direct_user, 50):.1f}x faster than Feast (p50)"
