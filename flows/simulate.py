@@ -111,9 +111,10 @@ def load_recommender(params: dict[str, Any], world: Any, day_start_s: int) -> An
     return rec
 
 
-def serve_day(rec: Any, requests: Any, k: int) -> list[list[dict[str, Any]]]:
-    """Each request's slate from `rec`, served at the request's time (its clock), as exposure-log items."""
-    slates = []
+def serve_day(rec: Any, requests: Any, k: int) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Each request's slate from `rec`, served at the request's time (its clock), as exposure-log items, and the
+    user features the recommender read for it (as the service logs them)."""
+    slates, features = [], []
     for r in requests.itertuples(index=False):
         now = datetime.fromtimestamp(float(r.ts), UTC)
         rec.clock = lambda now=now: now
@@ -123,7 +124,8 @@ def serve_day(rec: Any, requests: Any, k: int) -> list[list[dict[str, Any]]]:
              "actions": {a: round(float(v), 6) for a, v in (i.actions or {}).items()}}
             for i in result.items[:k]
         ])  # fmt: skip
-    return slates
+        features.append(dict(result.features))
+    return slates, features
 
 
 @flow(name="simulate", log_prints=True)
@@ -171,29 +173,24 @@ def simulate_flow(
             day_start = EPOCH + timedelta(days=day)
             requests = simulated.day_requests(sim, day, requests_per_day, seed)
             champion = champion_key(project)
-            served: dict[str, list[list[int]]] = {}
-            loop_items: list[list[dict[str, Any]]] = []
-            version = ""
+            # The loop is served whether or not its reward is reported: what it serves is the next day's data.
+            loop = load_recommender(deployed_params(project, day_start), sim, day * DAY_S)
+            loop_items, loop_features = serve_day(loop, requests, k)
+            served = {"loop": [[i["post_id"] for i in s] for s in loop_items]}
             for policy in policies:
-                if policy in ("loop", "frozen"):
-                    key = None if policy == "loop" else frozen
-                    rec = load_recommender(deployed_params(project, day_start, key), sim, day * DAY_S)
-                    items = serve_day(rec, requests, k)
-                    served[policy] = [[i["post_id"] for i in s] for s in items]
-                    if policy == "loop":
-                        loop_items, version = items, rec.version
-                else:
+                if policy == "frozen":
+                    rec = load_recommender(deployed_params(project, day_start, frozen), sim, day * DAY_S)
+                    served[policy] = [[i["post_id"] for i in s] for s in serve_day(rec, requests, k)[0]]
+                elif policy != "loop":
                     served[policy] = simulated.reference_slates(sim, requests, policy, k, seed)
-            if not loop_items:  # the loop's data is the next day's data even when its reward is not reported
-                rec = load_recommender(deployed_params(project, day_start), sim, day * DAY_S)
-                loop_items, version = serve_day(rec, requests, k), rec.version
-            reward = {p: simulated.mean_true_reward(sim, requests, s, seed + day) for p, s in served.items()}
+            reward = {p: simulated.mean_true_reward(sim, requests, served[p], seed + day) for p in policies}
             # The loop's day becomes data: exposure log -> impressions with drawn outcomes -> data/synth (DVC).
             log_file = LOGS / f"day-{n:02d}.jsonl"
-            write_records(simulated.exposure_records(requests, loop_items, "ranker", version), project / log_file)
+            records = simulated.exposure_records(requests, loop_items, "ranker", loop.version, loop_features)
+            write_records(records, project / log_file)
             work = tmp / "work" / f"day-{n:02d}"
-            simulated.write_day(project / "data" / "synth", sim, project / log_file, project / "data" / "synth",
-                      (day + 1) * DAY_S, seed + day, work)  # fmt: skip
+            data_dir = project / "data" / "synth"
+            simulated.write_day(data_dir, sim, project / log_file, data_dir, (day + 1) * DAY_S, seed + day, work)
             shutil.rmtree(work, ignore_errors=True)
             subprocess.run(["dvc", "commit", "-f", "-q", "synth"], cwd=project, env=_env(), check=True,
                            capture_output=True)  # fmt: skip

@@ -276,10 +276,17 @@ def posts_table(world: Any, end_s: int) -> Any:
     return table
 
 
-def exposure_records(requests: pd.DataFrame, slates: Sequence[Sequence[dict[str, Any]]], variant: str,
-                     version: str) -> list[dict[str, Any]]:  # fmt: skip
+def exposure_records(
+    requests: pd.DataFrame,
+    slates: Sequence[Sequence[dict[str, Any]]],
+    variant: str,
+    version: str,
+    features: Sequence[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """The exposure-log records (serving/service.py's format) of what `variant` served: `slates` holds each
-    request's items as dicts with post_id, score, source and actions."""
+    request's items as dicts with post_id, score, source and actions; `features` each request's user features as
+    the recommender returned them (what the monitor's data drift reads)."""
+    features = features if features is not None else [{} for _ in range(len(requests))]
     return [
         {
             "kind": "exposure",
@@ -293,9 +300,9 @@ def exposure_records(requests: pd.DataFrame, slates: Sequence[Sequence[dict[str,
             "degraded": False,
             "fallback": "",
             "items": [{**item, "position": n} for n, item in enumerate(slate)],
-            "features": {},
+            "features": dict(user),
         }
-        for r, slate in zip(requests.itertuples(index=False), slates, strict=True)
+        for r, slate, user in zip(requests.itertuples(index=False), slates, features, strict=True)
     ]
 
 
