@@ -16,7 +16,9 @@ def simulate(
     policies: str = typer.Option(
         "loop,frozen,oracle,popular,random", "--policies", help="Policies whose true reward is reported."
     ),
-    requests_per_day: int = typer.Option(200, "--requests-per-day", help="Requests served per simulated day."),
+    requests_per_day: int = typer.Option(
+        0, "--requests-per-day", help="Requests served per simulated day (0: the world's own, nano 510, small 25,000)."
+    ),
     k: int = typer.Option(10, "--k", help="Slate size."),
     seed: int = typer.Option(0, "--seed", help="Seed of requests, new posts, reference slates and outcomes."),
     retrain_every: int = typer.Option(

@@ -134,7 +134,7 @@ def simulate_flow(
     out: str,
     days: int,
     policies: tuple[str, ...] = ("loop", "frozen", "oracle", "popular", "random"),
-    requests_per_day: int = 200,
+    requests_per_day: int = 0,
     seed: int = 0,
     drift: str = "none",
     drift_day: int | None = None,
@@ -154,6 +154,7 @@ def simulate_flow(
     world = simulated.load_synthetic(Path(data))
     synth = simulated.synth_params(Path(data))
     first_day = world.cfg.days
+    requests_per_day = requests_per_day or simulated.world_requests_per_day(world)
     with atomic_dir(Path(out)) as tmp:
         project = tmp / "project"
         project.mkdir()

@@ -62,8 +62,8 @@ def check_args(days: int, requests_per_day: int, drift: str, drift_day: int | No
     """The run's numbers, before anything is loaded or written."""
     if days < 1:
         raise UserError(f"--days: must be >= 1, got {days}")
-    if requests_per_day < 1:
-        raise UserError(f"--requests-per-day: must be >= 1, got {requests_per_day}")
+    if requests_per_day < 0:
+        raise UserError(f"--requests-per-day: must be >= 1 (0 = the world's own traffic), got {requests_per_day}")
     if k < 1:
         raise UserError(f"--k: must be >= 1, got {k}")
     if seed < 0:
@@ -172,6 +172,13 @@ def extend_world(world: Any, days: int, drift: str = "none", drift_day: int | No
         by_author=by_author,
         by_author_keys=(post_author[by_author] << 32) | (post_created[by_author] + TIME_OFFSET),
     )
+
+
+def world_requests_per_day(world: Any) -> int:
+    """The requests of one day of the world's own traffic: impressions per user and day x users / slate size (the
+    generator's Poisson rates, whose mean over users is impressions_per_user_day)."""
+    cfg = world.cfg
+    return max(1, round(cfg.impressions_per_user_day * cfg.n_users / cfg.slate_size))
 
 
 def day_requests(world: Any, day: int, n: int, seed: int) -> pd.DataFrame:

@@ -28,6 +28,7 @@ from monitoring.simulate import (
     summary_line,
     synth_params,
     true_rewards,
+    world_requests_per_day,
     write_day,
     write_results,
 )
@@ -97,8 +98,10 @@ def test_topic_shift_changes_the_truth_from_its_onset_on(world) -> None:
     assert gain.mean() > 0.3
 
 
-def test_requests_come_from_users_in_proportion_to_their_activity(world) -> None:
+def test_requests_come_from_users_in_proportion_to_their_activity(nano: Path, world) -> None:
     sim = extend_world(world, 2, seed=0)
+    logged = read_table(nano, "impressions", columns=["request_id"]).column("request_id").to_numpy()
+    assert abs(world_requests_per_day(world) - len(np.unique(logged)) / DAYS) < 0.05 * world_requests_per_day(world)
     requests = day_requests(sim, DAYS, 30_000, seed=3)
     assert requests.equals(day_requests(sim, DAYS, 30_000, seed=3))
     assert not requests.user_id.equals(day_requests(sim, DAYS, 30_000, seed=4).user_id)
@@ -213,7 +216,7 @@ def test_policies_and_numbers_are_checked() -> None:
         (lambda: parse_policies("loop,best"), "--policies"),
         (lambda: parse_policies(" , "), "--policies"),
         (lambda: check_args(0, 10, "none", None, 0), "--days"),
-        (lambda: check_args(2, 0, "none", None, 0), "--requests-per-day"),
+        (lambda: check_args(2, -1, "none", None, 0), "--requests-per-day"),
         (lambda: check_args(2, 10, "none", None, -1), "--seed"),
         (lambda: check_args(2, 10, "author_spam", 1, 0), "--drift"),
         (lambda: check_args(2, 10, "topic_shift", 3, 0), "--drift-day"),
