@@ -5,7 +5,9 @@ position, score, source; propensity, inclusion and rank (an exploring variant's 
 slate) and its place in the ranked order, serving/selectors/explore.py; columns only where some item has them); the
 ranker's per-action predictions of the item (`pred_<action>` for each key of the item's `actions` mapping:
 probabilities, `pred_dwell_time` in seconds; an item or record without one is missing, never 0) and the user's
-feature values the models saw (one column per scalar feature; a list, like `missing_views`, becomes `n_<name>`).
+feature values the models saw (one column per scalar feature; a list, like `missing_views`, becomes `n_<name>`);
+on requests sampled for it (RecommenderConfig.log_candidate_features), the candidate inputs the ranker read of each
+item (`cand_<feature>`, missing on the other rows).
 Shadow records (kind "shadow") are not what users saw and are skipped. Lines that are not a JSON object with an
 items list are counted in `ExposureRead.malformed` and skipped.
 """
@@ -31,6 +33,7 @@ _EXPLORATION_KEYS = ("propensity", "inclusion", "rank")  # columns only where so
 # An action name becomes a column name: anything else in an item's "actions" is skipped, not turned into a column.
 _ACTION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 PREDICTION_PREFIX = "pred_"
+CANDIDATE_PREFIX = "cand_"  # a served item's logged candidate input: cand_post_click_rate, cand_post_author_id, ...
 
 
 @dataclass
@@ -76,6 +79,11 @@ def _flatten(record: dict[str, Any]) -> list[dict[str, Any]]:
         row = dict(base)
         row.update({k: item.get(k) for k in _ITEM_KEYS})
         row.update({k: _as_float(item[k]) for k in _EXPLORATION_KEYS if k in item})
+        inputs = item.get("features")  # a sampled request's candidate inputs (log_candidate_features)
+        if isinstance(inputs, dict):
+            for name, value in inputs.items():
+                if isinstance(name, str) and _ACTION_NAME.match(name) and not isinstance(value, list | dict):
+                    row[CANDIDATE_PREFIX + name] = int(value) if isinstance(value, bool) else value
         actions = item.get("actions")
         if isinstance(actions, dict):
             for name, value in actions.items():

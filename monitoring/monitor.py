@@ -437,10 +437,10 @@ def run_monitor(
         world = load_world(Path(synthetic))
     tables: dict[str, pd.DataFrame] = {}
     if features is not None and len(cur) and "user_id" in cur.columns:
-        from monitoring.skew import read_user_tables
+        from monitoring.skew import read_candidate_tables, read_user_tables
 
         users = pd.to_numeric(cur["user_id"], errors="coerce").dropna().to_numpy(np.int64)
-        tables = read_user_tables(Path(features), users)
+        tables = read_user_tables(Path(features), users) | read_candidate_tables(Path(features), cur)
     if retrieval_model is not None and not (Path(retrieval_model) / "config.json").is_file():
         raise UserError(f"{retrieval_model}: not a saved two-tower model (no config.json)")
     reports: list[Path] = []

@@ -101,6 +101,8 @@ def replay(
                 "score": float(item.score),
                 "source": str(item.source),
                 "actions": {str(a): _number(p) for a, p in dict(item.actions or {}).items()},
+                # a sampled request's candidate inputs (RecommenderConfig.log_candidate_features), as the service
+                **({"features": dict(item.features)} if getattr(item, "features", None) else {}),
             }
             for n, item in enumerate(rec.items[:k])
         ]

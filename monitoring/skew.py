@@ -23,6 +23,8 @@ from monitoring.config import SkewConfig
 from monitoring.drift import Status
 
 TIME = "_lookup_ms"
+CANDIDATE_PREFIX = "cand_"  # monitoring.exposure_frame: a served item's logged candidate input
+AUTHOR_COLUMN = CANDIDATE_PREFIX + "post_author_id"
 # Logged with the request but not a feature value of an offline table.
 NOT_FEATURES = frozenset(
     {"request_id", "ts", "user_id", "surface", "variant", "version", "endpoint", "degraded", "fallback", "post_id",
@@ -42,6 +44,8 @@ class SkewResult:
     n_compared: int = 0  # requests with features and an offline row
     n_without_features: int = 0
     n_without_offline_row: int = 0
+    n_items_compared: int = 0  # served items with logged candidate inputs and an offline post row
+    n_items_without_offline_row: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)  # a few mismatches, for the report
     kind: str = "skew"
 
@@ -54,15 +58,15 @@ def _epoch_ms(values: pd.Series) -> np.ndarray:
     return np.asarray((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1), dtype=np.int64)
 
 
-def point_in_time(left: pd.DataFrame, right: pd.DataFrame, time_ms: str = TIME) -> pd.DataFrame:
-    """Each left row (user_id, `time_ms`) joined with the newest right row of the same user_id whose
+def point_in_time(left: pd.DataFrame, right: pd.DataFrame, time_ms: str = TIME, key: str = "user_id") -> pd.DataFrame:
+    """Each left row (`key`, `time_ms`) joined with the newest right row of the same `key` whose
     event_timestamp <= that time (NaN columns when there is none); left's row order is kept."""
     r = right.copy()
     r[TIME + "_r"] = _epoch_ms(r["event_timestamp"])
     r = r.drop(columns="event_timestamp").sort_values(TIME + "_r", kind="stable")
     left_sorted = left.assign(_row=np.arange(len(left))).sort_values(time_ms, kind="stable")
     joined = pd.merge_asof(
-        left_sorted, r, left_on=time_ms, right_on=TIME + "_r", by="user_id", direction="backward",
+        left_sorted, r, left_on=time_ms, right_on=TIME + "_r", by=key, direction="backward",
         suffixes=("", "_offline"),
     )  # fmt: skip
     return joined.sort_values("_row").drop(columns=["_row"]).reset_index(drop=True)
@@ -87,6 +91,59 @@ def read_user_tables(features: Path, users: np.ndarray) -> dict[str, pd.DataFram
     if "user_stats" not in out:
         raise UserError(f"{features}: no user_stats.parquet (run `ember features build`)")
     return out
+
+
+def read_candidate_tables(features: Path, served: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The offline post_stats rows of the served items that logged their candidate inputs (`cand_*` columns) and
+    the author_stats rows of their authors; {} when no item logged them."""
+    import pyarrow.parquet as pq
+
+    from core.errors import UserError
+
+    columns = [c for c in served.columns if c.startswith(CANDIDATE_PREFIX)]
+    if not columns or "post_id" not in served.columns:
+        return {}
+    logged = served[served[columns].notna().any(axis=1)]
+    keys = {
+        "post_stats": ("post_id", pd.to_numeric(logged["post_id"], errors="coerce")),
+        "author_stats": ("author_id", pd.to_numeric(logged.get(AUTHOR_COLUMN), errors="coerce")),
+    }
+    out: dict[str, pd.DataFrame] = {}
+    for name, (key, values) in keys.items():
+        path = Path(features) / f"{name}.parquet"
+        wanted = [int(v) for v in np.unique(values.dropna().to_numpy(np.int64))] if values is not None else []
+        if not path.exists() or not wanted:
+            continue
+        try:
+            out[name] = pq.read_table(path, filters=[(key, "in", wanted)]).to_pandas()
+        except Exception as err:  # pyarrow raises several types for a bad file
+            raise UserError(f"{path}: not a readable parquet file: {str(err).splitlines()[0]}") from None
+    return out
+
+
+def candidate_recompute(items: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The offline post_stats and author_stats values of each served item at its lookup time, one row per item, in
+    order; `_has_post_row` says whether the post had an offline row then."""
+    base = pd.DataFrame({"post_id": pd.to_numeric(items["post_id"], errors="coerce").fillna(-1).astype("int64")})
+    base[TIME] = items[TIME].to_numpy()
+    out = pd.DataFrame(index=base.index)
+    posts = tables.get("post_stats")
+    if posts is not None:
+        joined = point_in_time(base, posts, key="post_id")
+        out = joined.drop(columns=["post_id", TIME])
+        out["_has_post_row"] = joined[TIME + "_r"].notna().to_numpy()
+    else:
+        out["_has_post_row"] = False
+    authors = tables.get("author_stats")
+    if authors is not None and AUTHOR_COLUMN in items.columns:
+        left = pd.DataFrame({"author_id": pd.to_numeric(items[AUTHOR_COLUMN], errors="coerce").fillna(-1)})
+        left["author_id"] = left["author_id"].astype("int64")
+        left[TIME] = base[TIME].to_numpy()
+        joined = point_in_time(left, authors, key="author_id")
+        for column in joined.columns:
+            if column.startswith("author_") and column != "author_id":
+                out[column] = joined[column].to_numpy()
+    return out.drop(columns=[c for c in out.columns if c.startswith(TIME)])
 
 
 def offline_recompute(requests: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -163,35 +220,61 @@ def train_serve_skew(
         for c in requests.columns
         if c not in NOT_FEATURES and c != TIME and c in offline.columns and c not in cfg.ignore
     ]
-    if not features:
+    comparisons: list[tuple[str, pd.DataFrame, pd.DataFrame]] = []  # (feature, served values, offline values)
+    if features:
+        hydrated = requests[features].notna().any(axis=1).to_numpy()
+        has_row = offline["_has_row"].to_numpy(bool)
+        result.n_without_features = int((~hydrated).sum())
+        result.n_without_offline_row = int((hydrated & ~has_row).sum())
+        keep = hydrated & has_row
+        result.n_compared = int(keep.sum())
+        cur, off = requests.loc[keep].reset_index(drop=True), offline.loc[keep].reset_index(drop=True)
+        comparisons += [(f, cur, off) for f in features]
+    # The candidate inputs of the served items of sampled requests (log_candidate_features), against post_stats and
+    # author_stats at the same time.
+    inputs = [
+        c for c in served.columns if c.startswith(CANDIDATE_PREFIX) and c[len(CANDIDATE_PREFIX) :] not in cfg.ignore
+    ]
+    if inputs and "post_stats" in tables:
+        items = served[served[inputs].notna().any(axis=1)].reset_index(drop=True)
+        if as_of is not None:
+            items[TIME] = np.int64(as_of.timestamp() * 1000)
+        else:
+            items[TIME] = (pd.to_numeric(items["ts"], errors="coerce").fillna(0) * 1000).astype("int64")
+        offline_items = candidate_recompute(items, tables)
+        has_post = offline_items["_has_post_row"].to_numpy(bool)
+        result.n_items_without_offline_row = int((~has_post).sum())
+        result.n_items_compared = int(has_post.sum())
+        cur_items = items.loc[has_post].reset_index(drop=True)
+        off_items = offline_items.loc[has_post].reset_index(drop=True)
+        # The offline value under the served column's name (cand_<feature>).
+        off_items = off_items.rename(columns={c: CANDIDATE_PREFIX + c for c in off_items.columns})
+        comparisons += [(c, cur_items, off_items) for c in inputs if c in off_items.columns and result.n_items_compared]
+    if not comparisons:
         result.reasons.append("no logged feature column matches an offline feature")
         return result
-    hydrated = requests[features].notna().any(axis=1).to_numpy()
-    has_row = offline["_has_row"].to_numpy(bool)
-    result.n_without_features = int((~hydrated).sum())
-    result.n_without_offline_row = int((hydrated & ~has_row).sum())
-    keep = hydrated & has_row
-    result.n_compared = int(keep.sum())
-    if result.n_compared < cfg.min_rows:
+    if result.n_compared < cfg.min_rows and result.n_items_compared < cfg.min_rows:
         result.reasons.append(
-            f"{result.n_compared} requests with logged features and an offline row, fewer than "
-            f"skew.min_rows={cfg.min_rows}"
+            f"{result.n_compared} requests with logged features and an offline row (and {result.n_items_compared} "
+            f"served items with logged candidate inputs), fewer than skew.min_rows={cfg.min_rows}"
         )
-        if result.n_compared == 0:
+        if result.n_compared == 0 and result.n_items_compared == 0:
             return result
-    cur, off = requests.loc[keep].reset_index(drop=True), offline.loc[keep].reset_index(drop=True)
     total_bad = total = 0
-    for f in features:
+    for f, cur, off in comparisons:
+        if len(cur) == 0:
+            continue
         bad = _mismatch(cur[f], off[f], cfg)
         n_bad = int(bad.sum())
         result.per_feature[f] = {"rate": n_bad / len(bad), "mismatched": n_bad, "compared": len(bad)}
         total_bad += n_bad
         total += len(bad)
         for i in np.flatnonzero(bad)[: max(0, 3 - len(result.examples))]:
-            result.examples.append(
-                {"request_id": str(cur.at[i, "request_id"]), "user_id": int(cur.at[i, "user_id"]), "feature": f,
-                 "served": _plain(cur.at[i, f]), "offline": _plain(off.at[i, f])}
-            )  # fmt: skip
+            example = {"request_id": str(cur.at[i, "request_id"]), "user_id": int(cur.at[i, "user_id"]), "feature": f,
+                       "served": _plain(cur.at[i, f]), "offline": _plain(off.at[i, f])}  # fmt: skip
+            if f.startswith(CANDIDATE_PREFIX):
+                example["post_id"] = int(cur.at[i, "post_id"])
+            result.examples.append(example)
     result.rate = total_bad / total if total else None
     if result.reasons or result.rate is None:
         return result

@@ -26,6 +26,8 @@ class Item:
     propensity: float | None = None
     inclusion: float | None = None
     rank: int | None = None  # with a propensity: the post's place in the ranked order it was drawn from
+    # On a sampled request (RecommenderConfig.log_candidate_features): the candidate inputs the ranker read.
+    features: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -106,6 +107,10 @@ class RecommenderConfig:
             final scores at this temperature, serving/selectors/explore.py) and logs each item's propensity; 0 (the
             default) serves the ranked order. explore_samples: draws that estimate the propensities;
             explore_seed: fixes the draws (simulations, tests), None = fresh entropy per request.
+        log_candidate_features: the share of requests whose served items carry the candidate inputs the ranker read
+            (its dense post_*/author_* features, its post attributes and post_author_id, as hydrated) into the
+            exposure log, so the train/serve skew check covers them (monitoring/skew.py); 0 = never, 1 = always.
+        log_seed: fixes which requests are sampled (tests); None = fresh entropy.
     """
 
     retrieval_model: Path
@@ -135,6 +140,8 @@ class RecommenderConfig:
     explore_temperature: float = 0.0
     explore_samples: int = 2000
     explore_seed: int | None = None
+    log_candidate_features: float = 0.0
+    log_seed: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("retrieval_model", "index", "ranker", "features", "sqlite_path"):
@@ -169,6 +176,11 @@ class RecommenderConfig:
             raise UserError(f"recommender.explore_temperature: must be >= 0 (0 = off), got {self.explore_temperature}")
         if self.explore_samples < 1:
             raise UserError(f"recommender.explore_samples: must be >= 1, got {self.explore_samples}")
+        if not 0.0 <= self.log_candidate_features <= 1.0:
+            raise UserError(
+                f"recommender.log_candidate_features: must be in [0, 1] (a share of requests), got "
+                f"{self.log_candidate_features}"
+            )
         if self.as_of == AS_OF_DATA:
             if self.features is None:
                 raise UserError(f"recommender.as_of: {AS_OF_DATA!r} needs recommender.features (the snapshot it reads)")
@@ -322,6 +334,11 @@ class PipelineRecommender:
         ]
         self.post_hydrator = PostFeaturesHydrator(online)
         self.ranker_scorer = RankerScorer(ranker)
+        # The candidate inputs a sampled request logs with each served item (RecommenderConfig.log_candidate_features).
+        self.logged_inputs = tuple(
+            dict.fromkeys(("post_author_id", *ranker.cfg.candidate_features, *ranker.cfg.candidate_attributes))
+        )
+        self._log_draw = random.Random(cfg.log_seed)
         self.weighted = WeightedScorer(weights)
         self.recent = recent
         self.fresh = FreshSource(cfg.max_age, cfg.fresh_max_results)
@@ -475,8 +492,9 @@ class PipelineRecommender:
             return self._popular(query, _stages(result), "popular")
         if not result.selected and not hydrated.cold_start:
             return self._popular(hydrated, _stages(result), "popular", degraded=result.degraded)
+        logged = self.logged_inputs if self._log_draw.random() < self.cfg.log_candidate_features else ()
         return Recommendation(
-            items=[_item(c) for c in result.selected],
+            items=[_item(c, logged) for c in result.selected],
             degraded=result.degraded,
             fallback="cold_start" if hydrated.cold_start else "",
             stages=_stages(result),
@@ -519,7 +537,9 @@ class PipelineRecommender:
         )
 
 
-def _item(c: Candidate) -> Item:
+def _item(c: Candidate, inputs: tuple[str, ...] = ()) -> Item:
+    """The response item of a candidate; with `inputs`, the candidate's hydrated values of those features (a
+    feature the store did not hold is left out, as the ranker then read its default)."""
     return Item(
         post_id=c.post_id,
         author_id=c.author_id,
@@ -530,7 +550,13 @@ def _item(c: Candidate) -> Item:
         propensity=c.propensity,
         inclusion=c.inclusion,
         rank=c.rank,
+        features={k: _plain(c.features[k]) for k in inputs if k in c.features} if inputs else None,
     )
+
+
+def _plain(value: Any) -> Any:
+    """A feature value as JSON carries it (numpy scalars to Python)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _stages(result: PipelineResult) -> list[dict[str, Any]]:

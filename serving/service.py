@@ -342,6 +342,8 @@ class Ember:
                             if i.propensity is not None
                             else {}
                         ),
+                        # a sampled request's candidate inputs, for the skew check (log_candidate_features)
+                        **({"features": i.features} if i.features is not None else {}),
                     }
                     for n, i in enumerate(rec.items)
                 ],

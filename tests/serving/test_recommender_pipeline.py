@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -375,3 +376,48 @@ def test_bad_configs_are_one_line_errors_naming_the_key(world: Path) -> None:
     other = _config(world, index=world / "artifacts" / "ranker")
     with pytest.raises(UserError, match="not an ANN index"):
         PipelineRecommender.load(other)
+
+
+def test_sampled_requests_log_the_candidate_inputs_and_the_skew_check_covers_them(world: Path, tmp_path: Path) -> None:
+    from monitoring.config import SkewConfig
+    from monitoring.exposure_frame import read_exposure
+    from monitoring.replay import replay, write_records
+    from monitoring.skew import read_candidate_tables, read_user_tables, train_serve_skew
+
+    assert all(i.features is None for i in rec_items(PipelineRecommender.load(_config(world, warm_posts=0))))
+    logger = PipelineRecommender.load(_config(world, log_candidate_features=1.0, log_seed=3, warm_posts=0))
+    requests = pd.DataFrame({"user_id": list(USERS) * 3, "surface": 0})
+    records = replay(logger, requests, K, ts=datetime.fromisoformat(_as_of(world)).timestamp())
+    for record in records:
+        for item in record["items"]:
+            assert set(item["features"]) <= set(logger.logged_inputs) and "post_author_id" in item["features"]
+            assert {"post_click_rate", "post_topic"} <= set(item["features"])  # what the ranker read (as hydrated)
+    frame = read_exposure(write_records(records, tmp_path / "exposure.jsonl")).frame
+    features = world / "data" / "features"
+    users = frame["user_id"].to_numpy(np.int64)
+    tables = read_user_tables(features, users) | read_candidate_tables(features, frame)
+    as_of = datetime.fromisoformat(_as_of(world))
+    cfg = SkewConfig(min_rows=10)
+    result = train_serve_skew(frame, tables, cfg, as_of)
+    inputs = [f for f in result.per_feature if f.startswith("cand_")]
+    assert result.status == "pass", result.reasons
+    assert result.n_items_compared == len(frame) and {"cand_post_click_rate", "cand_author_click_rate"} <= set(inputs)
+    assert all(result.per_feature[f]["rate"] == 0.0 for f in inputs)
+    # A served value that differs from the offline table is caught, named and counted exactly.
+    bad = frame.copy()
+    rows = bad.index[: len(bad) // 4]
+    bad.loc[rows, "cand_post_click_rate"] = bad.loc[rows, "cand_post_click_rate"] + 0.5
+    skewed = train_serve_skew(bad, tables, cfg, as_of)
+    assert skewed.per_feature["cand_post_click_rate"]["mismatched"] == len(rows)
+    assert skewed.status == "fail" and "cand_post_click_rate" in skewed.reasons[-1]
+    assert any(e["feature"] == "cand_post_click_rate" and "post_id" in e for e in skewed.examples)
+    # Sampling: a share of requests, and a bad share is a one-line config error.
+    half = PipelineRecommender.load(_config(world, log_candidate_features=0.5, log_seed=3, warm_posts=0))
+    logged = [bool(half.recommend(u, K).items[0].features) for u in list(USERS) * 6]
+    assert 0 < sum(logged) < len(logged)
+    with pytest.raises(UserError, match="recommender.log_candidate_features"):
+        RecommenderConfig.from_dict({"retrieval_model": "a", "index": "b", "ranker": "c", "log_candidate_features": 2})
+
+
+def rec_items(rec: PipelineRecommender) -> list[Any]:
+    return [i for u in USERS[:3] for i in rec.recommend(u, K).items]
