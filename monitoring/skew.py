@@ -72,10 +72,20 @@ def point_in_time(left: pd.DataFrame, right: pd.DataFrame, time_ms: str = TIME, 
     return joined.sort_values("_row").drop(columns=["_row"]).reset_index(drop=True)
 
 
-def read_user_tables(features: Path, users: np.ndarray) -> dict[str, pd.DataFrame]:
-    """The offline user tables of `features` (a data/features directory), only the rows of `users`."""
+def _read_rows(path: Path, key: str, wanted: list[int]) -> pd.DataFrame:
+    """The rows of an offline table whose `key` is in `wanted`; an unreadable file is a UserError naming it."""
     import pyarrow.parquet as pq
 
+    from core.errors import UserError
+
+    try:
+        return pq.read_table(path, filters=[(key, "in", wanted)]).to_pandas()
+    except Exception as err:  # pyarrow raises several types for a bad file
+        raise UserError(f"{path}: not a readable parquet file: {str(err).splitlines()[0]}") from None
+
+
+def read_user_tables(features: Path, users: np.ndarray) -> dict[str, pd.DataFrame]:
+    """The offline user tables of `features` (a data/features directory), only the rows of `users`."""
     from core.errors import UserError
 
     out: dict[str, pd.DataFrame] = {}
@@ -84,10 +94,7 @@ def read_user_tables(features: Path, users: np.ndarray) -> dict[str, pd.DataFram
         path = Path(features) / f"{name}.parquet"
         if not path.exists():
             continue
-        try:
-            out[name] = pq.read_table(path, filters=[("user_id", "in", wanted)]).to_pandas()
-        except Exception as err:  # pyarrow raises several types for a bad file
-            raise UserError(f"{path}: not a readable parquet file: {str(err).splitlines()[0]}") from None
+        out[name] = _read_rows(path, "user_id", wanted)
     if "user_stats" not in out:
         raise UserError(f"{features}: no user_stats.parquet (run `ember features build`)")
     return out
@@ -96,28 +103,20 @@ def read_user_tables(features: Path, users: np.ndarray) -> dict[str, pd.DataFram
 def read_candidate_tables(features: Path, served: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The offline post_stats rows of the served items that logged their candidate inputs (`cand_*` columns) and
     the author_stats rows of their authors; {} when no item logged them."""
-    import pyarrow.parquet as pq
-
-    from core.errors import UserError
 
     columns = [c for c in served.columns if c.startswith(CANDIDATE_PREFIX)]
     if not columns or "post_id" not in served.columns:
         return {}
     logged = served[served[columns].notna().any(axis=1)]
-    keys = {
-        "post_stats": ("post_id", pd.to_numeric(logged["post_id"], errors="coerce")),
-        "author_stats": ("author_id", pd.to_numeric(logged.get(AUTHOR_COLUMN), errors="coerce")),
-    }
     out: dict[str, pd.DataFrame] = {}
-    for name, (key, values) in keys.items():
+    for name, key, column in (("post_stats", "post_id", "post_id"), ("author_stats", "author_id", AUTHOR_COLUMN)):
         path = Path(features) / f"{name}.parquet"
-        wanted = [int(v) for v in np.unique(values.dropna().to_numpy(np.int64))] if values is not None else []
-        if not path.exists() or not wanted:
+        if column not in logged.columns or not path.exists():
             continue
-        try:
-            out[name] = pq.read_table(path, filters=[(key, "in", wanted)]).to_pandas()
-        except Exception as err:  # pyarrow raises several types for a bad file
-            raise UserError(f"{path}: not a readable parquet file: {str(err).splitlines()[0]}") from None
+        wanted = [int(v) for v in pd.to_numeric(logged[column], errors="coerce").dropna().unique()]
+        if not wanted:
+            continue
+        out[name] = _read_rows(path, key, wanted)
     return out
 
 

@@ -151,3 +151,20 @@ def test_read_user_tables_filters_users(tmp_path: Path) -> None:
     got = read_user_tables(tmp_path, np.array([3, 5, 5]))
     assert sorted(got["user_stats"]["user_id"].unique()) == [3, 5]
     assert set(got) == {"user_stats", "user_history", "user_graph"}
+
+
+def test_read_candidate_tables_reads_only_the_logged_posts_and_authors(tmp_path: Path) -> None:
+    from monitoring.skew import read_candidate_tables
+
+    posts = pd.DataFrame({"post_id": [1, 2, 3], "event_timestamp": T0, "post_click_rate": [0.1, 0.2, 0.3]})
+    authors = pd.DataFrame({"author_id": [7, 8], "event_timestamp": T0, "author_click_rate": [0.4, 0.5]})
+    posts.to_parquet(tmp_path / "post_stats.parquet")
+    authors.to_parquet(tmp_path / "author_stats.parquet")
+    served = pd.DataFrame({"post_id": [1, 3, 2], "cand_post_click_rate": [0.1, 0.3, None],
+                           "cand_post_author_id": [7, 7, None]})  # fmt: skip
+    tables = read_candidate_tables(tmp_path, served)
+    assert sorted(tables["post_stats"]["post_id"]) == [1, 3] and list(tables["author_stats"]["author_id"]) == [7]
+    # Without the logged author column: the post rows only, not an error.
+    tables = read_candidate_tables(tmp_path, served.drop(columns="cand_post_author_id"))
+    assert set(tables) == {"post_stats"}
+    assert read_candidate_tables(tmp_path, served.drop(columns=["cand_post_click_rate", "cand_post_author_id"])) == {}
