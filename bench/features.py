@@ -21,12 +21,13 @@ import numpy as np
 import pandas as pd
 
 from bench.harness import Row, save
+from core.online_store import REDIS_ADDRESS
 from features.catalog import AUTHOR_STATS, POST_STATS, USER_GRAPH, USER_HISTORY, USER_STATS
-from features.online import OnlineFeatures, RedisBackend, SqliteBackend
+from features.online import OnlineFeatures, open_backend
 from features.store import StoreConfig, apply, materialize, offline_end, open_store
 
 REPO = Path(__file__).resolve().parents[1]
-REDIS = "127.0.0.1:6379,db=13"
+REDIS = f"{REDIS_ADDRESS},db=13"
 # Where the cited Feast figures come from (not measured here; the side-by-side Feast rows are):
 FEAST_BLOG = (
     "feast.dev blog 'Tuning the Feast Feature Server for Sub-2ms Online Serving', 2026-06-02, p99 of 200 iterations "
@@ -69,9 +70,7 @@ def row(name: str, settings: str, command: str, ms: list[float], target: float |
 def online_rows(
     cfg: StoreConfig, label: str, users: np.ndarray, posts: np.ndarray, author_of: dict[int, int], reps: int
 ) -> list[Row]:
-    backend = (
-        SqliteBackend(cfg.data_dir / "feast" / "online.db") if cfg.online_store == "sqlite" else RedisBackend(cfg.redis)
-    )
+    backend = open_backend(cfg.online)
     reader = OnlineFeatures(backend)
     store = open_store(cfg)
     cmd = "make bench  (python -m bench.features)"
@@ -144,7 +143,7 @@ def materialize_row(cfg: StoreConfig, label: str) -> Row:
     materialize(cfg)
     seconds = time.perf_counter() - start
     if cfg.online_store == "sqlite":
-        db = sqlite3.connect(cfg.data_dir / "feast" / "online.db")
+        db = sqlite3.connect(cfg.online.sqlite_path)
         n = sum(
             db.execute(f"SELECT count(*) FROM ember_{v}").fetchone()[0]
             for v in ("user_stats", "user_history", "user_graph", "author_stats", "post_stats")

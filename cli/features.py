@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from core.online_store import REDIS_ADDRESS
+
 if TYPE_CHECKING:
     from features.store import StoreConfig
 
@@ -47,6 +49,7 @@ def _store(online_store: str, repo: Path) -> StoreConfig:
 
 ONLINE = typer.Option("sqlite", "--online-store", help="Online store: sqlite (default) or redis (production).")
 REPO = typer.Option(Path("features/repo"), "--repo", help="The Feast repository directory.")
+REDIS = typer.Option(REDIS_ADDRESS, "--redis", help="Redis address when --online-store redis.")
 
 
 @app.command("apply")
@@ -64,7 +67,7 @@ def materialize_cmd(
     online_store: str = ONLINE,
     repo: Path = REPO,
     end: datetime | None = typer.Option(None, "--end", help="Materialize up to this time (default: newest snapshot)."),
-    redis: str = typer.Option("127.0.0.1:6379", "--redis", help="Redis address when --online-store redis."),
+    redis: str = REDIS,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for flows)."),
 ) -> None:
     """Load the newest feature rows into the online store, incrementally."""
@@ -109,7 +112,7 @@ def show_cmd(
     user: int = typer.Option(..., "--user", help="User id to read from the online store."),
     posts: str = typer.Option("", "--posts", help="Comma-separated post ids to read as candidates."),
     online_store: str = ONLINE,
-    redis: str = typer.Option("127.0.0.1:6379", "--redis", help="Redis address when --online-store redis."),
+    redis: str = REDIS,
 ) -> None:
     """Read one user (and optional candidates) through the serving hot path (direct store read, no Feast import)."""
     import time

@@ -38,7 +38,7 @@ app.command("simulate")(simulate.simulate)
 @app.command("run")
 def run(
     online_store: str = typer.Option("sqlite", "--online-store", help="Online store to load: sqlite or redis."),
-    redis: str = typer.Option("127.0.0.1:6379", "--redis", help="Redis address when --online-store redis."),
+    redis: str = features.REDIS,
     push: bool = typer.Option(False, "--push", help="`dvc push` the artifacts at the end."),
     bento: bool = typer.Option(False, "--bento", help="Build the Bento (`make bento`) and record its tag."),
     report: Path | None = typer.Option(None, "--report", help="Also write the flow's result (seconds per step) here."),

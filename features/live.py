@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.actions import ACTION_NAMES
+from core.online_store import REDIS_ADDRESS, redis_client
 from features.catalog import AUTHOR_STATS, POST_STATS, USER_GRAPH, Dtype
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class EventsSettings(BaseModel):
 
     store: Literal["off", "sqlite", "redis"] = "off"  # the online store the Feast repo writes to
     feast_repo: Path = Path("features/repo")
-    redis: str = "127.0.0.1:6379"  # the Feast Redis store and the applied event ids (store: redis)
+    redis: str = REDIS_ADDRESS  # the Feast Redis store and the applied event ids (store: redis)
     seen_path: Path = Path("data/feast/events.db")  # applied event ids (store: sqlite)
     seen_ttl_s: Annotated[float, Field(gt=0)] = 7 * 86_400.0  # a replay later than this is applied again
     history_length: Annotated[int, Field(ge=1, le=1024)] = 128
@@ -121,16 +122,8 @@ class SqliteSeen:
 
 class RedisSeen:
     def __init__(self, address: str, ttl_s: float, prefix: str = REDIS_PREFIX, timeout_s: float = 0.5) -> None:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        host, _, rest = address.partition(":")
-        port, _, db_part = rest.partition(",")
-        db = int(db_part.split("=", 1)[1]) if db_part.startswith("db=") else 0
         self.address, self.ttl_ms, self.prefix = address, int(ttl_s * 1000), prefix
-        self.client = redis.Redis(host=host, port=int(port or 6379), db=db, socket_timeout=timeout_s,
-                                  socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))  # fmt: skip
+        self.client = redis_client(address, timeout_s)
 
     def unseen(self, event_ids: Sequence[str], now_ms: int) -> set[str]:
         import redis

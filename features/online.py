@@ -27,6 +27,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from core.errors import UserError
+from core.online_store import REDIS_ADDRESS, OnlineStoreConfig, check_store, redis_client
+from core.online_store import sqlite_path as default_sqlite_path
 from features.catalog import (
     AUTHOR_STATS,
     DEFAULTS,
@@ -206,23 +208,8 @@ class SqliteBackend:
 class RedisBackend:
     """Feast's Redis online store: one hash per entity key (+ project), fields mmh3('<view>:<feature>')."""
 
-    def __init__(self, address: str = "127.0.0.1:6379", project: str = PROJECT, timeout_s: float = 0.5) -> None:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        host, _, rest = address.partition(":")
-        port, _, db_part = rest.partition(",")
-        db = int(db_part.split("=", 1)[1]) if db_part.startswith("db=") else 0
-        # No retries and short timeouts: a dead store must fail fast so the service can fall back.
-        self.client = redis.Redis(
-            host=host,
-            port=int(port or 6379),
-            db=db,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
+    def __init__(self, address: str = REDIS_ADDRESS, project: str = PROJECT, timeout_s: float = 0.5) -> None:
+        self.client = redis_client(address, timeout_s)  # fails fast, so the service can fall back
         self.project, self.address = project.encode(), address
         self._fields = {
             v.name: [_mmh3_field(v.name, f) for f in v.names]
@@ -466,13 +453,17 @@ def _columns(view: View, rows: list[_Row | None]) -> dict[str, np.ndarray]:
 NUMPY = {Dtype.INT32: np.int32, Dtype.INT64: np.int64, Dtype.FLOAT32: np.float32}
 
 
+def open_backend(cfg: OnlineStoreConfig) -> Backend:
+    """The backend of the configured store: the one switch of the materializer, the reader and the service."""
+    if cfg.store == "redis":
+        return RedisBackend(cfg.redis)
+    return SqliteBackend(cfg.sqlite_path)
+
+
 def open_online(
-    online_store: str = "sqlite", sqlite_path: Path | None = None, redis: str = "127.0.0.1:6379"
+    online_store: str = "sqlite", sqlite_path: Path | None = None, redis: str = REDIS_ADDRESS
 ) -> OnlineFeatures:
     """The reader for the configured store (the same switch as features.store.StoreConfig)."""
-    if online_store == "sqlite":
-        path = sqlite_path or Path(__file__).resolve().parents[1] / "data" / "feast" / "online.db"
-        return OnlineFeatures(SqliteBackend(path))
-    if online_store == "redis":
-        return OnlineFeatures(RedisBackend(redis))
-    raise UserError(f"--online-store: unknown store {online_store!r} (choose from sqlite, redis)")
+    check_store(online_store, "--online-store")
+    path = sqlite_path or default_sqlite_path()
+    return OnlineFeatures(open_backend(OnlineStoreConfig(online_store, path, redis)))

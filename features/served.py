@@ -23,6 +23,8 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.online_store import REDIS_ADDRESS, redis_client
+
 log = logging.getLogger(__name__)
 REDIS_PREFIX = "ember:served:"
 
@@ -35,7 +37,7 @@ class FreshFeedSettings(BaseModel):
     store: Literal["off", "sqlite", "redis"] = "off"
     ttl_s: Annotated[float, Field(gt=0)] = 86_400.0  # a post served within this window is not served again
     sqlite_path: Path = Path("data/feast/served.db")
-    redis: str = "127.0.0.1:6379"
+    redis: str = REDIS_ADDRESS
 
 
 class ServedSet(Protocol):
@@ -89,16 +91,8 @@ class SqliteServed:
 
 class RedisServed:
     def __init__(self, address: str, ttl_s: float, timeout_s: float = 0.5) -> None:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        host, _, rest = address.partition(":")
-        port, _, db_part = rest.partition(",")
-        db = int(db_part.split("=", 1)[1]) if db_part.startswith("db=") else 0
         self.address, self.ttl_ms = address, int(ttl_s * 1000)
-        self.client = redis.Redis(host=host, port=int(port or 6379), db=db, socket_timeout=timeout_s,
-                                  socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))  # fmt: skip
+        self.client = redis_client(address, timeout_s)
 
     def recent(self, user_id: int, now_ms: int) -> frozenset[int]:
         import redis

@@ -21,16 +21,17 @@ import pyarrow.parquet as pq
 from core.actions import ACTION_NAMES, DWELL_TIME, prob_column
 from core.errors import UserError
 from core.io import atomic_dir, atomic_write_text
+from core.online_store import REDIS_ADDRESS, OnlineStoreConfig, check_store, sqlite_path
 from core.schema import Manifest, file_sha256, read_table
 from features.catalog import Dtype
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+    from feast.repo_config import RepoConfig
 
     from features.online import Backend
 
 REPO = Path(__file__).resolve().parent / "repo"
-ONLINE_STORES = ("sqlite", "redis")
 FEATURE_SERVICES = {"retrieval": "retrieval_v1", "ranker": "ranker_v1"}
 # Serving needs the freshest row of each entity; older rows only matter offline. Posts live ~48 h.
 DEFAULT_WINDOW = timedelta(days=2)
@@ -42,11 +43,10 @@ class StoreConfig:
 
     repo: Path = REPO
     online_store: str = "sqlite"
-    redis: str = "127.0.0.1:6379"
+    redis: str = REDIS_ADDRESS
 
     def __post_init__(self) -> None:
-        if self.online_store not in ONLINE_STORES:
-            raise UserError(f"--online-store: unknown store {self.online_store!r} (choose from sqlite, redis)")
+        check_store(self.online_store, "--online-store")
 
     @property
     def yaml(self) -> Path:
@@ -58,16 +58,39 @@ class StoreConfig:
         """The repo's relative paths point at <repo>/../../data."""
         return (self.repo / ".." / ".." / "data").resolve()
 
+    @property
+    def online(self) -> OnlineStoreConfig:
+        """The online store this repo writes, as the direct reader opens it."""
+        return OnlineStoreConfig(self.online_store, sqlite_path(self.data_dir), self.redis)
+
     def env(self) -> dict[str, str]:
+        """The environment of a `feast` subprocess: feature_store.redis.yaml reads the address from EMBER_REDIS."""
         return {**os.environ, "EMBER_REDIS": self.redis}
+
+
+def repo_config(cfg: StoreConfig) -> RepoConfig:
+    """The repo's yaml as Feast's own loader reads it (`load_repo_config`: variables expanded, then validated), but
+    with ${EMBER_REDIS} taken from `cfg.redis` rather than from this process's environment, which stays untouched:
+    two stores in one process (tests, the bench) each keep their own address, and nothing leaks into subprocesses.
+    """
+    import yaml
+    from feast.repo_config import FeastConfigError, RepoConfig
+    from pydantic import ValidationError
+
+    text = os.path.expandvars(cfg.yaml.read_text().replace("${EMBER_REDIS}", cfg.redis))
+    try:
+        config = RepoConfig(**yaml.safe_load(text))
+    except ValidationError as err:
+        raise FeastConfigError(err, cfg.yaml) from err
+    config.repo_path = Path(cfg.repo)
+    return config
 
 
 def open_store(cfg: StoreConfig) -> FeatureStore:
     """A FeatureStore over the repo with the configured online store."""
-    os.environ["EMBER_REDIS"] = cfg.redis  # feature_store.redis.yaml reads it; set per store, never inherited
     from feast import FeatureStore
 
-    return FeatureStore(repo_path=str(cfg.repo), fs_yaml_file=cfg.yaml)
+    return FeatureStore(repo_path=str(cfg.repo), config=repo_config(cfg))
 
 
 def apply(cfg: StoreConfig) -> str:
@@ -142,7 +165,7 @@ def materialize(cfg: StoreConfig, end: datetime | None = None, window: timedelta
     seen = {name: t for name, t in last_end.items() if t is not None and t < end}  # skip views already at `end`
     if cfg.online_store == "sqlite":
         windows = {name: (end - window, end) for name in fresh} | {name: (t, end) for name, t in seen.items()}
-        write_sqlite(store, cfg.data_dir / "feast" / "online.db", windows)
+        write_sqlite(store, cfg.online.sqlite_path, windows)
     else:
         if fresh:
             store.materialize(start_date=end - window, end_date=end, feature_views=fresh)
@@ -272,11 +295,9 @@ def materialized_through(cfg: StoreConfig) -> bool:
 
 def online_backend(cfg: StoreConfig) -> Backend:
     """The direct reader's backend for the same store Feast writes (features.online)."""
-    from features.online import RedisBackend, SqliteBackend
+    from features.online import open_backend
 
-    if cfg.online_store == "redis":
-        return RedisBackend(cfg.redis)
-    return SqliteBackend(cfg.data_dir / "feast" / "online.db")
+    return open_backend(cfg.online)
 
 
 def training_set(

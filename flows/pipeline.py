@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from prefect import flow
 
+from core.online_store import REDIS_ADDRESS
 from flows.tasks import (
     build_bento,
     deploy_champion,
@@ -47,7 +48,7 @@ STAGES = (
 def ember_pipeline(
     project: str = str(PROJECT),
     online_store: str = "sqlite",
-    redis: str = "127.0.0.1:6379",
+    redis: str = REDIS_ADDRESS,
     push: bool = False,
     force: tuple[str, ...] = (),
     bento: bool = False,
@@ -106,7 +107,7 @@ def ember_pipeline(
 
 @flow(name="materialize")
 def materialize_flow(
-    project: str = str(PROJECT), online_store: str = "sqlite", redis: str = "127.0.0.1:6379"
+    project: str = str(PROJECT), online_store: str = "sqlite", redis: str = REDIS_ADDRESS
 ) -> dict[str, Any]:
     """Incremental materialization of the online store (hourly)."""
     return materialize_online(Path(project), online_store, redis)

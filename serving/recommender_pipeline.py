@@ -36,8 +36,9 @@ import torch
 
 from core.errors import UserError
 from core.io import read_yaml
+from core.online_store import REDIS_ADDRESS, OnlineStoreConfig, check_store, sqlite_path
 from features.catalog import View
-from features.online import Backend, FeatureStoreUnavailable, OnlineFeatures, RedisBackend, SqliteBackend
+from features.online import Backend, FeatureStoreUnavailable, OnlineFeatures, open_backend
 from features.windows import AS_OF_DATA, features_end
 from models.index import AnnIndex, load_index
 from models.ranker import EXTRA_PREFIX, Ranker, load_ranker
@@ -119,7 +120,7 @@ class RecommenderConfig:
     features: Path | None = None
     online_store: str = "sqlite"
     sqlite_path: Path | None = None
-    redis: str = "127.0.0.1:6379"
+    redis: str = REDIS_ADDRESS
     as_of: str | None = None
     weights: dict[str, float] | None = None
     retrieval_max_results: int = 500
@@ -149,10 +150,7 @@ class RecommenderConfig:
             if value is not None:
                 object.__setattr__(self, name, Path(value))
         object.__setattr__(self, "popular_posts", tuple(int(p) for p in self.popular_posts))
-        if self.online_store not in ("sqlite", "redis"):
-            raise UserError(
-                f"recommender.online_store: unknown store {self.online_store!r} (choose from sqlite, redis)"
-            )
+        check_store(self.online_store, "recommender.online_store")
         positive = (
             "retrieval_max_results",
             "in_network_max_results",
@@ -277,14 +275,9 @@ class ReopeningBackend:
         self._get().mark_materialized(stamp)
 
 
-def open_backend(cfg: RecommenderConfig) -> ReopeningBackend:
-    def opener() -> Backend:
-        if cfg.online_store == "redis":
-            return RedisBackend(cfg.redis)
-        path = cfg.sqlite_path or Path(__file__).resolve().parents[1] / "data" / "feast" / "online.db"
-        return SqliteBackend(path)
-
-    return ReopeningBackend(opener)
+def reopening_backend(cfg: RecommenderConfig) -> ReopeningBackend:
+    online = OnlineStoreConfig(cfg.online_store, cfg.sqlite_path or sqlite_path(), cfg.redis)
+    return ReopeningBackend(lambda: open_backend(online))
 
 
 @dataclass
@@ -448,7 +441,7 @@ class PipelineRecommender:
             n = len(cfg.popular_posts)
             popular = [PopularPost(p, 0, 0, float(n - i)) for i, p in enumerate(cfg.popular_posts)]
         if online is None:
-            online = OnlineFeatures(open_backend(cfg))
+            online = OnlineFeatures(reopening_backend(cfg))
         if cfg.warm_posts:
             _warm(online, index.item_ids, corpus, cfg.warm_posts)
         attributes: dict[int, dict[str, Any]] = {}

@@ -32,6 +32,7 @@ from features.store import (
     materialize,
     online_backend,
     push_history,
+    repo_config,
     training_set,
 )
 from features.synth import SynthConfig, generate
@@ -279,6 +280,27 @@ def test_push_source_updates_history_for_the_next_read_redis(tiny_redis: tuple[S
 # --------------------------------------------------------------------------------------------------------------
 # Faults: unreachable store, schema mismatch, cache refresh on materialization
 # --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("online_store", ["sqlite", "redis"])
+def test_repo_config_is_feasts_own_reading_with_the_configured_address(
+    online_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store Feast opens is what its own loader reads with EMBER_REDIS set to the configured address, and this
+    process's environment is left as it was (an address set elsewhere neither wins nor is overwritten)."""
+    from feast.repo_config import load_repo_config
+
+    cfg = StoreConfig(online_store=online_store, redis="redis.example:6390,db=4")
+    monkeypatch.setenv("EMBER_REDIS", "elsewhere:1")
+    ours = repo_config(cfg)
+    assert os.environ["EMBER_REDIS"] == "elsewhere:1"
+    monkeypatch.setenv("EMBER_REDIS", cfg.redis)
+    assert ours.model_dump() == load_repo_config(cfg.repo, cfg.yaml).model_dump()
+    assert ours.repo_path == cfg.repo
+    if online_store == "redis":
+        assert ours.online_store.connection_string == "redis.example:6390,db=4"
+    else:
+        assert (cfg.repo / ours.online_store.path).resolve() == cfg.online.sqlite_path
 
 
 def test_unreachable_redis_raises_a_typed_error_fast() -> None:
