@@ -511,8 +511,9 @@ def run_gate(
 ) -> dict[str, Any]:
     """Gates the models at `root` against the registry's champion and promotes them when the gate passes.
 
-    `comparison` (`ember evaluate compare`): both rankers scored on the same validation window; its challenger and
-    champion numbers replace the ranker metrics of the challenger's training run and of the registry entry.
+    `comparison` (`ember evaluate compare`): both rankers scored on the same validation window (and, under
+    "retrieval", both two-towers on the same test window); its challenger and champion numbers replace the metrics of
+    the challenger's training run and of the registry entry.
 
     Every input is read and checked before anything is written, so bad input leaves the registry as it was.
 
@@ -539,6 +540,14 @@ def run_gate(
         challenger["ranker"] = scalar_metrics(compared["challenger"])
         if champion_metrics is not None:
             champion_metrics["ranker"] = scalar_metrics(compared["champion"])
+        towers = compared.get("retrieval")
+        if towers is not None:
+            sides = ("challenger", "champion")
+            if not isinstance(towers, dict) or not all(isinstance(towers.get(side), dict) for side in sides):
+                raise UserError(f"{comparison}: retrieval: needs 'challenger' and 'champion' metrics")
+            challenger["retrieval"] = scalar_metrics(towers["challenger"])
+            if champion_metrics is not None:
+                champion_metrics["retrieval"] = scalar_metrics(towers["champion"])
     decision = decide(challenger, champion_metrics, drift_passed, shadow, gate)
     before = current["version"] if current else None
     result: dict[str, Any] = {"decision": decision.as_dict(), "champion_before": before, "champion": before}

@@ -95,8 +95,8 @@ def publish_data_metrics(project: Path) -> dict[str, Any]:
 
 @task(timeout_seconds=1800)
 def evaluate_against_champion(project: Path, challenger: str) -> Path | None:
-    """Scores the challenger's and the champion's rankers on the same validation window (`ember evaluate compare`);
-    None when there is no other champion to compare with."""
+    """Scores the challenger's and the champion's rankers on the same validation window, and their two-towers on the
+    same test window of data/synth (`ember evaluate compare`); None when there is no other champion to compare with."""
     from flows.deploy import MODEL_STORE, champion_key
 
     champion = champion_key(project)
@@ -107,6 +107,8 @@ def evaluate_against_champion(project: Path, challenger: str) -> Path | None:
     argv += ["--features", "data/features", "--out", str(out)]
     argv += ["--challenger", str(MODEL_STORE / challenger / "ranker")]
     argv += ["--champion", str(MODEL_STORE / champion / "ranker")]
+    argv += ["--data", "data/synth", "--challenger-retrieval", str(MODEL_STORE / challenger / "retrieval")]
+    argv += ["--champion-retrieval", str(MODEL_STORE / champion / "retrieval")]
     proc = subprocess.run(argv, cwd=project, env=_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"ember evaluate compare failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")

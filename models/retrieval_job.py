@@ -162,6 +162,44 @@ def train_retrieval_events(
     return report
 
 
+def compare_retrievers(data: Path, models: dict[str, Path]) -> dict[str, Any]:
+    """Saved two-towers scored on one test window: the temporal split of `data` that `train_retrieval_events` scores
+    (the newest tenth of the time span; every post created by a target's time ranked, as an index built at the
+    cut-off sees it). What the promotion gate compares, so a challenger trained on new data is not judged against
+    the Recall@200 its champion got on an older window.
+
+    Returns:
+        {"window": {"data", "cutoff_ms", "targets", "corpus"}, "<name>": {"recall@200", "ndcg@10", ...,
+        "recall@200_engaged", "recall@200_new"}} (NaN entries left out).
+    """
+    from models.baselines import make_corpus
+    from models.evaluate_retrieval import _two_tower_scored, make_split
+    from models.sequences import positive_events
+    from models.train_sequences import SequenceRetriever, post_table
+    from models.two_tower import load_two_tower
+
+    events = positive_events(Path(data))
+    split = make_split(events, "temporal")
+    if split.test.empty:
+        raise UserError(f"{data}: the temporal split has no test targets")
+    corpus = make_corpus(split.train, split.valid, split.test)
+    out: dict[str, Any] = {
+        "window": {
+            "data": str(data),
+            "cutoff_ms": int(split.test_history["ts_ms"].max()) if len(split.test_history) else None,
+            "targets": len(split.test),
+            "corpus": len(corpus),
+        }
+    }
+    for name, model_dir in models.items():
+        model = load_two_tower(Path(model_dir))
+        table = post_table(model.cfg, corpus, split.test_history, Path(data))
+        retriever = SequenceRetriever(model, table, "full", Path(data), mask_unborn=True)
+        test, parts = _two_tower_scored(retriever, split.test_history, split.test)
+        out[name] = {k: round(float(v), 5) for k, v in {**test, **parts}.items() if v == v}
+    return out
+
+
 def model_version(model_dir: Path) -> str:
     """Content hash of a saved model (weights and config): what the index and the serving logs name."""
     digest = hashlib.sha256()

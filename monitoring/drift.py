@@ -185,15 +185,24 @@ def data_drift(
     features: list[str],
     cfg: MonitorConfig,
     html: Path | None = None,
+    judged: list[str] | None = None,
 ) -> DriftResult:
     """Evidently's DataDriftPreset on `features`; fails when the share of drifted features reaches
-    cfg.data_drift.drift_share. Bad input is status "insufficient_data" with the reasons, never an exception."""
+    cfg.data_drift.drift_share. Bad input is status "insufficient_data" with the reasons, never an exception.
+
+    `judged`: the features the verdict counts (None = all); the others are measured and reported (per_feature, the
+    HTML report, a reason line) but neither drifted nor missing ones decide the status."""
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
     features = list(dict.fromkeys(features))
     dd = cfg.data_drift
     reasons, usable = _check_inputs(reference, current, features, cfg.min_rows)
+    if judged is not None:
+        counted = set(judged)
+        reasons = [r for r in reasons if not _names_other_column(r, features, counted)]
+        if not counted & set(usable):
+            reasons.append("no judged column to check")
     result = DriftResult(
         status="insufficient_data",
         share_drifted=None,
@@ -220,21 +229,36 @@ def data_drift(
         result.reasons.append(f"Evidently could not compute drift: {type(err).__name__}: {err}".splitlines()[0])
         return result
     result.per_feature = per_feature
+    blocking = bool(reasons)  # the reasons so far name input that stops a verdict; the notes below do not
     if share is None:
         share = sum(v["drifted"] for v in per_feature.values()) / max(len(per_feature), 1)
+    counted_features = per_feature
+    if judged is not None:
+        counted_features = {c: v for c, v in per_feature.items() if c in set(judged)}
+        others = [c for c in per_feature if c not in counted_features]
+        share = sum(v["drifted"] for v in counted_features.values()) / max(len(counted_features), 1)
+        share_failed = None
+        if others:
+            moved = [c for c in others if per_feature[c]["drifted"]]
+            result.reasons.append(f"reported, not judged: {len(moved)} of {len(others)} other features drifted")
     result.share_drifted = share
     if html is not None:
         _save_html(snapshot, html)
-    if reasons:
+    if blocking:
         return result  # partial numbers for the usable columns, but no verdict
     failed = share_failed if share_failed is not None else share >= dd.drift_share
     result.status = "fail" if failed else "pass"
     if failed:
-        top = ", ".join(result.drifted()[:10])
+        top = ", ".join([c for c in result.drifted() if c in counted_features][:10])
         result.reasons.append(
-            f"{share:.0%} of {len(per_feature)} features drifted (fails at {dd.drift_share:.0%}): {top}"
+            f"{share:.0%} of {len(counted_features)} features drifted (fails at {dd.drift_share:.0%}): {top}"
         )
     return result
+
+
+def _names_other_column(reason: str, columns: list[str], counted: set[str]) -> bool:
+    """Whether a reason of _check_inputs is about one column that the verdict does not count."""
+    return any(f"column {c!r} " in reason for c in columns if c not in counted)
 
 
 def prediction_column(action: str) -> str:

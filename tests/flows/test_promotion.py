@@ -454,3 +454,36 @@ def test_the_gate_judges_both_rankers_on_the_same_window_when_a_comparison_is_gi
     (tmp_path / "bad.json").write_text(json.dumps({"challenger": {}}))
     with pytest.raises(UserError, match="no 'champion' metrics"):
         run_gate(root, own, drift_passed=True, comparison=tmp_path / "bad.json")
+
+
+def test_the_gate_judges_both_two_towers_on_the_same_window_when_the_comparison_has_them(tmp_path: Path) -> None:
+    root = fake_project(tmp_path)
+    towers = tmp_path / "r1.json"
+    towers.write_text(json.dumps({"recall@200": 0.63, "ndcg@10": 0.064}))
+    assert run_gate(root, write_metrics(tmp_path / "m1.json"), towers, drift_passed=True)["changed"]
+    retrain(root, b"w2")
+    # Scored on its own, newer window, the retrained two-tower looks far worse than the champion's recorded numbers.
+    own = tmp_path / "r2.json"
+    own.write_text(json.dumps({"recall@200": 0.2, "ndcg@10": 0.0}))
+    ranker = write_metrics(tmp_path / "m2.json")
+    decision = run_gate(root, ranker, own, drift_passed=True, dry_run=True)["decision"]
+    assert not decision["promote"] and any("retrieval.recall@200" in r for r in decision["reasons"])
+    same = {"challenger": {"auc_mean": 0.75, "gauc_mean": 0.74, "logloss_mean": 0.11, "ndcg@10": 0.6}}
+    same["champion"] = dict(same["challenger"])
+    same["retrieval"] = {"challenger": {"recall@200": 0.21, "ndcg@10": 0.011},
+                         "champion": {"recall@200": 0.19, "ndcg@10": 0.010}}  # fmt: skip
+    (tmp_path / "compare.json").write_text(json.dumps(same))
+    result = run_gate(root, ranker, own, drift_passed=True, comparison=tmp_path / "compare.json")
+    assert result["decision"]["promote"] and result["changed"]
+    check = next(c for c in result["decision"]["checks"] if c["metric"] == "retrieval.recall@200")
+    assert (check["challenger"], check["champion"]) == (0.21, 0.19)
+    # A champion better on the same window still blocks.
+    retrain(root, b"w3")
+    same["retrieval"]["champion"]["recall@200"] = 0.3
+    (tmp_path / "compare.json").write_text(json.dumps(same))
+    decision = run_gate(root, ranker, own, drift_passed=True, comparison=tmp_path / "compare.json")["decision"]
+    assert not decision["promote"] and any("retrieval.recall@200 0.21 < champion 0.3" in r for r in decision["reasons"])
+    same["retrieval"] = {"challenger": {"recall@200": 0.2}}
+    (tmp_path / "compare.json").write_text(json.dumps(same))
+    with pytest.raises(UserError, match="retrieval: needs 'challenger' and 'champion' metrics"):
+        run_gate(root, ranker, own, drift_passed=True, comparison=tmp_path / "compare.json")

@@ -108,3 +108,32 @@ def test_seeds_report_mean_std_and_every_run_and_converge_drops_the_budget(feed:
     assert len(ratios) == 2 and all(r >= 0 or np.isnan(r) for r in ratios)
     # Each seed's time to reach is measured against that seed's SASRec (NaN where it never reached).
     assert all(r["seconds_to_reach"] >= 0 or np.isnan(r["seconds_to_reach"]) for r in report["per_seed"]["two_tower"])
+
+
+def test_compare_retrievers_scores_saved_models_on_the_window_training_reported(feed: Path, tmp_path: Path) -> None:
+    """The gate's like-for-like retrieval check: a saved two-tower re-scored by compare_retrievers on the data it
+    was trained on gets exactly the test metrics training reported; a second model on the same window differs."""
+    from models.retrieval_job import compare_retrievers, train_retrieval_events
+
+    first = train_retrieval_events(feed, tmp_path / "a", "nano", {}, {"epochs": 1}, budget_s=30, seed=0)
+    second = train_retrieval_events(feed, tmp_path / "b", "nano", {}, {"epochs": 1}, budget_s=30, seed=1)
+    result = compare_retrievers(feed, {"challenger": tmp_path / "a" / "best", "champion": tmp_path / "b" / "best"})
+    for name, trained in (("challenger", first), ("champion", second)):
+        for metric in ("recall@200", "ndcg@10", "recall@200_new"):
+            assert result[name][metric] == pytest.approx(trained[metric], abs=1e-5), (name, metric)
+    assert result["challenger"] != result["champion"]
+    assert result["window"]["targets"] > 0 and result["window"]["corpus"] > 0
+
+
+def test_evaluate_compare_needs_data_and_both_towers_together(feed: Path, tmp_path: Path, run_cli: Cli) -> None:
+    ranker = tmp_path / "ranker"
+    ranker.mkdir()
+    (ranker / "config.json").write_text("{}")
+    base = ("evaluate", "compare", "--challenger", str(ranker), "--champion", str(ranker), "--out",
+            str(tmp_path / "c.json"))  # fmt: skip
+    line = run_cli(*base, "--data", str(feed), "--challenger-retrieval", str(tmp_path)).error_line()
+    assert "--champion-retrieval: needed with --data, --challenger-retrieval" in line
+    line = run_cli(*base, "--data", str(feed), "--challenger-retrieval", str(tmp_path), "--champion-retrieval",
+                   str(tmp_path)).error_line()  # fmt: skip
+    assert "--challenger-retrieval" in line and "not a saved two-tower model" in line
+    assert not (tmp_path / "c.json").exists()

@@ -344,10 +344,34 @@ def test_served_item_features_are_compared_with_the_baseline_not_the_training_wi
     assert shifted.data_drift.status == "fail" and shifted.data_drift.per_feature["post_click_rate"]["drifted"]
     alone = run_monitor(ref, cur, None, cfg)
     assert alone.data_drift.status == "pass" and "post_click_rate" not in alone.data_drift.per_feature
-    assert alone.data_drift.reasons == [f"1 post/author features not compared: {NO_BASELINE}"]
+    assert alone.data_drift.reasons == [
+        "reported, not judged: 0 of 2 other features drifted",
+        f"1 post/author features not compared: {NO_BASELINE}",
+    ]
 
 
-def test_embedding_drift_users_against_training_posts_against_baseline(
+def test_user_counters_are_reported_beside_the_population_but_not_judged(good: World, cfg: MonitorConfig) -> None:
+    """What users did with earlier slates moves with the serving policy: a request population whose counters all
+    moved, but not its attributes, passes; its counters are measured and named. Moving the account age fails."""
+    from monitoring.exposure_frame import read_exposure
+
+    cur = read_exposure(good.exposure).frame
+    counters = cur.assign(user_click_rate_7d=cur["user_click_rate_7d"] + 0.3,
+                          user_impressions_7d=cur["user_impressions_7d"] * 3)  # fmt: skip
+    res = run_monitor(good.reference, counters, None, cfg)
+    assert res.data_drift.status == "pass", res.data_drift.reasons
+    assert res.data_drift.per_feature["user_click_rate_7d"]["drifted"]
+    assert res.data_drift.per_feature["user_impressions_7d"]["drifted"]
+    assert "reported, not judged: 2 of 2 other features drifted" in res.data_drift.reasons
+    assert not res.data_drift.per_feature["user_account_age_days"]["drifted"]
+    assert res.data_drift.share_drifted == 0.0  # of the judged features (the training set has no country here)
+    older = cur.assign(user_account_age_days=cur["user_account_age_days"] + 500)
+    res = run_monitor(good.reference, older, None, cfg)
+    assert res.data_drift.status == "fail" and res.data_drift.share_drifted == 1.0
+    assert "user_account_age_days" in res.data_drift.reasons[-1]
+
+
+def test_embedding_drift_compares_both_towers_with_the_baseline(
     good: World, cfg: MonitorConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The towers are replaced by a fixed random vector per id: the wiring (who is compared with whom) is tested."""
@@ -370,15 +394,15 @@ def test_embedding_drift_users_against_training_posts_against_baseline(
     res = run_good(good, cfg, retrieval_model=model)
     assert res.embedding_drift.status == "pass", res.embedding_drift.reasons
     assert {c.split("_")[0] for c in res.embedding_drift.per_feature} == {"user", "post"}
-    # training requests (users only), current (users and posts), baseline (posts only)
-    assert calls == [(N_REFERENCE, 0), (N_SERVED, N_SERVED * SLATE), (0, N_SERVED * SLATE)]
+    # current (users and posts), then the baseline (users and posts); the training window is not encoded
+    assert calls == [(N_SERVED, N_SERVED * SLATE), (N_SERVED, N_SERVED * SLATE)]
     alone = run_monitor(good.reference, good.exposure, None, cfg, features=good.features, retrieval_model=model)
-    assert alone.embedding_drift.status == "pass"
-    assert {c.split("_")[0] for c in alone.embedding_drift.per_feature} == {"user"}
-    assert alone.embedding_drift.reasons == [f"post tower not compared: {NO_BASELINE}"]
+    assert alone.embedding_drift.status == "insufficient_data"
+    assert alone.embedding_drift.reasons == [f"towers not compared: {NO_BASELINE}"]
     young = build(tmp_path / "young", seed=3, young_only=True)
-    shifted = run_monitor(young.reference, young.exposure, None, cfg, features=young.features, retrieval_model=model)
-    assert shifted.embedding_drift.status == "fail"  # other users asked
+    shifted = run_good(young, cfg, retrieval_model=model)
+    assert shifted.embedding_drift.status == "fail"  # other users asked than in the baseline
+    assert {c for c in shifted.embedding_drift.drifted() if c.startswith("user")}
 
 
 def test_empty_window_is_insufficient_not_a_crash(good: World, cfg: MonitorConfig, tmp_path: Path) -> None:
@@ -508,10 +532,7 @@ def test_embedding_inputs_the_model_cannot_read_are_no_verdict(good: World, cfg:
 
     torch.manual_seed(0)
     save(TwoTower(TwoTowerConfig.preset("nano")), tmp_path / "model")
-    res = run_monitor(
-        good.reference, good.exposure, None, cfg, outcomes=good.outcomes, features=good.features,
-        retrieval_model=tmp_path / "model",
-    )  # fmt: skip
+    res = run_good(good, cfg, retrieval_model=tmp_path / "model")
     assert res.embedding_drift.status == "insufficient_data"
     assert "could not encode" in res.embedding_drift.reasons[0] and "missing columns" in res.embedding_drift.reasons[0]
     assert res.status == "pass" and res.skew.status == "pass"
