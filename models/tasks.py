@@ -11,6 +11,7 @@ only click/like/not_interested). Unrecorded actions are all-zero columns, which 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -76,8 +77,27 @@ TASK_NAMES: tuple[str, ...] = tuple(t.name for t in TASKS)
 TASKS_BY_NAME: dict[str, Task] = {t.name: t for t in TASKS}
 
 
+def default_blend_weights(tasks: Sequence[Task] = TASKS) -> dict[str, float]:
+    """The default blend: each task's signed `blend_weight` by name, in task order (serving's `ScoringWeights`)."""
+    return {t.name: t.blend_weight for t in tasks}
+
+
+def blend_weight_problem(name: str, weight: float) -> str | None:
+    """What is wrong with `weight` as the blend weight of `name`'s prediction, or None. A weight must be finite, and
+    a blend may never reward a negative action nor penalise a positive one (x-algorithm's ranking_scorer.rs): a
+    negative action's weight is <= 0, a positive action's >= 0. The continuous `dwell_time` takes either sign."""
+    if not math.isfinite(weight):
+        return f"must be finite, got {weight}"
+    polarity = BY_NAME[name].polarity if name in BY_NAME else None
+    if polarity is Polarity.NEGATIVE and weight > 0:
+        return f"a negative action needs a weight <= 0, got {weight}"
+    if polarity is Polarity.POSITIVE and weight < 0:
+        return f"a positive action needs a weight >= 0, got {weight}"
+    return None
+
+
 def validate_tasks(tasks: Sequence[Task]) -> None:
-    """Checks a task list: unique names, binary tasks are known actions with blend signs matching their polarity,
+    """Checks a task list: unique names, binary tasks are known actions, blend weights pass `blend_weight_problem`,
     parents are binary tasks declared earlier (so one pass in order resolves the funnel).
 
     Raises:
@@ -87,12 +107,10 @@ def validate_tasks(tasks: Sequence[Task]) -> None:
     for t in tasks:
         if t.name in seen:
             raise ValueError(f"task {t.name!r} declared twice")
-        if t.kind is TaskKind.BINARY:
-            if t.name not in BY_NAME:
-                raise ValueError(f"binary task {t.name!r} is not an action of core.actions")
-            negative = BY_NAME[t.name].polarity is Polarity.NEGATIVE
-            if (t.blend_weight > 0 and negative) or (t.blend_weight < 0 and not negative):
-                raise ValueError(f"task {t.name!r}: blend weight {t.blend_weight} has the wrong sign")
+        if t.kind is TaskKind.BINARY and t.name not in BY_NAME:
+            raise ValueError(f"binary task {t.name!r} is not an action of core.actions")
+        if (problem := blend_weight_problem(t.name, t.blend_weight)) is not None:
+            raise ValueError(f"task {t.name!r}: blend weight: {problem}")
         if t.parent is not None and (t.parent not in seen or seen[t.parent].kind is not TaskKind.BINARY):
             raise ValueError(f"task {t.name!r}: parent {t.parent!r} is not a binary task declared before it")
         if t.loss_weight < 0:

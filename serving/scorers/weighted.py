@@ -8,51 +8,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.actions import BY_NAME, DWELL_TIME, Polarity
 from core.errors import UserError
+from models.tasks import TASKS_BY_NAME, blend_weight_problem, default_blend_weights
 from serving.component import Component
 from serving.types import ActionRow, ActionTable, Candidate, Query
 
 NEGATIVE_SCORES_OFFSET = 0.001  # x-algorithm: non-negative blends sit above it, negative ones are squeezed below it
 
 
-def _default_weights() -> dict[str, float]:
-    # x-algorithm R3 defaults (home-mixer params) mapped onto our vocabulary; they fold in base rates: a report is
-    # far rarer than a like, so its weight is far larger in magnitude.
-    return {
-        "like": 0.5,
-        "reply": 5.0,
-        "repost": 1.0,
-        "quote": 5.0,
-        "click": 0.4,
-        "share": 2.0,
-        "follow_author": 4.0,
-        "profile_click": 0.0,
-        "dwell": 0.0,
-        DWELL_TIME: 0.004,
-        "not_interested": -43.2,
-        "block_author": -31.2,
-        "mute_author": -58.8,
-        "report": -234.0,
-    }
-
-
 @dataclass(frozen=True)
 class ScoringWeights:
-    """Signed blend weights, checked when loaded: negative-feedback actions may not carry a positive weight."""
+    """Signed blend weights, checked when loaded by the ranker's own rule (`models.tasks.blend_weight_problem`);
+    the defaults are the task table's (`Task.blend_weight`)."""
 
-    weights: dict[str, float] = field(default_factory=_default_weights)
+    weights: dict[str, float] = field(default_factory=default_blend_weights)
 
     def __post_init__(self) -> None:
         for name, w in self.weights.items():
-            if name != DWELL_TIME and name not in BY_NAME:
+            if name not in TASKS_BY_NAME:
                 raise UserError(f"weights.{name}: unknown action")
-            if not math.isfinite(w):
-                raise UserError(f"weights.{name}: must be finite, got {w}")
-            if name in BY_NAME and BY_NAME[name].polarity is Polarity.NEGATIVE and w > 0:
-                raise UserError(f"weights.{name}: a negative action needs a weight <= 0, got {w}")
-            if name in BY_NAME and BY_NAME[name].polarity is Polarity.POSITIVE and w < 0:
-                raise UserError(f"weights.{name}: a positive action needs a weight >= 0, got {w}")
+            if (problem := blend_weight_problem(name, w)) is not None:
+                raise UserError(f"weights.{name}: {problem}")
 
     @property
     def positive_total(self) -> float:

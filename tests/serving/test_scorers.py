@@ -45,6 +45,16 @@ def test_weights_are_checked_at_load(weights: dict[str, float], field: str) -> N
         ScoringWeights(weights)
 
 
+def test_default_weights_are_the_task_table() -> None:
+    from models.tasks import TASKS
+
+    assert ScoringWeights().weights == {t.name: t.blend_weight for t in TASKS}
+    with pytest.raises(UserError, match=r"^weights\.report: a negative action needs a weight <= 0, got 1\.0$"):
+        ScoringWeights({"report": 1.0})
+    with pytest.raises(UserError, match=r"^weights\.dwell_time: must be finite, got inf$"):
+        ScoringWeights({"dwell_time": math.inf})
+
+
 def test_non_finite_predictions_get_no_score() -> None:
     c = _c(1, 1)
     c.actions = {"click": math.nan}
