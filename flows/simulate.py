@@ -227,6 +227,9 @@ def simulate_flow(
             "initial_champion": frozen, "initial_stages": initial["stages_run"],
             "posts_per_day": (len(sim.post_author) - len(world.post_author)) / days,
         }  # fmt: skip
+        alarms = sum(r["alarm"] for r in rows if r["policy"] == policies[0])
+        meta["alarm_share"] = round(alarms / days, 4)
+        meta["recovery"] = simulated.recovery(rows, drift_day if drift != "none" else None)
         simulated.write_results(tmp, rows, meta)
         shutil.rmtree(tmp / "work", ignore_errors=True)
     return {"rows": rows, "summary": simulated.summary_line(rows), "out": str(out)}

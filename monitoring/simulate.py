@@ -355,6 +355,41 @@ def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
     wide.merge(days, on="day").to_csv(Path(out) / "simulate.csv", index=False, float_format="%.6g")
 
 
+def normalised_rewards(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per day, each learned policy's true reward on the scale random = 0, oracle = 1: (policy - random) / (oracle -
+    random), the share of what ranking can add over a random slate that the policy earns. Empty without the oracle
+    and random policies."""
+    wide = pd.DataFrame(rows).pivot(index="day", columns="policy", values="true_reward")
+    if not {"oracle", "random"} <= set(wide.columns):
+        return pd.DataFrame()
+    span = (wide["oracle"] - wide["random"]).where(lambda x: x > 0)
+    learned = [p for p in ("loop", "frozen", "popular") if p in wide.columns]
+    return wide[learned].sub(wide["random"], axis=0).div(span, axis=0)
+
+
+def recovery(rows: list[dict[str, Any]], drift_day: int | None, share: float = 0.9, within: int = 2
+             ) -> dict[str, Any]:  # fmt: skip
+    """Issue 18's recovery test on the normalised true reward (`normalised_rewards`): for the loop and the frozen
+    model, the mean over the days before `drift_day`, each day from it on, and the first day (counted from the onset,
+    0 = the onset day) back at >= `share` of the pre-drift level; `recovered` when that is within `within` days.
+    None entries where the run cannot say (no drift, no day before it, no oracle/random)."""
+    norm = normalised_rewards(rows)
+    if drift_day is None or norm.empty or drift_day <= int(norm.index.min()):
+        return {}
+    out: dict[str, Any] = {"share": share, "within_days": within, "drift_day": drift_day}
+    for policy in [p for p in ("loop", "frozen") if p in norm.columns]:
+        before = float(norm.loc[norm.index < drift_day, policy].mean())
+        after = norm.loc[norm.index >= drift_day, policy]
+        back = [int(d) - drift_day for d, v in after.items() if before > 0 and v >= share * before]
+        out[policy] = {
+            "pre_drift": round(before, 4),
+            "after": {int(d): round(float(v), 4) for d, v in after.items()},
+            "first_day_back": back[0] if back else None,
+            "recovered": bool(back) and back[0] <= within,
+        }
+    return out
+
+
 def summary_line(rows: list[dict[str, Any]]) -> str:
     """Mean true reward per request per policy over the run, and the alarms, retrains and promotions."""
     frame = pd.DataFrame(rows)

@@ -270,3 +270,22 @@ def test_bad_input_is_one_line_naming_the_parameter_and_out_is_untouched(
     assert line.startswith(f"error: {where}"), line
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []  # no temp dir left
     assert [p.name for p in out.iterdir()] == ["kept.txt"] and (out / "kept.txt").read_text() == "an earlier run"
+
+
+def test_recovery_reads_the_normalised_reward_against_the_pre_drift_level() -> None:
+    from monitoring.simulate import normalised_rewards, recovery
+
+    days = {  # day: (loop, frozen, oracle, random)
+        1: (5.0, 5.0, 10.0, 0.0), 2: (6.0, 6.0, 10.0, 2.0),  # before: loop 0.5, 0.5 of the way to the oracle
+        3: (2.0, 2.0, 10.0, 0.0), 4: (3.5, 1.0, 8.0, 1.0), 5: (5.0, 1.0, 10.0, 0.0),
+    }  # fmt: skip
+    rows = [{"day": d, "policy": p, "true_reward": v} for d, values in days.items()
+            for p, v in zip(("loop", "frozen", "oracle", "random"), values, strict=True)]  # fmt: skip
+    norm = normalised_rewards(rows)
+    assert norm.loc[2, "loop"] == pytest.approx(0.5) and norm.loc[4, "loop"] == pytest.approx(2.5 / 7)
+    out = recovery(rows, drift_day=3)
+    assert out["loop"]["pre_drift"] == 0.5 and out["loop"]["first_day_back"] == 2 and out["loop"]["recovered"]
+    assert out["frozen"]["first_day_back"] is None and not out["frozen"]["recovered"]
+    assert not recovery(rows, drift_day=3, within=1)["loop"]["recovered"]
+    assert recovery(rows, None) == {} and recovery(rows, 1) == {}
+    assert recovery([r for r in rows if r["policy"] != "random"], 3) == {}
