@@ -22,7 +22,7 @@ def _post(url: str, body: dict) -> list[dict]:
         return json.loads(resp.read())
 
 
-def test_prefect_deploy_all_creates_the_four_scheduled_deployments(tmp_path: Path) -> None:
+def test_prefect_deploy_all_creates_the_five_scheduled_deployments(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with local_server(home, timeout_s=120) as api:
         env = server_env(home, {"PREFECT_API_URL": api, "EMBER_HOME": str(ROOT)})
@@ -41,7 +41,7 @@ def test_prefect_deploy_all_creates_the_four_scheduled_deployments(tmp_path: Pat
         deployments = _post(f"{api}/deployments/filter", {})
         spec = yaml.safe_load((ROOT / "flows" / "prefect.yaml").read_text())["deployments"]
         assert sorted(d["name"] for d in deployments) == sorted(d["name"] for d in spec)
-        assert len(deployments) == 4
+        assert len(deployments) == 5
         for d in deployments:
             wanted = next(s for s in spec if s["name"] == d["name"])
             assert d["work_pool_name"] == "ember-process" and d["entrypoint"] == wanted["entrypoint"]
