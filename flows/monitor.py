@@ -34,16 +34,22 @@ def monitor_flow(
     window_hours: float = 24.0,
     retrain_on_fail: bool = True,
     dashboards: bool = True,
+    request_time: bool = False,
+    outcomes: str | None = None,
 ) -> dict[str, Any]:
     """Checks the last `window_hours` served (`current`: the exposure log directory or a file) and starts `retrain`
-    when a check fails. Reports go to monitoring/reports/<UTC time>/ of the project."""
+    when a check fails. Reports go to monitoring/reports/<UTC time>/ of the project. `request_time`: each request
+    was served at its own logged time (ember simulate), not at the deployment's fixed `as_of`. `outcomes`: an outcome
+    log (JSONL/parquet: request_id, post_id, actions) joined with the served items, instead of outcomes drawn from
+    data/synth's truth."""
     root = Path(project)
     now = datetime.now(UTC)
     start = now - timedelta(hours=window_hours)
     out = Path("monitoring") / "reports" / now.strftime("%Y%m%dT%H%M%SZ")
     variants = DEPLOY_FILE if (root / DEPLOY_FILE).is_file() else VARIANTS_FILE  # what `make run` serves
     baseline, note = champion_baseline(root, Path(current), start)
-    summary = monitor_window(root, Path(current), out, variants, start, baseline)
+    summary = monitor_window(root, Path(current), out, variants, start, baseline, request_time,
+                             Path(outcomes) if outcomes else None)  # fmt: skip
     summary["baseline"] = note
     if dashboards:
         record_dashboard(root, summary)

@@ -10,12 +10,15 @@ and deploys the models from the dataset. Then, for each simulated day after the 
    the day's posts (the corpus as of the day's start, posts newer than the variant's index through its fresh-post
    source, as POST /events adds them); oracle, popular and random fill the same requests' slates;
 3. each slate's true reward is read from the truth (expected weighted engagement under the blend's signed weights);
-4. what the loop served goes to an exposure log (logs/simulated/day-NN.jsonl, the service's format) and, with
-   outcomes drawn from the truth, becomes the day's impressions in data/synth (served_impressions + merge), which
-   `dvc commit` records as the synth stage's output: the next day's data is DVC-tracked;
+4. what the loop served goes to an exposure log (logs/simulated/day-NN.jsonl, the service's format), what users
+   did with it (drawn from the truth) to an outcome log (logs/simulated/outcomes.jsonl), and, with outcomes drawn
+   from the truth, it becomes the day's impressions in data/synth (served_impressions + merge), which `dvc commit`
+   records as the synth stage's output: the next day's data is DVC-tracked;
 5. the deployed flows' steps: `dvc repro features_build` (the next day's features) and the `materialize` flow, then
-   the `monitor` flow on the day's log (drift and quality; a failing check starts `retrain`, which is the main job
-   with the training stages forced, its promotion gate and deployment); `retrain_every` > 0 also retrains on that
+   the `monitor` flow on the day's log with the outcome log, each request taken at its own time (the simulated
+   world's posts and days run past the dataset's: the monitor can neither redraw outcomes from the dataset's
+   manifest nor take the deployment's fixed `as_of`); drift and quality; a failing check starts `retrain` (the main
+   job with the training stages forced, its promotion gate and deployment); `retrain_every` > 0 also retrains on that
    cadence (`retrain` with reason "scheduled").
 
 `<out>/simulate.json` and `<out>/simulate.csv` hold one row per day and policy (true reward per request, requests,
@@ -41,6 +44,7 @@ from flows.pipeline import PROJECT, ember_pipeline, materialize_flow
 from flows.tasks import _env, dvc_repro
 
 LOGS = Path("logs") / "simulated"
+OUTCOMES = LOGS / "outcomes.jsonl"  # every day's outcomes of the loop's served items (the monitor's outcome log)
 
 
 def copy_project(source: Path, dst: Path) -> None:
@@ -184,7 +188,14 @@ def simulate_flow(
                     served[policy] = [[i["post_id"] for i in s] for s in serve_day(rec, requests, k)[0]]
                 elif policy != "loop":
                     served[policy] = simulated.reference_slates(sim, requests, policy, k, seed)
-            reward = {p: simulated.mean_true_reward(sim, requests, served[p], seed + day) for p in policies}
+            others = [p for p in policies if p != "loop"]
+            reward = {p: simulated.mean_true_reward(sim, requests, served[p], seed + day) for p in others}
+            # What users did with the loop's slates: its reward, and the outcome log the monitor joins with exposures.
+            loop_outcomes = simulated.slate_outcomes(sim, simulated.served_frame(requests, served["loop"]), seed + day)
+            if "loop" in policies:
+                reward["loop"] = float(simulated.true_rewards(loop_outcomes, requests).mean())
+            reward = {p: reward[p] for p in policies}
+            simulated.append_outcomes(loop_outcomes, project / OUTCOMES)
             # The loop's day becomes data: exposure log -> impressions with drawn outcomes -> data/synth (DVC).
             log_file = LOGS / f"day-{n:02d}.jsonl"
             records = simulated.exposure_records(requests, loop_items, "ranker", loop.version, loop_features)
@@ -199,7 +210,8 @@ def simulate_flow(
             materialize_flow(project=str(project))
             hours = (datetime.now(UTC) - day_start).total_seconds() / 3600 + 1
             monitored = monitor_flow(project=str(project), current=str(log_file), window_hours=hours,
-                                     retrain_on_fail=True, dashboards=False)  # fmt: skip
+                                     retrain_on_fail=True, dashboards=False, request_time=True,
+                                     outcomes=str(OUTCOMES))  # fmt: skip
             alarm = monitored["summary"]["status"] == "fail"
             retrained = monitored["retrained"]
             if retrained is None and retrain_every and n % retrain_every == 0:

@@ -166,16 +166,21 @@ def monitor_window(
     variants: Path,
     start: datetime | None = None,
     baseline: Path | None = None,
+    request_time: bool = False,
+    outcomes: Path | None = None,
 ) -> dict:
     """Every monitoring check (`ember monitor run`: drift, target drift, quality, skew, embedding drift) of the served
     window (`current` from `start` on) against the ranker training set and the champion's `baseline` window; returns
     the summary with the exit verdict. Its own process, like the DVC stages: Evidently and torch stay out of the
-    flow's process."""
+    flow's process. Feature lookups, outcomes and post ages are taken at the champion's fixed `as_of` when it has
+    one, unless `request_time` says each request was served at its logged time. Outcomes: the outcome log
+    `outcomes` when given, else drawn from data/synth's truth."""
     params = _champion_params(project, variants)
     argv = [sys.executable, "-m", "cli.main", "monitor", "run", "--reference", "data/training/ranker"]
-    argv += ["--current", str(current), "--out", str(out), "--synthetic", "data/synth", "--features", "data/features"]
+    argv += ["--current", str(current), "--out", str(out), "--features", "data/features"]
+    argv += ["--outcomes", str(outcomes)] if outcomes is not None else ["--synthetic", "data/synth"]
     argv += ["--retrieval-model", str(params.get("retrieval_model", "artifacts/retrieval/best"))]
-    if params.get("as_of"):
+    if params.get("as_of") and not request_time:
         from features.windows import resolve_as_of
 
         argv += ["--as-of", str(resolve_as_of(str(params["as_of"]), params.get("features"), project))]

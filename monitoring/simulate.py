@@ -227,6 +227,20 @@ def true_rewards(outcomes: pd.DataFrame, requests: pd.DataFrame) -> np.ndarray:
     return per.reindex(requests["request_id"].astype(str)).fillna(0.0).to_numpy(np.float64)
 
 
+def append_outcomes(outcomes: pd.DataFrame, path: Path) -> None:
+    """Appends served items' drawn actions (request_id, post_id, one 0/1 column per action) to a JSONL outcome log,
+    the format `ember monitor run --outcomes` joins with the exposure log."""
+    from core.actions import ACTION_NAMES
+
+    if outcomes.empty:
+        return
+    columns = ["request_id", "post_id", *[a for a in ACTION_NAMES if a in outcomes.columns]]
+    frame = outcomes[columns].astype({"request_id": str, "post_id": "int64"})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(frame.to_json(orient="records", lines=True).rstrip("\n") + "\n")
+
+
 def mean_true_reward(world: Any, requests: pd.DataFrame, slates: Sequence[Sequence[int]], seed: int) -> float:
     """The true reward per request of the slates (post ids) served to `requests`."""
     return float(true_rewards(slate_outcomes(world, served_frame(requests, slates), seed), requests).mean())

@@ -289,3 +289,19 @@ def test_recovery_reads_the_normalised_reward_against_the_pre_drift_level() -> N
     assert not recovery(rows, drift_day=3, within=1)["loop"]["recovered"]
     assert recovery(rows, None) == {} and recovery(rows, 1) == {}
     assert recovery([r for r in rows if r["policy"] != "random"], 3) == {}
+
+
+def test_appended_outcomes_are_what_the_monitor_reads_back(tmp_path: Path) -> None:
+    from monitoring.outcomes import read_outcomes
+    from monitoring.simulate import append_outcomes
+
+    day = pd.DataFrame({"request_id": ["sim-d4-0", "sim-d4-0"], "post_id": [5, 9], "user_id": [1, 1],
+                        "click": [1, 0], "like": [0, 0], "true_reward": [0.3, 0.1]})  # fmt: skip
+    log = tmp_path / "logs" / "outcomes.jsonl"
+    append_outcomes(day, log)
+    append_outcomes(day.assign(request_id="sim-d5-0", click=[0, 1]), log)
+    append_outcomes(day.iloc[:0], log)
+    back = read_outcomes(log)
+    assert list(back["request_id"]) == ["sim-d4-0", "sim-d4-0", "sim-d5-0", "sim-d5-0"]
+    assert list(back["click"]) == [1, 0, 0, 1] and list(back["post_id"]) == [5, 9, 5, 9]
+    assert "true_reward" not in back.columns and "user_id" not in back.columns
