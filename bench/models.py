@@ -1,7 +1,9 @@
 """Model benchmarks, in-process on CPU: user-tower encode latency, top-1000 ANN retrieval over 1M x 64 vectors (with
-exact search measured side by side), and two-tower training throughput with the share of the CPU's peak FLOP/s.
+exact search measured side by side), the served index on the model's own embeddings and real request users
+(ann-served, with exact search side by side; also the shipped index type at a larger world's corpus size), and
+two-tower training throughput with the share of the CPU's peak FLOP/s.
 
-`python -m bench.models` measures everything and writes bench/results/models.json; `--only encode,ann,train`
+`python -m bench.models` measures everything and writes bench/results/models.json; `--only encode,ann,ann-served`
 re-measures some sections and keeps the other sections' rows from the existing file; `--quick` runs tiny sizes
 and prints the rows without saving (the fast test uses the same functions).
 """
@@ -331,55 +333,262 @@ def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
     return rows
 
 
-def bench_ann_served(threads: int, k: int = 350, recall_k: int = 100, max_queries: int = 500) -> list[Row]:
-    """The index `make run` serves (artifacts/index, loaded as serving loads it) on the model's own embeddings: the
-    candidate tower's posts of the small world and the user tower's embedding of each sampled user's newest click
-    request (the recall gate's queries), top-`k` per query as the two-tower source asks (serving/variants.yaml
-    retrieval_max_results), one query per call on one thread; exact search on the same vectors side by side. Needs
-    `dvc repro` (make bench runs it)."""
+SERVING_CONFIG = REPO / "serving" / "variants.yaml"
+
+
+def newest_day_users(users: np.ndarray, ts_ms: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """The users with an impression on the newest UTC day of the data: the ones who ask for the next day's feed,
+    as the service at `as_of: data` (the end of that day) sees them. Sorted; up to `n` of them, drawn seeded.
+
+    Args:
+        users, ts_ms: (R,) user id and epoch milliseconds of each impression.
+    """
+    day_ms = 86_400_000
+    newest = int(ts_ms.max()) // day_ms
+    active = np.unique(users[ts_ms // day_ms == newest])
+    if len(active) > n:
+        active = np.sort(np.random.default_rng(seed).choice(active, n, replace=False))
+    return active.astype(np.int64)
+
+
+def index_vectors(ann: AnnIndex) -> np.ndarray:
+    """(N, D) the vectors a flat, IVF-Flat or HNSW-Flat faiss index stores, by row position: what exact search must
+    run on so that a recall measures the index's own loss and nothing else. Reads a copy (the direct map an IVF
+    needs to reconstruct is not added to the index being timed)."""
     import faiss
 
-    from models.index import load_index
-    from models.retrieval_job import event_index_inputs
+    index = faiss.deserialize_index(faiss.serialize_index(ann.index))
+    if ann.kind == "ivf":
+        faiss.extract_index_ivf(index).make_direct_map()
+    return np.asarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32)
 
-    paths = [REPO / "artifacts/index", REPO / "artifacts/retrieval/best", REPO / "data/synth"]
-    if missing := [str(p.relative_to(REPO)) for p in paths if not p.exists()]:
-        raise SystemExit(f"bench.models --only ann-served: missing {', '.join(missing)} (run `dvc repro` first)")
-    served = load_index(paths[0])
-    ids, item_emb, queries = event_index_inputs(paths[1], paths[2], max_queries=max_queries)
-    if not np.array_equal(np.sort(ids), np.sort(served.item_ids)):
-        raise SystemExit("bench.models --only ann-served: artifacts/index was built from other posts (run `dvc repro`)")
-    faiss.omp_set_num_threads(threads)
-    exact = faiss.IndexFlatIP(item_emb.shape[1])
-    exact.add(np.ascontiguousarray(item_emb, dtype=np.float32))
-    faiss.omp_set_num_threads(1)
+
+def side_by_side(
+    exact: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    ann: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    queries: np.ndarray,
+    warmup: int = 5,
+    passes: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each query searched by exact search then by the index, one query per call, alternating, so both see the
+    same load; `passes` times over all queries: (exact seconds (passes, Q), exact ids (Q, k), index seconds
+    (passes, Q), index ids (Q, k)); the ids are the first pass's (a search is deterministic)."""
+    for i in range(warmup):
+        exact(queries[i % len(queries)][None])
+        ann(queries[i % len(queries)][None])
+    exact_s = np.zeros((passes, len(queries)))
+    ann_s = np.zeros((passes, len(queries)))
+    truth: list[np.ndarray] = []
+    got: list[np.ndarray] = []
+    for p in range(passes):
+        for i, q in enumerate(queries):
+            for search, seconds, ids in ((exact, exact_s, truth), (ann, ann_s, got)):
+                start = time.perf_counter()
+                found, _ = search(q[None])
+                seconds[p, i] = time.perf_counter() - start
+                if p == 0:
+                    ids.append(found[0])
+    return exact_s, np.stack(truth), ann_s, np.stack(got)
+
+
+def served_user_embeddings(rec: Any, users: np.ndarray) -> tuple[np.ndarray, list[float], int]:
+    """The two-tower source's query vector for one request of each user, built as serving builds it: a Query at the
+    recommender's clock, its query hydrators (online store), then TwoTowerSource.embed. Users the source does not
+    serve (cold start: the popular source answers them) are skipped.
+
+    Returns:
+        (Q, D) float32 embeddings, the seconds of each embed call, the number of users skipped.
+    """
+    from serving.sources.two_tower import TwoTowerSource
+    from serving.types import Query
+
+    source = next(s for s in rec.pipeline.sources if isinstance(s, TwoTowerSource))
+    out, seconds, skipped = [], [], 0
+    for user in users:
+        query = Query(user_id=int(user), now=rec.clock(), k=20)
+        for hydrator in rec.query_hydrators:
+            query = hydrator.hydrate(query)
+        if not source.enabled(query):
+            skipped += 1
+            continue
+        start = time.perf_counter()
+        out.append(source.embed(query)[0])
+        seconds.append(time.perf_counter() - start)
+    return np.stack(out).astype(np.float32), seconds, skipped
+
+
+def tiled_corpus(features: Any, copies: int) -> Any:
+    """The candidate features of a corpus `copies` times larger: each post's row repeated with a fresh post id
+    (id + c * (max id + 1) for copy c), so the post-id hash rows differ and author, attributes, counts and age
+    repeat. A stand-in for a larger world's posts, embedded by the same candidate tower."""
+    from models.data import CandidateFeatures
+
+    stride = int(features.post_ids.max()) + 1
+    return CandidateFeatures(
+        post_ids=torch.cat([features.post_ids + c * stride for c in range(copies)]),
+        author_ids=features.author_ids.repeat(copies),
+        dense=features.dense.repeat(copies, 1),
+        age_ms=features.age_ms.repeat(copies),
+        attributes=features.attributes.repeat(copies, 1),
+    )
+
+
+def served_ann_rows(
+    label: str,
+    cmd: str,
+    data: str,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    ann: AnnIndex,
+    queries: np.ndarray,
+    k: int,
+    recall_k: int,
+    extra: dict[str, Any],
+    passes: int = 3,
+) -> list[Row]:
+    """Two rows: exact search over `vectors` (the anchor) and `ann`, timed side by side on `queries` (top-k, one
+    query per call, faiss.omp_set_num_threads(1), `passes` times); Recall@recall_k and Recall@k of the index
+    against exact."""
+    import faiss
+
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
     k = min(k, len(ids))
 
     def exact_search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores, rows = exact.search(q, k)
         return ids[rows], scores
 
-    exact_s, truth = per_query(exact_search, queries, warmup=5)
-    served_s, got = per_query(lambda q: served.search(q, k), queries, warmup=5)
-    faiss.omp_set_num_threads(threads)
-    recall = recall_at(truth, got, recall_k)
-    e50, e99 = percentiles_ms(exact_s)
-    p50, p99 = percentiles_ms(served_s)
-    data = (f"the served index (artifacts/index, {served.kind}, {len(ids):,} posts x {item_emb.shape[1]}) on the "
-            f"two-tower's own embeddings, {len(queries)} users' newest click requests as queries, top-{k} per query "
-            "(retrieval_max_results), 1 query per call, faiss.omp_set_num_threads(1)")  # fmt: skip
-    cmd = f"{CMD} --only ann-served"
-    extra = {"section": "ann-served", "index": served.kind, "n_items": len(ids)}
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        exact_s, truth, ann_s, got = side_by_side(exact_search, lambda q: ann.search(q, k), queries, passes=passes)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    r_small, r_k = recall_at(truth, got, recall_k), recall_at(truth, got, k)
+    e50, e99 = percentiles_ms(exact_s.ravel().tolist())
+    p50, p99 = percentiles_ms(ann_s.ravel().tolist())
+    _, e99_best = percentiles_ms(exact_s.min(axis=0).tolist())
+    _, p99_best = percentiles_ms(ann_s.min(axis=0).tolist())
+    met = r_small >= ANN_MIN_RECALL and p99 <= ANN_TARGET_P99_MS
+    recalls = f"Recall@{recall_k} {r_small:.3f}, Recall@{k} {r_k:.3f}"
+    timing = (
+        f"{len(queries)} queries x {passes} passes, p50/p99 over every call; 'best-of-{passes} p99' is the "
+        "p99 over queries of each query's fastest pass (what is left without other processes' preemption)"
+    )
     return [
-        latency_row("served index: exact search on the same vectors, anchor", data, cmd, exact_s,
-                    target="side-by-side anchor", verdict="Recall 1.000",
-                    extra=extra | {"index": "flat", "p50_ms": e50, "p99_ms": e99}),
-        latency_row(f"served index ({served.kind}) on the model's embeddings", data, cmd, served_s,
-                    target=f"Recall@{recall_k} >= {ANN_MIN_RECALL} vs exact, p99 <= {ANN_TARGET_P99_MS:g} ms",
-                    verdict=f"{'met' if recall >= ANN_MIN_RECALL and p99 <= ANN_TARGET_P99_MS else 'missed'}: "
-                    f"Recall@{recall_k} {recall:.3f}, p99 {p99:.3f} ms ({e99 / p99:.1f}x faster than exact)",
-                    extra=extra | {"recall": recall, "p50_ms": p50, "p99_ms": p99}),
+        latency_row(f"{label}: exact search (IndexFlatIP) on the same vectors, anchor", f"{data}; {timing}", cmd,
+                    exact_s.ravel().tolist(), target="side-by-side anchor",
+                    verdict=f"Recall@{recall_k} 1.000, Recall@{k} 1.000; best-of-{passes} p99 {e99_best:.3f} ms",
+                    extra=extra | {"index": "flat", "p50_ms": e50, "p99_ms": e99, "p99_best_ms": e99_best}),
+        latency_row(f"{label}: the index", f"{data}; {timing}", cmd, ann_s.ravel().tolist(),
+                    target=f"Recall@{recall_k} >= {ANN_MIN_RECALL} vs exact (the publish gate), p99 <= "
+                    f"{ANN_TARGET_P99_MS:g} ms (anchor: exact p99 {e99:.2f} ms, same run)",
+                    verdict=f"{'met' if met else 'missed'}: {recalls}, {p99 / ANN_TARGET_P99_MS:.2f}x of target "
+                    f"(p50 {p50:.3f} ms, p99 {p99:.3f} ms; best-of-{passes} p99 {p99_best:.3f} ms); "
+                    f"{e50 / p50:.1f}x faster than exact at p50, {e99 / p99:.1f}x at p99",
+                    extra=extra | {"index": ann.kind, f"recall_at_{recall_k}": r_small, f"recall_at_{k}": r_k,
+                                   "recall": r_small, "p50_ms": p50, "p99_ms": p99, "p99_best_ms": p99_best,
+                                   "exact_p50_ms": e50, "exact_p99_ms": e99, "exact_p99_best_ms": e99_best}),
     ]  # fmt: skip
+
+
+def bench_ann_served(
+    threads: int, max_users: int = 1000, recall_k: int = 100, scale_copies: tuple[int, ...] = (10,)
+) -> list[Row]:
+    """The index `make run` serves, measured as served (issue 17.4, 22.3): the champion of serving/variants.yaml
+    loaded as the service loads it (PipelineRecommender: artifacts/retrieval/best, artifacts/index, the online
+    store at `as_of`), one request per user of the newest day of data/synth, each embedded by the two-tower
+    source's own path (query hydrators, TwoTowerSource.embed); top-`retrieval_max_results` per request from the
+    served index and from exact search over the vectors that index holds, side by side.
+
+    Then the same index type as models.index builds it with IndexConfig's defaults at a larger world's corpus size
+    (`scale_copies` x the small world's posts, tiled_corpus, embedded by the same candidate tower), searched with
+    the same request vectors. Needs `dvc repro` and a materialized online store (`make run`)."""
+    import faiss
+    import pyarrow as pa
+
+    from core.schema import read_table
+    from models.retrieval_job import model_version
+    from serving.ab import load_config
+    from serving.recommender_pipeline import PipelineRecommender, RecommenderConfig
+
+    os.chdir(REPO)  # the variants file's paths are relative to the repository root
+    variants = load_config(SERVING_CONFIG)
+    params = dict(next(v for v in variants.variants if v.name == variants.champion).recommender.params)  # type: ignore[union-attr]
+    cfg = RecommenderConfig.from_dict(params)
+    need = [cfg.index, cfg.retrieval_model, REPO / "data/synth", cfg.sqlite_path or REPO / "data/feast/online.db"]
+    if missing := [str(p) for p in need if not Path(p).exists()]:  # `dvc repro` alone materializes no online store
+        why = f"missing {', '.join(missing)} (run `make run` first)"
+        row = Row(GROUP, "served index on real requests", f"{CMD} --only ann-served", "not measured", 0, 0.0, 0.0,
+                  0.0, verdict=f"not runnable here: {why}", extra={"section": "ann-served", "error": why})  # fmt: skip
+        return [row]
+    torch.set_num_threads(1)
+    rec = PipelineRecommender.load(cfg)
+    served: AnnIndex = rec.index
+    imp = read_table(REPO / "data/synth", "impressions", columns=["user_id", "ts"])
+    ts_ms = imp.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy()
+    day_users = newest_day_users(imp.column("user_id").to_numpy(), ts_ms, max_users)
+    newest_day = time.strftime("%Y-%m-%d", time.gmtime(int(ts_ms.max()) // 1000))
+    queries, embed_s, skipped = served_user_embeddings(rec, day_users)
+    emb50, emb99 = percentiles_ms(embed_s)
+    k = cfg.retrieval_max_results
+    vectors = index_vectors(served)
+    meta = json.loads((Path(cfg.index) / "index.json").read_text())
+    if served.kind == "ivf":
+        ivf = faiss.extract_index_ivf(served.index)
+        shape = f"IVF{ivf.nlist},Flat, nprobe {ivf.nprobe}"
+    else:
+        shape = served.kind
+    cmd = f"{CMD} --only ann-served"
+    requests = (f"{len(queries)} requests: users of the newest day of data/synth ({newest_day}; {len(day_users)} "
+                f"drawn, seed 0, {skipped} cold-start skipped) at as_of {rec.clock().isoformat()}, each embedded by "
+                f"the two-tower source (online-store hydrators + TwoTowerSource.embed, 1 torch thread: p50 {emb50:.2f} "
+                f"ms, p99 {emb99:.2f} ms); top-{k} per request (retrieval_max_results), 1 query per call, "
+                "faiss.omp_set_num_threads(1), exact and index alternating per query")  # fmt: skip
+    data = (
+        f"served index {cfg.index} ({shape}; {len(served.item_ids):,} posts x {vectors.shape[1]}, model "
+        f"{meta.get('model')}, built with exact_below {meta['config']['exact_below']}) and two-tower "
+        f"{cfg.retrieval_model} ({model_version(Path(cfg.retrieval_model))}); {requests}"
+    )
+    base = {"section": "ann-served", "n_items": len(served.item_ids), "n_queries": len(queries), "k": k}
+    rows = served_ann_rows(f"served index ({shape})", cmd, data, served.item_ids, vectors, served, queries, k, recall_k,
+                           base | {"shape": shape})  # fmt: skip
+
+    if scale_copies:
+        from models.sequences import positive_events
+        from models.train_retrieval import embed_corpus
+        from models.train_sequences import post_table
+
+        model = rec.two_tower
+        events = positive_events(REPO / "data/synth")
+        table = post_table(model.cfg, served.item_ids, events, REPO / "data/synth")  # as the index build embeds them
+        for copies in scale_copies:
+            big = tiled_corpus(table.features, copies)
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                emb = embed_corpus(model, big, batch_size=65_536).cpu().numpy()
+            ids = big.post_ids.numpy()
+            faiss.omp_set_num_threads(threads)
+            start = time.perf_counter()
+            ann = build_index(ids, emb, IndexConfig())
+            build_s = time.perf_counter() - start
+            torch.set_num_threads(1)
+            lists = faiss.extract_index_ivf(ann.index).nlist if ann.kind == "ivf" else 0
+            scale_shape = f"IVF{lists},Flat, nprobe {IndexConfig.nprobe}" if ann.kind == "ivf" else ann.kind
+            scale_data = (f"a larger world's corpus: {len(ids):,} posts x {emb.shape[1]} ({copies} x the small world's "
+                          f"posts with fresh post ids, bench.models.tiled_corpus), embedded by the served candidate "
+                          f"tower; models.index.build_index with IndexConfig() defaults ({scale_shape}, k-means on "
+                          f"{min(IndexConfig.ivf_train, len(ids)):,} vectors; build {build_s:.1f} s on {threads} "
+                          f"thread(s)); the same {len(queries)} request vectors; top-{k}, 1 query per call, "
+                          "faiss.omp_set_num_threads(1), exact and index alternating per query")  # fmt: skip
+            label = f"models.index defaults at {len(ids):,} posts ({scale_shape})"
+            rows += served_ann_rows(label, cmd, scale_data, ids, emb, ann, queries, k, recall_k,
+                                    base | {"n_items": len(ids), "shape": scale_shape, "build_s": build_s})  # fmt: skip
+            del ann, emb, big
+    faiss.omp_set_num_threads(threads)
+    torch.set_num_threads(threads)
+    return rows
 
 
 # 3. Training throughput
@@ -582,6 +791,9 @@ def main() -> None:
     parser.add_argument("--n-items", type=int, default=AnnSettings.n_items)
     parser.add_argument("--hnsw-m", type=int, default=AnnSettings.hnsw_m)
     parser.add_argument("--ef-construction", type=int, default=AnnSettings.ef_construction)
+    parser.add_argument("--served-users", type=int, default=1000, help="ann-served: newest-day users drawn")
+    parser.add_argument("--scale-copies", default="10", help="ann-served: larger corpora, comma-separated multiples "
+                        "of the small world's posts ('' = none)")  # fmt: skip
     args = parser.parse_args()
     only = [s for s in args.only.split(",") if s]
     if unknown := set(only) - set(SECTIONS):
@@ -597,15 +809,21 @@ def main() -> None:
                               ivf_lists=16, ivf_train=5000, nprobe=(4,))  # fmt: skip
         rows += bench_ann(ann, args.threads)
     if "ann-served" in only and not args.quick:
-        rows += bench_ann_served(args.threads)
+        copies = tuple(int(c) for c in args.scale_copies.split(",") if c)
+        rows += bench_ann_served(args.threads, max_users=args.served_users, scale_copies=copies)
     if "train" in only:
         rows += bench_train(args.quick, args.threads)
     if args.quick:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return
     old = RESULTS / f"{GROUP}.json"
-    if set(only) != set(SECTIONS) and old.is_file():  # keep the sections not re-measured
-        kept = [Row(**r) for r in json.loads(old.read_text())["rows"] if r["extra"].get("section") not in only]
+    if set(only) != set(SECTIONS) and old.is_file():  # keep the sections not re-measured, with when and where
+        body = json.loads(old.read_text())
+        kept = [Row(**r) for r in body["rows"] if r["extra"].get("section") not in only]
+        for r in kept:  # save() stamps the group with this run's time and commit: the kept rows keep their own
+            r.extra.setdefault("measured_at", body["measured_at"])
+            r.extra.setdefault("commit", body["machine"]["commit"])
+            r.extra.setdefault("cpu", f"{body['machine']['cpu']} ({body['machine'].get('cpu_flags', 'unknown')})")
         rows = sorted(kept + rows, key=lambda r: SECTIONS.index(r.extra.get("section", "train")))
     print(save(GROUP, rows))
 

@@ -27,6 +27,14 @@ GROUPS = [
 ]
 
 
+def measured(body: dict[str, Any], row: dict[str, Any]) -> tuple[str, str, str]:
+    """(time, commit, CPU with its SIMD flags) a row was measured at: the group's, unless the row was kept from an
+    earlier run of a group that re-measured only some sections (bench.models --only), which records its own."""
+    m, extra = body["machine"], row.get("extra", {})
+    cpu = f"{m['cpu']} ({m.get('cpu_flags', 'unknown')})"
+    return extra.get("measured_at", body["measured_at"]), extra.get("commit", m["commit"]), extra.get("cpu", cpu)
+
+
 def headline(bodies: list[dict[str, Any]]) -> list[str]:
     """The rows that carry a target, one table: the number, the target, the verdict, and where and when it was
     measured (a figure from one machine is only ever set against a target or an anchor measured on that machine)."""
@@ -37,14 +45,14 @@ def headline(bodies: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for body in bodies:
-        m = body["machine"]
         for r in body["rows"]:
             if not r.get("target"):
                 continue
             result = r["throughput"] or f"{r['wall_s_median']} s median"
+            when, commit, cpu = measured(body, r)
             lines.append(
                 f"| {body['group']}: {r['name']} | {result} | {r['target']} | {r['verdict']} | "
-                f"{m['cpu']} ({m.get('cpu_flags', 'unknown')}) | {body['measured_at'][:10]} | `{m['commit']}` |"
+                f"{cpu} | {when[:10]} | `{commit}` |"
             )
     return [*lines, ""]
 
@@ -77,8 +85,12 @@ def render() -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in body["rows"]:
+            when, commit, cpu = measured(body, r)
+            settings = r["settings"]
+            if (when, commit) != (body["measured_at"], m["commit"]):
+                settings += f" (measured {when} at `{commit}` on {cpu}, kept from that run)"
             lines.append(
-                f"| {r['name']} | {r['settings']} | `{r['command']}` | {r['repeats']} | {r['wall_s_median']} | "
+                f"| {r['name']} | {settings} | `{r['command']}` | {r['repeats']} | {r['wall_s_median']} | "
                 f"{r['wall_s_p99']} | {r['peak_rss_mb_max'] or 'n/a (in-process)'} | {r['throughput']} | "
                 f"{r['target']} | {r['verdict']} |"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -100,3 +101,117 @@ def test_quick_train_rows() -> None:
     for r in train:
         assert r.extra["flops_per_example"] > 0 and r.extra["share_of_peak"] > 0
         assert r.wall_s_median <= r.wall_s_p99
+
+
+# ann-served: the served index against exact search on real request vectors (the measuring functions on tiny data)
+
+
+def test_newest_day_users_are_those_with_an_impression_on_the_last_utc_day() -> None:
+    day = 86_400_000
+    users = np.array([1, 2, 3, 4, 5, 3, 6])
+    ts = np.array([0, day + 5, 2 * day, 2 * day + 10, day - 1, 2 * day + day - 1, 10])
+    np.testing.assert_array_equal(bm.newest_day_users(users, ts, n=10), [3, 4])
+    many = np.arange(1, 101)
+    drawn = bm.newest_day_users(many, np.full(100, 5 * day), n=10, seed=1)
+    assert len(drawn) == 10 and len(set(drawn)) == 10 and list(drawn) == sorted(drawn)
+    np.testing.assert_array_equal(drawn, bm.newest_day_users(many, np.full(100, 5 * day), n=10, seed=1))
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
+def test_index_vectors_are_the_stored_vectors_by_row_and_leave_the_index_alone(kind: str) -> None:
+    import faiss
+
+    items = bm.gaussian_mixture(2000, 8, centres=5, spread=1.0, seed=0)
+    cfg = bm.IndexConfig(exact_below=0 if kind != "exact" else 10**6, approximate="hnsw" if kind == "hnsw" else "ivf",
+                         ivf_lists=8, hnsw_m=8, ef_construction=20)  # fmt: skip
+    ann = bm.build_index(np.arange(2000) + 7, items, cfg)
+    assert ann.kind == kind
+    np.testing.assert_array_equal(bm.index_vectors(ann), items)
+    if kind == "ivf":  # no direct map added to the index that is timed
+        assert faiss.extract_index_ivf(ann.index).direct_map.type == faiss.DirectMap.NoMap  # type: ignore[attr-defined]
+
+
+def test_served_ann_rows_score_an_exact_index_at_one_and_a_starved_ivf_below_with_agreeing_verdicts() -> None:
+    items = bm.gaussian_mixture(3000, 16, centres=10, spread=1.0, seed=0)
+    queries = bm.gaussian_mixture(15, 16, centres=10, spread=1.0, seed=0, draw=1)
+    ids = np.arange(3000, dtype=np.int64) + 100
+    exact = bm.build_index(ids, items, bm.IndexConfig())  # below exact_below: a flat index
+    ivf = bm.build_index(ids, items, bm.IndexConfig(exact_below=0, ivf_lists=64, nprobe=1))
+    extra = {"section": "ann-served"}
+    for ann, perfect in ((exact, True), (ivf, False)):
+        anchor, row = bm.served_ann_rows("t", "cmd", "data", ids, items, ann, queries, 50, 10, extra, passes=2)
+        assert anchor.extra["index"] == "flat" and row.extra["index"] == ann.kind
+        assert anchor.repeats == row.repeats == 30  # 15 queries x 2 passes
+        assert 0 < row.extra["p99_best_ms"] <= row.extra["p99_ms"]
+        r10, r50 = row.extra["recall_at_10"], row.extra["recall_at_50"]
+        assert (r10 == 1.0 and r50 == 1.0) if perfect else (r10 < 1.0 and r50 < 1.0)
+        assert check(row.target, row.verdict) == (True, "")
+        assert "Recall@10 " in row.verdict and "Recall@50 " in row.verdict
+
+
+def test_side_by_side_alternates_and_keeps_the_first_pass_ids() -> None:
+    calls: list[str] = []
+
+    def search(name: str, offset: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        def run(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            calls.append(name)
+            return np.array([[int(q[0, 0]) + offset]]), np.zeros((1, 1))
+
+        return run
+
+    queries = np.arange(4, dtype=np.float32)[:, None]
+    es, truth, an, got = bm.side_by_side(search("e", 0), search("a", 1), queries, warmup=1, passes=3)
+    assert es.shape == an.shape == (3, 4)
+    assert calls == ["e", "a"] * (1 + 3 * 4)
+    np.testing.assert_array_equal(truth[:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(got[:, 0], [1, 2, 3, 4])
+
+
+def test_tiled_corpus_repeats_every_feature_under_fresh_post_ids() -> None:
+    from models.data import CandidateFeatures
+
+    base = CandidateFeatures(post_ids=torch.tensor([1, 5, 9]), author_ids=torch.tensor([2, 2, 3]),
+                             dense=torch.arange(6.0).reshape(3, 2), age_ms=torch.tensor([0, 10, -1]),
+                             attributes=torch.tensor([[1, 2], [3, 4], [5, 6]]))  # fmt: skip
+    big = bm.tiled_corpus(base, 3)
+    assert len(big.post_ids.unique()) == 9 and big.post_ids[:3].tolist() == [1, 5, 9]
+    assert big.post_ids[3:6].tolist() == [11, 15, 19]
+    assert big.author_ids.tolist() == [2, 2, 3] * 3 and big.age_ms.tolist() == [0, 10, -1] * 3
+    torch.testing.assert_close(big.dense, base.dense.repeat(3, 1))
+    torch.testing.assert_close(big.attributes, base.attributes.repeat(3, 1))
+
+
+def test_served_user_embeddings_use_the_two_tower_source_and_skip_cold_starts() -> None:
+    from dataclasses import replace as dc_replace
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from serving.sources.two_tower import TwoTowerSource
+    from serving.types import Query
+
+    cfg = TwoTowerConfig.preset("nano", **TINY)
+    model = bm.TwoTower(cfg).eval()
+    items = bm.gaussian_mixture(100, cfg.d_model, centres=4, spread=1.0, seed=0)
+    source = TwoTowerSource(model, bm.build_index(np.arange(1, 101), items, bm.IndexConfig()), max_results=10)
+
+    class Hydrator:
+        def hydrate(self, q: Query) -> Query:
+            cold = frozenset({"user_stats", "user_history"}) if q.user_id == 2 else frozenset()
+            return dc_replace(q, user_stats={"country": "US"}, missing_views=cold)
+
+    now = datetime(2026, 1, 9, tzinfo=UTC)
+    rec = SimpleNamespace(pipeline=SimpleNamespace(sources=[source]), query_hydrators=[Hydrator()], clock=lambda: now)
+    emb, seconds, skipped = bm.served_user_embeddings(rec, np.array([1, 2, 3]))
+    assert emb.shape == (2, cfg.d_model) and len(seconds) == 2 and skipped == 1
+    expected = source.embed(Hydrator().hydrate(Query(user_id=3, now=now)))
+    np.testing.assert_allclose(emb[1], expected[0], atol=1e-6)
+
+
+def test_rows_kept_from_an_earlier_run_render_with_their_own_time_commit_and_cpu() -> None:
+    from bench.run import measured
+
+    body = {"measured_at": "2026-12-06 06:36 UTC", "machine": {"cpu": "AMD EPYC", "cpu_flags": "avx2", "commit": "b"}}
+    fresh = {"extra": {"section": "ann-served"}}
+    kept = {"extra": {"measured_at": "2026-11-23 03:09 UTC", "commit": "a", "cpu": "Intel Xeon (avx512f)"}}
+    assert measured(body, fresh) == ("2026-12-06 06:36 UTC", "b", "AMD EPYC (avx2)")
+    assert measured(body, kept) == ("2026-11-23 03:09 UTC", "a", "Intel Xeon (avx512f)")
