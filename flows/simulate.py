@@ -22,7 +22,9 @@ and deploys the models from the dataset. Then, for each simulated day after the 
    cadence (`retrain` with reason "scheduled").
 
 `<out>/simulate.json` and `<out>/simulate.csv` hold one row per day and policy (true reward per request, requests,
-alarm, retrain, promotion, the loop's champion). The whole of `<out>` is written under a temporary name and renamed
+alarm, retrain, promotion, the loop's champion); the days also go to the run project's Evidently workspace, project
+"simulation" (`ember dashboards --workspace <out>/project/artifacts/evidently`). The whole of `<out>` is written
+under a temporary name and renamed
 at the end: a failed or refused run leaves `<out>` as it was.
 """
 
@@ -243,5 +245,8 @@ def simulate_flow(
         meta["alarm_share"] = round(alarms / days, 4)
         meta["recovery"] = simulated.recovery(rows, drift_day if drift != "none" else None)
         simulated.write_results(tmp, rows, meta)
+        from monitoring.dashboards import add_simulation_days
+
+        add_simulation_days(project / "artifacts" / "evidently", rows, Path(out).name)
         shutil.rmtree(tmp / "work", ignore_errors=True)
     return {"rows": rows, "summary": simulated.summary_line(rows), "out": str(out)}

@@ -151,20 +151,80 @@ PANEL_TITLES: tuple[str, ...] = (
 )
 
 
-def ensure_project(workspace: Workspace, model: str) -> Project:
-    """The project of `model`, created with its dashboard if missing; panels missing by title are added."""
+def ensure_project(
+    workspace: Workspace,
+    model: str,
+    panels: Sequence[DashboardPanelPlot] | None = None,
+    description: str | None = None,
+) -> Project:
+    """The project named `model`, created with its dashboard if missing; panels missing by title are added
+    (`panels`: a dashboard other than the models' monitoring one)."""
     found = workspace.search_project(model)
     if found:
         project = found[0]
     else:
         from evidently.sdk.models import ProjectModel
 
-        project = workspace.add_project(ProjectModel(name=model, description=_PROJECT_DESCRIPTION.format(model=model)))
+        about = description or _PROJECT_DESCRIPTION.format(model=model)
+        project = workspace.add_project(ProjectModel(name=model, description=about))
     have = {panel.title for panel in project.dashboard.model().panels}
-    for panel in dashboard_panels():
+    for panel in panels if panels is not None else dashboard_panels():
         if panel.title not in have:
             project.dashboard.add_panel(panel, tab=TAB)
     return project
+
+
+SIMULATION = "simulation"
+REWARD_PREFIX = "true_reward."
+SIMULATION_POLICIES: tuple[str, ...] = ("loop", "frozen", "oracle", "popular", "random")
+SIMULATION_EVENTS: tuple[str, ...] = ("alarm", "retrained", "promoted")
+
+
+def simulation_panels() -> list[DashboardPanelPlot]:
+    """The dashboard of `ember simulate` runs: true reward per day and policy, and the loop's alarms, retrains and
+    promotions."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import bar_plot_panel, line_plot_panel
+
+    def series(column: str, legend: str) -> PanelMetric:
+        return PanelMetric(legend=legend, metric=_MEAN, metric_labels={"column": column})
+
+    return [
+        line_plot_panel(
+            "True reward per request",
+            [series(REWARD_PREFIX + p, p) for p in SIMULATION_POLICIES],
+            description="Expected weighted engagement of each policy's slates under the truth, per simulated day.",
+        ),
+        bar_plot_panel("Alarms, retrains, promotions", [series(e, e) for e in SIMULATION_EVENTS], size="full"),
+    ]
+
+
+def add_simulation_days(workspace_dir: str | Path, rows: Sequence[Mapping[str, Any]], run: str) -> list[str]:
+    """Records an `ember simulate` run's days (monitoring/simulate.py rows: day, date, policy, true_reward, alarm,
+    retrained, promoted) in the workspace's "simulation" project: one snapshot per simulated day at its date, tagged
+    with the run's name, plotting each policy's true reward and the day's events. Returns the snapshot ids."""
+    import pandas as pd
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import MeanValue
+
+    workspace = open_workspace(workspace_dir)
+    about = "Ember simulate: true reward of each policy per simulated day, the loop's alarms and promotions."
+    project = ensure_project(workspace, SIMULATION, simulation_panels(), about)
+    ids = []
+    for day, group in pd.DataFrame(list(rows)).groupby("day", sort=True):
+        first = group.iloc[0]
+        values = {REWARD_PREFIX + str(r.policy): float(r.true_reward) for r in group.itertuples()}
+        values |= {e: float(bool(first[e])) for e in SIMULATION_EVENTS if e in group.columns}
+        when = datetime.fromisoformat(str(first["date"]))
+        one_row = Dataset.from_pandas(
+            pd.DataFrame([values]), data_definition=DataDefinition(numerical_columns=list(values))
+        )
+        snapshot = Report([MeanValue(column=c) for c in values]).run(
+            one_row, None, timestamp=when, metadata={"run": run, "day": str(day)}, tags=[SIMULATION, run],
+            name=f"{run} day {day}",
+        )  # fmt: skip
+        ids.append(str(workspace.add_run(project.id, snapshot).id))
+    return ids
 
 
 def init_workspace(workspace_dir: str | Path, models: Iterable[str] = MODELS) -> Workspace:

@@ -290,3 +290,26 @@ def test_dashboard_renders_with_data_in_headless_chromium(tmp_path: Path) -> Non
             server.kill()
             server.wait()
         log.close()
+
+
+def test_a_simulation_run_plots_each_policy_per_day_in_its_own_project(tmp_path: Path) -> None:
+    rows = [
+        {"day": d, "date": f"2026-01-0{4 + d}", "policy": p, "true_reward": v, "alarm": d == 2, "retrained": d == 2,
+         "promoted": False}
+        for d in (1, 2) for p, v in (("loop", 1.5 * d), ("oracle", 10.0 + d), ("random", -3.0))
+    ]  # fmt: skip
+    ids = board.add_simulation_days(tmp_path, rows, "nodrift")
+    assert len(ids) == 2
+    runs = board.list_monitor_runs(tmp_path, board.SIMULATION)
+    assert [r.timestamp for r in runs] == [datetime(2026, 1, 5), datetime(2026, 1, 6)]
+    assert runs[1].values == {"true_reward.loop": 3.0, "true_reward.oracle": 12.0, "true_reward.random": -3.0,
+                              "alarm": 1.0, "retrained": 1.0, "promoted": 0.0}  # fmt: skip
+    assert "nodrift" in runs[0].tags and runs[0].metadata["run"] == "nodrift"
+    workspace = board.open_workspace(tmp_path)
+    project = workspace.search_project(board.SIMULATION)[0]
+    titles = [p.title for p in project.dashboard.model().panels]
+    assert titles == ["True reward per request", "Alarms, retrains, promotions"]
+    board.add_simulation_days(tmp_path, rows[:3], "again")  # a second run: the same project and panels
+    assert len(workspace.search_project(board.SIMULATION)) == 1
+    assert [p.title for p in project.dashboard.model().panels] == titles
+    assert board.list_monitor_runs(tmp_path, "ranker") == []
