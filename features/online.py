@@ -299,7 +299,8 @@ class CandidateFeatures:
     author_missing: np.ndarray
 
 
-def _with_defaults(view: View, row: dict[str, Any] | None) -> dict[str, Any]:
+def with_defaults(view: View, row: dict[str, Any] | None) -> dict[str, Any]:
+    """A view's values from a store row, the catalog default (`DEFAULTS`) for each feature the row lacks."""
     row = row or {}
     return {name: (DEFAULTS[dtype] if row.get(name) is None else row[name]) for name, dtype in view.features}
 
@@ -374,15 +375,23 @@ class OnlineFeatures:
 
     def user(self, user_id: int) -> UserFeatures:
         """A user's stats, history and graph in one round of reads; unknown users get defaults + `missing`."""
-        rows = {v.name: self.backend.read(v, [user_id])[0] for v in (USER_STATS, USER_HISTORY, USER_GRAPH)}
-        missing = tuple(name for name, row in rows.items() if row is None)
+        views = {v.name: self.user_view(v, user_id) for v in (USER_STATS, USER_HISTORY, USER_GRAPH)}
         return UserFeatures(
             user_id=user_id,
-            stats=_with_defaults(USER_STATS, rows[USER_STATS.name]),
-            history=_with_defaults(USER_HISTORY, rows[USER_HISTORY.name]),
-            graph=_with_defaults(USER_GRAPH, rows[USER_GRAPH.name]),
-            missing=missing,
+            stats=views[USER_STATS.name][0],
+            history=views[USER_HISTORY.name][0],
+            graph=views[USER_GRAPH.name][0],
+            missing=tuple(name for name, (_, found) in views.items() if not found),
         )
+
+    def user_view(self, view: View, user_id: int) -> tuple[dict[str, Any], bool]:
+        """One user view's values (defaults where the store has none) and whether the store had a row.
+
+        Raises:
+            FeatureStoreUnavailable: the store cannot be reached.
+        """
+        row = self.backend.read(view, [user_id])[0]
+        return with_defaults(view, row), row is not None
 
     def _cached(self, kind: str, view: View, ids: list[int]) -> list[_Row | None]:
         cache = self._cache[kind]
@@ -431,7 +440,7 @@ def _split(view: View) -> tuple[list[tuple[str, Dtype]], list[str]]:
 def _encode(view: View, row: dict[str, Any] | None) -> _Row | None:
     if row is None:
         return None
-    full = _with_defaults(view, row)
+    full = with_defaults(view, row)
     numeric, strings = _split(view)
     return _Row(np.array([full[n] for n, _ in numeric], dtype=np.float64), tuple(full[n] for n in strings))
 

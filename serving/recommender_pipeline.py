@@ -55,7 +55,7 @@ from serving.filters.self_post import SelfPostFilter
 from serving.hydrators.post_features import PostFeaturesHydrator
 from serving.hydrators.user_features import UserFeaturesHydrator
 from serving.hydrators.user_graph import UserGraphHydrator
-from serving.pipeline import Pipeline, PipelineResult, QueryHydrator
+from serving.pipeline import Filter, Pipeline, PipelineResult, QueryHydrator
 from serving.recent_posts import RecentPost, RecentPostStore
 from serving.recommender import Item, Recommendation
 from serving.scorers.author_diversity import AuthorDiversityScorer
@@ -280,6 +280,24 @@ def reopening_backend(cfg: RecommenderConfig) -> ReopeningBackend:
     return ReopeningBackend(lambda: open_backend(online))
 
 
+def eligibility_filters(cfg: RecommenderConfig, hydrated: bool) -> list[Filter]:
+    """The filters that decide which candidates may be served, in order, for the pipeline and its fallback.
+
+    Args:
+        hydrated: the pipeline hydrates post features, so CoreDataFilter drops what the store could not resolve.
+            The fallback hydrates nothing: a popular list given at load may hold posts of unknown author (0), and
+            it serves them.
+    """
+    return [
+        DropDuplicatesFilter(),
+        *([CoreDataFilter()] if hydrated else []),
+        AgeFilter(cfg.max_age),
+        SelfPostFilter(),
+        PreviouslySeenFilter(),
+        AuthorSocialgraphFilter(),
+    ]
+
+
 @dataclass
 class GivenPostsSource(Component):
     """The posts a `rank` call asks about, in the order given."""
@@ -349,14 +367,7 @@ class PipelineRecommender:
             query_hydrators=list(self.query_hydrators),
             sources=sources,
             hydrators=[self.post_hydrator],
-            filters=[
-                DropDuplicatesFilter(),
-                CoreDataFilter(),
-                AgeFilter(cfg.max_age),
-                SelfPostFilter(),
-                PreviouslySeenFilter(),
-                AuthorSocialgraphFilter(),
-            ],
+            filters=eligibility_filters(cfg, hydrated=True),
             scorers=[
                 self.ranker_scorer,
                 self.weighted,
@@ -374,13 +385,7 @@ class PipelineRecommender:
         # No store needed: the popular list by popularity (the source sets each candidate's score).
         self.fallback = Pipeline(
             sources=[PopularSource(popular, cfg.popular_max_results, cfg.max_age, always=True)],
-            filters=[
-                DropDuplicatesFilter(),
-                AgeFilter(cfg.max_age),
-                SelfPostFilter(),
-                PreviouslySeenFilter(),
-                AuthorSocialgraphFilter(),
-            ],
+            filters=eligibility_filters(cfg, hydrated=False),
             selector=TopKSelector(cfg.top_k),
             post_filters=[AuthorCapFilter(cfg.author_cap)],
         )

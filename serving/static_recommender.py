@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from core.actions import POSITIVE_ACTIONS
 from core.errors import UserError
 from serving.recommender import Item, Recommendation
 
@@ -38,6 +37,8 @@ class PopularRecommender:
         """
         import duckdb
 
+        from serving.sources.popular import popular_posts
+
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: no such parquet file (popular recommender stats)")
@@ -46,23 +47,28 @@ class PopularRecommender:
             columns = {row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()}
             if {"post_id", "author_id", "score"} <= columns:
                 query = "SELECT post_id, author_id, score FROM read_parquet(?) ORDER BY score DESC, post_id LIMIT ?"
+                rows = con.execute(query, [str(path), limit]).fetchall()
+                table = {int(p): (int(a or 0), float(s or 0.0)) for p, a, s in rows}
             elif {"post_id", "post_author_id", "event_timestamp"} <= columns:
-                counts = [f"post_{a}_count" for a in POSITIVE_ACTIONS if f"post_{a}_count" in columns]
-                total = " + ".join(f"coalesce({c}, 0)" for c in counts) or "0"
-                query = (
-                    f"SELECT post_id, arg_max(post_author_id, event_timestamp) AS author_id, "
-                    f"arg_max({total}, event_timestamp) AS score FROM read_parquet(?) GROUP BY post_id "
-                    f"ORDER BY score DESC, post_id LIMIT ?"
-                )
+                newest = con.execute(  # each post's newest snapshot: its author and counts
+                    "SELECT * EXCLUDE (rn) FROM (SELECT post_id, post_author_id, COLUMNS('^post_.*_count$'), "
+                    "row_number() OVER (PARTITION BY post_id ORDER BY event_timestamp DESC) AS rn "
+                    "FROM read_parquet(?)) WHERE rn = 1 ORDER BY post_id",
+                    [str(path)],
+                ).df()
+                # Ranked by the popular source's own rule. Without creation times (this slate has no notion of
+                # freshness), ties keep the post-id order, as the table's own order does.
+                corpus = newest.rename(columns={"post_author_id": "author_id"}).fillna({"author_id": 0})
+                ranked = popular_posts(corpus.assign(post_created_at_ms=0), limit)
+                table = {p.post_id: (p.author_id, p.engagement) for p in ranked}
             else:
                 raise UserError(
                     f"{path}: expected columns (post_id, author_id, score) or the post_stats view "
                     f"(post_id, post_author_id, event_timestamp, post_<action>_count)"
                 )
-            rows = con.execute(query, [str(path), limit]).fetchall()
         finally:
             con.close()
-        return cls({int(p): (int(a or 0), float(s or 0.0)) for p, a, s in rows}, version=f"popular:{path.name}")
+        return cls(table, version=f"popular:{path.name}")
 
     @property
     def version(self) -> str:

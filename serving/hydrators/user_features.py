@@ -11,7 +11,6 @@ import numpy as np
 from features.catalog import USER_HISTORY, USER_STATS
 from features.online import OnlineFeatures
 from serving.component import Component
-from serving.hydrators import read_user_view
 from serving.types import Query
 
 HISTORY_ARRAYS = ("hist_post_ids", "hist_author_ids", "hist_actions", "hist_surfaces", "hist_timestamps")
@@ -37,8 +36,8 @@ class UserFeaturesHydrator(Component):
     known_attributes: Mapping[int, Mapping[str, object]] = field(default_factory=dict)
 
     def hydrate(self, query: Query) -> Query:
-        stats, has_stats = read_user_view(self.online, USER_STATS, query.user_id)
-        hist, has_hist = read_user_view(self.online, USER_HISTORY, query.user_id)
+        stats, has_stats = self.online.user_view(USER_STATS, query.user_id)
+        hist, has_hist = self.online.user_view(USER_HISTORY, query.user_id)
         history: dict[str, tuple[object, ...]] = {name: tuple(hist[name]) for name in HISTORY_ARRAYS}
         history |= self._history_attributes(history["hist_post_ids"])
         missing = {v for v, ok in ((USER_STATS.name, has_stats), (USER_HISTORY.name, has_hist)) if not ok}

@@ -7,7 +7,6 @@ from dataclasses import dataclass, replace
 from features.catalog import USER_GRAPH
 from features.online import OnlineFeatures
 from serving.component import Component
-from serving.hydrators import read_user_view
 from serving.types import Query
 
 
@@ -16,7 +15,7 @@ class UserGraphHydrator(Component):
     online: OnlineFeatures
 
     def hydrate(self, query: Query) -> Query:
-        graph, found = read_user_view(self.online, USER_GRAPH, query.user_id)
+        graph, found = self.online.user_view(USER_GRAPH, query.user_id)
         missing = query.missing_views - {USER_GRAPH.name} | ({USER_GRAPH.name} if not found else set())
         return replace(
             query,

@@ -100,3 +100,41 @@ def test_ranker_inputs_from_shared_columns_equal_the_per_candidate_path() -> Non
     for name in ("dense", "attributes", "age_ms", "post_ids", "in_network"):
         assert torch.equal(getattr(fast, name), getattr(slow, name)), name
     assert fast.dense.abs().sum() > 0 and (fast.attributes[0, :, 0] != 0).sum() == 4  # one post row missing
+
+
+def test_user_hydrators_fill_the_readers_defaults_for_an_unknown_user() -> None:
+    from features.online import OnlineFeatures
+    from serving.hydrators.user_features import HISTORY_ARRAYS, UserFeaturesHydrator
+    from serving.hydrators.user_graph import UserGraphHydrator
+
+    class NoRows:
+        def read(self, view: object, ids: list[int]) -> list[None]:
+            return [None] * len(ids)
+
+    online = OnlineFeatures(NoRows())  # type: ignore[arg-type]
+    user = online.user(Q.user_id)
+    query = UserGraphHydrator(online).hydrate(UserFeaturesHydrator(online, post_attributes=()).hydrate(Q))
+    assert query.user_stats == user.stats
+    assert query.history == {name: tuple(user.history[name]) for name in HISTORY_ARRAYS}
+    assert query.followee_ids == query.blocked_author_ids == query.muted_author_ids == frozenset()
+    assert query.missing_views == {"user_stats", "user_history", "user_graph"} == set(user.missing)
+
+
+def test_the_fallback_filters_are_the_pipelines_without_core_data() -> None:
+    from pathlib import Path
+
+    from serving.recommender_pipeline import RecommenderConfig, eligibility_filters
+
+    cfg = RecommenderConfig(Path("r"), Path("i"), Path("k"), max_age_hours=12.0)
+    names = [f.name for f in eligibility_filters(cfg, hydrated=True)]
+    assert names == [
+        "DropDuplicatesFilter",
+        "CoreDataFilter",
+        "AgeFilter",
+        "SelfPostFilter",
+        "PreviouslySeenFilter",
+        "AuthorSocialgraphFilter",
+    ]
+    fallback = eligibility_filters(cfg, hydrated=False)
+    assert [f.name for f in fallback] == [n for n in names if n != "CoreDataFilter"]
+    assert fallback[1].max_age == timedelta(hours=12)  # type: ignore[attr-defined]

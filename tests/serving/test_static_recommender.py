@@ -57,3 +57,27 @@ def test_from_parquet_reads_a_plain_table_and_rejects_other_layouts(tmp_path: Pa
         PopularRecommender.from_parquet(other)
     with pytest.raises(UserError, match="no such parquet"):
         PopularRecommender.from_parquet(tmp_path / "missing.parquet")
+
+
+def test_from_parquet_ranks_post_stats_by_the_popular_sources_rule_with_ties_by_post_id(tmp_path: Path) -> None:
+    from serving.sources.popular import popular_posts
+
+    path = tmp_path / "post_stats.parquet"
+    stats = pd.DataFrame(
+        {
+            "post_id": [3, 2, 1, 4],
+            "event_timestamp": pd.to_datetime(["2026-01-02"] * 4, utc=True),
+            "post_author_id": [13, 12, 11, 14],
+            "post_created_at_ms": [300, 200, 100, 400],  # post 3 is the newest of the tie
+            "post_click_count": [1, 1, 4, 0],
+            "post_share_count": [1, 1, 0, 0],
+            "post_mute_author_count": [0, 0, 0, 9],  # negative: not popularity
+        }
+    )
+    stats.to_parquet(path)
+    items = PopularRecommender.from_parquet(path, limit=2).recommend(0, 5).items
+    assert [(i.post_id, i.author_id, i.score) for i in items] == [(1, 11, 4.0), (2, 12, 2.0)]  # 2 and 3 tie: 2 first
+    corpus = stats.rename(columns={"post_author_id": "author_id"})
+    engagement = {p.post_id: p.engagement for p in popular_posts(corpus)}
+    full = PopularRecommender.from_parquet(path).recommend(0, 5).items
+    assert {i.post_id: i.score for i in full} == engagement == {1: 4.0, 2: 2.0, 3: 2.0, 4: 0.0}
