@@ -172,9 +172,9 @@ def evaluate_compare_cmd(
         missing = next(option for option, value in towers.items() if value is None)
         raise UserError(f"{missing}: needed with {', '.join(given)} (the two-towers are compared on --data)")
     for option in ("--challenger-retrieval", "--champion-retrieval"):
-        path = towers[option]
-        if path is not None and not (path / "config.json").is_file():
-            raise UserError(f"{option}: {path} is not a saved two-tower model (no config.json)")
+        tower = towers[option]
+        if tower is not None and not (tower / "config.json").is_file():
+            raise UserError(f"{option}: {tower} is not a saved two-tower model (no config.json)")
     result = compare_rankers({"challenger": challenger, "champion": champion}, training_set, valid_fraction, features)
     if data is not None:
         from models.retrieval_job import compare_retrievers

@@ -83,6 +83,7 @@ def run_params(path: Path, synth: dict[str, Any], overrides: dict[str, Any]) -> 
 def deployed_params(project: Path, as_of: datetime, models: str | None = None) -> dict[str, Any]:
     """The deployment's champion recommender params with paths under `project`, served at `as_of`; `models`: a
     model-store key whose set replaces the champion's (the frozen policy)."""
+    from core.online_store import sqlite_path
     from serving.ab import load_config
 
     cfg = load_config(project / DEPLOY_FILE)
@@ -91,7 +92,7 @@ def deployed_params(project: Path, as_of: datetime, models: str | None = None) -
         params.update({p: str(MODEL_STORE / models / d) for p, d in MODEL_PATHS.items()})
     for key in ("retrieval_model", "index", "ranker", "features"):
         params[key] = str(project / params[key])
-    params["sqlite_path"] = str(project / "data" / "feast" / "online.db")
+    params["sqlite_path"] = str(sqlite_path(project / "data"))
     params["as_of"] = as_of.isoformat()
     return params
 
