@@ -56,7 +56,7 @@ def monitor_flow(
     publish_monitor(summary, out)
     retrained = None
     if summary["status"] == "fail" and retrain_on_fail:
-        failed = [name for name, status in summary["tests"].items() if status == "fail"]
+        failed = summary.get("alarms") or [name for name, status in summary["tests"].items() if status == "fail"]
         retrained = retrain_flow(project=project, reason="monitor: " + ", ".join(failed))
     return {"summary": summary, "reports": str(out), "retrained": retrained}
 

@@ -6,7 +6,7 @@ An unknown or mistyped key is a UserError naming it, so a typo never silently fa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -111,6 +111,9 @@ class SkewConfig(BaseModel):
     ignore: tuple[str, ...] = ()
 
 
+CheckName = Literal["data_drift", "prediction_drift", "target_drift", "quality", "embedding_drift", "skew"]
+
+
 class MonitorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -120,6 +123,8 @@ class MonitorConfig(BaseModel):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     embedding_drift: EmbeddingDriftConfig = Field(default_factory=EmbeddingDriftConfig)
     skew: SkewConfig = Field(default_factory=SkewConfig)
+    # The checks whose failure fails the run (and so starts a retrain); the others are measured and reported only.
+    alarm_checks: tuple[CheckName, ...] = ("data_drift", "target_drift", "quality", "skew")
     min_rows: Annotated[int, Field(ge=1)] = 200
     # Larger windows are down-sampled (seeded) to this many rows: Evidently on 500k rows x 130 features takes ~5 min.
     max_rows: Annotated[int, Field(ge=1)] = 50_000

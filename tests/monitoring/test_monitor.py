@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.errors import UserError
 from monitoring.config import MonitorConfig, parse_config
 from monitoring.monitor import NO_BASELINE, TEST_NAMES, run_monitor
 from monitoring.replay import request_sample
@@ -25,7 +26,7 @@ SERVED_AT = T0 + pd.Timedelta(days=1, hours=6)
 BASELINE_AT = T0 + pd.Timedelta(days=1, hours=1)
 SUMMARY_KEYS = {
     "model", "window_start", "window_end", "status", "data_drift_share", "prediction_mean", "quality", "skew_rate",
-    "embedding_drift_share", "target_drift_share", "tests",
+    "embedding_drift_share", "target_drift_share", "tests", "alarms",
 }  # fmt: skip
 QUALITY_KEYS = {"ndcg@10", "precision@10", "recall@10", "novelty", "diversity", "popularity_bias", "coverage"}
 POLICY_TESTS = ("prediction_drift", "target_drift", "quality")
@@ -541,3 +542,20 @@ def test_embedding_inputs_the_model_cannot_read_are_no_verdict(good: World, cfg:
 def test_cli_rejects_a_directory_that_is_not_a_model(run_cli: Callable[..., Any], good: World, tmp_path: Path) -> None:
     res = run_cli(*cli_args(good, tmp_path / "out", "--retrieval-model", str(tmp_path)))
     assert "not a saved two-tower model" in res.error_line()
+
+
+def test_only_the_alarm_checks_fail_the_run(good: World, cfg: MonitorConfig) -> None:
+    """Predictions that moved fail prediction drift, which is reported, but the run passes unless the config makes
+    prediction drift an alarm check; a failing alarm check is named in the summary's alarms."""
+    from monitoring.exposure_frame import read_exposure
+
+    cur = read_exposure(good.exposure).frame
+    moved = cur.assign(pred_click=cur["pred_click"] * 3, pred_like=cur["pred_like"] * 3)
+    res = run_monitor(good.reference, moved, None, cfg, baseline=good.baseline, outcomes=good.outcomes)
+    assert res.prediction_drift.status == "fail" and res.status == "pass"
+    assert res.summary()["alarms"] == [] and res.summary()["tests"]["prediction_drift"] == "fail"
+    strict = parse_config({"quality": {"k": 10}, "alarm_checks": ["prediction_drift", "target_drift"]})
+    res = run_monitor(good.reference, moved, None, strict, baseline=good.baseline, outcomes=good.outcomes)
+    assert res.status == "fail" and res.summary()["alarms"] == ["prediction_drift"]
+    with pytest.raises(UserError, match="alarm_checks"):
+        parse_config({"alarm_checks": ["drift"]})
