@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -228,147 +228,214 @@ def _weighted_choice(rng: np.random.Generator, weights: np.ndarray, size: int) -
     return np.searchsorted(cum, rng.random(size) * cum[-1], side="right").clip(0, len(weights) - 1)
 
 
-def build_world(cfg: SynthConfig) -> World:
-    """Draws users, authors, the follow graph and posts."""
-    ss = np.random.SeedSequence(cfg.seed)
-    r_users, r_follow, r_posts, r_drift = (np.random.default_rng(s) for s in ss.spawn(4))
-    k = cfg.n_topics
-    n_base = cfg.n_users
-    onset = cfg.drift_day * DAY_S
+@dataclass
+class _Population:
+    """Per-user arrays, drawn before the follow graph and the posts that depend on them."""
 
-    # Base population.
-    country = r_users.choice(len(COUNTRIES), size=n_base, p=COUNTRY_P)
-    age = r_users.choice(len(AGE_BUCKETS), size=n_base, p=AGE_P)
-    act = r_users.lognormal(0.0, 0.75, size=n_base)
-    created = -r_users.integers(30 * DAY_S, 1500 * DAY_S, size=n_base)
-    pref = _dirichlet(r_users, 0.3, n_base, k)
-    n_auth = max(2, int(round(cfg.author_frac * n_base)))
-    author_idx = r_users.choice(n_base, size=n_auth, replace=False, p=act / act.sum())
-    is_author = np.zeros(n_base, dtype=bool)
+    country: np.ndarray  # (U,) index into COUNTRIES
+    age: np.ndarray  # (U,) index into AGE_BUCKETS
+    act: np.ndarray  # (U,) float64 activity
+    created: np.ndarray  # (U,) int64 seconds relative to EPOCH
+    pref: np.ndarray  # (U, K) float32 topic preference as a viewer
+    is_author: np.ndarray  # (U,) bool
+    quality: np.ndarray  # (U,) float32
+    pop: np.ndarray  # (U,) float64, 0 for non-authors
+    author_pref: np.ndarray  # (U, K) float32 topic preference as an author
+    is_spam: np.ndarray  # (U,) bool
+
+    def with_cohort(self, cohort: _Population) -> _Population:
+        """This population with `cohort` appended after it."""
+        return _Population(
+            **{f.name: np.concatenate([getattr(self, f.name), getattr(cohort, f.name)]) for f in fields(self)}
+        )
+
+
+def _base_population(cfg: SynthConfig, rng: np.random.Generator) -> _Population:
+    n, k = cfg.n_users, cfg.n_topics
+    country = rng.choice(len(COUNTRIES), size=n, p=COUNTRY_P)
+    age = rng.choice(len(AGE_BUCKETS), size=n, p=AGE_P)
+    act = rng.lognormal(0.0, 0.75, size=n)
+    created = -rng.integers(30 * DAY_S, 1500 * DAY_S, size=n)
+    pref = _dirichlet(rng, 0.3, n, k)
+    n_auth = max(2, int(round(cfg.author_frac * n)))
+    author_idx = rng.choice(n, size=n_auth, replace=False, p=act / act.sum())
+    is_author = np.zeros(n, dtype=bool)
     is_author[author_idx] = True
-    quality = r_users.normal(0.0, 1.0, size=n_base).astype(np.float32)
-    pop = np.where(is_author, r_users.pareto(1.2, size=n_base) + 1.0, 0.0)
-    author_pref = _dirichlet(r_users, 0.2, n_base, k)
-    is_spam = np.zeros(n_base, dtype=bool)
+    quality = rng.normal(0.0, 1.0, size=n).astype(np.float32)
+    pop = np.where(is_author, rng.pareto(1.2, size=n) + 1.0, 0.0)
+    author_pref = _dirichlet(rng, 0.2, n, k)
+    return _Population(country, age, act, created, pref, is_author, quality, pop, author_pref, np.zeros(n, dtype=bool))
 
-    # Drift cohorts are appended after the base population, so the base is identical across scenarios.
-    if cfg.drift == "new_users":
-        n_new = int(round(cfg.new_user_frac * n_base))
-        country = np.concatenate([country, r_drift.choice([2, 8], size=n_new)])  # BR, ID
-        age = np.concatenate([age, r_drift.choice(len(AGE_BUCKETS), size=n_new, p=AGE_P)])
-        act = np.concatenate([act, r_drift.lognormal(0.0, 0.75, size=n_new)])
-        end = cfg.days * DAY_S
-        created = np.concatenate([created, r_drift.integers(onset, max(onset + 1, end - 3600), size=n_new)])
-        focus = np.zeros((n_new, k), dtype=np.float32)
-        focus[:, [3, 7]] = 0.5
-        pref = np.concatenate([pref, 0.6 * _dirichlet(r_drift, 0.3, n_new, k) + 0.4 * focus])
-        is_author = np.concatenate([is_author, np.zeros(n_new, dtype=bool)])
-        quality = np.concatenate([quality, np.zeros(n_new, dtype=np.float32)])
-        pop = np.concatenate([pop, np.zeros(n_new)])
-        author_pref = np.concatenate([author_pref, _dirichlet(r_drift, 0.2, n_new, k)])
-        is_spam = np.concatenate([is_spam, np.zeros(n_new, dtype=bool)])
-    elif cfg.drift == "author_spam":
-        n_spam = max(5, int(round(cfg.spam_author_frac * n_base)))
-        country = np.concatenate([country, r_drift.choice(len(COUNTRIES), size=n_spam, p=COUNTRY_P)])
-        age = np.concatenate([age, np.full(n_spam, 1)])
-        act = np.concatenate([act, np.full(n_spam, 0.1)])  # spam accounts post, they barely browse
-        created = np.concatenate([created, np.full(n_spam, onset - 3600)])
-        pref = np.concatenate([pref, _dirichlet(r_drift, 0.3, n_spam, k)])
-        is_author = np.concatenate([is_author, np.ones(n_spam, dtype=bool)])
-        quality = np.concatenate([quality, np.full(n_spam, -3.0, dtype=np.float32)])
-        # They game the popularity source: their weight matches the 99th percentile of real authors, x3.
-        pop = np.concatenate([pop, np.full(n_spam, 3.0 * np.quantile(pop[:n_base][is_author[:n_base]], 0.99))])
-        author_pref = np.concatenate([author_pref, _dirichlet(r_drift, 0.2, n_spam, k)])
-        is_spam = np.concatenate([is_spam, np.ones(n_spam, dtype=bool)])
-    n_users = len(act)
 
-    # Follow graph: popularity-driven and topic-driven choices, then reciprocal follows.
-    authors = np.flatnonzero(is_author & ~is_spam)
-    author_topic = author_pref[authors].argmax(axis=1)
-    n_follow = r_follow.poisson(cfg.follows_per_user * np.clip(act, 0.2, 4.0))
+def _new_user_cohort(cfg: SynthConfig, rng: np.random.Generator) -> _Population:
+    """pt/id speakers from BR and ID who join after the onset, leaning to topics 3 and 7; none of them posts."""
+    n, k = int(round(cfg.new_user_frac * cfg.n_users)), cfg.n_topics
+    onset, end = cfg.drift_day * DAY_S, cfg.days * DAY_S
+    country = rng.choice([COUNTRIES.index("BR"), COUNTRIES.index("ID")], size=n)
+    age = rng.choice(len(AGE_BUCKETS), size=n, p=AGE_P)
+    act = rng.lognormal(0.0, 0.75, size=n)
+    created = rng.integers(onset, max(onset + 1, end - 3600), size=n)
+    focus = np.zeros((n, k), dtype=np.float32)
+    focus[:, [3, 7]] = 0.5
+    pref = 0.6 * _dirichlet(rng, 0.3, n, k) + 0.4 * focus
+    author_pref = _dirichlet(rng, 0.2, n, k)
+    none = np.zeros(n, dtype=bool)
+    return _Population(
+        country, age, act, created, pref, none, np.zeros(n, dtype=np.float32), np.zeros(n), author_pref, none
+    )
+
+
+def _spam_cohort(cfg: SynthConfig, base: _Population, rng: np.random.Generator) -> _Population:
+    """Low-quality accounts created just before the onset that post heavily and barely browse."""
+    n, k = max(5, int(round(cfg.spam_author_frac * cfg.n_users))), cfg.n_topics
+    country = rng.choice(len(COUNTRIES), size=n, p=COUNTRY_P)
+    pref = _dirichlet(rng, 0.3, n, k)
+    author_pref = _dirichlet(rng, 0.2, n, k)
+    # They game the popularity source: their weight matches the 99th percentile of real authors, x3.
+    pop = np.full(n, 3.0 * np.quantile(base.pop[base.is_author], 0.99))
+    every = np.ones(n, dtype=bool)
+    return _Population(
+        country=country,
+        age=np.full(n, 1),
+        act=np.full(n, 0.1),
+        created=np.full(n, cfg.drift_day * DAY_S - 3600),
+        pref=pref,
+        is_author=every,
+        quality=np.full(n, -3.0, dtype=np.float32),
+        pop=pop,
+        author_pref=author_pref,
+        is_spam=every,
+    )
+
+
+@dataclass
+class _Follows:
+    keys: np.ndarray  # (F,) sorted src << 32 | dst
+    src: np.ndarray  # (F,) follower index, sorted
+    dst: np.ndarray  # (F,) followee index
+    offsets: np.ndarray  # (U + 1,) CSR offsets into dst
+    created: np.ndarray  # (F,) int64 seconds relative to EPOCH
+
+
+def _follow_graph(cfg: SynthConfig, people: _Population, rng: np.random.Generator) -> _Follows:
+    """Popularity-driven and topic-driven follows, then reciprocal follows back."""
+    n_users, n_base = len(people.act), cfg.n_users
+    authors = np.flatnonzero(people.is_author & ~people.is_spam)
+    n_follow = rng.poisson(cfg.follows_per_user * np.clip(people.act, 0.2, 4.0))
     if cfg.drift == "new_users":
-        n_follow[n_base:] = r_follow.integers(0, 4, size=n_users - n_base)  # cold-start cohort
+        n_follow[n_base:] = rng.integers(0, 4, size=n_users - n_base)  # cold-start cohort
     if cfg.drift == "author_spam":
         n_follow[n_base:] = 0
     src = np.repeat(np.arange(n_users), n_follow)
-    by_pop = r_follow.random(len(src)) < 0.6
+    by_pop = rng.random(len(src)) < 0.6
     dst = np.empty(len(src), dtype=np.int64)
-    dst[by_pop] = authors[_weighted_choice(r_follow, pop[authors], int(by_pop.sum()))]
-    topic_rows = src[~by_pop]
-    want_topic = _categorical_rows(r_follow, pref[topic_rows])
+    dst[by_pop] = authors[_weighted_choice(rng, people.pop[authors], int(by_pop.sum()))]
+    dst[~by_pop] = _authors_of_wanted_topics(rng, people, authors, src[~by_pop])
+    back = rng.random(len(src)) < cfg.reciprocity
+    src, dst = np.concatenate([src, dst[back]]), np.concatenate([dst, src[back]])
+    keep = src != dst
+    keys = np.unique((src[keep] << 32) | dst[keep])
+    follow_src, follow_dst = keys >> 32, keys & 0xFFFFFFFF
+    created = people.created
+    follow_created = np.maximum(created[follow_src], created[follow_dst]) + rng.integers(0, 20 * DAY_S, size=len(keys))
+    follow_created = np.minimum(follow_created, -1)  # the graph exists before the first impression day
+    # Cohorts created after the epoch follow at their own creation time.
+    late = created[follow_src] >= 0
+    follow_created[late] = created[follow_src][late]
+    offsets = np.searchsorted(follow_src, np.arange(n_users + 1))
+    return _Follows(keys, follow_src, follow_dst, offsets, follow_created)
+
+
+def _authors_of_wanted_topics(
+    rng: np.random.Generator, people: _Population, authors: np.ndarray, followers: np.ndarray
+) -> np.ndarray:
+    """One author per follower, uniform among the authors whose main topic is a topic drawn from the follower's
+    preference; by popularity when no author has that topic."""
+    author_topic = people.author_pref[authors].argmax(axis=1)
+    want_topic = _categorical_rows(rng, people.pref[followers])
     order = np.argsort(author_topic, kind="stable")
     topic_sorted = author_topic[order]
     lo = np.searchsorted(topic_sorted, want_topic, side="left")
     hi = np.searchsorted(topic_sorted, want_topic, side="right")
     has = hi > lo
-    pick = lo + np.floor(r_follow.random(len(want_topic)) * np.maximum(hi - lo, 1)).astype(np.int64)
-    fallback = authors[_weighted_choice(r_follow, pop[authors], len(want_topic))]
-    dst[~by_pop] = np.where(has, authors[order[np.minimum(pick, len(order) - 1)]], fallback)
-    back = r_follow.random(len(src)) < cfg.reciprocity
-    src, dst = np.concatenate([src, dst[back]]), np.concatenate([dst, src[back]])
-    keep = src != dst
-    keys = np.unique((src[keep] << 32) | dst[keep])
-    follow_src, follow_dst = keys >> 32, keys & 0xFFFFFFFF
-    follow_offsets = np.searchsorted(follow_src, np.arange(n_users + 1))
-    follow_created = np.maximum(created[follow_src], created[follow_dst]) + r_follow.integers(
-        0, 20 * DAY_S, size=len(keys)
-    )
-    follow_created = np.minimum(follow_created, -1)  # the graph exists before the first impression day
-    # Cohorts created after the epoch follow at their own creation time.
-    late = created[follow_src] >= 0
-    follow_created[late] = created[follow_src][late]
+    pick = lo + np.floor(rng.random(len(want_topic)) * np.maximum(hi - lo, 1)).astype(np.int64)
+    fallback = authors[_weighted_choice(rng, people.pop[authors], len(want_topic))]
+    return np.where(has, authors[order[np.minimum(pick, len(order) - 1)]], fallback)
 
-    # Posts: regular authors over [-2 days, end); spam accounts over [onset, end) in the spam scenario.
-    end = cfg.days * DAY_S
-    real_authors = np.flatnonzero(is_author & ~is_spam)
-    counts = r_posts.multinomial(cfg.n_posts, act[real_authors] / act[real_authors].sum())
-    post_author = np.repeat(real_authors, counts)
-    post_created = r_posts.integers(-2 * DAY_S, end, size=len(post_author))
+
+@dataclass
+class _Posts:
+    author: np.ndarray  # (P,) int64, sorted by creation time
+    created: np.ndarray  # (P,) int64
+    topic: np.ndarray  # (P,) int32
+    topic2: np.ndarray  # (P,) int32, -1 if none
+    weight: np.ndarray  # (P,) float32
+    media: np.ndarray  # (P,) int8
+
+
+def _posts(cfg: SynthConfig, people: _Population, rng: np.random.Generator) -> _Posts:
+    """Regular authors post over [-2 days, end), in proportion to activity; spam accounts over [onset, end)."""
+    onset, end, k = cfg.drift_day * DAY_S, cfg.days * DAY_S, cfg.n_topics
+    real_authors = np.flatnonzero(people.is_author & ~people.is_spam)
+    counts = rng.multinomial(cfg.n_posts, people.act[real_authors] / people.act[real_authors].sum())
+    author = np.repeat(real_authors, counts)
+    created = rng.integers(-2 * DAY_S, end, size=len(author))
     if cfg.drift == "author_spam":
-        spam = np.flatnonzero(is_spam)
+        spam = np.flatnonzero(people.is_spam)
         n_spam_posts = int(round(cfg.spam_post_frac * cfg.n_posts * (cfg.days - cfg.drift_day) / cfg.days))
-        spam_author = spam[r_posts.integers(0, len(spam), size=max(n_spam_posts, 1))]
-        post_author = np.concatenate([post_author, spam_author])
-        post_created = np.concatenate([post_created, r_posts.integers(onset, end, size=len(spam_author))])
-    topic = _categorical_rows(r_posts, author_pref[post_author])
-    topic2 = _categorical_rows(r_posts, author_pref[post_author])
-    two = (r_posts.random(len(topic)) < 0.5) & (topic2 != topic)
-    weight = np.where(two, r_posts.uniform(0.55, 0.95, size=len(topic)), 1.0).astype(np.float32)
+        spam_author = spam[rng.integers(0, len(spam), size=max(n_spam_posts, 1))]
+        author = np.concatenate([author, spam_author])
+        created = np.concatenate([created, rng.integers(onset, end, size=len(spam_author))])
+    topic = _categorical_rows(rng, people.author_pref[author])
+    topic2 = _categorical_rows(rng, people.author_pref[author])
+    two = (rng.random(len(topic)) < 0.5) & (topic2 != topic)
+    weight = np.where(two, rng.uniform(0.55, 0.95, size=len(topic)), 1.0).astype(np.float32)
     topic2 = np.where(two, topic2, -1).astype(np.int32)
     if cfg.drift == "topic_shift":
-        shifted = (post_created >= onset) & (r_posts.random(len(topic)) < 0.5)
+        shifted = (created >= onset) & (rng.random(len(topic)) < 0.5)
         topic = np.where(shifted, k - 1, topic).astype(np.int32)
         topic2 = np.where(shifted & (topic2 == k - 1), -1, topic2).astype(np.int32)
-    media = r_posts.choice(len(MEDIA_TYPES), size=len(topic), p=(0.5, 0.3, 0.2)).astype(np.int8)
-    by_time = np.lexsort((post_author, post_created))  # ids increase with creation time
-    post_author, post_created = post_author[by_time], post_created[by_time]
-    topic, topic2, weight, media = topic[by_time], topic2[by_time], weight[by_time], media[by_time]
-    by_author = np.lexsort((post_created, post_author))
-    by_author_keys = (post_author[by_author] << 32) | (post_created[by_author] + TIME_OFFSET)
+    media = rng.choice(len(MEDIA_TYPES), size=len(topic), p=(0.5, 0.3, 0.2)).astype(np.int8)
+    by_time = np.lexsort((author, created))  # ids increase with creation time
+    return _Posts(author[by_time], created[by_time], topic[by_time], topic2[by_time], weight[by_time], media[by_time])
 
+
+def build_world(cfg: SynthConfig) -> World:
+    """Draws users, authors, the follow graph and posts."""
+    ss = np.random.SeedSequence(cfg.seed)
+    r_users, r_follow, r_posts, r_drift = (np.random.default_rng(s) for s in ss.spawn(4))
+    # Drift cohorts are appended after the base population, so the base is identical across scenarios.
+    people = _base_population(cfg, r_users)
+    if cfg.drift == "new_users":
+        people = people.with_cohort(_new_user_cohort(cfg, r_drift))
+    elif cfg.drift == "author_spam":
+        people = people.with_cohort(_spam_cohort(cfg, people, r_drift))
+    follows = _follow_graph(cfg, people, r_follow)
+    posts = _posts(cfg, people, r_posts)
+    by_author = np.lexsort((posts.created, posts.author))
     world = World(
         cfg=cfg,
-        user_created_s=created.astype(np.int64),
-        user_act=act,
-        user_pref=pref,
-        is_author=is_author,
-        quality=quality,
-        pop=pop,
-        is_spam=is_spam,
-        follow_src=follow_src,
-        follow_dst=follow_dst,
-        follow_offsets=follow_offsets,
-        follow_keys=keys,
-        post_author=post_author,
-        post_created_s=post_created.astype(np.int64),
-        post_topic=topic.astype(np.int32),
-        post_topic2=topic2,
-        post_weight=weight,
-        post_media=media,
+        user_created_s=people.created.astype(np.int64),
+        user_act=people.act,
+        user_pref=people.pref,
+        is_author=people.is_author,
+        quality=people.quality,
+        pop=people.pop,
+        is_spam=people.is_spam,
+        follow_src=follows.src,
+        follow_dst=follows.dst,
+        follow_offsets=follows.offsets,
+        follow_keys=follows.keys,
+        post_author=posts.author,
+        post_created_s=posts.created.astype(np.int64),
+        post_topic=posts.topic.astype(np.int32),
+        post_topic2=posts.topic2,
+        post_weight=posts.weight,
+        post_media=posts.media,
         by_author=by_author,
-        by_author_keys=by_author_keys,
+        by_author_keys=(posts.author[by_author] << 32) | (posts.created[by_author] + TIME_OFFSET),
     )
-    world.user_tables = {"country": country, "age": age, "follow_created": follow_created}
+    world.user_tables = {"country": people.country, "age": people.age, "follow_created": follows.created}
     return world
 
 
@@ -514,10 +581,9 @@ def action_probabilities(
     return probs, given_click
 
 
-def impressions_chunk(world: World, day: int, lo: int, hi: int, first_id: int, first_request: int) -> pa.Table:
-    """Impressions of users [lo, hi) on `day`, with outcomes and their true probabilities."""
-    cfg, tm = world.cfg, world.cfg.truth
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1, day, lo]))
+def _requests(world: World, rng: np.random.Generator, day: int, lo: int, hi: int) -> tuple[np.ndarray, ...]:
+    """The requests users [lo, hi) open on `day` at Poisson rates ∝ activity: (user, time, surface), by time."""
+    cfg = world.cfg
     day_start = day * DAY_S
     users = np.arange(lo, hi)
     alive = world.user_created_s[users] < day_start + DAY_S
@@ -528,21 +594,15 @@ def impressions_chunk(world: World, day: int, lo: int, hi: int, first_id: int, f
     req_t = day_start + np.floor(rng.random(n_r) * DAY_S).astype(np.int64)
     req_t = np.maximum(req_t, world.user_created_s[req_user])
     order = np.lexsort((req_user, req_t))
-    req_user, req_t = req_user[order], req_t[order]
     req_surface = rng.choice(3, size=n_r, p=SURFACE_P).astype(np.int8)
+    return req_user[order], req_t[order], req_surface
 
-    s = cfg.slate_size
-    n = n_r * s
-    user = np.repeat(req_user, s)
-    position = np.tile(np.arange(s, dtype=np.int32), n_r)
-    t = np.repeat(req_t, s) + position.astype(np.int64)  # one second per slot down the slate
-    # ...within the day: a slate started at 23:59:58 does not spill into a day the world does not have (it made
-    # the feature build add a snapshot after the last day, one day ahead of the world's end).
-    t = np.minimum(t, day_start + DAY_S - 1)
-    surface = np.repeat(req_surface, s)
-    request_id = np.repeat(np.arange(first_request, first_request + n_r, dtype=np.int64), s)
 
-    # Logging policy: choose a source per slot, then fill it.
+def _logged_posts(
+    world: World, rng: np.random.Generator, day_start: int, user: np.ndarray, t: np.ndarray, surface: np.ndarray
+) -> np.ndarray:
+    """The logging policy: a source per slot from the surface's mix, then a post from that source."""
+    n = len(user)
     mix = np.asarray(SOURCE_MIX)[surface]
     u = rng.random(n)
     source = (u >= mix[:, 0]).astype(np.int8) + (u >= mix[:, 0] + mix[:, 1]).astype(np.int8)
@@ -557,13 +617,15 @@ def impressions_chunk(world: World, day: int, lo: int, hi: int, first_id: int, f
     post[need_pop] = pool[_weighted_choice(rng, weights, int(need_pop.sum()))]
     explore = source == 2
     post[explore] = pool[rng.integers(0, len(pool), size=int(explore.sum()))]
+    return post
 
-    author = world.post_author[post]
-    in_network = np.isin((user << 32) | author, world.follow_keys, assume_unique=False)
 
-    # Ground-truth probabilities, then the draws (click first, then each conditional, then each negative action).
-    rel = relevance(world, user, post, t, in_network)
-    probs, given_click = action_probabilities(world, rel, post, t, position, in_network)
+def _draw_outcomes(
+    world: World, rng: np.random.Generator, rel: np.ndarray, post: np.ndarray, probs: dict[str, np.ndarray],
+    given_click: dict[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], np.ndarray]:  # fmt: skip
+    """Draws every action (click first, then each conditional, then each negative action) and the dwell time."""
+    tm, n = world.cfg.truth, len(post)
     click = rng.random(n) < probs["click"]
     cols: dict[str, np.ndarray] = {"click": click}
     for name, _, _, leak in tm.conditional:
@@ -573,11 +635,33 @@ def impressions_chunk(world: World, day: int, lo: int, hi: int, first_id: int, f
     is_video = world.post_media[post] == MEDIA_TYPES.index("video")
     long_dwell = np.exp(2.0 + 0.4 * rel + 0.5 * is_video + rng.normal(0.0, 0.6, n))
     glance = rng.uniform(0.5, 3.0, n)
-    dwell_time = np.where(cols["dwell"], long_dwell, np.where(click, glance, 0.0))
+    return cols, np.where(cols["dwell"], long_dwell, np.where(click, glance, 0.0))
+
+
+def impressions_chunk(world: World, day: int, lo: int, hi: int, first_id: int, first_request: int) -> pa.Table:
+    """Impressions of users [lo, hi) on `day`, with outcomes and their true probabilities."""
+    cfg = world.cfg
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1, day, lo]))
+    day_start = day * DAY_S
+    req_user, req_t, req_surface = _requests(world, rng, day, lo, hi)
+    n_r, s = len(req_user), cfg.slate_size
+    user = np.repeat(req_user, s)
+    position = np.tile(np.arange(s, dtype=np.int32), n_r)
+    t = np.repeat(req_t, s) + position.astype(np.int64)  # one second per slot down the slate
+    # Clamped within the day: a slate started at 23:59:58 must not spill into a day the world does not have (the
+    # feature build would add a snapshot one day past the world's end).
+    t = np.minimum(t, day_start + DAY_S - 1)
+    surface = np.repeat(req_surface, s)
+    post = _logged_posts(world, rng, day_start, user, t, surface)
+    author = world.post_author[post]
+    in_network = np.isin((user << 32) | author, world.follow_keys, assume_unique=False)
+    rel = relevance(world, user, post, t, in_network)
+    probs, given_click = action_probabilities(world, rel, post, t, position, in_network)
+    cols, dwell_time = _draw_outcomes(world, rng, rel, post, probs, given_click)
 
     data: dict[str, Any] = {
-        "impression_id": np.arange(first_id, first_id + n, dtype=np.int64),
-        "request_id": request_id,
+        "impression_id": np.arange(first_id, first_id + len(user), dtype=np.int64),
+        "request_id": np.repeat(np.arange(first_request, first_request + n_r, dtype=np.int64), s),
         "user_id": user + 1,
         "post_id": post + 1,
         "author_id": author + 1,
