@@ -246,18 +246,101 @@ class LoopResult:
     step_losses: list[float] = field(default_factory=list)  # every step run by this call (this rank's), in order
 
 
+@dataclass(frozen=True)
+class ModelFiles:
+    """How the loop writes a model's files and recognises them when it resumes."""
+
+    config: SavedConfig  # written to out/config.json before the first epoch
+    save_best: Callable[[Path], None]  # writes the model to a directory (`out/best`)
+    load_best: Callable[[Path], dict[str, torch.Tensor]]  # reads a state_dict back from such a directory
+    same_config: Callable[[str], bool]  # whether a saved config.json text describes the same model as `config`
+
+
+@dataclass
+class _Progress:
+    """Where the loop stands: what checkpoint.pt keeps besides the weights and the optimizer state."""
+
+    start_epoch: int = 1
+    best_epoch: int = 0
+    best_metric: float = -math.inf
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # the best epoch's weights
+
+    def record(self, epoch: int, entry: dict[str, Any], select: str, model: nn.Module) -> bool:
+        """Adds the epoch's history entry; True when it is the best so far (its weights are then kept)."""
+        self.history.append(entry)
+        metric = entry.get(select, math.nan)
+        if metric > self.best_metric or not self.best_state:  # NaN (nothing to rank by) keeps the first epoch as best
+            self.best_epoch, self.best_metric, self.bad_epochs = epoch, metric if metric == metric else -math.inf, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def checkpoint(
+        self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, settings: str
+    ) -> dict[str, Any]:
+        """checkpoint.pt's content after `epoch` (what `_resume` reads back)."""
+        body = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        body |= {"best_epoch": self.best_epoch, "best_metric": self.best_metric, "bad_epochs": self.bad_epochs}
+        return body | {"history": self.history, "train_config": settings}
+
+
+def _resume(
+    ckpt_path: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, files: ModelFiles, device: torch.device
+) -> _Progress:
+    """Loads the weights and the optimizer state of `ckpt_path` and returns the progress it recorded."""
+    if ckpt_path is None or not ckpt_path.is_file():
+        raise UserError(f"--resume: no checkpoint at {ckpt_path}")
+    if not files.same_config((ckpt_path.parent / "config.json").read_text()):
+        raise UserError(f"--resume: {ckpt_path.parent / 'config.json'} differs from the requested model config")
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    return _Progress(
+        start_epoch=ckpt["epoch"] + 1,
+        best_epoch=ckpt["best_epoch"],
+        best_metric=ckpt["best_metric"],
+        bad_epochs=ckpt["bad_epochs"],
+        history=ckpt["history"],
+        best_state=files.load_best(ckpt_path.parent / "best"),
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    task: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Any],
+    generator: torch.Generator,
+    grad_clip: float,
+    device: torch.device,
+) -> list[float]:
+    """One pass over `batches`; returns each step's loss."""
+    model.train()
+    losses = []
+    for batch in batches:
+        with autocast(device):
+            loss = task(batch.to(device), generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
 def run_epochs(
     ctx: DistContext,
     model: nn.Module,
     task: nn.Module,
     optimizer: torch.optim.Optimizer,
     loop: Loop,
-    config: SavedConfig,
+    files: ModelFiles,
     batches: Callable[[torch.Generator], Iterable[Any]],
     evaluate: Callable[[], dict[str, float]],
-    save_best: Callable[[Path], None],
-    load_best: Callable[[Path], dict[str, torch.Tensor]],
-    same_config: Callable[[str], bool],
     out: Path | None = None,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
@@ -269,76 +352,44 @@ def run_epochs(
         task: module whose forward(batch, generator) returns the () loss of a batch moved to the model's device.
         batches: the batches of one epoch, given that epoch's seeded CPU generator (the same on every rank).
         evaluate: validation metrics of the current weights (run on rank 0 only).
-        save_best: writes the model to a directory (`out/best`).
-        load_best: reads a state_dict back from such a directory (resume).
-        same_config: whether a saved config.json text describes the same model as `config` (resume).
         out: where config.json, checkpoint.pt and best/ go; None keeps everything in memory.
         resume: continue from `out/checkpoint.pt` at the epoch after the saved one; shuffling is seeded by epoch,
             so a resumed run replays exactly what an unbroken one does.
     """
     device = next(model.parameters()).device
-    start_epoch, best_epoch, best_metric, bad_epochs = 1, 0, -math.inf, 0
-    history: list[dict[str, Any]] = []
-    best_state: dict[str, torch.Tensor] = {}
     ckpt_path = out / "checkpoint.pt" if out is not None else None
     if resume:
-        if ckpt_path is None or not ckpt_path.is_file():
-            raise UserError(f"--resume: no checkpoint at {ckpt_path}")
-        if not same_config((ckpt_path.parent / "config.json").read_text()):
-            raise UserError(f"--resume: {ckpt_path.parent / 'config.json'} differs from the requested model config")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, best_epoch, best_metric = ckpt["epoch"] + 1, ckpt["best_epoch"], ckpt["best_metric"]
-        bad_epochs, history = ckpt["bad_epochs"], ckpt["history"]
-        best_state = load_best(ckpt_path.parent / "best")
+        progress = _resume(ckpt_path, model, optimizer, files, device)
         if log is not None and ctx.is_main:
-            log(f"resumed from {ckpt_path} after epoch {ckpt['epoch']} (best epoch {best_epoch})")
-    elif out is not None and ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(config.to_json())
+            log(f"resumed from {ckpt_path} after epoch {progress.start_epoch - 1} (best epoch {progress.best_epoch})")
+    else:
+        progress = _Progress()
+        if out is not None and ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(files.config.to_json())
     if ctx.distributed:  # after resuming: every rank starts from the same weights and optimizer state
         task = DistributedDataParallel(task, device_ids=[ctx.local_rank] if device.type == "cuda" else None)
 
     step_losses: list[float] = []
-    for epoch in range(start_epoch, loop.epochs + 1):
-        if bad_epochs >= loop.patience:
+    for epoch in range(progress.start_epoch, loop.epochs + 1):
+        if progress.bad_epochs >= loop.patience:
             break
         generator = torch.Generator().manual_seed(loop.seed * 1_000_003 + epoch)
-        model.train()
-        t0, losses = time.perf_counter(), []
-        for batch in batches(generator):
-            with autocast(device):
-                loss = task(batch.to(device), generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
+        t0 = time.perf_counter()
+        losses = _train_epoch(model, task, optimizer, batches(generator), generator, loop.grad_clip, device)
         step_losses += losses
-        model.eval()
         entry = _epoch_entry(ctx, epoch, losses, t0, evaluate)
-        history.append(entry)
-        metric = entry.get(loop.select, math.nan)
-        if metric > best_metric or not best_state:  # NaN (nothing to rank by) keeps the first epoch as best
-            best_epoch, best_metric, bad_epochs = epoch, metric if metric == metric else -math.inf, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if out is not None and ctx.is_main:
-                save_best(out / "best")
-        else:
-            bad_epochs += 1
+        if progress.record(epoch, entry, loop.select, model) and out is not None and ctx.is_main:
+            files.save_best(out / "best")
         if log is not None and ctx.is_main:
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
         if ckpt_path is not None and ctx.is_main:
-            body = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
-            body |= {"best_epoch": best_epoch, "best_metric": best_metric, "bad_epochs": bad_epochs}
-            body |= {"history": history, "train_config": loop.settings}
-            write_checkpoint(ckpt_path, body)
+            write_checkpoint(ckpt_path, progress.checkpoint(epoch, model, optimizer, loop.settings))
 
-    if not best_state:
-        raise UserError(f"train: no epoch ran (epochs={loop.epochs}, resumed at {start_epoch})")
-    model.load_state_dict(best_state)
-    return LoopResult(best_epoch, history, step_losses)
+    if not progress.best_state:
+        raise UserError(f"train: no epoch ran (epochs={loop.epochs}, resumed at {progress.start_epoch})")
+    model.load_state_dict(progress.best_state)
+    return LoopResult(progress.best_epoch, progress.history, step_losses)
 
 
 def settings_json(settings: Any) -> str:
