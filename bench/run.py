@@ -23,6 +23,7 @@ GROUPS = [
     "bench.drift_detection",
     "bench.ab",
     "bench.off_policy",
+    "bench.simulate",
     "bench.pipeline",
 ]
 
