@@ -206,7 +206,8 @@ def _epoch_line(log: Callable[[str], None], mode: str) -> Callable[[str], None]:
 
 def _informed_oracle(training_set: Path, test_df: pd.DataFrame) -> dict[str, np.ndarray] | None:
     """features.oracle.informed_probabilities on the test rows, when the training set names its synthetic source
-    dataset (meta.json "source", written since the informed oracle exists) and that dataset is still there."""
+    dataset (meta.json "source"; training sets built before the informed oracle lack it) and that dataset is still
+    there."""
     from features.oracle import informed_probabilities, load_world
 
     meta_file = Path(training_set) / "meta.json"
@@ -215,6 +216,105 @@ def _informed_oracle(training_set: Path, test_df: pd.DataFrame) -> dict[str, np.
     if meta.get("dataset") != "synthetic" or source is None or not (source / "manifest.json").is_file():
         return None
     return informed_probabilities(load_world(source), source, test_df)
+
+
+def _check_names(head_modes: Sequence[str], baselines: Sequence[str]) -> None:
+    unknown = set(head_modes) - set(HEAD_MODES)
+    if unknown:
+        raise UserError(f"--heads: unknown head modes {sorted(unknown)} (choose from {', '.join(HEAD_MODES)})")
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise UserError(f"--baselines: unknown baselines {sorted(unknown)} (choose from {', '.join(BASELINES)})")
+
+
+def _train_rankers(
+    cfg: RankerConfig,
+    head_modes: Sequence[str],
+    splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    observed: Sequence[str],
+    tc: RankerTrainConfig,
+    posts: pd.DataFrame | None,
+    log: Callable[[str], None],
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Trains the ranker in each head mode on (train, valid) and reports it on test. Returns {"ranker_<mode>":
+    {"seconds", "best_epoch", "report"}} and the binary actions the rankers predict."""
+    train_df, valid_df, test_df = splits
+    models: dict[str, dict[str, Any]] = {}
+    actions: list[str] = []
+    for mode in head_modes:
+        start = time.perf_counter()
+        result = train_ranker(
+            replace(cfg, head_mode=mode), train_df, valid_df, observed, tc, posts=posts, log=_epoch_line(log, mode)
+        )
+        seconds = time.perf_counter() - start
+        available = availability(observed, result.model.tasks)
+        ds = RankerDataset(test_df, result.model.cfg, result.model.tasks, available, posts)
+        report, _ = evaluate_ranker(result.model, ds, observed, tc.eval_batch_size)
+        actions = binary_tasks(result.model, observed)
+        models[f"ranker_{mode}"] = {"seconds": round(seconds, 2), "best_epoch": result.best_epoch}
+        models[f"ranker_{mode}"]["report"] = _compact(report)
+        log(f"ranker_{mode}: {seconds:.1f} s, test {summary(report)['auc_mean']:.4f} mean AUC")
+    return models, actions
+
+
+def _baseline_reports(
+    baselines: Sequence[str],
+    splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    actions: list[str],
+    seed: int,
+    log: Callable[[str], None],
+) -> dict[str, dict[str, Any]]:
+    """Fits each baseline on (train, valid) and reports it on test: {name: {"seconds", "report"}}."""
+    from models.ranker_baselines import run_baselines
+    from models.ranker_metrics import ranking_report
+
+    train_df, valid_df, test_df = splits
+    labels = test_df[actions].astype(np.float64)
+    out: dict[str, dict[str, Any]] = {}
+    for name, fitted in run_baselines(train_df, valid_df, test_df, actions, baselines, seed=seed).items():
+        report = ranking_report(labels, fitted["probs"], test_df["user_id"], test_df["request_id"], actions)
+        out[name] = {"seconds": round(fitted["seconds"], 2), "report": _compact(report)}
+        log(f"{name}: {fitted['seconds']:.1f} s, test {summary(report)['auc_mean']:.4f} mean AUC")
+    return out
+
+
+def _oracle_reports(training_set: Path, test_df: pd.DataFrame, actions: list[str]) -> dict[str, dict[str, Any]]:
+    """The true probabilities' report ("oracle") when the test rows carry them (synthetic data), and the informed
+    oracle's when the training set names its source dataset; {} on other data."""
+    from models.ranker_metrics import ranking_report
+
+    if not all(f"p_{a}" in test_df.columns for a in actions):
+        return {}
+    labels = test_df[actions].astype(np.float64)
+    probs = {a: test_df[f"p_{a}"].to_numpy() for a in actions}
+    report = ranking_report(labels, probs, test_df["user_id"], test_df["request_id"], actions)
+    out = {"oracle": {"seconds": 0.0, "report": _compact(report)}}
+    informed = _informed_oracle(training_set, test_df)
+    if informed is not None:
+        report = ranking_report(labels, informed, test_df["user_id"], test_df["request_id"], actions)
+        out["oracle_informed"] = {"seconds": 0.0, "report": _compact(report)}
+    return out
+
+
+def _auc_table(models: dict[str, dict[str, Any]], actions: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """{action: {model: {"auc", "gauc"}}} for the actions every model reports."""
+    return {
+        a: {n: {k: m["report"]["actions"][a][k] for k in ("auc", "gauc")} for n, m in models.items()}
+        for a in actions
+        if all(a in m["report"]["actions"] for m in models.values())
+    }
+
+
+def _wins(table: dict[str, dict[str, dict[str, float]]], baselines: Sequence[str]) -> dict[str, dict[str, bool]]:
+    """{action: {"auc", "gauc"}: whether the best ranker mode beats every baseline}."""
+    return {
+        a: {
+            k: max(row[n][k] for n in row if n.startswith("ranker_"))
+            > max((row[b][k] for b in baselines if b in row), default=-1.0)
+            for k in ("auc", "gauc")
+        }
+        for a, row in table.items()
+    }
 
 
 def evaluate_ranker_job(
@@ -242,12 +342,7 @@ def evaluate_ranker_job(
         features.oracle.informed_probabilities)}
     """
     log = log or (lambda line: None)
-    unknown = set(head_modes) - set(HEAD_MODES) or None
-    if unknown:
-        raise UserError(f"--heads: unknown head modes {sorted(unknown)} (choose from {', '.join(HEAD_MODES)})")
-    unknown = set(baselines) - set(BASELINES) or None
-    if unknown:
-        raise UserError(f"--baselines: unknown baselines {sorted(unknown)} (choose from {', '.join(BASELINES)})")
+    _check_names(head_modes, baselines)
     cfg = ranker_config(preset, model_overrides or {})
     tc = replace(train_config(train_overrides or {}), seed=seed)
     df, observed = read_ranker_set(training_set)
@@ -263,51 +358,10 @@ def evaluate_ranker_job(
         "test_end": str(test_df["event_timestamp"].max()),
     }
     log(f"split: {split}")
-    models: dict[str, dict[str, Any]] = {}
-    actions: list[str] = []
-    for mode in head_modes:
-        start = time.perf_counter()
-        result = train_ranker(
-            replace(cfg, head_mode=mode), train_df, valid_df, observed, tc, posts=posts, log=_epoch_line(log, mode)
-        )
-        seconds = time.perf_counter() - start
-        available = availability(observed, result.model.tasks)
-        ds = RankerDataset(test_df, result.model.cfg, result.model.tasks, available, posts)
-        report, _ = evaluate_ranker(result.model, ds, observed, tc.eval_batch_size)
-        actions = binary_tasks(result.model, observed)
-        models[f"ranker_{mode}"] = {"seconds": round(seconds, 2), "best_epoch": result.best_epoch}
-        models[f"ranker_{mode}"]["report"] = _compact(report)
-        log(f"ranker_{mode}: {seconds:.1f} s, test {summary(report)['auc_mean']:.4f} mean AUC")
-    from models.ranker_baselines import run_baselines
-    from models.ranker_metrics import ranking_report
-
-    labels = test_df[actions].astype(np.float64)
-    for name, fitted in run_baselines(train_df, valid_df, test_df, actions, baselines, seed=seed).items():
-        report = ranking_report(labels, fitted["probs"], test_df["user_id"], test_df["request_id"], actions)
-        models[name] = {"seconds": round(fitted["seconds"], 2), "report": _compact(report)}
-        log(f"{name}: {fitted['seconds']:.1f} s, test {summary(report)['auc_mean']:.4f} mean AUC")
-    oracle = all(f"p_{a}" in test_df.columns for a in actions)
-    if oracle:
-        probs = {a: test_df[f"p_{a}"].to_numpy() for a in actions}
-        report = ranking_report(labels, probs, test_df["user_id"], test_df["request_id"], actions)
-        models["oracle"] = {"seconds": 0.0, "report": _compact(report)}
-        informed = _informed_oracle(training_set, test_df)
-        if informed is not None:
-            report = ranking_report(labels, informed, test_df["user_id"], test_df["request_id"], actions)
-            models["oracle_informed"] = {"seconds": 0.0, "report": _compact(report)}
-    table = {
-        a: {n: {k: m["report"]["actions"][a][k] for k in ("auc", "gauc")} for n, m in models.items()}
-        for a in actions
-        if all(a in m["report"]["actions"] for m in models.values())
-    }
-    rankers = [n for n in models if n.startswith("ranker_")]
-    wins = {
-        a: {
-            k: max(row[n][k] for n in rankers) > max((row[b][k] for b in baselines if b in row), default=-1.0)
-            for k in ("auc", "gauc")
-        }
-        for a, row in table.items()
-    }
+    models, actions = _train_rankers(cfg, head_modes, (train_df, valid_df, test_df), observed, tc, posts, log)
+    models |= _baseline_reports(baselines, (train_df, valid_df, test_df), actions, seed, log)
+    models |= _oracle_reports(training_set, test_df, actions)
+    table = _auc_table(models, actions)
     report_out: dict[str, Any] = {
         "training_set": str(training_set),
         "preset": preset,
@@ -316,9 +370,9 @@ def evaluate_ranker_job(
         "train_config": asdict(tc),
         "models": models,
         "table": table,
-        "wins": wins,
+        "wins": _wins(table, baselines),
     }
-    if oracle:
+    if "oracle" in models:
         report_out["oracle_ratio"] = {
             n: {a: round(row[n]["auc"] / row["oracle"]["auc"], 4) for a, row in table.items()}
             for n in models
