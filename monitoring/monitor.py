@@ -380,6 +380,208 @@ def _insufficient(kind: str, reason: str) -> DriftResult:
     return DriftResult(status="insufficient_data", share_drifted=None, reasons=[reason], kind=kind)
 
 
+@dataclass
+class _RunLog:
+    """What a run leaves besides its verdicts: the report files written under `out` (none without it), in the order
+    they were written, and notes."""
+
+    out: Path | None
+    notes: list[str]
+    reports: list[Path] = field(default_factory=list)
+
+    def html(self, name: str) -> Path | None:
+        return None if self.out is None else self.out / name
+
+    def snapshot(self, snapshot: Any, name: str) -> None:
+        if self.out is not None:
+            self.reports += save_snapshot(snapshot, self.out, name)
+
+
+def _read_windows(
+    reference: Path | pd.DataFrame,
+    current: Path | pd.DataFrame,
+    baseline: Path | pd.DataFrame | None,
+    window_start: datetime | None,
+    window_end: datetime | None,
+    notes: list[str],
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, datetime | None, datetime | None]:
+    """(reference, the current window's served items, baseline, the window's bounds), each read unless a frame."""
+    ref = read_reference(Path(reference)) if not isinstance(reference, pd.DataFrame) else reference
+    if isinstance(current, pd.DataFrame):
+        cur_all = current
+    else:
+        cur_all, read_notes = read_current(Path(current))
+        notes += read_notes
+    base: pd.DataFrame | None = None
+    if isinstance(baseline, pd.DataFrame):
+        base = baseline
+    elif baseline is not None:
+        base, read_notes = read_current(Path(baseline), "baseline")
+        notes += read_notes
+    cur, start, end = _window(cur_all, window_start, window_end)
+    return ref, cur, base, start, end
+
+
+def _outcome_source(
+    outcomes: Path | pd.DataFrame | None, synthetic: Path | None
+) -> tuple[pd.DataFrame | None, str, Any]:
+    """(the given outcomes and where they came from, else the synthetic world to simulate them in, else neither)."""
+    if isinstance(outcomes, pd.DataFrame):
+        return outcomes, "outcomes given as a frame", None
+    if outcomes is not None:
+        return read_outcomes(Path(outcomes)), f"outcomes file {outcomes}", None
+    if synthetic is not None:
+        from features.oracle import load_world
+
+        return None, "", load_world(Path(synthetic))
+    return None, "", None
+
+
+def _skew_tables(features: Path | None, cur: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The offline feature rows of the current window's users and candidates, which skew recomputes against."""
+    if features is None or not len(cur) or "user_id" not in cur.columns:
+        return {}
+    from monitoring.skew import read_candidate_tables, read_user_tables
+
+    users = pd.to_numeric(cur["user_id"], errors="coerce").dropna().to_numpy(np.int64)
+    return read_user_tables(Path(features), users) | read_candidate_tables(Path(features), cur)
+
+
+def _check_data_drift(
+    ref: pd.DataFrame, cur: pd.DataFrame, base: pd.DataFrame | None, cfg: MonitorConfig, log: _RunLog
+) -> DriftResult:
+    """Who asks (user features, one row per request) against the training window's requests, judged on the
+    population features only (the behaviour counters are reported beside them); what was served (post/author
+    features) against the baseline, if both hold any."""
+    shared = default_features(ref, cur) if len(cur) else []
+    if not shared and len(cur):
+        log.notes.append("no numeric user_/post_/author_ feature is shared by the reference and the served items")
+    user_cols = [c for c in shared if is_user_feature(c)]
+    user_cols += [c for c in POPULATION_FEATURES if c not in user_cols and c in ref.columns and c in cur.columns]
+    population = [c for c in user_cols if c in POPULATION_FEATURES]
+    users_html, served_html = log.html("data_drift.html"), log.html("data_drift_served.html")
+    parts = [data_drift(per_request(ref), per_request(cur), user_cols, cfg, html=users_html, judged=population)]
+    served_cols = [c for c in cur.columns if _FEATURE.search(c) and not is_user_feature(c) and c not in _NOT_FEATURES]
+    served_cols = [c for c in served_cols if pd.api.types.is_numeric_dtype(cur[c])]
+    if base is not None and served_cols:
+        parts.append(data_drift(base, cur, served_cols, cfg, html=served_html))
+    dd = _combine("data_drift", parts, cfg.data_drift.drift_share)
+    if base is None and served_cols:
+        dd.reasons.append(f"{len(served_cols)} post/author features not compared: {NO_BASELINE}")
+    log.reports += [p for p in (users_html, served_html) if p is not None and p.exists()]
+    return dd
+
+
+def _check_prediction_drift(
+    cur: pd.DataFrame, base: pd.DataFrame | None, cfg: MonitorConfig
+) -> tuple[DriftResult, dict[str, float]]:
+    """Prediction drift against the baseline's predictions of the items it served, and the current mean per
+    action."""
+    pred_actions = [c.removeprefix("pred_") for c in cur.columns if c.startswith("pred_")]
+    if base is not None and pred_actions:
+        pdr = prediction_drift(base, cur, pred_actions, cfg)
+    else:
+        why = [NO_BASELINE] if base is None else []
+        why += [] if pred_actions else ["the served items carry no pred_<action> columns"]
+        pdr = DriftResult(status="insufficient_data", share_drifted=None, reasons=why, kind="prediction_drift")
+    return pdr, {a: float(cur[f"pred_{a}"].mean()) for a in pred_actions if cur[f"pred_{a}"].notna().any()}
+
+
+_NO_OUTCOMES = "no outcomes for the served items (give an outcomes file or --synthetic)"
+_NO_BASELINE_OUTCOMES = "no outcomes for the baseline's served items"
+
+
+def _check_target_drift(
+    current: OutcomeSet, base: pd.DataFrame | None, base_served: pd.DataFrame | None, cfg: MonitorConfig, log: _RunLog
+) -> DriftResult:
+    """Per-action outcome rates against the baseline's."""
+    if not current.actions:
+        return _insufficient("target_drift", _NO_OUTCOMES)
+    if base is None:
+        return _insufficient("target_drift", NO_BASELINE)
+    if base_served is None:
+        return _insufficient("target_drift", _NO_BASELINE_OUTCOMES)
+    from monitoring.target_drift import target_drift
+
+    label_actions = [a for a in current.actions if a in ACTION_NAMES]
+    td, snapshot = target_drift(base_served, current.frame, label_actions, cfg)
+    if snapshot is not None:
+        log.snapshot(snapshot, "target_drift")
+    return td
+
+
+def _check_quality(
+    current: OutcomeSet,
+    base: pd.DataFrame | None,
+    base_served: pd.DataFrame | None,
+    catalogue: tuple[pd.Series, int | None],
+    ref: pd.DataFrame,
+    cfg: MonitorConfig,
+    log: _RunLog,
+) -> QualityResult:
+    """The slates' quality against the baseline's; reported even without one. `catalogue`: (topic per post_id,
+    recommendable posts)."""
+    served = current.frame
+    if current.actions:
+        # Item popularity (novelty, popularity bias) is counted on the training labels for both windows: one scale.
+        topics, size = catalogue
+        quality = slate_quality(
+            served, base_served, cfg.quality, topics=topics, catalogue_size=size, popularity_from=ref
+        )
+        if base is None or base_served is None:
+            lacking = NO_BASELINE if base is None else _NO_BASELINE_OUTCOMES
+            quality.reasons = [lacking if r == NO_REFERENCE else r for r in quality.reasons]
+    else:
+        quality = slate_quality(None, base_served, cfg.quality)
+        quality.reasons = [_NO_OUTCOMES] + ([NO_BASELINE] if base is None else [])
+    if log.out is not None and quality.n_slates:
+        try:
+            log.snapshot(evidently_report(served, base_served, cfg.quality), "quality")
+        except Exception as err:  # the numbers above stand; only Evidently's report is missing
+            log.notes.append(f"Evidently's recsys report failed: {type(err).__name__}: {err}".splitlines()[0])
+    return quality
+
+
+def _check_skew(
+    cur: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
+    features: Path | None,
+    cfg: MonitorConfig,
+    as_of: datetime | None,
+) -> SkewResult:
+    """Served feature values against the offline recompute."""
+    from monitoring.skew import train_serve_skew
+
+    if features is None:
+        return SkewResult(
+            status="insufficient_data", rate=None, reasons=["no offline feature tables given (--features)"]
+        )
+    return train_serve_skew(cur, tables, cfg.skew, as_of)
+
+
+def _check_embedding_drift(
+    cur: pd.DataFrame,
+    base: pd.DataFrame | None,
+    as_of: datetime | None,
+    retrieval_model: Path | None,
+    features: Path | None,
+    cfg: MonitorConfig,
+    log: _RunLog,
+) -> DriftResult:
+    """The towers' outputs against the baseline's (`_embedding_drift`); no verdict when they cannot be computed."""
+    if retrieval_model is None or features is None:
+        return _insufficient("embedding_drift", "embedding drift needs --retrieval-model and --features")
+    if len(cur) == 0 or not {"user_id", "post_id"} <= set(cur.columns):
+        return _insufficient("embedding_drift", "current window is empty")
+    try:
+        ed, snapshots = _embedding_drift(cur, base, as_of, Path(retrieval_model), Path(features), cfg)
+    except UserError as err:  # e.g. no post_stats table, a model of other code: no verdict, the rest stands
+        return _insufficient("embedding_drift", f"could not encode the windows: {err}")
+    for tower, snapshot in snapshots.items():
+        log.snapshot(snapshot, f"embedding_drift_{tower}")
+    return ed
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------------------------
@@ -424,148 +626,37 @@ def run_monitor(
         UserError: a missing or unreadable input file (bad data inside readable files is insufficient_data).
     """
     cfg = cfg or load_config()
-    notes: list[str] = []
-    ref = read_reference(Path(reference)) if not isinstance(reference, pd.DataFrame) else reference
-    if isinstance(current, pd.DataFrame):
-        cur_all = current
-    else:
-        cur_all, read_notes = read_current(Path(current))
-        notes += read_notes
-    base: pd.DataFrame | None = None
-    if isinstance(baseline, pd.DataFrame):
-        base = baseline
-    elif baseline is not None:
-        base, read_notes = read_current(Path(baseline), "baseline")
-        notes += read_notes
-    cur, start, end = _window(cur_all, window_start, window_end)
-    out = Path(out) if out is not None else None
+    log = _RunLog(Path(out) if out is not None else None, notes=[])
     # Every input is read (and bad input reported) before the first report is written.
-    given, given_detail, world = None, "", None
-    if isinstance(outcomes, pd.DataFrame):
-        given, given_detail = outcomes, "outcomes given as a frame"
-    elif outcomes is not None:
-        given, given_detail = read_outcomes(Path(outcomes)), f"outcomes file {outcomes}"
-    elif synthetic is not None:
-        from features.oracle import load_world
-
-        world = load_world(Path(synthetic))
-    tables: dict[str, pd.DataFrame] = {}
-    if features is not None and len(cur) and "user_id" in cur.columns:
-        from monitoring.skew import read_candidate_tables, read_user_tables
-
-        users = pd.to_numeric(cur["user_id"], errors="coerce").dropna().to_numpy(np.int64)
-        tables = read_user_tables(Path(features), users) | read_candidate_tables(Path(features), cur)
+    ref, cur, base, start, end = _read_windows(reference, current, baseline, window_start, window_end, log.notes)
+    given, given_detail, world = _outcome_source(outcomes, synthetic)
+    tables = _skew_tables(features, cur)
     if retrieval_model is not None and not (Path(retrieval_model) / "config.json").is_file():
         raise UserError(f"{retrieval_model}: not a saved two-tower model (no config.json)")
-    reports: list[Path] = []
 
-    def html(name: str) -> Path | None:
-        return None if out is None else out / name
-
-    # Data drift: who asks (user features, one row per request) against the training window's requests, judged on
-    # the population features only (the behaviour counters are reported beside them); what was served (post/author
-    # features) against the baseline, if both hold any.
-    shared = default_features(ref, cur) if len(cur) else []
-    if not shared and len(cur):
-        notes.append("no numeric user_/post_/author_ feature is shared by the reference and the served items")
-    user_cols = [c for c in shared if is_user_feature(c)]
-    user_cols += [c for c in POPULATION_FEATURES if c not in user_cols and c in ref.columns and c in cur.columns]
-    population = [c for c in user_cols if c in POPULATION_FEATURES]
-    parts = [
-        data_drift(per_request(ref), per_request(cur), user_cols, cfg, html=html("data_drift.html"), judged=population)
-    ]
-    served_cols = [c for c in cur.columns if _FEATURE.search(c) and not is_user_feature(c) and c not in _NOT_FEATURES]
-    served_cols = [c for c in served_cols if pd.api.types.is_numeric_dtype(cur[c])]
-    if base is not None and served_cols:
-        parts.append(data_drift(base, cur, served_cols, cfg, html=html("data_drift_served.html")))
-    dd = _combine("data_drift", parts, cfg.data_drift.drift_share)
-    if base is None and served_cols:
-        dd.reasons.append(f"{len(served_cols)} post/author features not compared: {NO_BASELINE}")
-    reports += [p for p in (html("data_drift.html"), html("data_drift_served.html")) if p is not None and p.exists()]
-
-    # Prediction drift, against the baseline's predictions of the items it served.
-    pred_actions = [c.removeprefix("pred_") for c in cur.columns if c.startswith("pred_")]
-    if base is not None and pred_actions:
-        pdr = prediction_drift(base, cur, pred_actions, cfg)
-    else:
-        why = [NO_BASELINE] if base is None else []
-        why += [] if pred_actions else ["the served items carry no pred_<action> columns"]
-        pdr = DriftResult(status="insufficient_data", share_drifted=None, reasons=why, kind="prediction_drift")
-    prediction_mean = {a: float(cur[f"pred_{a}"].mean()) for a in pred_actions if cur[f"pred_{a}"].notna().any()}
-
-    # Outcomes, target drift and quality, against the baseline's.
+    dd = _check_data_drift(ref, cur, base, cfg, log)
+    pdr, prediction_mean = _check_prediction_drift(cur, base, cfg)
     outcome_set = _outcomes(cur, given, given_detail, world, cfg.seed, as_of)
-    notes.append(f"outcomes: {outcome_set.source}: {outcome_set.detail}")
-    served = outcome_set.frame
+    log.notes.append(f"outcomes: {outcome_set.source}: {outcome_set.detail}")
     base_served: pd.DataFrame | None = None
     if base is not None:
         base_set = _outcomes(base, given, given_detail, world, cfg.seed + 1, as_of)
-        notes.append(f"baseline outcomes: {base_set.source}: {base_set.detail}")
+        log.notes.append(f"baseline outcomes: {base_set.source}: {base_set.detail}")
         base_served = _sample_slates(base_set.frame, cfg.max_rows, cfg.seed) if base_set.actions else None
-    no_outcomes_reason = "no outcomes for the served items (give an outcomes file or --synthetic)"
-    label_actions = [a for a in outcome_set.actions if a in ACTION_NAMES]
-    if not outcome_set.actions:
-        td = _insufficient("target_drift", no_outcomes_reason)
-    elif base is None:
-        td = _insufficient("target_drift", NO_BASELINE)
-    elif base_served is None:
-        td = _insufficient("target_drift", "no outcomes for the baseline's served items")
-    else:
-        from monitoring.target_drift import target_drift
+    td = _check_target_drift(outcome_set, base, base_served, cfg, log)
+    catalogue = _post_catalogue(features, ref, end)
+    quality = _check_quality(outcome_set, base, base_served, catalogue, ref, cfg, log)
+    sk = _check_skew(cur, tables, features, cfg, as_of)
+    ed = _check_embedding_drift(cur, base, as_of, retrieval_model, features, cfg, log)
 
-        td, td_snapshot = target_drift(base_served, served, label_actions, cfg)
-        if out is not None and td_snapshot is not None:
-            reports += save_snapshot(td_snapshot, out, "target_drift")
-    topics, catalogue = _post_catalogue(features, ref, end)
-    if outcome_set.actions:
-        # Item popularity (novelty, popularity bias) is counted on the training labels for both windows: one scale.
-        quality = slate_quality(
-            served, base_served, cfg.quality, topics=topics, catalogue_size=catalogue, popularity_from=ref
-        )
-        if base is None or base_served is None:
-            lacking = NO_BASELINE if base is None else "no outcomes for the baseline's served items"
-            quality.reasons = [lacking if r == NO_REFERENCE else r for r in quality.reasons]
-    else:
-        quality = slate_quality(None, base_served, cfg.quality)
-        quality.reasons = [no_outcomes_reason] + ([NO_BASELINE] if base is None else [])
-    if out is not None and quality.n_slates:
-        try:
-            reports += save_snapshot(evidently_report(served, base_served, cfg.quality), out, "quality")
-        except Exception as err:  # the numbers above stand; only Evidently's report is missing
-            notes.append(f"Evidently's recsys report failed: {type(err).__name__}: {err}".splitlines()[0])
-
-    # Train/serve skew.
-    from monitoring.skew import train_serve_skew
-
-    if features is None:
-        sk = SkewResult(status="insufficient_data", rate=None, reasons=["no offline feature tables given (--features)"])
-    else:
-        sk = train_serve_skew(cur, tables, cfg.skew, as_of)
-
-    # Embedding drift of the tower outputs.
-    if retrieval_model is None or features is None:
-        ed = _insufficient("embedding_drift", "embedding drift needs --retrieval-model and --features")
-    elif len(cur) == 0 or not {"user_id", "post_id"} <= set(cur.columns):
-        ed = _insufficient("embedding_drift", "current window is empty")
-    else:
-        try:
-            ed, ed_snapshots = _embedding_drift(cur, base, as_of, Path(retrieval_model), Path(features), cfg)
-        except UserError as err:  # e.g. no post_stats table, a model of other code: no verdict, the rest stands
-            ed = _insufficient("embedding_drift", f"could not encode the windows: {err}")
-        else:
-            if out is not None:
-                for tower, snap in ed_snapshots.items():
-                    reports += save_snapshot(snap, out, f"embedding_drift_{tower}")
-
-    checks = {"data_drift": dd, "prediction_drift": pdr, "target_drift": td, "quality": quality,
-              "embedding_drift": ed, "skew": sk}  # fmt: skip
+    checks: dict[str, DriftResult | QualityResult | SkewResult] = {"data_drift": dd, "prediction_drift": pdr,
+        "target_drift": td, "quality": quality, "embedding_drift": ed, "skew": sk}  # fmt: skip
     result = MonitorResult(
         model=model,
         window_start=start,
         window_end=end,
         status=overall_status(
-            [dd.status, pdr.status, td.status, quality.status, ed.status, sk.status],
-            [c.status for name, c in checks.items() if name in cfg.alarm_checks],
+            [c.status for c in checks.values()], [c.status for name, c in checks.items() if name in cfg.alarm_checks]
         ),
         data_drift=dd,
         prediction_drift=pdr,
@@ -575,11 +666,11 @@ def run_monitor(
         skew=sk,
         outcomes=outcome_set.describe(),
         prediction_mean=prediction_mean,
-        notes=notes,
+        notes=log.notes,
         alarm_checks=tuple(cfg.alarm_checks),
     )
-    if out is not None:
-        result.reports = [str(p) for p in [*reports, out / "result.json", out / "summary.json"]]
-        atomic_write_text(out / "result.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
-        atomic_write_text(out / "summary.json", json.dumps(result.summary(), indent=2, default=str) + "\n")
+    if log.out is not None:
+        result.reports = [str(p) for p in [*log.reports, log.out / "result.json", log.out / "summary.json"]]
+        atomic_write_text(log.out / "result.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+        atomic_write_text(log.out / "summary.json", json.dumps(result.summary(), indent=2, default=str) + "\n")
     return result
