@@ -30,7 +30,7 @@ import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,11 @@ import pandas as pd
 from core.actions import ACTION_NAMES, DWELL_TIME, prob_column
 from core.errors import UserError
 from core.schema import N_SURFACES
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from monitoring.outcomes import OutcomeSet
 
 SERVED_ID_BASE = 1 << 62
 DATASET = "served"
@@ -121,6 +126,141 @@ def _hash_id(text: str) -> int:
     return SERVED_ID_BASE + int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
 
 
+def _empty_dataset(out: Path, base: Path, outcomes: Path | None) -> dict[str, Any]:
+    """Nothing served yet (a fresh clone's logs/): an empty dataset, so the stage and a merge still run."""
+    from core.io import atomic_dir
+    from core.schema import write_dataset
+    from monitoring.outcomes import read_outcomes
+
+    given_actions = ACTION_NAMES if outcomes is None else tuple(read_outcomes(Path(outcomes)).columns)
+    observed = tuple(a for a in ACTION_NAMES if a in given_actions)
+    with atomic_dir(Path(out)) as tmp:
+        write_dataset(tmp, {}, DATASET, observed, {"exposure": [], "base": str(base)})
+    return {"rows": 0, "requests": 0, "observed_actions": list(observed), "outcomes": "none (nothing served)"}
+
+
+def _authors(frame: pd.DataFrame, where: pd.Series, base: Path) -> pd.Series:
+    """The author of each served item; a position served twice in a request, or a post or user the base dataset
+    lacks, is a UserError naming the line."""
+    from core.schema import read_table
+
+    twice = frame.duplicated(["request_id", "position"]).to_numpy()
+    if twice.any():
+        k = int(np.flatnonzero(twice)[0])
+        raise UserError(
+            f"{where[k]}: items: position {frame.position[k]} is served twice in request {frame.request_id[k]}"
+        )
+    posts = read_table(Path(base), "posts", columns=["post_id", "author_id"]).to_pandas()
+    author = frame["post_id"].map(posts.set_index("post_id")["author_id"])
+    if author.isna().any():
+        k = int(np.flatnonzero(author.isna().to_numpy())[0])
+        raise UserError(f"{where[k]}: post_id: {frame.post_id[k]} is not a post of {base}")
+    users = read_table(Path(base), "users", columns=["user_id"]).column("user_id").to_numpy()
+    unknown = ~np.isin(frame["user_id"].to_numpy(), users)
+    if unknown.any():
+        k = int(np.flatnonzero(unknown)[0])
+        raise UserError(f"{where[k]}: user_id: {frame.user_id[k]} is not a user of {base}")
+    return author
+
+
+def _simulated_outcomes(
+    frame: pd.DataFrame, where: pd.Series, synthetic: Path, world: Any, seed: int, as_of: datetime | None
+) -> OutcomeSet:
+    """Outcomes drawn from the synthetic truth; a user or post the world lacks is a UserError naming the line."""
+    from features.oracle import load_world
+    from monitoring.outcomes import simulate_outcomes
+
+    served = frame[["request_id", "user_id", "post_id", "position"]].assign(ts=frame["ts"])
+    world = load_world(Path(synthetic)) if world is None else world
+    result = simulate_outcomes(served, world, seed=seed, as_of=as_of)
+    known = result.frame[prob_column(ACTION_NAMES[0])].notna().to_numpy()
+    if not known.all():
+        k = int(np.flatnonzero(~known)[0])
+        raise UserError(
+            f"{where[k]}: post_id: user {frame.user_id[k]} or post {frame.post_id[k]} is not in the "
+            f"synthetic world of {synthetic}"
+        )
+    return result
+
+
+def _joined_outcomes(frame: pd.DataFrame, where: pd.Series, outcomes: Path, missing_is_no_action: bool) -> OutcomeSet:
+    """The outcomes file's rows joined to the served items; a served item without one is a UserError naming the
+    line unless `missing_is_no_action`."""
+    from monitoring.outcomes import join_outcomes, read_outcomes
+
+    served = frame[["request_id", "user_id", "post_id", "position"]].assign(ts=frame["ts"])
+    given = read_outcomes(Path(outcomes))
+    result = join_outcomes(served, given, f"file {outcomes}")
+    keys = given.assign(_found=True).set_index(["request_id", "post_id"])["_found"]
+    found = pd.MultiIndex.from_arrays([served.request_id.astype("string"), served.post_id]).isin(keys.index)
+    if not found.all() and not missing_is_no_action:
+        k = int(np.flatnonzero(~found)[0])
+        raise UserError(
+            f"{where[k]}: request {frame.request_id[k]} post {frame.post_id[k]}: no outcome row in {outcomes} "
+            "(--allow-missing: no row = no action)"
+        )
+    return result
+
+
+def _in_network(frame: pd.DataFrame, author: pd.Series, ts_ms: np.ndarray, base: Path) -> np.ndarray:
+    """Whether the base dataset's follows hold (user, author) from before each served item's ts."""
+    from core.schema import read_table
+
+    in_network = np.zeros(len(frame), dtype=bool)
+    follows = read_table(Path(base), "follows").to_pandas()
+    if len(follows):
+        pairs = pd.DataFrame(
+            {"follower_id": frame["user_id"], "followee_id": author.astype(np.int64), "row": frame.index}
+        )
+        hit = pairs.merge(follows, on=["follower_id", "followee_id"])
+        created_ms = hit["created_at"].astype("datetime64[ms, UTC]").astype("int64").to_numpy()
+        hit = hit[created_ms <= ts_ms[hit["row"].to_numpy()]]
+        in_network[hit["row"].to_numpy()] = True
+    return in_network
+
+
+def _impressions(
+    frame: pd.DataFrame,
+    author: pd.Series,
+    ts_ms: np.ndarray,
+    in_network: np.ndarray,
+    result: OutcomeSet,
+    observed: tuple[str, ...],
+    with_probs: bool,
+) -> pa.Table:
+    """The impressions table (see the module doc); `with_probs`: the outcomes carry the true p_<action>."""
+    import pyarrow as pa
+
+    from core.schema import TS
+
+    out_frame = result.frame.reset_index(drop=True)
+    columns: dict[str, pa.Array] = {
+        "impression_id": pa.array(
+            [_hash_id(f"{r}:{p}") for r, p in zip(frame.request_id, frame.position, strict=True)], pa.int64()
+        ),
+        "request_id": pa.array([_hash_id(r) for r in frame.request_id], pa.int64()),
+        "user_id": pa.array(frame["user_id"].to_numpy(np.int64)),
+        "post_id": pa.array(frame["post_id"].to_numpy(np.int64)),
+        "author_id": pa.array(author.to_numpy(np.int64)),
+        "ts": pa.array(ts_ms, pa.int64()).cast(TS),
+        "surface": pa.array(frame["surface"].to_numpy(np.int8)),
+        "position": pa.array(frame["position"].to_numpy(np.int32)),
+        "in_network": pa.array(in_network),
+    }
+    for a in ACTION_NAMES:
+        values = out_frame[a].to_numpy(np.int8) if a in observed else np.zeros(len(frame), np.int8)
+        columns[a] = pa.array(values, pa.int8())
+    dwell = out_frame[DWELL_TIME].to_numpy(np.float32) if DWELL_TIME in out_frame else np.zeros(len(frame), np.float32)
+    columns[DWELL_TIME] = pa.array(dwell, pa.float32())
+    if with_probs:
+        for a in ACTION_NAMES:
+            columns[prob_column(a)] = pa.array(out_frame[prob_column(a)].to_numpy(np.float32), pa.float32())
+    columns["x_served_request"] = pa.array(frame["request_id"].astype(str).tolist(), pa.string())
+    columns["x_variant"] = pa.array(frame["variant"].tolist(), pa.string())
+    columns["x_propensity"] = pa.array(frame["propensity"].to_numpy(np.float64), pa.float64())
+    return pa.table(columns)
+
+
 def served_dataset(
     exposure: Path,
     base: Path,
@@ -140,111 +280,31 @@ def served_dataset(
     Returns:
         rows, requests, observed actions and the outcome source's description.
     """
-    import pyarrow as pa
-
     from core.io import atomic_dir
-    from core.schema import TS, Manifest, read_table, write_dataset
-    from monitoring.outcomes import join_outcomes, read_outcomes, simulate_outcomes
+    from core.schema import Manifest, write_dataset
 
     if (outcomes is None) == (synthetic is None):
         raise UserError("--outcomes/--synthetic: give exactly one source of outcomes")
     Manifest.load(Path(base))
     items = read_served(exposure)
-    if not items:  # nothing served yet (a fresh clone's logs/): an empty dataset, so the stage and a merge still run
-        given_actions = ACTION_NAMES if outcomes is None else tuple(read_outcomes(Path(outcomes)).columns)
-        observed = tuple(a for a in ACTION_NAMES if a in given_actions)
-        with atomic_dir(Path(out)) as tmp:
-            write_dataset(tmp, {}, DATASET, observed, {"exposure": [], "base": str(base)})
-        return {"rows": 0, "requests": 0, "observed_actions": list(observed), "outcomes": "none (nothing served)"}
+    if not items:
+        return _empty_dataset(out, base, outcomes)
     frame = pd.DataFrame([asdict(i) for i in items])
     where = frame["file"] + ":" + frame["line"].astype(str)
-    twice = frame.duplicated(["request_id", "position"]).to_numpy()
-    if twice.any():
-        k = int(np.flatnonzero(twice)[0])
-        raise UserError(
-            f"{where[k]}: items: position {frame.position[k]} is served twice in request {frame.request_id[k]}"
-        )
-
-    posts = read_table(Path(base), "posts", columns=["post_id", "author_id"]).to_pandas()
-    author = frame["post_id"].map(posts.set_index("post_id")["author_id"])
-    if author.isna().any():
-        k = int(np.flatnonzero(author.isna().to_numpy())[0])
-        raise UserError(f"{where[k]}: post_id: {frame.post_id[k]} is not a post of {base}")
-    users = read_table(Path(base), "users", columns=["user_id"]).column("user_id").to_numpy()
-    unknown = ~np.isin(frame["user_id"].to_numpy(), users)
-    if unknown.any():
-        k = int(np.flatnonzero(unknown)[0])
-        raise UserError(f"{where[k]}: user_id: {frame.user_id[k]} is not a user of {base}")
+    author = _authors(frame, where, base)
     ts_ms = (
         np.full(len(frame), int(as_of.timestamp() * 1000), dtype=np.int64)
         if as_of is not None
         else np.round(frame["ts"].to_numpy() * 1000).astype(np.int64)
     )
-
-    served = frame[["request_id", "user_id", "post_id", "position"]].assign(ts=frame["ts"])
     if synthetic is not None:
-        from features.oracle import load_world
-
-        world = load_world(Path(synthetic)) if world is None else world
-        result = simulate_outcomes(served, world, seed=seed, as_of=as_of)
-        known = result.frame[prob_column(ACTION_NAMES[0])].notna().to_numpy()
-        if not known.all():
-            k = int(np.flatnonzero(~known)[0])
-            raise UserError(
-                f"{where[k]}: post_id: user {frame.user_id[k]} or post {frame.post_id[k]} is not in the "
-                f"synthetic world of {synthetic}"
-            )
+        result = _simulated_outcomes(frame, where, synthetic, world, seed, as_of)
     else:
         assert outcomes is not None
-        given = read_outcomes(Path(outcomes))
-        result = join_outcomes(served, given, f"file {outcomes}")
-        keys = given.assign(_found=True).set_index(["request_id", "post_id"])["_found"]
-        found = pd.MultiIndex.from_arrays([served.request_id.astype("string"), served.post_id]).isin(keys.index)
-        if not found.all() and not missing_is_no_action:
-            k = int(np.flatnonzero(~found)[0])
-            raise UserError(
-                f"{where[k]}: request {frame.request_id[k]} post {frame.post_id[k]}: no outcome row in {outcomes} "
-                "(--allow-missing: no row = no action)"
-            )
+        result = _joined_outcomes(frame, where, outcomes, missing_is_no_action)
     observed = tuple(a for a in ACTION_NAMES if a in result.actions)
-    out_frame = result.frame.reset_index(drop=True)
-
-    in_network = np.zeros(len(frame), dtype=bool)
-    follows = read_table(Path(base), "follows").to_pandas()
-    if len(follows):
-        pairs = pd.DataFrame(
-            {"follower_id": frame["user_id"], "followee_id": author.astype(np.int64), "row": frame.index}
-        )
-        hit = pairs.merge(follows, on=["follower_id", "followee_id"])
-        created_ms = hit["created_at"].astype("datetime64[ms, UTC]").astype("int64").to_numpy()
-        hit = hit[created_ms <= ts_ms[hit["row"].to_numpy()]]
-        in_network[hit["row"].to_numpy()] = True
-
-    columns: dict[str, pa.Array] = {
-        "impression_id": pa.array(
-            [_hash_id(f"{r}:{p}") for r, p in zip(frame.request_id, frame.position, strict=True)], pa.int64()
-        ),
-        "request_id": pa.array([_hash_id(r) for r in frame.request_id], pa.int64()),
-        "user_id": pa.array(frame["user_id"].to_numpy(np.int64)),
-        "post_id": pa.array(frame["post_id"].to_numpy(np.int64)),
-        "author_id": pa.array(author.to_numpy(np.int64)),
-        "ts": pa.array(ts_ms, pa.int64()).cast(TS),
-        "surface": pa.array(frame["surface"].to_numpy(np.int8)),
-        "position": pa.array(frame["position"].to_numpy(np.int32)),
-        "in_network": pa.array(in_network),
-    }
-    for a in ACTION_NAMES:
-        values = out_frame[a].to_numpy(np.int8) if a in observed else np.zeros(len(frame), np.int8)
-        columns[a] = pa.array(values, pa.int8())
-    dwell = out_frame[DWELL_TIME].to_numpy(np.float32) if DWELL_TIME in out_frame else np.zeros(len(frame), np.float32)
-    columns[DWELL_TIME] = pa.array(dwell, pa.float32())
-    if synthetic is not None:
-        for a in ACTION_NAMES:
-            columns[prob_column(a)] = pa.array(out_frame[prob_column(a)].to_numpy(np.float32), pa.float32())
-    columns["x_served_request"] = pa.array(frame["request_id"].astype(str).tolist(), pa.string())
-    columns["x_variant"] = pa.array(frame["variant"].tolist(), pa.string())
-    columns["x_propensity"] = pa.array(frame["propensity"].to_numpy(np.float64), pa.float64())
-    table = pa.table(columns)
+    in_network = _in_network(frame, author, ts_ms, base)
+    table = _impressions(frame, author, ts_ms, in_network, result, observed, with_probs=synthetic is not None)
     params = {
         "exposure": sorted({i.file for i in items}),
         "base": str(base),
