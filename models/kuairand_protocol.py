@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,10 @@ from core.actions import BY_NAME
 from core.errors import UserError
 from models.ranker_data import RankerDataset, predict
 from models.tasks import availability
+
+if TYPE_CHECKING:
+    from models.ranker import RankerConfig
+    from models.train_ranker import RankerTrainConfig
 
 TZ_OFFSET_MS = 8 * 3_600_000  # KuaiRand's dates are Asia/Shanghai days
 DAY_MS = 86_400_000
@@ -54,6 +58,8 @@ PEER_NAMES: dict[str, str] = {
 }
 MAIN_TARGETS = ("click", "dwell", "like")
 LABELS = tuple(PEER_NAMES)
+# The actions a KuaiRand import records (features.importers.kuairand.ACTION_SOURCE), in its order.
+OBSERVED = ("click", "like", "reply", "share", "profile_click", "follow_author", "dwell", "not_interested")
 COUNTED: dict[str, tuple[str, ...]] = {  # which labels each counter key aggregates
     "post": LABELS,
     "author": ("click", "dwell", "like", "follow_author"),
@@ -179,28 +185,16 @@ def _read(data: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return imp, pd.read_parquet(data / "users.parquet"), pd.read_parquet(data / "posts.parquet")
 
 
-def build_protocol_frame(
-    data: Path,
-    max_history: int = 64,
-    user_counters: str = "frozen",
-    user_history: str = "frozen",
-    counters: str = "peers",
-    group_user_day: bool = False,
-) -> ProtocolFrame:
-    """The protocol A rows of an imported KuaiRand data set (`ember data import kuairand`), with every feature as of
-    its impression (the module doc says which).
-
-    Raises:
-        UserError: not a KuaiRand import, an unknown scheme, or a log without the protocol's days.
-    """
+def _check_schemes(user_counters: str, user_history: str, counters: str) -> None:
     for flag, value in (("--user-counters", user_counters), ("--user-history", user_history)):
         if value not in USER_SCHEMES:
             raise UserError(f"{flag}: unknown {value!r} (choose from {', '.join(USER_SCHEMES)})")
     if counters not in COUNTER_SETS:
         raise UserError(f"--counters: unknown {counters!r} (choose from {', '.join(COUNTER_SETS)})")
-    imp, users, posts = _read(data)
-    imp = imp.sort_values("impression_id", kind="stable").reset_index(drop=True)
-    ts = imp["ts"].astype("int64").to_numpy() if imp["ts"].dtype.kind == "i" else _epoch_ms(imp["ts"])
+
+
+def _protocol_days(imp: pd.DataFrame, data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(each row's date as the epoch ms of its Shanghai midnight, and the train, valid and test masks)."""
     if "x_date" not in imp.columns:
         raise UserError(f"--data: {data} has no x_date column (imported by an older `ember data import kuairand`)")
     date = imp["x_date"].to_numpy(dtype=np.int64)
@@ -211,78 +205,82 @@ def build_protocol_frame(
     if not (train.any() and valid.any() and test.any()):
         raise UserError(f"--data: {data} lacks protocol A's days (train <= {TRAIN_END}, valid {VALID_DAY}, test "
                         f"{TEST_DAYS[0]}..{TEST_DAYS[-1]})")  # fmt: skip
-    labels = imp[list(LABELS)].to_numpy(dtype=np.float64)
-    prior = labels[train].mean(0)
-    col = {a: j for j, a in enumerate(LABELS)}
-    frame = imp[["impression_id", "request_id", "user_id", "post_id", "author_id", "ts", "surface", "in_network"]]
-    frame = frame.rename(columns={"ts": "event_timestamp"}).copy()
-    frame["position"] = -1  # KuaiRand does not record the slot
-    for a in ("click", "like", "reply", "share", "profile_click", "follow_author", "dwell", "not_interested"):
-        frame[a] = imp[a].to_numpy()
-    frame["dwell_time"] = imp["dwell_time"].to_numpy()
-    dense: list[str] = []
+    return day, train, valid, test
 
-    def add_counters(name: str, keys: np.ndarray, cutoff: np.ndarray, since: np.ndarray | None = None) -> None:
+
+@dataclass
+class _Counters:
+    """Adds counter columns to the frame being built (and their names to `dense`): per key, the impressions before
+    a cutoff and each counted label's rate, smoothed towards the training days' label mean `prior`."""
+
+    frame: pd.DataFrame
+    dense: list[str]
+    ts: np.ndarray  # (N,) int64 ms
+    labels: np.ndarray  # (N, len(LABELS)) float64
+    prior: np.ndarray  # (len(LABELS),)
+
+    def add(self, name: str, keys: np.ndarray, cutoff: np.ndarray, since: np.ndarray | None = None) -> None:
+        col = {a: j for j, a in enumerate(LABELS)}
         which = [col[a] for a in COUNTED[name]]
-        n, sums = counts_before(keys, ts, labels[:, which], cutoff)
+        n, sums = counts_before(keys, self.ts, self.labels[:, which], cutoff)
         if since is not None:  # a window: minus what happened before `since`
-            n_old, sums_old = counts_before(keys, ts, labels[:, which], since)
+            n_old, sums_old = counts_before(keys, self.ts, self.labels[:, which], since)
             n, sums = n - n_old, sums - sums_old
-        frame[f"x_{name}_n"] = n
-        dense.append(f"x_{name}_n")
+        self.frame[f"x_{name}_n"] = n
+        self.dense.append(f"x_{name}_n")
         for j, a in enumerate(COUNTED[name]):
-            frame[f"x_{name}_{a}_rate"] = (sums[:, j] + ALPHA * prior[col[a]]) / (n + ALPHA)
-            dense.append(f"x_{name}_{a}_rate")
+            self.frame[f"x_{name}_{a}_rate"] = (sums[:, j] + ALPHA * self.prior[col[a]]) / (n + ALPHA)
+            self.dense.append(f"x_{name}_{a}_rate")
 
+
+def _extended_counters(
+    counters: _Counters, imp: pd.DataFrame, posts: pd.DataFrame, user_cut: np.ndarray, train: np.ndarray
+) -> None:
+    """Beyond the peers' set: the post per tab and over the last 24 h, the user per tab and per topic, and how much
+    of the post earlier viewers watched."""
+    ts = counters.ts
+    uid, pid = (imp[c].to_numpy(dtype=np.int64) for c in ("user_id", "post_id"))
+    tab = imp["surface"].to_numpy(dtype=np.int64)
+    topic = posts.set_index("post_id")["topic"].reindex(pid).fillna(-1).to_numpy(dtype=np.int64)
+    counters.add("post_tab", _codes(pid, tab), ts)
+    counters.add("post_24h", _codes(pid), ts, since=ts - DAY_MS)
+    counters.add("user_tab", _codes(uid, tab), user_cut)
+    counters.add("user_topic", _codes(uid, topic), user_cut)
+    # How much of the post earlier viewers watched: mean play / duration (capped at 3), smoothed.
+    duration = imp["x_duration_ms"].to_numpy(dtype=np.float64)
+    ratio = np.where(duration > 0, np.minimum(imp["x_play_time_ms"].to_numpy(dtype=np.float64) / np.maximum(
+        duration, 1.0), 3.0), 0.0)  # fmt: skip
+    n, sums = counts_before(_codes(pid), ts, ratio[:, None], ts)
+    counters.frame["x_post_watch_ratio"] = (sums[:, 0] + ALPHA * ratio[train].mean()) / (n + ALPHA)
+    counters.dense.append("x_post_watch_ratio")
+
+
+def _history_columns(
+    frame: pd.DataFrame, imp: pd.DataFrame, ts: np.ndarray, cutoff: np.ndarray, max_history: int
+) -> None:
+    """History tokens: the user's newest impressions before `cutoff`, with what the user did."""
     uid, pid, aid = (imp[c].to_numpy(dtype=np.int64) for c in ("user_id", "post_id", "author_id"))
-    add_counters("post", _codes(pid), ts)
-    add_counters("author", _codes(aid), ts)
-    # The peers' scheme: the start of the impression's day, and the start of the test period in the test days.
-    frozen = np.where(test, np.minimum(day, _date_ms(TEST_DAYS[0])), day)  # the log's date: its midnight (Shanghai)
-    frozen = np.minimum(frozen, ts)
-    counter_cut = ts if user_counters == "realtime" else frozen
-    add_counters("user", _codes(uid), counter_cut)
-    add_counters("ua", _codes(uid, aid), counter_cut)
-    if counters == "extended":
-        tab = imp["surface"].to_numpy(dtype=np.int64)
-        topic = posts.set_index("post_id")["topic"].reindex(pid).fillna(-1).to_numpy(dtype=np.int64)
-        add_counters("post_tab", _codes(pid, tab), ts)
-        add_counters("post_24h", _codes(pid), ts, since=ts - DAY_MS)
-        add_counters("user_tab", _codes(uid, tab), counter_cut)
-        add_counters("user_topic", _codes(uid, topic), counter_cut)
-        # How much of the post earlier viewers watched: mean play / duration (capped at 3), smoothed.
-        duration = imp["x_duration_ms"].to_numpy(dtype=np.float64)
-        ratio = np.where(duration > 0, np.minimum(imp["x_play_time_ms"].to_numpy(dtype=np.float64) / np.maximum(
-            duration, 1.0), 3.0), 0.0)  # fmt: skip
-        n, sums = counts_before(_codes(pid), ts, ratio[:, None], ts)
-        frame["x_post_watch_ratio"] = (sums[:, 0] + ALPHA * ratio[train].mean()) / (n + ALPHA)
-        dense.append("x_post_watch_ratio")
-    # Seconds since the user's previous impression (an earlier request, never one at the same time).
-    prev = previous_time(_codes(uid), ts)
-    frame["x_gap_s"] = np.where(prev >= 0, (ts - prev) / 1000.0, 1e7)
-    frame["x_hour"] = imp["x_hourmin"].to_numpy(dtype=np.int64) // 100
-    dense.append("x_gap_s")
-    # History tokens: the user's newest impressions before the user cutoff, with what the user did.
     bits = np.zeros(len(imp), dtype=np.int64)
-    for a in ("click", "like", "reply", "share", "profile_click", "follow_author", "dwell", "not_interested"):
+    for a in OBSERVED:
         bits |= imp[a].to_numpy(dtype=np.int64) << BY_NAME[a].bit
-    hist = history_before(
-        uid,
-        ts,
-        ts if user_history == "realtime" else frozen,
-        {
-            "hist_post_ids": pid,
-            "hist_author_ids": aid,
-            "hist_actions": bits,
-            "hist_surfaces": imp["surface"].to_numpy(dtype=np.int64),
-            "hist_timestamps": ts,
-        },
-        max_history,
-    )
+    tokens = {
+        "hist_post_ids": pid,
+        "hist_author_ids": aid,
+        "hist_actions": bits,
+        "hist_surfaces": imp["surface"].to_numpy(dtype=np.int64),
+        "hist_timestamps": ts,
+    }
+    hist = history_before(uid, ts, cutoff, tokens, max_history)
     lengths = hist.pop("length")
     for name, arr in hist.items():
         frame[name] = [row[:k] for row, k in zip(arr, lengths, strict=True)]
-    # Static user columns: categories as user_<name> (hashed by the ranker), counts log1p as dense.
+
+
+def _static_columns(
+    frame: pd.DataFrame, users: pd.DataFrame, posts: pd.DataFrame, uid: np.ndarray, pid: np.ndarray, dense: list[str]
+) -> tuple[list[str], list[str]]:
+    """The static user and post columns: categories as user_<name> / post_<name> (hashed by the ranker), user counts
+    (clipped at 0) and the video's duration and size as dense. Returns (candidate attributes, user attributes)."""
     u = users.set_index("user_id")
     user_attrs: list[str] = []
     for c in USER_CATEGORIES:
@@ -308,15 +306,64 @@ def build_protocol_frame(
     created = _epoch_ms(p["created_at"]) if "created_at" in p.columns else None
     frame["post_created_at_ms"] = pd.Series(created, index=p.index).reindex(pid).to_numpy(dtype=np.float64)
     dense += ["x_duration_s", "x_width", "x_height"]
+    return attrs, user_attrs
+
+
+def build_protocol_frame(
+    data: Path,
+    max_history: int = 64,
+    user_counters: str = "frozen",
+    user_history: str = "frozen",
+    counters: str = "peers",
+    group_user_day: bool = False,
+) -> ProtocolFrame:
+    """The protocol A rows of an imported KuaiRand data set (`ember data import kuairand`), with every feature as of
+    its impression (the module doc says which).
+
+    Raises:
+        UserError: not a KuaiRand import, an unknown scheme, or a log without the protocol's days.
+    """
+    _check_schemes(user_counters, user_history, counters)
+    imp, users, posts = _read(data)
+    imp = imp.sort_values("impression_id", kind="stable").reset_index(drop=True)
+    ts = imp["ts"].astype("int64").to_numpy() if imp["ts"].dtype.kind == "i" else _epoch_ms(imp["ts"])
+    day, train, valid, test = _protocol_days(imp, data)
+    labels = imp[list(LABELS)].to_numpy(dtype=np.float64)
+    frame = imp[["impression_id", "request_id", "user_id", "post_id", "author_id", "ts", "surface", "in_network"]]
+    frame = frame.rename(columns={"ts": "event_timestamp"}).copy()
+    frame["position"] = -1  # KuaiRand does not record the slot
+    for a in OBSERVED:
+        frame[a] = imp[a].to_numpy()
+    frame["dwell_time"] = imp["dwell_time"].to_numpy()
+
+    counter = _Counters(frame, [], ts, labels, labels[train].mean(0))
+    uid, pid, aid = (imp[c].to_numpy(dtype=np.int64) for c in ("user_id", "post_id", "author_id"))
+    counter.add("post", _codes(pid), ts)
+    counter.add("author", _codes(aid), ts)
+    # The peers' scheme: the start of the impression's day, and the start of the test period in the test days.
+    frozen = np.where(test, np.minimum(day, _date_ms(TEST_DAYS[0])), day)  # the log's date: its midnight (Shanghai)
+    frozen = np.minimum(frozen, ts)
+    user_cut = ts if user_counters == "realtime" else frozen
+    counter.add("user", _codes(uid), user_cut)
+    counter.add("ua", _codes(uid, aid), user_cut)
+    if counters == "extended":
+        _extended_counters(counter, imp, posts, user_cut, train)
+    # Seconds since the user's previous impression (an earlier request, never one at the same time).
+    prev = previous_time(_codes(uid), ts)
+    frame["x_gap_s"] = np.where(prev >= 0, (ts - prev) / 1000.0, 1e7)
+    frame["x_hour"] = imp["x_hourmin"].to_numpy(dtype=np.int64) // 100
+    dense = counter.dense + ["x_gap_s"]
+    _history_columns(frame, imp, ts, ts if user_history == "realtime" else frozen, max_history)
+    attrs, user_attrs = _static_columns(frame, users, posts, uid, pid, dense)
     frame = frame.copy()  # one block per dtype again after the column-by-column build
     if group_user_day:
         if user_counters != "frozen" or user_history != "frozen":
             raise UserError("group_user_day: needs the frozen user side (counters and history)")
         # Every impression of one user on one date then has the same user state (counters and history frozen at the
         # same cutoff; the few rows logged before their date's midnight keep their own), so the whole user-day is one
-        # request group: the user and history are encoded once for all
-        # of them, and a within-group loss compares one user's items. Candidate isolation keeps each score what it
-        # would be alone. The logged request stays in x_request_id.
+        # request group: the user and history are encoded once for all of them, and a within-group loss compares one
+        # user's items. Candidate isolation keeps each score what it would be alone. The logged request stays in
+        # x_request_id.
         frame["x_request_id"] = frame["request_id"]
         frame["request_id"] = _codes(uid, frozen) + 1  # (user, cutoff): the cutoff is the date's start or earlier
     return ProtocolFrame(frame, train, valid, test, tuple(dense), tuple(attrs), tuple(user_attrs))
@@ -358,13 +405,57 @@ PROTOCOL_TRAIN: dict[str, object] = {
     "patience": 1,
     "select_actions": MAIN_TARGETS,
 }
-OBSERVED = ("click", "like", "reply", "share", "profile_click", "follow_author", "dwell", "not_interested")
 
 
 def _mean_spread(values: Sequence[float]) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
             "min": float(arr.min()), "max": float(arr.max())}  # fmt: skip
+
+
+def _protocol_run(
+    cfg: RankerConfig,
+    tc: RankerTrainConfig,
+    splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """One ranker trained on the train days (stopped on the valid day): its peer metrics on the valid and the test
+    days."""
+    from models.train_ranker import train_ranker
+
+    train_df, valid_df, test_df = splits
+    start = time.perf_counter()
+    result = train_ranker(cfg, train_df, valid_df, OBSERVED, tc)
+    seconds = time.perf_counter() - start
+    col = {t.name: k for k, t in enumerate(result.model.tasks)}
+    scores = {}
+    for name, frame in (("valid", valid_df), ("test", test_df)):
+        ds = RankerDataset(frame, result.model.cfg, result.model.tasks, availability(OBSERVED, result.model.tasks))
+        probs = predict(result.model, ds, tc.eval_batch_size)
+        users = frame["user_id"].to_numpy()
+        scores[name] = {a: peer_metrics(frame[a].to_numpy(), probs[:, col[a]], users) for a in LABELS}
+    cells = " ".join(f"{a} {scores['test'][a]['auc']:.4f}/{scores['test'][a]['gauc']:.4f}" for a in MAIN_TARGETS)
+    log(f"{cfg.head_mode} seed {tc.seed}: {seconds:.0f} s, best epoch {result.best_epoch}, test AUC/GAUC {cells}")
+    return {"head_mode": cfg.head_mode, "seed": tc.seed, "seconds": round(seconds, 1),
+            "best_epoch": result.best_epoch, **scores}  # fmt: skip
+
+
+def _per_head_mode(runs: list[dict[str, Any]], head_modes: Sequence[str]) -> dict[str, Any]:
+    """{mode: {"valid"/"test": {action: {metric: mean/std/min/max over the seeds}}, "seconds": ...}}."""
+    return {
+        mode: {
+            split_name: {
+                a: {
+                    m: _mean_spread([r[split_name][a][m] for r in runs if r["head_mode"] == mode])
+                    for m in ("auc", "gauc", "logloss")
+                }  # fmt: skip
+                for a in LABELS
+            }
+            for split_name in ("valid", "test")
+        }
+        | {"seconds": _mean_spread([r["seconds"] for r in runs if r["head_mode"] == mode])}
+        for mode in head_modes
+    }
 
 
 def evaluate_protocol_a(
@@ -388,7 +479,6 @@ def evaluate_protocol_a(
         "peers": {...}, "verdict": {action: {metric: {"best_peer", "ours", "margin", "met", "plus_0.01"}}}}
     """
     from models.ranker_job import ranker_config, train_config
-    from models.train_ranker import train_ranker
 
     log = log or (lambda line: None)
     if not seeds:
@@ -408,41 +498,12 @@ def evaluate_protocol_a(
     test_df = df[pf.test].reset_index(drop=True)
     split = {"train": len(train_df), "valid": len(valid_df), "test": len(test_df)}
     log(f"protocol A: {split} (user counters {user_counters}, user history {user_history})")
-    runs: list[dict[str, Any]] = []
-    for mode in head_modes:
-        for seed in seeds:
-            start = time.perf_counter()
-            result = train_ranker(replace(cfg, head_mode=mode), train_df, valid_df, OBSERVED, replace(tc, seed=seed))
-            seconds = time.perf_counter() - start
-            col = {t.name: k for k, t in enumerate(result.model.tasks)}
-            scores = {}
-            for name, frame in (("valid", valid_df), ("test", test_df)):
-                ds = RankerDataset(
-                    frame, result.model.cfg, result.model.tasks, availability(OBSERVED, result.model.tasks)
-                )
-                probs = predict(result.model, ds, tc.eval_batch_size)
-                users = frame["user_id"].to_numpy()
-                scores[name] = {a: peer_metrics(frame[a].to_numpy(), probs[:, col[a]], users) for a in LABELS}
-            runs.append({"head_mode": mode, "seed": seed, "seconds": round(seconds, 1),
-                         "best_epoch": result.best_epoch, **scores})  # fmt: skip
-            cells = " ".join(
-                f"{a} {scores['test'][a]['auc']:.4f}/{scores['test'][a]['gauc']:.4f}" for a in MAIN_TARGETS
-            )
-            log(f"{mode} seed {seed}: {seconds:.0f} s, best epoch {result.best_epoch}, test AUC/GAUC {cells}")
-    models: dict[str, Any] = {
-        mode: {
-            split_name: {
-                a: {
-                    m: _mean_spread([r[split_name][a][m] for r in runs if r["head_mode"] == mode])
-                    for m in ("auc", "gauc", "logloss")
-                }  # fmt: skip
-                for a in LABELS
-            }
-            for split_name in ("valid", "test")
-        }
-        | {"seconds": _mean_spread([r["seconds"] for r in runs if r["head_mode"] == mode])}
+    runs = [
+        _protocol_run(replace(cfg, head_mode=mode), replace(tc, seed=seed), (train_df, valid_df, test_df), log)
         for mode in head_modes
-    }
+        for seed in seeds
+    ]
+    models = _per_head_mode(runs, head_modes)
 
     # The head mode is chosen on the valid day: the mean of the main targets' AUC and GAUC.
     def valid_score(mode: str) -> float:
