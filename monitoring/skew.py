@@ -180,85 +180,82 @@ def _mismatch(served: pd.Series, offline: pd.Series, cfg: SkewConfig) -> np.ndar
     return ~(both_na | equal)
 
 
-def train_serve_skew(
-    served: pd.DataFrame | None, tables: dict[str, pd.DataFrame], cfg: SkewConfig, as_of: datetime | None = None
-) -> SkewResult:
-    """The skew verdict of served requests against the offline tables (`read_user_tables`).
+_Comparison = tuple[str, pd.DataFrame, pd.DataFrame]  # (feature, served rows, offline rows, aligned by position)
 
-    Args:
-        served: exposure rows (one per served item; deduplicated to one per request_id) with user_id, ts (epoch
-            seconds) and the logged feature columns.
-        as_of: the feature time the service ran at (a fixed `as_of` of a replayed world); None = each request's ts.
 
-    Never raises on bad input: an empty window, no feature column or too few comparable requests is
-    "insufficient_data".
-    """
-    result = SkewResult(status="insufficient_data", rate=None)
+def _lookup_ms(frame: pd.DataFrame, as_of: datetime | None) -> np.int64 | pd.Series:
+    """The feature time (epoch ms) of each row: the service's fixed `as_of`, else the row's ts."""
+    if as_of is not None:
+        return np.int64(as_of.timestamp() * 1000)
+    return (pd.to_numeric(frame["ts"], errors="coerce").fillna(0) * 1000).astype("int64")
+
+
+def _unusable(served: pd.DataFrame | None, tables: dict[str, pd.DataFrame], as_of: datetime | None) -> list[str]:
+    """Why nothing can be compared (an empty window, a missing column, no user_stats table); [] when it can."""
     if served is None or len(served) == 0:
-        result.reasons.append("current window is empty")
-        return result
+        return ["current window is empty"]
     missing = [c for c in ("request_id", "user_id") if c not in served.columns]
     if as_of is None and "ts" not in served.columns:
         missing.append("ts")
     if missing:
-        result.reasons.extend(f"column {c!r} is missing from the current window" for c in missing)
-        return result
+        return [f"column {c!r} is missing from the current window" for c in missing]
     if "user_stats" not in tables:
-        result.reasons.append("no offline user_stats table to recompute the features from")
-        return result
+        return ["no offline user_stats table to recompute the features from"]
+    return []
+
+
+def _user_comparisons(
+    served: pd.DataFrame, tables: dict[str, pd.DataFrame], cfg: SkewConfig, as_of: datetime | None, result: SkewResult
+) -> list[_Comparison]:
+    """The logged user features of each request (served with features, its user with an offline row) against the
+    offline recompute; counts the requests in `result`."""
     requests = served.drop_duplicates("request_id").reset_index(drop=True)
     requests = requests[pd.to_numeric(requests["user_id"], errors="coerce").notna()].reset_index(drop=True)
     result.n_requests = len(requests)
-    if as_of is not None:
-        requests[TIME] = np.int64(as_of.timestamp() * 1000)
-    else:
-        requests[TIME] = (pd.to_numeric(requests["ts"], errors="coerce").fillna(0) * 1000).astype("int64")
+    requests[TIME] = _lookup_ms(requests, as_of)
     offline = offline_recompute(requests, tables)
     features = [
         c
         for c in requests.columns
         if c not in NOT_FEATURES and c != TIME and c in offline.columns and c not in cfg.ignore
     ]
-    comparisons: list[tuple[str, pd.DataFrame, pd.DataFrame]] = []  # (feature, served values, offline values)
-    if features:
-        hydrated = requests[features].notna().any(axis=1).to_numpy()
-        has_row = offline["_has_row"].to_numpy(bool)
-        result.n_without_features = int((~hydrated).sum())
-        result.n_without_offline_row = int((hydrated & ~has_row).sum())
-        keep = hydrated & has_row
-        result.n_compared = int(keep.sum())
-        cur, off = requests.loc[keep].reset_index(drop=True), offline.loc[keep].reset_index(drop=True)
-        comparisons += [(f, cur, off) for f in features]
-    # The candidate inputs of the served items of sampled requests (log_candidate_features), against post_stats and
-    # author_stats at the same time.
+    if not features:
+        return []
+    hydrated = requests[features].notna().any(axis=1).to_numpy()
+    has_row = offline["_has_row"].to_numpy(bool)
+    result.n_without_features = int((~hydrated).sum())
+    result.n_without_offline_row = int((hydrated & ~has_row).sum())
+    keep = hydrated & has_row
+    result.n_compared = int(keep.sum())
+    cur, off = requests.loc[keep].reset_index(drop=True), offline.loc[keep].reset_index(drop=True)
+    return [(f, cur, off) for f in features]
+
+
+def _candidate_comparisons(
+    served: pd.DataFrame, tables: dict[str, pd.DataFrame], cfg: SkewConfig, as_of: datetime | None, result: SkewResult
+) -> list[_Comparison]:
+    """The candidate inputs of the served items of sampled requests (log_candidate_features) against post_stats and
+    author_stats at the same time; counts the items in `result`."""
     inputs = [
         c for c in served.columns if c.startswith(CANDIDATE_PREFIX) and c[len(CANDIDATE_PREFIX) :] not in cfg.ignore
     ]
-    if inputs and "post_stats" in tables:
-        items = served[served[inputs].notna().any(axis=1)].reset_index(drop=True)
-        if as_of is not None:
-            items[TIME] = np.int64(as_of.timestamp() * 1000)
-        else:
-            items[TIME] = (pd.to_numeric(items["ts"], errors="coerce").fillna(0) * 1000).astype("int64")
-        offline_items = candidate_recompute(items, tables)
-        has_post = offline_items["_has_post_row"].to_numpy(bool)
-        result.n_items_without_offline_row = int((~has_post).sum())
-        result.n_items_compared = int(has_post.sum())
-        cur_items = items.loc[has_post].reset_index(drop=True)
-        off_items = offline_items.loc[has_post].reset_index(drop=True)
-        # The offline value under the served column's name (cand_<feature>).
-        off_items = off_items.rename(columns={c: CANDIDATE_PREFIX + c for c in off_items.columns})
-        comparisons += [(c, cur_items, off_items) for c in inputs if c in off_items.columns and result.n_items_compared]
-    if not comparisons:
-        result.reasons.append("no logged feature column matches an offline feature")
-        return result
-    if result.n_compared < cfg.min_rows and result.n_items_compared < cfg.min_rows:
-        result.reasons.append(
-            f"{result.n_compared} requests with logged features and an offline row (and {result.n_items_compared} "
-            f"served items with logged candidate inputs), fewer than skew.min_rows={cfg.min_rows}"
-        )
-        if result.n_compared == 0 and result.n_items_compared == 0:
-            return result
+    if not inputs or "post_stats" not in tables:
+        return []
+    items = served[served[inputs].notna().any(axis=1)].reset_index(drop=True)
+    items[TIME] = _lookup_ms(items, as_of)
+    offline_items = candidate_recompute(items, tables)
+    has_post = offline_items["_has_post_row"].to_numpy(bool)
+    result.n_items_without_offline_row = int((~has_post).sum())
+    result.n_items_compared = int(has_post.sum())
+    cur_items = items.loc[has_post].reset_index(drop=True)
+    off_items = offline_items.loc[has_post].reset_index(drop=True)
+    # The offline value under the served column's name (cand_<feature>).
+    off_items = off_items.rename(columns={c: CANDIDATE_PREFIX + c for c in off_items.columns})
+    return [(c, cur_items, off_items) for c in inputs if c in off_items.columns and result.n_items_compared]
+
+
+def _count_mismatches(comparisons: list[_Comparison], cfg: SkewConfig, result: SkewResult) -> None:
+    """The mismatch rate per feature and overall, and the first three mismatches as examples, into `result`."""
     total_bad = total = 0
     for f, cur, off in comparisons:
         if len(cur) == 0:
@@ -275,6 +272,39 @@ def train_serve_skew(
                 example["post_id"] = int(cur.at[i, "post_id"])
             result.examples.append(example)
     result.rate = total_bad / total if total else None
+
+
+def train_serve_skew(
+    served: pd.DataFrame | None, tables: dict[str, pd.DataFrame], cfg: SkewConfig, as_of: datetime | None = None
+) -> SkewResult:
+    """The skew verdict of served requests against the offline tables (`read_user_tables`).
+
+    Args:
+        served: exposure rows (one per served item; deduplicated to one per request_id) with user_id, ts (epoch
+            seconds) and the logged feature columns.
+        as_of: the feature time the service ran at (a fixed `as_of` of a replayed world); None = each request's ts.
+
+    Never raises on bad input: an empty window, no feature column or too few comparable requests is
+    "insufficient_data".
+    """
+    result = SkewResult(status="insufficient_data", rate=None)
+    result.reasons += _unusable(served, tables, as_of)
+    if result.reasons:
+        return result
+    assert served is not None
+    comparisons = _user_comparisons(served, tables, cfg, as_of, result)
+    comparisons += _candidate_comparisons(served, tables, cfg, as_of, result)
+    if not comparisons:
+        result.reasons.append("no logged feature column matches an offline feature")
+        return result
+    if result.n_compared < cfg.min_rows and result.n_items_compared < cfg.min_rows:
+        result.reasons.append(
+            f"{result.n_compared} requests with logged features and an offline row (and {result.n_items_compared} "
+            f"served items with logged candidate inputs), fewer than skew.min_rows={cfg.min_rows}"
+        )
+        if result.n_compared == 0 and result.n_items_compared == 0:
+            return result
+    _count_mismatches(comparisons, cfg, result)
     if result.reasons or result.rate is None:
         return result
     worst = sorted(result.per_feature, key=lambda f: result.per_feature[f]["rate"], reverse=True)
