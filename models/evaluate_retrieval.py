@@ -104,6 +104,63 @@ def top_overlap(
     return (ideal[:, :, None] == retrieved[:, None, :]).any(-1).float().mean(1)
 
 
+def _split_and_corpus(data: Path, protocol: str) -> tuple[Split, np.ndarray]:
+    """The protocol's split of the dataset's positive events, and the corpus every model ranks."""
+    split = make_split(positive_events(data), protocol)
+    if split.test.empty or split.valid.empty:
+        raise UserError(f"{data}: the {protocol} split has no test or validation targets")
+    return split, make_corpus(split.train, split.valid, split.test)
+
+
+def _seed_run(
+    data: Path,
+    split: Split,
+    corpus: np.ndarray,
+    configs: tuple[TwoTowerConfig, SequenceTrainConfig],
+    sasrec: SASRecConfig,
+    baselines: tuple[str, ...],
+    two_tower: bool,
+    log: Callable[[str], None] | None,
+) -> tuple[dict[str, dict[str, float]], SequenceRetriever | None]:
+    """The `baselines`' and (`two_tower`) the two-tower's metrics with one seed's configs, and the trained
+    two-tower's retriever."""
+    cfg, tc = configs
+    models: dict[str, dict[str, float]] = {}
+    if baselines:
+        # The baselines rank the same eligible posts as the two-tower (tc.mask_unborn).
+        created = post_table(cfg, corpus, split.train, data).created_ms if tc.mask_unborn else None
+        models |= evaluate_baselines(
+            split.train, split.valid, split.test, corpus, split.test_history, sasrec=sasrec, names=baselines,
+            log=log, created_ms=created,
+        )  # fmt: skip
+    if not two_tower:
+        return models, None
+    reach = models["sasrec"]["valid_ndcg@10"] if "sasrec" in models else None
+    models["two_tower"], retriever = two_tower_metrics(data, split, corpus, cfg, tc, log, reach)
+    return models, retriever
+
+
+def _add_oracle(
+    models: dict[str, dict[str, float]],
+    data: Path,
+    split: Split,
+    corpus: np.ndarray,
+    retriever: SequenceRetriever | None,
+) -> dict[str, dict[str, float]]:
+    """Adds the synthetic oracle's metrics to `models` (and to the two-tower's the share of the oracle's top-20 it
+    retrieves in its top-200, the depth of Recall@200); returns every model as a fraction of the oracle."""
+    start = time.perf_counter()
+    oracle, survival = oracle_metrics(data, split, corpus, retriever)
+    models["oracle"] = oracle | {"seconds": time.perf_counter() - start}
+    if retriever is not None:
+        models["two_tower"]["oracle_top20_in_top200"] = survival
+    return {
+        name: {k: _ratio(row[k], models["oracle"][k]) for k in _VS_ORACLE if k in row}
+        for name, row in models.items()
+        if name != "oracle"
+    }
+
+
 def evaluate_retrieval(
     data: Path,
     protocol: str = "leave-one-out",
@@ -140,31 +197,17 @@ def evaluate_retrieval(
     }
     sasrec = sasrec_config(preset, budget, sasrec_overrides or {})
     manifest = Manifest.load(Path(data))
-    events = positive_events(Path(data))
-    split = make_split(events, protocol)
-    if split.test.empty or split.valid.empty:
-        raise UserError(f"{data}: the {protocol} split has no test or validation targets")
-    corpus = make_corpus(split.train, split.valid, split.test)
+    split, corpus = _split_and_corpus(Path(data), protocol)
     per_seed: dict[str, list[dict[str, float]]] = {}
     retriever: SequenceRetriever | None = None
     for k, s in enumerate(seeds):
-        cfg, tc = configs[s]
         if log is not None and len(seeds) > 1:
             log(f"seed {s}")
+        # most-popular and item-kNN are deterministic: fitted with the first seed only.
         baselines = tuple(n for n in names if n != "two_tower" and (k == 0 or n == "sasrec"))
-        models: dict[str, dict[str, float]] = {}
-        if baselines:
-            # The baselines rank the same eligible posts as the two-tower (tc.mask_unborn).
-            created = post_table(cfg, corpus, split.train, Path(data)).created_ms if tc.mask_unborn else None
-            models |= evaluate_baselines(
-                split.train, split.valid, split.test, corpus, split.test_history, sasrec=_seeded(sasrec, s),
-                names=baselines, log=log, created_ms=created,
-            )  # fmt: skip
-        if "two_tower" in names:
-            reach = models["sasrec"]["valid_ndcg@10"] if "sasrec" in models else None
-            two_tower, seed_retriever = two_tower_metrics(Path(data), split, corpus, cfg, tc, log, reach)
-            models["two_tower"] = two_tower
-            retriever = retriever or seed_retriever  # the oracle's overlap is measured against the first seed's
+        models, seed_retriever = _seed_run(Path(data), split, corpus, configs[s], _seeded(sasrec, s), baselines,
+                                           "two_tower" in names, log)  # fmt: skip
+        retriever = retriever or seed_retriever  # the oracle's overlap is measured against the first seed's
         for name, row in models.items():
             per_seed.setdefault(name, []).append(row)
     mean = {name: _mean(rows) for name, rows in per_seed.items()}
@@ -191,16 +234,7 @@ def evaluate_retrieval(
     }  # fmt: skip
     models = report["models"]
     if manifest.dataset == "synthetic":
-        start = time.perf_counter()
-        oracle, survival = oracle_metrics(Path(data), split, corpus, retriever)
-        models["oracle"] = oracle | {"seconds": time.perf_counter() - start}
-        if retriever is not None:  # the issue's "oracle top-20 survives retrieval": depth 200, as Recall@200
-            models["two_tower"]["oracle_top20_in_top200"] = survival
-        report["vs_oracle"] = {
-            name: {k: _ratio(row[k], models["oracle"][k]) for k in _VS_ORACLE if k in row}
-            for name, row in models.items()
-            if name != "oracle"
-        }
+        report["vs_oracle"] = _add_oracle(models, Path(data), split, corpus, retriever)
     if "two_tower" in models and "sasrec" in models:
         report["two_tower_vs_sasrec"] = {
             k: _ratio(models["two_tower"][k], models["sasrec"][k]) for k in ("ndcg@10", "recall@10")
