@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-app = typer.Typer(help="Monitoring: drift checks with Evidently (issue 8).", no_args_is_help=True)
+app = typer.Typer(help="Monitoring: drift checks with Evidently.", no_args_is_help=True)
 
 
 def _csv(value: str | None) -> list[str] | None:

@@ -1,5 +1,5 @@
-"""Live writes into the online store (issue 21.1, events in): engagements, follows and new posts, through Feast, and
-the ids of the events already applied.
+"""Live writes into the online store: engagements, follows and new posts, through Feast, and the ids of the events
+already applied.
 
 - Engagements go through the `user_history_push` push source (`features.store.push_history`, PushMode.ONLINE): the
   user's history row is read, extended and written back, so the next read of the online store sees it.

@@ -1,4 +1,4 @@
-"""What the service has recently served each user, kept beside the online features (issue 21.4, a fresh feed).
+"""What the service has recently served each user, kept beside the online features.
 
 The service adds every slate it serves and, before the next request of the same user, reads back what it served
 within `ttl_s`; those posts join the client's `seen_ids`, so `PreviouslySeenFilter` drops them and a repeated request

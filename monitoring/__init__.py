@@ -1,1 +1,1 @@
-"""Monitoring (issue 8): data drift and prediction drift with Evidently 0.7, on the exposure log."""
+"""Monitoring: the served model's drift, quality and train/serve skew checks (monitoring/monitor.py), with Evidently."""
