@@ -620,7 +620,7 @@ def _logged_posts(
     return post
 
 
-def _draw_outcomes(
+def draw_outcomes(
     world: World, rng: np.random.Generator, rel: np.ndarray, post: np.ndarray, probs: dict[str, np.ndarray],
     given_click: dict[str, np.ndarray],
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:  # fmt: skip
@@ -657,7 +657,7 @@ def impressions_chunk(world: World, day: int, lo: int, hi: int, first_id: int, f
     in_network = np.isin((user << 32) | author, world.follow_keys, assume_unique=False)
     rel = relevance(world, user, post, t, in_network)
     probs, given_click = action_probabilities(world, rel, post, t, position, in_network)
-    cols, dwell_time = _draw_outcomes(world, rng, rel, post, probs, given_click)
+    cols, dwell_time = draw_outcomes(world, rng, rel, post, probs, given_click)
 
     data: dict[str, Any] = {
         "impression_id": np.arange(first_id, first_id + len(user), dtype=np.int64),

@@ -17,13 +17,16 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 
 from core.actions import ACTION_NAMES, DWELL_TIME, prob_column
 from core.errors import UserError
+
+if TYPE_CHECKING:
+    from features.synth import World
 
 OutcomeSource = Literal["file", "simulated", "none"]
 KEYS = ("request_id", "post_id")
@@ -121,6 +124,23 @@ def join_outcomes(served: pd.DataFrame, outcomes: pd.DataFrame, detail: str) -> 
     )
 
 
+def _served_times(items: pd.DataFrame, world: World, as_of: datetime | None) -> tuple[np.ndarray, str]:
+    """(each item's synthetic time in seconds from the world's epoch, how it was chosen): `as_of`, else the row's
+    ts, or the world's end where ts lies outside the synthetic days."""
+    from features.synth import DAY_S, EPOCH
+
+    horizon_end = world.cfg.days * DAY_S
+    if as_of is not None:
+        return np.full(
+            len(items), int((as_of - EPOCH).total_seconds()), dtype=np.int64
+        ), f"at as_of {as_of.isoformat()}"
+    ts = pd.to_numeric(items.get("ts", pd.Series(np.nan, index=items.index)), errors="coerce").to_numpy(float)
+    rel_s = ts - EPOCH.timestamp()
+    inside = np.isfinite(rel_s) & (rel_s >= 0) & (rel_s <= horizon_end)
+    t = np.where(inside, np.nan_to_num(rel_s), horizon_end).astype(np.int64)
+    return t, "at each request's ts" if inside.all() else "at request ts, or the world's end where ts is outside it"
+
+
 def simulate_outcomes(served: pd.DataFrame, world: object, seed: int = 0, as_of: datetime | None = None) -> OutcomeSet:
     """Draws the outcomes of served items from a synthetic world's truth model (features/synth.py), seeded.
 
@@ -136,11 +156,9 @@ def simulate_outcomes(served: pd.DataFrame, world: object, seed: int = 0, as_of:
         An OutcomeSet with every action, dwell_time and the true probabilities p_<action>; items whose user or post
         is not in the world get no outcome row (counted in n_with_outcome) and all-zero actions.
     """
-    from core.schema import MEDIA_TYPES
-    from features.synth import DAY_S, EPOCH, World, action_probabilities, relevance
+    from features.synth import World, action_probabilities, draw_outcomes, relevance
 
     assert isinstance(world, World)
-    tm = world.cfg.truth
     items = _key_frame(served).reset_index(drop=True)
     for col in ("user_id", "position"):
         if col not in items.columns:
@@ -150,36 +168,17 @@ def simulate_outcomes(served: pd.DataFrame, world: object, seed: int = 0, as_of:
     post = items["post_id"].fillna(0).to_numpy(np.int64) - 1
     position = pd.to_numeric(items["position"], errors="coerce").fillna(0).to_numpy(np.int64)
     known = (user >= 0) & (user < len(world.user_act)) & (post >= 0) & (post < len(world.post_author))
-    horizon_end = world.cfg.days * DAY_S
-    if as_of is not None:
-        t = np.full(n, int((as_of - EPOCH).total_seconds()), dtype=np.int64)
-        when = f"at as_of {as_of.isoformat()}"
-    else:
-        ts = pd.to_numeric(items.get("ts", pd.Series(np.nan, index=items.index)), errors="coerce").to_numpy(float)
-        rel_s = ts - EPOCH.timestamp()
-        inside = np.isfinite(rel_s) & (rel_s >= 0) & (rel_s <= horizon_end)
-        t = np.where(inside, np.nan_to_num(rel_s), horizon_end).astype(np.int64)
-        when = "at each request's ts" if inside.all() else "at request ts, or the world's end where ts is outside it"
+    t, when = _served_times(items, world, as_of)
     u, p = user[known], post[known]
     tk = np.maximum(t[known], world.post_created_s[p])  # a post is never seen before it exists
-    author = world.post_author[p]
-    keys = (u << 32) | author
+    keys = (u << 32) | world.post_author[p]
     pos = np.clip(np.searchsorted(world.follow_keys, keys), 0, max(len(world.follow_keys) - 1, 0))
     in_network = (world.follow_keys[pos] == keys) if len(world.follow_keys) else np.zeros(len(u), bool)
     rel = relevance(world, u, p, tk, in_network.astype(np.float64))
     probs, given_click = action_probabilities(world, rel, p, tk, position[known], in_network)
-
+    # The same draws as the synthetic log's (the funnel included), from this seed's own stream.
     rng = np.random.default_rng(np.random.SeedSequence([seed, 8]))
-    m = len(u)
-    click = rng.random(m) < probs["click"]
-    flags: dict[str, np.ndarray] = {"click": click}
-    for name, _, _, leak in tm.conditional:  # the funnel: likelier after a click, `leak` times as likely without
-        flags[name] = rng.random(m) < np.where(click, given_click[name], leak * given_click[name])
-    for name, *_ in tm.negative:
-        flags[name] = rng.random(m) < probs[name]
-    is_video = world.post_media[p] == MEDIA_TYPES.index("video")
-    dwell_s = np.exp(2.0 + 0.4 * rel + 0.5 * is_video + rng.normal(0.0, 0.6, m))
-    dwell_time = np.where(flags["dwell"], dwell_s, np.where(click, rng.uniform(0.5, 3.0, m), 0.0))
+    flags, dwell_time = draw_outcomes(world, rng, rel, p, probs, given_click)
 
     out = items.copy()
     for name in ACTION_NAMES:
