@@ -23,7 +23,14 @@ from models.config_overrides import coerce
 from models.ranker import HEAD_MODES, RankerConfig
 from models.ranker_data import RankerDataset, read_ranker_set
 from models.tasks import availability
-from models.train_ranker import RankerTrainConfig, binary_tasks, evaluate_ranker, summary, train_ranker
+from models.train_ranker import (
+    RankerTrainConfig,
+    binary_tasks,
+    evaluate_ranker,
+    sample_requests,
+    summary,
+    train_ranker,
+)
 from models.training import input_fingerprint, prepare_work_dir, publish_run
 
 BASELINES = ("logistic", "lightgbm", "mmoe")
@@ -165,10 +172,7 @@ def compare_rankers(
 
     df, observed = read_ranker_set(training_set)
     _, valid_df = split_by_request(df, fraction=valid_fraction)
-    requests = valid_df["request_id"].unique()
-    if len(requests) > max_requests:
-        keep = np.random.default_rng(seed).choice(requests, max_requests, replace=False)
-        valid_df = valid_df[valid_df["request_id"].isin(keep)].reset_index(drop=True)
+    valid_df = sample_requests(valid_df, max_requests, seed)
     out: dict[str, Any] = {
         "window": {
             "training_set": str(training_set),

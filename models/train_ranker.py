@@ -163,6 +163,15 @@ def train_ranker(
         return _train(config, train_df, valid_df, observed, tc, out, resume, log, posts)
 
 
+def sample_requests(df: pd.DataFrame, max_requests: int, seed: int) -> pd.DataFrame:
+    """At most `max_requests` whole requests of `df`: a seeded sample, or `df` itself when it holds no more."""
+    requests = df["request_id"].unique()
+    if len(requests) <= max_requests:
+        return df
+    keep = np.random.default_rng(seed).choice(requests, max_requests, replace=False)
+    return df[df["request_id"].isin(keep)].reset_index(drop=True)
+
+
 def _train(
     config: RankerConfig,
     train_df: pd.DataFrame,
@@ -183,10 +192,7 @@ def _train(
         if not available.any():
             raise UserError(f"train: the dataset records none of the model's tasks {list(config.tasks)}")
         train_ds = RankerDataset(train_df, config, model.tasks, available, posts)
-        valid_requests = valid_df["request_id"].unique()
-        if len(valid_requests) > tc.max_eval_requests:
-            keep = np.random.default_rng(tc.seed).choice(valid_requests, tc.max_eval_requests, replace=False)
-            valid_df = valid_df[valid_df["request_id"].isin(keep)].reset_index(drop=True)
+        valid_df = sample_requests(valid_df, tc.max_eval_requests, tc.seed)
         valid_ds = RankerDataset(valid_df, config, model.tasks, available, posts)
         model.fit_dense_stats(train_ds.train_dense())
         model = model.to(device)
@@ -214,24 +220,13 @@ def _train(
 
         metric = "select" if tc.select_actions else "auc_mean"
         loop = Loop(tc.epochs, tc.patience, tc.grad_clip, tc.seed, metric, settings_json(tc))
-        done = run_epochs(
-            ctx,
-            model,
-            task,
-            optimizer,
-            loop,
-            ModelFiles(
-                config,
-                save_best=lambda path: save_ranker(model, path),
-                load_best=lambda path: load_ranker(path).state_dict(),
-                same_config=lambda text: RankerConfig.from_json(text) == config,
-            ),
-            batches,
-            evaluate,
-            out=out,
-            resume=resume,
-            log=log,
+        files = ModelFiles(
+            config,
+            save_best=lambda path: save_ranker(model, path),
+            load_best=lambda path: load_ranker(path).state_dict(),
+            same_config=lambda text: RankerConfig.from_json(text) == config,
         )
+        done = run_epochs(ctx, model, task, optimizer, loop, files, batches, evaluate, out=out, resume=resume, log=log)
         if ctx.distributed:
             dist.barrier()  # rank 0's last writes are done before any rank returns
     finally:

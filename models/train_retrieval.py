@@ -300,24 +300,16 @@ def _train(
         return train_ds.loader(tc.batch_size, shuffle=True, generator=generator)
 
     loop = Loop(tc.epochs, tc.patience, tc.grad_clip, tc.seed, f"recall@{tc.select_k}", settings_json(tc))
-    done = run_epochs(
-        ctx,
-        model,
-        task,
-        optimizer,
-        loop,
-        ModelFiles(
-            config,
-            save_best=lambda path: save(model, path),
-            load_best=lambda path: load_two_tower(path).state_dict(),
-            same_config=lambda text: TwoTowerConfig.from_json(text) == config,
-        ),
-        batches,
-        lambda: evaluate_fn(model, valid_ds, corpus),
-        out=out,
-        resume=resume,
-        log=log,
+    files = ModelFiles(
+        config,
+        save_best=lambda path: save(model, path),
+        load_best=lambda path: load_two_tower(path).state_dict(),
+        same_config=lambda text: TwoTowerConfig.from_json(text) == config,
     )
+    done = run_epochs(
+        ctx, model, task, optimizer, loop, files, batches, lambda: evaluate_fn(model, valid_ds, corpus),
+        out=out, resume=resume, log=log,
+    )  # fmt: skip
     best = next(h for h in done.history if h["epoch"] == done.best_epoch)
     metrics = {k: v for k, v in best.items() if "@" in k}
     return TrainResult[TwoTower](model.eval(), done.best_epoch, metrics, done.history, done.step_losses)
