@@ -19,6 +19,7 @@ The model returns logits (`RankerOutput`); the loss is `models.tasks.ranker_loss
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,10 +37,24 @@ from core.errors import UserError
 from core.io import atomic_dir
 from core.schema import N_SURFACES
 from features.catalog import AUTHOR_STATS, POST_STATS, USER_STATS, Dtype
-from models.layers import Block, MultiHashEmbedding, RMSNorm, Rotary, apply_rotary, entity_seed
+from models.layers import (
+    Block,
+    MultiHashEmbedding,
+    RMSNorm,
+    Rotary,
+    attention_bias,
+    derived,
+    entity_seed,
+    linear_np,
+    lookup_np,
+    projected_actions_np,
+    rotate_half_rows,
+    sum_hashes,
+    weight_np,
+)
 from models.model_config import ModelConfig
 from models.tasks import TASK_NAMES, Task, TaskKind, select_tasks
-from models.two_tower import UserFeatures, time_bucket
+from models.two_tower import UserFeatures, time_bucket, time_bucket_np
 
 HEAD_MODES = ("independent", "funnel")
 MAX_LOG_SECONDS = math.log1p(86_400.0)  # a predicted dwell is at most a day (finite for any head output)
@@ -325,6 +341,80 @@ class TokenEmbedder(nn.Module):
             token = token + self.in_network_emb(c.in_network.long())
         return token
 
+    # Inference on CPU (serving) ------------------------------------------------------------------------------------
+    # The same tokens as user_token / history_tokens / candidate_tokens: the hash lookups, gathers, time buckets and
+    # sums in numpy (exact: the same rows and buckets, the same float32 additions in the same order), the projections
+    # in torch. A request's few hundred tokens are cheap to compute; the ~10 torch operators per lookup were not.
+
+    def user_token_np(self, x: UserFeatures) -> np.ndarray:
+        """(B, D) float32: `user_token`."""
+        B = len(x.user_ids)
+        (rows,) = lookup_np([self.user_emb], [x.user_ids.numpy()])
+        token = linear_np(self.user_proj, rows.reshape(B, -1))
+        ids = x.attribute_ids.numpy()
+        for attribute in lookup_np(
+            cast(list[MultiHashEmbedding], list(self.attribute_emb)),
+            [ids[:, k] for k in range(ids.shape[1])],
+            summed=True,
+        ):
+            token = token + attribute
+        return token
+
+    def history_tokens_np(self, x: UserFeatures, attributes: torch.Tensor | None = None) -> np.ndarray:
+        """(B, S, D) float32: `history_tokens`."""
+        post_ids = x.hist_post_ids.numpy()
+        B, S = post_ids.shape
+        tables, ids = [self.post_emb, self.author_emb], [post_ids, x.hist_author_ids.numpy()]
+        if attributes is not None and self.cfg.history_attributes:
+            tables += cast(list[MultiHashEmbedding], list(self.candidate_attribute_emb))
+            ids += [attributes.numpy()[..., k] for k in range(len(self.candidate_attribute_emb))]
+        post, author, *attribute_rows = lookup_np(tables, ids)
+        surfaces = np.clip(x.hist_surfaces.numpy(), 0, self.cfg.n_surfaces - 1)
+        tokens = np.concatenate(
+            [
+                post.reshape(B, S, -1),
+                author.reshape(B, S, -1),
+                projected_actions_np(self, self.action_proj, x.hist_actions.numpy(), self.cfg.n_actions),
+                np.take(weight_np(self.surface_emb), surfaces, axis=0),
+            ],
+            -1,
+        )
+        valid = post_ids != 0
+        gap = np.where(valid, time_bucket_np(x.hist_gap_ms.numpy(), self.cfg.n_time_buckets), 0)
+        out = linear_np(self.history_proj, tokens)
+        out = out + np.take(weight_np(self.gap_emb), gap, axis=0)
+        for rows in attribute_rows:
+            out = out + sum_hashes(rows)
+        return out * valid[..., None]
+
+    def candidate_tokens_np(self, c: CandidateBatch) -> np.ndarray:
+        """(B, C, D) float32: `candidate_tokens`."""
+        post_ids = c.post_ids.numpy()
+        B, C = post_ids.shape
+        attributes = c.attributes.numpy()
+        post, author, *attribute_rows = lookup_np(
+            [self.post_emb, self.author_emb, *self.candidate_attribute_emb],
+            [post_ids, c.author_ids.numpy(), *(attributes[..., k] for k in range(len(self.candidate_attribute_emb)))],
+        )
+        age = time_bucket_np(c.age_ms.numpy(), self.cfg.n_time_buckets)
+        dense = (torch.log1p(c.dense.float().clamp(min=0)) - self.dense_mean) / self.dense_std  # (B, C, F)
+        surfaces = np.clip(c.surfaces.numpy(), 0, self.cfg.n_surfaces - 1)
+        parts = [
+            post.reshape(B, C, -1),
+            author.reshape(B, C, -1),
+            np.take(weight_np(self.surface_emb), surfaces, axis=0),
+            np.take(weight_np(self.age_emb), age, axis=0),
+            dense.numpy(),
+        ]
+        token = F.linear(torch.from_numpy(np.concatenate(parts, -1)), self.candidate_proj.weight).detach().numpy()
+        for rows in attribute_rows:
+            token = token + sum_hashes(rows)
+        if self.cfg.dense_bins:
+            token = token + self.bin_emb(self.dense_bins(c.dense)).sum(-2).detach().numpy()
+        if self.in_network_emb is not None:
+            token = token + np.take(weight_np(self.in_network_emb), c.in_network.numpy().astype(np.int64), axis=0)
+        return token
+
 
 class TaskHeads(nn.Module):
     """One linear output per task on the final candidate states, combined into per-task logits.
@@ -570,6 +660,17 @@ class Ranker(nn.Module):
             offset = wide if offset is None else offset + wide
         return offset
 
+    def _served_offset(self, candidates: CandidateBatch, on_cpu: bool) -> torch.Tensor | None:
+        """`_offset`, without the position-bias lookup when every position is unknown (serving) and the unknown
+        position's row 0 is zero (as training leaves it: padding_idx): it would add exactly nothing."""
+        bias = self.position_bias
+        if bias is not None and on_cpu and not (candidates.positions.numpy() >= 0).any():
+            zero = derived(bias, "row0_is_zero", (bias.weight,), lambda: bool((bias.weight[0] == 0).all()))
+            if zero:
+                wide = self.wide
+                return wide(self.embedder.dense_bins(candidates.dense), candidates) if wide is not None else None
+        return self._offset(candidates)
+
     def _position_offset(self, candidates: CandidateBatch) -> torch.Tensor | None:
         """(B, C, K) position-bias offsets of logged slots (unknown positions, -1, get 0); None without the tower."""
         if self.position_bias is None:
@@ -578,19 +679,71 @@ class Ranker(nn.Module):
         return self.position_bias(slot)
 
     # Serving path -------------------------------------------------------------------------------------------------
+    # The same outputs as `forward` (up to float rounding; tests/models/test_ranker.py) in far fewer operators: at
+    # serving sizes (one request, ~500 candidates, the nano preset) the time was operator dispatch, not arithmetic.
+    # Token inputs are built in numpy on CPU (`TokenEmbedder.*_np`), the blocks run `Block.infer` (fused projections
+    # and norms), and the candidates' attention uses projections with their one rotary position folded in.
+
+    def _on_cpu(self, *tensors: torch.Tensor) -> bool:
+        return self.embedder.user_proj.weight.device.type == "cpu" and all(t.device.type == "cpu" for t in tensors)
 
     @torch.inference_mode()
     def encode_user(self, user: UserFeatures, history_attributes: torch.Tensor | None = None) -> UserCache:
         """Runs user + history once and keeps each layer's keys and values: candidates never change them."""
-        h, valid, positions = self._context(user, history_attributes)
-        user_input = h[:, 0] if self.cfg.user_in_candidate else None
-        cos, sin = self._rope(positions)
+        S = user.hist_post_ids.shape[1]
+        if self.cfg.max_history < S:
+            raise ValueError(f"Ranker: history of {S} positions, max_history is {self.cfg.max_history}")
+        T0 = S + 1
+        if self._on_cpu(user.hist_post_ids) and all(block.numpy_sized(T0) for block in self.layers):
+            # One request's user + history, all in numpy: tokens (TokenEmbedder.*_np) and blocks (Block.infer_np),
+            # far cheaper than torch operators at this size.
+            e = self.embedder
+            hist_valid = user.hist_post_ids.numpy() != 0  # (B, S)
+            B = len(hist_valid)
+            x = np.concatenate([e.user_token_np(user)[:, None], e.history_tokens_np(user, history_attributes)], 1)
+            newer = hist_valid.sum(1, keepdims=True) - hist_valid.cumsum(1)  # valid events after each one
+            hist_pos = np.where(hist_valid, self.cfg.max_history - newer, 0)
+            positions = np.concatenate([np.zeros((B, 1), np.int64), hist_pos], 1)  # (B, T0)
+            valid_np = np.concatenate([np.ones((B, 1), bool), hist_valid], 1)
+            cos_table, sin_table = self.rotary.tables_np(self.rotary.cos.shape[0])  # (L, 1, hd)
+            cos, sin = cos_table[positions], sin_table[positions]  # (B, T0, 1, hd)
+            allowed = valid_np[:, None, None, :]
+            if self.cfg.causal:
+                allowed = allowed & np.tri(T0, dtype=bool)
+            user_input = torch.from_numpy(x[:, 0]) if self.cfg.user_in_candidate else None
+            bias = attention_bias(allowed)
+            kv_np: list[tuple[np.ndarray, np.ndarray]] = []
+            for block in self.layers:
+                x = block.infer_np(x, cos, sin, bias, kv_np)
+            keys = tuple(torch.from_numpy(k) for k, _ in kv_np)
+            values = tuple(torch.from_numpy(v) for _, v in kv_np)
+            hidden = torch.from_numpy(self.norm.infer_np(x[:, 0]))
+            return UserCache(keys, values, torch.from_numpy(valid_np), hidden, user_input)
+        h, valid, positions_t = self._context(user, history_attributes)
+        user_input_t = h[:, 0] if self.cfg.user_in_candidate else None
+        cos_t, sin_t = self.rotary.cos[positions_t].unsqueeze(2), self.rotary.sin[positions_t].unsqueeze(2)
         mask = self._context_mask(valid)
         kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # each layer's keys (rotary applied) and values
         for block in self.layers:
-            h = block(h, cos, sin, mask, kv)
-        keys, values = [k for k, _ in kv], [v for _, v in kv]
-        return UserCache(tuple(keys), tuple(values), valid, self.norm(h[:, 0]), user_input)
+            h = block.infer(h, cos_t, sin_t, mask, kv)
+        return UserCache(
+            tuple(k for k, _ in kv), tuple(v for _, v in kv), valid, self.norm.infer(h[:, 0]), user_input_t
+        )
+
+    def _candidate_qkv_weight(self, block: Block) -> torch.Tensor:
+        """(H hd + 2 Hkv hd, D): q and k projections of a candidate with its rotary position applied (every candidate
+        sits at `candidate_position`: rotary is then a fixed linear map) and q scaled by 1/sqrt(hd), then v."""
+        attn, hd = block.attn, block.attn.head_dim
+        cos, sin = self.rotary.cos[self.candidate_position], self.rotary.sin[self.candidate_position]  # (hd,)
+        wq = attn.q.weight
+        wk, wv = attn.kv.weight.split(attn.n_kv_heads * hd)
+
+        def rotated(w: torch.Tensor) -> torch.Tensor:  # rows of (W x) * cos + rotate_half(W x) * sin
+            heads = w.view(-1, hd, w.shape[-1])
+            turned = rotate_half_rows(w, hd).view_as(heads)
+            return (heads * cos[:, None] + turned * sin[:, None]).reshape(w.shape)
+
+        return torch.cat([rotated(wq) / math.sqrt(hd), rotated(wk), wv])
 
     def _score_layers(self, cache: UserCache, h: torch.Tensor) -> torch.Tensor:
         """Candidate tokens h (B, C, D) through every layer against the cached keys/values -> (B, C, D) final-norm.
@@ -599,29 +752,29 @@ class Ranker(nn.Module):
         the isolation mask, without building the (T, T) mask or recomputing user + history.
         """
         B, C, _ = h.shape
-        cos_row, sin_row = self.rotary.cos[self.candidate_position], self.rotary.sin[self.candidate_position]  # (hd,)
-        key_mask = cache.valid[:, None, None, None, :]  # (B, 1, 1, 1, T0)
+        key_bias = torch.zeros(cache.valid.shape, dtype=h.dtype, device=h.device).masked_fill_(~cache.valid, -math.inf)
+        key_bias = key_bias[:, None, None, :]  # (B, 1, 1, T0): -inf at padding keys
         for block, k_ctx, v_ctx in zip(self.layers, cache.keys, cache.values, strict=True):
             attn = block.attn
-            Hkv, hd = attn.n_kv_heads, attn.head_dim
-            rep = attn.n_heads // Hkv
-            x = block.attn_norm(h)
-            q = attn.q(x).view(B, C, attn.n_heads, hd).transpose(1, 2)  # (B, H, C, hd)
-            k, v = attn.kv(x).view(B, C, 2, Hkv, hd).permute(2, 0, 3, 1, 4)  # (B, Hkv, C, hd) each
-            q, k = apply_rotary(q, cos_row, sin_row), apply_rotary(k, cos_row, sin_row)
-            # Query head j reads kv head j // rep (Attention's repeat_interleave): group queries by kv head instead
-            # of repeating the cached keys.
-            q = q.view(B, Hkv, rep, C, hd)  # (B, Hkv, rep, C, hd)
-            scale = 1.0 / math.sqrt(hd)
-            s_ctx = q @ k_ctx.unsqueeze(2).transpose(-1, -2) * scale  # (B, Hkv, rep, C, T0)
-            s_ctx = s_ctx.masked_fill(~key_mask, float("-inf"))
-            s_self = (q * k.unsqueeze(2)).sum(-1, keepdim=True) * scale  # (B, Hkv, rep, C, 1)
-            w = torch.softmax(torch.cat([s_ctx, s_self], -1).float(), -1).to(q.dtype)  # (B, Hkv, rep, C, T0 + 1)
-            y = w[..., :-1] @ v_ctx.unsqueeze(2) + w[..., -1:] * v.unsqueeze(2)  # (B, Hkv, rep, C, hd)
-            y = y.reshape(B, attn.n_heads, C, hd).transpose(1, 2).reshape(B, C, attn.n_heads * hd)
+            H, Hkv, hd = attn.n_heads, attn.n_kv_heads, attn.head_dim
+            rep = H // Hkv
+            sources = (attn.q.weight, attn.kv.weight, self.rotary.cos)
+            w = derived(block, "candidate_qkv", sources, functools.partial(self._candidate_qkv_weight, block))
+            p = F.linear(block.attn_norm.infer(h), w)  # (B, C, (H + 2 Hkv) hd)
+            # Query head j reads kv head j // rep (Attention's repeat_interleave): queries grouped by kv head.
+            q = p[..., : H * hd].view(B, C, Hkv, rep, hd)
+            k = p[..., H * hd : (H + Hkv) * hd].view(B, C, Hkv, 1, hd)
+            v = p[..., (H + Hkv) * hd :].view(B, C, Hkv, 1, hd)
+            s_self = (q * k).sum(-1).permute(0, 2, 3, 1).reshape(B, Hkv, rep * C, 1)  # the scale is folded into q
+            q = q.permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * C, hd)  # rows (r, c) of each kv head
+            s_ctx = q @ k_ctx.transpose(-1, -2) + key_bias  # (B, Hkv, rep C, T0)
+            wts = torch.softmax(torch.cat([s_ctx, s_self], -1), -1)  # (B, Hkv, rep C, T0 + 1)
+            v_self = v.permute(0, 2, 3, 1, 4).expand(B, Hkv, rep, C, hd).reshape(B, Hkv, rep * C, hd)
+            y = wts[..., :-1] @ v_ctx + wts[..., -1:] * v_self  # (B, Hkv, rep C, hd)
+            y = y.view(B, Hkv, rep, C, hd).permute(0, 3, 1, 2, 4).reshape(B, C, H * hd)  # head j = (j // rep, j % rep)
             h = h + attn.out(y)
-            h = h + block.ffn(block.ffn_norm(h))
-        return self.norm(h)
+            h = h + block.ffn.infer(block.ffn_norm.infer(h))
+        return self.norm.infer(h)
 
     @torch.inference_mode()
     def score_candidates(self, cache: UserCache, candidates: CandidateBatch, chunk: int | None = None) -> RankerOutput:
@@ -637,14 +790,18 @@ class Ranker(nn.Module):
         """
         chunk = chunk or self.cfg.max_candidates
         C = candidates.num_candidates
+        on_cpu = self._on_cpu(candidates.post_ids)
         parts = []
         for start in range(0, C, chunk):
             part = candidates.slice(start, min(start + chunk, C))
-            tokens = self.embedder.candidate_tokens(part)  # (B, c, D)
+            if on_cpu:
+                tokens = torch.from_numpy(self.embedder.candidate_tokens_np(part))  # (B, c, D)
+            else:
+                tokens = self.embedder.candidate_tokens(part)
             if cache.user_input is not None:
                 tokens = tokens + cache.user_input.unsqueeze(1)
             h = self._score_layers(cache, tokens)
-            parts.append(self.heads(h, self._offset(part)))
+            parts.append(self.heads(h, self._served_offset(part, on_cpu)))
         B, K = cache.valid.shape[0], len(self.tasks)
         logits = torch.cat(parts, 1) if parts else cache.user_hidden.new_zeros(B, 0, K)
         multipliers = self.combiner(cache.user_hidden) if self.combiner is not None else None

@@ -7,6 +7,8 @@ training join's nulls (numbers 0, attributes the padding id 0), not as the store
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -35,9 +37,7 @@ def user_inputs(query: Query, cfg: UserInputs) -> UserFeatures:
     history post's attributes from the hydrated `hist_<attribute>` tuples (tests/models/test_retrieval_job.py)."""
     history = query.history or {}
     row = tuple(np.asarray(history[name], dtype=np.int64) if len(history.get(name, ())) else None for name in HISTORY)
-    now = pd.Timestamp(query.now)
-    now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
-    request_ms = np.array([(now - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)], dtype=np.int64)
+    request_ms = np.array([epoch_ms(query.now)], dtype=np.int64)
     attribute_ids = np.array([[string_id(user_value(query, f"user_{a}")) for a in cfg.user_attributes]], np.int64)
     gaps, action_bit = history_rule(cfg)
     post_attributes: tuple[str, ...] = getattr(cfg, "post_attributes", ())
@@ -45,7 +45,7 @@ def user_inputs(query: Query, cfg: UserInputs) -> UserFeatures:
     if getattr(cfg, "history_attributes", False) and post_attributes and row[0] is not None:
         n = len(row[0])
         columns = [history.get(f"hist_{a}") or (None,) * n for a in post_attributes]
-        extra = [np.array([[string_id(c[j]) for c in columns] for j in range(n)], dtype=np.int64).reshape(n, -1)]
+        extra = [np.stack([string_ids_of(c) for c in columns], 1).reshape(n, -1)]
     return user_tensors(
         np.array([query.user_id], np.int64),
         request_ms,
@@ -56,3 +56,25 @@ def user_inputs(query: Query, cfg: UserInputs) -> UserFeatures:
         action_bit=action_bit,
         history_attributes=extra,
     )
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MILLISECOND = timedelta(milliseconds=1)
+
+
+def epoch_ms(now: datetime) -> int:
+    """Epoch milliseconds of a request time (naive = UTC), floored, as pandas computes them for a training row's
+    event_timestamp (`models.data.epoch_ms`); with datetime arithmetic, not a Timestamp per request."""
+    if isinstance(now, pd.Timestamp):  # may carry nanoseconds
+        now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
+        return int((now - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1))
+    aware = now.replace(tzinfo=UTC) if now.tzinfo is None else now
+    return (aware - EPOCH) // MILLISECOND
+
+
+def string_ids_of(values: Sequence[Any]) -> np.ndarray:
+    """(n,) `string_id` of each value, each distinct value hashed once (a history's few topics and media types)."""
+    known = dict.fromkeys(values, 0)
+    for v in known:
+        known[v] = string_id(v)
+    return np.fromiter(map(known.__getitem__, values), np.int64, len(values))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -46,3 +46,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if marker:
         with open(marker, "w") as f:
             f.write(str(int(exitstatus)))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: a second intra-op thread only adds wake-up latency (badly so on a busy 2-core machine).
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from models.index import AnnIndex
 from models.two_tower import TwoTower
@@ -32,11 +31,12 @@ class TwoTowerSource(Component):
         return query.hydrated and not query.cold_start
 
     def embed(self, query: Query) -> np.ndarray:
-        """(1, D) the viewer's unit-norm embedding (what the index is searched with)."""
+        """(1, D) the viewer's unit-norm embedding (what the index is searched with): `TwoTower.embed_users`, the
+        inference path of `user_embedding` (the same embedding up to float rounding)."""
         user = user_inputs(query, self.model.cfg)
-        with torch.inference_mode():
-            return self.model.user_embedding(user).float().cpu().numpy()
+        return self.model.embed_users(user).float().cpu().numpy()
 
     def fetch(self, query: Query) -> list[Candidate]:
         ids, _ = self.index.search(self.embed(query), self.max_results)
-        return [Candidate(post_id=int(p), author_id=0, created_at_ms=0, source=self.name) for p in ids[0] if p >= 0]
+        source = self.name
+        return [Candidate(post_id=p, author_id=0, created_at_ms=0, source=source) for p in ids[0].tolist() if p >= 0]

@@ -4,7 +4,6 @@ and a tiny learnability check."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,13 +20,7 @@ CFG = RankerConfig.preset("nano", max_history=6, max_candidates=8)
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: a second intra-op thread only adds wake-up latency (badly so on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def users(cfg: RankerConfig, lengths: list[int], seed: int = 0) -> UserFeatures:

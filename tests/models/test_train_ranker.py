@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,12 +41,7 @@ OBSERVED = ("click", "like", "not_interested", "dwell")
 TRAIN = ("--preset", "nano", "--set", "train.epochs=2", "--set", "train.batch_size=16")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rows(n_users: int = 60, requests: int = 6, slate: int = 6, seed: int = 0) -> pd.DataFrame:
