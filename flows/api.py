@@ -12,8 +12,10 @@ against it and stops the server's process group afterwards.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -99,10 +101,31 @@ def local_server(
             start_new_session=True,  # its own process group: stop_group stops uvicorn and the services with it
         )
         try:
-            wait_healthy(url, timeout_s, server=server, log=log_path)
-            yield url
+            with _exit_on_sigterm():
+                wait_healthy(url, timeout_s, server=server, log=log_path)
+                yield url
         finally:
             stop_group(server)
+
+
+@contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """Inside the block, SIGTERM (a supervisor, `kill`, a timeout) exits through Python's unwinding instead of
+    killing the process on the spot, so `local_server` still stops the server it started (it runs in its own session
+    and would outlive this process). Only where SIGTERM has its default action and on the main thread (the only one
+    that may set a handler); the previous action is restored after."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _drain_workers() -> None:

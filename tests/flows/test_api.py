@@ -3,6 +3,10 @@ health-checked, a flow run stored through it, the server stopped; a bad PREFECT_
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,3 +87,37 @@ def test_a_server_not_healthy_by_the_deadline_is_one_line_naming_its_log(tmp_pat
     late = r"was not healthy after 0 s \(log: .*server\.log\)$"
     with pytest.raises(ApiUnavailable, match=late), local_server(home, timeout_s=0):
         pytest.fail("no server answers its health check at once")
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_stops_its_local_server(tmp_path: Path) -> None:
+    """A process killed with SIGTERM inside `local_server` (a stopped `ember simulate`, a supervisor's timeout)
+    still stops the server it started: the server runs in its own session and would otherwise be left running."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from flows.api import local_server\n"
+        "with local_server(Path(sys.argv[1])) as url:\n"
+        "    print(url, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "home")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert child.stdout is not None
+        url = child.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        assert health_error(url) is None
+        os.kill(child.pid, signal.SIGTERM)
+        assert child.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while health_error(url, request_timeout_s=2) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert health_error(url, request_timeout_s=2) is not None, "the server outlived the killed process"
+    finally:
+        if child.poll() is None:
+            child.kill()
