@@ -336,17 +336,18 @@ def training_set(
         apply(cfg)  # a fresh clone has the versioned definitions (DVC) but not the registry database (state)
     store = open_store(cfg)
     service = store.get_feature_service(FEATURE_SERVICES[model])
-    frame = store.get_historical_features(entity_df=entity_df, features=service).to_df()
-    frame = frame.sort_values("impression_id").reset_index(drop=True)
+    # Arrow end to end (to_df is to_arrow().to_pandas(); written back it went through pandas twice, ~1/4 of this job)
+    table = store.get_historical_features(entity_df=entity_df, features=service).to_arrow()
+    table = table.sort_by("impression_id")
     with atomic_dir(out) as tmp:
-        frame.to_parquet(tmp / "training_set.parquet", index=False)
+        pq.write_table(table, tmp / "training_set.parquet")
         meta: dict[str, Any] = {"dataset": manifest.dataset, "source": str(dataset), "model": model}
         meta["start"] = start.isoformat()
         meta |= {"end": end.isoformat(), "observed_actions": list(manifest.observed_actions)}
         if window is not None:
             meta["window"] = window
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return {"rows": len(frame), "columns": frame.shape[1]}
+    return {"rows": table.num_rows, "columns": table.num_columns}
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from torch import nn
 
 from core.errors import UserError
 from models.layers import Block, RMSNorm, Rotary
-from models.metrics import corpus_columns, mask_unborn, ranking_metrics, target_ranks
+from models.metrics import corpus_columns, ranking_metrics, target_ranks
 from models.sequences import user_histories
 
 
@@ -304,8 +304,8 @@ def evaluate_retriever(
     for start in range(0, len(targets), step):
         chunk = histories[start : start + step]
         seen = [corpus_columns(model.corpus, h) for h in chunk]
-        scores = mask_unborn(model.score(chunk), created_ms, request_ms[start : start + len(chunk)])
-        ranks.append(target_ranks(scores, target_cols[start : start + len(chunk)], seen).cpu())
+        cols, request = target_cols[start : start + len(chunk)], request_ms[start : start + len(chunk)]
+        ranks.append(target_ranks(model.score(chunk), cols, seen, created_ms, request).cpu())
     return ranking_metrics(torch.cat(ranks), len(model.corpus))
 
 

@@ -295,12 +295,14 @@ LEAVE_ONE_OUT_TWO_TOWER: dict[str, Any] = {"pooling": "last", "dropout": 0.2}
 
 
 def _two_tower_scored(
-    retriever: SequenceRetriever, history: pd.DataFrame, targets: pd.DataFrame
+    retriever: SequenceRetriever, history: pd.DataFrame, targets: pd.DataFrame, ranks: torch.Tensor | None = None
 ) -> tuple[dict[str, float], dict[str, float]]:
     """The full-ranking metrics of `targets` and the Recall@200 of those whose post has an event in `history`
-    ("recall@200_engaged") and of the others ("recall@200_new"), from one scoring pass."""
+    ("recall@200_engaged") and of the others ("recall@200_new"), from one scoring pass (or from the targets' `ranks`
+    when a pass already gave them)."""
     n = len(retriever.corpus)
-    ranks = sequence_target_ranks(retriever, history, targets)
+    if ranks is None:
+        ranks = sequence_target_ranks(retriever, history, targets)
     engaged = torch.as_tensor(np.isin(targets["post_id"].to_numpy(), history["post_id"].to_numpy()))
     parts = {}
     for name, mask in (("engaged", engaged), ("new", ~engaged)):
@@ -370,7 +372,7 @@ def two_tower_metrics(
     (evaluations included) of the first evaluation at or above it; NaN if none was. Also returns the retriever the
     test was ranked with."""
     result = train_sequences(cfg, split.train, split.valid, data, corpus, tc, log=log)
-    valid, valid_parts = _two_tower_scored(result.retriever, split.train, split.valid)
+    valid, valid_parts = _two_tower_scored(result.retriever, split.train, split.valid, result.valid_ranks)
     reached = [h["seconds"] for h in result.history if reach is not None and h.get("ndcg@10", -1.0) >= reach]
     # Test targets rank the corpus as an index built at the test cut-off sees it (counts and ages of then).
     table = post_table(cfg, corpus, split.test_history, data)

@@ -48,7 +48,14 @@ from core.schema import read_table
 from models.baselines import evaluate_retriever
 from models.data import GAP_UNKNOWN, epoch_ms, predecessor_gaps
 from models.layers import string_ids
-from models.metrics import NDCG_KS, RECALL_KS, corpus_columns, mask_unborn, ranking_metrics, target_ranks
+from models.metrics import (
+    NDCG_KS,
+    RECALL_KS,
+    corpus_columns,
+    embedding_ranks,
+    mask_unborn,
+    ranking_metrics,
+)
 from models.sequences import _before, sort_events
 from models.training import TRAIN_THREADS, adamw, intra_op_threads
 from models.two_tower import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
@@ -434,9 +441,12 @@ class SequenceRetriever:
         return self._item_emb
 
     @torch.no_grad()
-    def _scores(self, user: UserFeatures) -> torch.Tensor:
+    def user_vectors(self, user: UserFeatures) -> torch.Tensor:
         self.model.eval()
-        return (self.model.user_embedding(user.to(self.device)).float() @ self.item_embeddings().T).cpu()
+        return self.model.user_embedding(user.to(self.device)).float()
+
+    def _scores(self, user: UserFeatures) -> torch.Tensor:
+        return (self.user_vectors(user) @ self.item_embeddings().T).cpu()
 
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """(Q, N) float32 cosine scores from each history's post ids (oldest first; the newest S are read)."""
@@ -496,8 +506,7 @@ class SequenceRetriever:
         """(Q, N) scores of each target's request (`event_features`; posts created after it at -inf with
         `mask_unborn`) and each query's seen post ids (its whole history)."""
         user, seen = self.event_features(history_events, targets)
-        tts = targets["ts_ms"].to_numpy(dtype=np.int64)
-        return mask_unborn(self._scores(user), self.created_ms, tts), seen
+        return mask_unborn(self._scores(user), self.created_ms, targets["ts_ms"].to_numpy(dtype=np.int64)), seen
 
 
 _EVENT_INT = ("user_id", "post_id", "author_id", "actions", "surface", "ts_ms", "impression_id")
@@ -522,9 +531,12 @@ def sequence_target_ranks(
     ranks = []
     for start in range(0, len(targets), batch_size):
         chunk = targets.iloc[start : start + batch_size]
-        scores, seen = retriever.score_events(history_events, chunk)
+        user, seen = retriever.event_features(history_events, chunk)
         target_cols = torch.as_tensor(corpus_columns(retriever.corpus, chunk["post_id"].to_numpy()))
-        ranks.append(target_ranks(scores, target_cols, [corpus_columns(retriever.corpus, s) for s in seen]))
+        seen_cols = [corpus_columns(retriever.corpus, s) for s in seen]
+        users, items = retriever.user_vectors(user), retriever.item_embeddings()
+        request_ms = chunk["ts_ms"].to_numpy(dtype=np.int64)
+        ranks.append(embedding_ranks(users, items, target_cols, seen_cols, retriever.created_ms, request_ms).cpu())
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.int64)
 
 
@@ -536,6 +548,9 @@ class SequenceTrainResult:
     best_metric: float  # the best validation tc.select_metric; NaN without validation targets
     seconds: float
     history: list[dict[str, float]]  # per evaluation: epoch, steps, train_loss, seconds, validation metrics
+    # (Q,) each validation target's rank under the returned weights (context "full"; None otherwise): the best
+    # evaluation's own pass, so a caller needs no second one
+    valid_ranks: torch.Tensor | None = None
 
 
 def train_sequences(
@@ -595,6 +610,7 @@ def _train(
     best_epoch, best, bad, steps = 0, -math.inf, 0, 0
     history: list[dict[str, float]] = []
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_ranks: torch.Tensor | None = None
     losses: list[float] = []
     epoch_steps = max(1, math.ceil(len(data) / tc.batch_size))
     for epoch in range(1, tc.epochs + 1):
@@ -624,7 +640,12 @@ def _train(
         lr = float(optimizer.param_groups[0]["lr"])
         entry: dict[str, float] = {"epoch": epoch, "steps": steps, "lr": lr, "train_loss": float(np.mean(losses))}
         losses = []
-        if has_valid:
+        ranks = None
+        if has_valid and retriever.context == "full":
+            assert valid is not None
+            ranks = sequence_target_ranks(retriever, train_events, valid)
+            entry |= ranking_metrics(ranks, len(retriever.corpus))  # what evaluate_sequence_retriever returns
+        elif has_valid:
             assert valid is not None
             entry |= evaluate_sequence_retriever(retriever, train_events, valid)
         entry["seconds"] = time.perf_counter() - t0
@@ -635,6 +656,7 @@ def _train(
         if metric > best:
             best_epoch, best, bad = epoch, metric, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_ranks = ranks
         else:
             bad += 1
             for group in optimizer.param_groups:
@@ -645,5 +667,5 @@ def _train(
     model.eval()
     retriever.refresh()
     return SequenceTrainResult(
-        model, retriever, best_epoch, best if has_valid else math.nan, time.perf_counter() - t0, history
+        model, retriever, best_epoch, best if has_valid else math.nan, time.perf_counter() - t0, history, best_ranks
     )

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,8 +20,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; the IANA range elsewhere)."""
+    with contextlib.suppress(OSError, ValueError):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    return 49152, 65535
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port on 127.0.0.1 that nothing listens on, chosen below the ephemeral range: a port the kernel hands out for
+    port 0 can be taken by any outgoing connection (a Redis or Postgres client) in the seconds between this check and
+    the server's own bind, which happened in CI ("Address already in use"); ports below the range are never given
+    to outgoing connections."""
+    low, _ = _ephemeral_range()
+    rng = random.Random()  # unseeded: parallel callers must not walk the same sequence
+    for _ in range(200):
+        port = rng.randrange(20000, max(low, 20001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded machine: fall back to the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -14,7 +14,14 @@ import torch
 from core.errors import UserError
 from core.schema import TS, write_dataset
 from models.data import candidate_features, seen_post_ids, user_features
-from models.metrics import corpus_columns, mask_seen, mask_unborn, ranking_metrics, target_ranks
+from models.metrics import (
+    corpus_columns,
+    embedding_ranks,
+    mask_seen,
+    mask_unborn,
+    ranking_metrics,
+    target_ranks,
+)
 from models.sequences import leave_one_out, positive_events, retrieval_rows, temporal_targets, training_rows
 from models.two_tower import TwoTowerConfig
 
@@ -47,6 +54,57 @@ def test_posts_created_after_the_request_are_not_ranked() -> None:
         [1.0, 2.0, 3.0],
     ]
     assert scores[0, 0] == 1.0
+
+
+def _masked_reference(scores, targets, seen, created, request):  # type: ignore[no-untyped-def]
+    """Ranks counted on the explicit masked copy: unborn then seen items at -inf, ties rank the target last."""
+    masked = mask_seen(mask_unborn(scores, created, request), seen, keep=targets.numpy())
+    t = masked.gather(1, targets.clamp(min=0)[:, None])
+    rank = (masked >= t).sum(1) - 1
+    return torch.where(targets >= 0, rank, torch.full_like(rank, scores.shape[1]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fused_ranks_equal_the_masked_copy(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    Q, N = 40, 30
+    scores = torch.as_tensor(rng.integers(0, 6, (Q, N)).astype(np.float32))  # many ties
+    scores[0, :] = float("-inf")  # a row whose target's own score is -inf
+    targets = torch.as_tensor(rng.integers(-1, N, Q))
+    created = rng.integers(0, 100, N).astype(np.float64)
+    created[rng.random(N) < 0.2] = np.nan  # unknown creation: kept
+    request = rng.integers(0, 100, Q)  # some targets are created after their request (masked too)
+    seen = [rng.integers(-1, N + 3, rng.integers(0, 12)) for _ in range(Q)]  # duplicates, -1, out of range
+    seen[1] = np.array([int(targets[1])] * 3 + [0, 0])  # the target's own column repeated: never removed
+    fused = target_ranks(scores, targets, seen, created, request)
+    assert fused.tolist() == _masked_reference(scores, targets, seen, created, request).tolist()
+    plain = target_ranks(scores, targets, seen)
+    assert plain.tolist() == _masked_reference(scores, targets, seen, None, request).tolist()
+    unborn_target = (created[targets.clamp(min=0).numpy()] > request) & (targets.numpy() >= 0)
+    assert unborn_target.any() and (fused[torch.as_tensor(unborn_target)] == N - 1).all()  # ranked last of all
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_ranks_from_embeddings_equal_ranks_of_the_score_matrix(block: int) -> None:
+    rng = np.random.default_rng(block)
+    Q, N, D = 23, 50, 4
+    users = torch.as_tensor(rng.integers(-2, 3, (Q, D)).astype(np.float32))  # small integers: exact ties
+    items = torch.as_tensor(rng.integers(-2, 3, (N, D)).astype(np.float32))
+    targets = torch.as_tensor(rng.integers(-1, N, Q))
+    created = rng.integers(0, 100, N).astype(np.float64)
+    request = rng.integers(0, 100, Q)
+    seen = [rng.integers(-1, N, rng.integers(0, 9)) for _ in range(Q)]
+    got = embedding_ranks(users, items, targets, seen, created, request, block=block)
+    assert got.tolist() == _masked_reference(users @ items.T, targets, seen, created, request).tolist()
+    assert (
+        embedding_ranks(users, items, targets, seen, block=block).tolist()
+        == target_ranks(users @ items.T, targets, seen).tolist()
+    )
+
+
+def test_fused_ranks_refuse_creation_times_without_request_times() -> None:
+    with pytest.raises(ValueError, match="request_ms"):
+        target_ranks(torch.zeros(2, 3), torch.tensor([0, 1]), [np.array([]), np.array([])], np.zeros(3), None)
 
 
 def test_ranking_metrics_by_hand() -> None:

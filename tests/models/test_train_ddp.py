@@ -4,7 +4,6 @@ RANK, LOCAL_RANK) stay in lockstep, learn, write files from rank 0 only and resu
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch.multiprocessing as mp
 from models import train_retrieval, training
 from models.data import corpus_from_rows, temporal_split
 from models.train_retrieval import TrainConfig, train
+from serving.smoke import free_port
 from tests.models.test_train_retrieval import CFG, rows
 
 WORLD = 2
@@ -24,15 +24,13 @@ DDP_CFG = TrainConfig(epochs=2, batch_size=32, lr=3e-3, n_negatives=16, patience
 
 
 def _free_ports(n: int) -> tuple[int, ...]:
-    """n distinct ports that were free a moment ago (all held open together, so never the same one twice)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return tuple(int(s.getsockname()[1]) for s in sockets)
-    finally:
-        for s in sockets:
-            s.close()
+    """n distinct ports that were free a moment ago, below the ephemeral range (serving.smoke.free_port)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return tuple(ports)
 
 
 def _record_writes(rank: int, log: Path) -> None:

@@ -13,6 +13,7 @@ import torch
 
 from core.errors import UserError
 from models.baselines import MostPopular, evaluate_retriever, make_corpus
+from models.metrics import ranking_metrics
 from models.sequences import Split, leave_one_out
 from models.train_sequences import (
     SequenceRetriever,
@@ -21,6 +22,7 @@ from models.train_sequences import (
     evaluate_sequence_retriever,
     post_table,
     predecessor_gaps,
+    sequence_target_ranks,
     sequence_windows,
     train_sequences,
 )
@@ -163,6 +165,12 @@ def check_cycle(split: Split, corpus: np.ndarray, res: SequenceTrainResult, cont
     assert test["ndcg@10"] > popular["ndcg@10"] + 0.4
     if context == "items":  # the Retriever protocol path is the same evaluation
         assert evaluate_retriever(res.retriever, split.test_history, split.test) == test
+        assert res.valid_ranks is None
+    else:  # the best evaluation's validation ranks are those of the returned weights
+        assert res.valid_ranks is not None
+        again = sequence_target_ranks(res.retriever, split.train, split.valid)
+        assert res.valid_ranks.tolist() == again.tolist()
+        assert ranking_metrics(again, len(corpus))["ndcg@10"] == res.best_metric
 
 
 def test_plateau_decay_halves_the_rate_after_each_evaluation_without_progress() -> None:

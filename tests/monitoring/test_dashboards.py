@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from monitoring import dashboards as board
+from serving.smoke import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -172,12 +173,6 @@ def test_cli_seed_demo_without_serving(run_cli: Any, tmp_path: Path) -> None:
     assert len(board.list_monitor_runs(tmp_path / "ws", "retrieval")) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _wait_for_ui(base: str, server: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -221,7 +216,7 @@ def test_dashboard_renders_with_data_in_headless_chromium(tmp_path: Path) -> Non
     board.add_monitor_run(workspace, summary(4, status="fail"), reference=reference, current=current)
     board.add_monitor_run(workspace, summary(4, model="retrieval"))
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "cli.main", "dashboards", "--workspace", str(workspace), "--port", str(port)]
     log = (tmp_path / "ui.log").open("wb")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import yaml
 
 from monitoring.ab_report import BLEND
 from serving.ab import assign, parse_config
-from serving.smoke import stop_group
+from serving.smoke import free_port, stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-admin-token"
@@ -49,12 +48,6 @@ def _config(exposure: Path) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Server:
     url: str
@@ -70,7 +63,7 @@ def running(root: Path, name: str, extra: dict[str, Any] | None = None) -> Itera
     exposure = root / name / "exposure.jsonl"
     config = root / f"{name}.yaml"
     config.write_text(yaml.safe_dump({**_config(exposure), **(extra or {})}))
-    port = _free_port()
+    port = free_port()
     # Its own BENTOML_HOME: every `bentoml serve` wipes $BENTOML_HOME/prometheus_multiproc_dir when it starts, so two
     # servers sharing one lose each other's metrics.
     env = dict(
