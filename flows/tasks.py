@@ -37,6 +37,51 @@ def dvc_repro(project: Path, stage: str, force: bool = False) -> bool:
     return ran
 
 
+def stage_commands(project: Path, stages: list[str]) -> dict[str, str]:
+    """Each stage's command as `dvc repro` would run it (dvc.yaml with params.yaml interpolated)."""
+    from dvc.repo import Repo
+
+    dvc_yaml = Path(project).resolve() / "dvc.yaml"  # a bare stage name is looked up from the working directory
+    with Repo(str(dvc_yaml.parent)) as repo:
+        return {name: repo.stage.collect(f"{dvc_yaml}:{name}")[0].cmd for name in stages}
+
+
+@task(timeout_seconds=3600)  # no retries, as dvc_repro
+def run_stages(project: Path, stages: list[str]) -> dict[str, float]:
+    """Runs stages' commands one after another, as `dvc repro` would, but outside DVC's repository lock, so that
+    another branch of the pipeline runs beside them (DVC runs one stage at a time per repository); `dvc_commit`
+    then records them in dvc.lock and the cache. Each command runs at one torch thread (OMP_NUM_THREADS=1 unless
+    set): beside another busy process, two threads spin at every kernel's barrier (models/training.py).
+
+    Returns each stage's seconds. Raises RuntimeError naming the stage, with the last good outputs put back."""
+    import time
+
+    env = {"OMP_NUM_THREADS": "1", **_env()}
+    seconds: dict[str, float] = {}
+    for stage, cmd in stage_commands(project, stages).items():
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, shell=True, cwd=project, env=env, capture_output=True, text=True)
+        seconds[stage] = round(time.perf_counter() - start, 2)
+        if proc.returncode != 0:
+            argv = ["dvc", "--wait-for-lock", "checkout", stage]
+            subprocess.run(argv, cwd=project, env=_env(), capture_output=True)  # the last good output back
+            tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
+            raise RuntimeError(f"stage {stage} failed: {' | '.join(tail)}")
+        get_run_logger().info("stage %s: ran in %.1f s", stage, seconds[stage])
+    return seconds
+
+
+@task(timeout_seconds=1800)
+def dvc_commit(project: Path, stages: list[str]) -> None:
+    """Records stages run by `run_stages` as `dvc repro` records its own: their dependencies' and outputs' hashes in
+    dvc.lock, their outputs in the cache."""
+    argv = ["dvc", "--wait-for-lock", "commit", "--force", *stages]
+    proc = subprocess.run(argv, cwd=project, env=_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
+        raise RuntimeError(f"dvc commit {' '.join(stages)} failed: {' | '.join(tail)}")
+
+
 @task(timeout_seconds=600)
 def dvc_changed(project: Path) -> set[str] | None:
     """The stages `dvc status` finds out of date (changed dependencies or parameters, missing outputs), in one DVC

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from features.online import OnlineFeatures, SqliteBackend
 from tests.project import nano_project
@@ -71,6 +72,32 @@ def test_a_failing_stage_fails_the_flow_and_names_the_stage(prefect_api: None, p
         with pytest.raises(RuntimeError, match="dvc repro synth failed"):
             ember_pipeline(project=str(project))
         assert (project / "data" / "synth" / "manifest.json").read_bytes() == before, "the last good output is back"
+    finally:
+        params.write_text(good)
+
+
+def test_a_failing_branch_stage_names_it_and_the_other_branch_is_recorded(prefect_api: None, project: Path) -> None:
+    import subprocess
+    import sys
+
+    from flows.pipeline import BRANCHES, ember_pipeline
+
+    ember_pipeline(project=str(project))  # a good run first (cached if another test ran)
+    model = project / "artifacts" / "ranker" / "best" / "model.pt"
+    before = model.read_bytes()
+    params = project / "params.yaml"
+    good = params.read_text()
+    bad = yaml.safe_load(good)
+    bad["train_ranker"]["epochs"] = 0  # refused: the ranker branch fails
+    bad["train_retrieval"]["seed"] += 1  # new work for the retrieval branch, beside it
+    params.write_text(yaml.safe_dump(bad))
+    try:
+        with pytest.raises(RuntimeError, match="stage train_ranker failed"):
+            ember_pipeline(project=str(project))
+        assert model.read_bytes() == before, "the last good ranker is back"
+        dvc = str(Path(sys.executable).parent / "dvc")
+        status = subprocess.run([dvc, "status", *BRANCHES[0]], cwd=project, capture_output=True, text=True)
+        assert "changed" not in status.stdout, f"the retrieval branch ran beside it and was recorded: {status.stdout}"
     finally:
         params.write_text(good)
 
