@@ -120,6 +120,7 @@ def replay(
                 "fallback": rec.fallback,
                 "items": items,
                 "features": dict(rec.features),
+                **({"as_of": rec.as_of.timestamp()} if getattr(rec, "as_of", None) is not None else {}),
             }  # fmt: skip
         )
     return records

@@ -9,8 +9,9 @@ impressions: one per served item.
   request_id, impression_id  SERVED_ID_BASE + 60 bits of sha256 of the logged request id (and of request id and
                     position): far above any id a generator or importer gives, so a merge cannot collide.
   user_id, surface, position, post_id  as logged; author_id from the base dataset's posts.
-  ts                the time the service took as "now": `as_of` when it served a fixed-time world (variants.yaml
-                    `as_of`), else the record's ts (epoch seconds).
+  ts                the time the service took as "now": the record's `as_of` (epoch seconds, logged when it served
+                    a fixed-time world: variants.yaml `as_of`, a simulation's clock), else the record's ts (epoch
+                    seconds); `--as-of` overrides both (a log written before records carried their `as_of`).
   in_network        the base dataset's follows hold (user, author) from before ts.
   actions           the outcomes: a file (monitoring.outcomes.read_outcomes: request_id, post_id, 0/1 per action;
                     only its action columns are observed) or the synthetic truth (simulate_outcomes, every action,
@@ -60,6 +61,7 @@ class ServedItem:
     post_id: int
     position: int
     propensity: float
+    as_of: float = math.nan  # epoch seconds the service served for, NaN = the wall clock (ts)
 
 
 def _int(value: Any, where: str, low: int = 0, high: int | None = None) -> int:
@@ -67,6 +69,12 @@ def _int(value: Any, where: str, low: int = 0, high: int | None = None) -> int:
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise UserError(f"{where}: must be an integer {bound}, got {value!r}")
     return value
+
+
+def _seconds(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise UserError(f"{where}: must be epoch seconds, got {value!r}")
+    return float(value)
 
 
 def read_served(path: Path) -> list[ServedItem]:
@@ -97,9 +105,8 @@ def read_served(path: Path) -> list[ServedItem]:
                 if request_id in first_line:
                     raise UserError(f"{at}: request_id: {request_id} was logged before, at {first_line[request_id]}")
                 first_line[request_id] = at
-                ts = record.get("ts")
-                if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts) or ts < 0:
-                    raise UserError(f"{at}: ts: must be epoch seconds, got {ts!r}")
+                ts = _seconds(record.get("ts"), f"{at}: ts")
+                as_of = _seconds(record["as_of"], f"{at}: as_of") if "as_of" in record else math.nan
                 user_id = _int(record.get("user_id"), f"{at}: user_id", low=1)
                 surface = _int(record.get("surface", 0), f"{at}: surface", high=N_SURFACES - 1)
                 variant = record.get("variant")
@@ -116,7 +123,7 @@ def read_served(path: Path) -> list[ServedItem]:
                     propensity = float(p) if isinstance(p, int | float) and not isinstance(p, bool) else math.nan
                     items.append(
                         ServedItem(
-                            str(f), n, request_id, float(ts), user_id, surface, variant, post_id, position, propensity
+                            str(f), n, request_id, ts, user_id, surface, variant, post_id, position, propensity, as_of
                         )
                     )
     return items
@@ -290,6 +297,7 @@ def served_dataset(
     if not items:
         return _empty_dataset(out, base, outcomes)
     frame = pd.DataFrame([asdict(i) for i in items])
+    frame["ts"] = frame["as_of"].where(frame["as_of"].notna(), frame["ts"])  # the time each request was served for
     where = frame["file"] + ":" + frame["line"].astype(str)
     author = _authors(frame, where, base)
     ts_ms = (

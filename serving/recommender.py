@@ -8,6 +8,7 @@ A `Recommender` is one loaded variant (model versions + blend weights + pipeline
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 
@@ -42,6 +43,9 @@ class Recommendation:
         stages: per-stage timing and counts, e.g. [{"stage": "filter", "name": "AgeFilter", "ms": 0.1, "in": 500,
             "out": 480}] (the pipeline runner's StageStat as dicts), for /metrics.
         features: the feature values used for the user (for the exposure log and train/serve skew checks).
+        as_of: the time the recommender took as "now" when that is not the wall clock (a fixed-time or simulated
+            world: RecommenderConfig.as_of, a simulation's clock); None when it served at the wall clock. The
+            exposure log records it, so what was served becomes impressions at the time it was served for.
     """
 
     items: list[Item]
@@ -49,6 +53,7 @@ class Recommendation:
     fallback: str = ""
     stages: list[dict[str, Any]] = field(default_factory=list)
     features: dict[str, Any] = field(default_factory=dict)
+    as_of: datetime | None = None
 
 
 class Recommender(Protocol):

@@ -334,6 +334,7 @@ class PipelineRecommender:
             self.clock = lambda: fixed
         else:
             self.clock = lambda: datetime.now(UTC)
+        self._fixed_time = clock is not None or fixed is not None  # responses then say which time they served
         weights = ScoringWeights(cfg.weights) if cfg.weights is not None else ScoringWeights()
         history = max(two_tower.cfg.max_history, ranker.cfg.max_history)
         if two_tower.cfg.history_action:  # its newest S events of one action lie further back: look up all of them
@@ -497,6 +498,7 @@ class PipelineRecommender:
             fallback="cold_start" if hydrated.cold_start else "",
             stages=_stages(result),
             features=_user_features(hydrated),
+            as_of=self._as_of(query),
         )
 
     def rank(self, user_id: int, post_ids: list[int], surface: int = 0) -> Recommendation:
@@ -520,6 +522,7 @@ class PipelineRecommender:
             fallback="" if result.query.hydrated else "default_features",
             stages=_stages(result),
             features=_user_features(result.query),
+            as_of=self._as_of(query),
         )
 
     def _popular(
@@ -532,7 +535,11 @@ class PipelineRecommender:
             fallback=fallback,
             stages=stages + _stages(result),
             features=_user_features(query),
+            as_of=self._as_of(query),
         )
+
+    def _as_of(self, query: Query) -> datetime | None:
+        return query.now if self._fixed_time else None
 
 
 def _item(c: Candidate, inputs: tuple[str, ...] = ()) -> Item:

@@ -348,6 +348,7 @@ class Ember:
                     for n, i in enumerate(rec.items)
                 ],
                 "features": rec.features,
+                **({"as_of": rec.as_of.timestamp()} if rec.as_of is not None else {}),  # epoch seconds, as ts
             }
         )
 
@@ -390,6 +391,7 @@ class Ember:
                     "degraded": rec.degraded,
                     "items": [{"post_id": i.post_id, "position": n, "score": i.score} for n, i in enumerate(rec.items)],
                     "comparison": result.as_dict(),
+                    **({"as_of": rec.as_of.timestamp()} if rec.as_of is not None else {}),
                 }
             )
 

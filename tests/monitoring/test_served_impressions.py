@@ -72,6 +72,27 @@ def test_served_items_become_impressions_with_their_outcomes(world: dict[str, Pa
         assert row["author_id"] == 10 and bool(row["in_network"]) == (user == 1)  # user 1 follows author 10
 
 
+def test_each_record_is_served_at_its_own_as_of_unless_the_option_overrides(
+    world: dict[str, Path], tmp_path: Path, run_cli
+) -> None:
+    log = world["logs"] / "exposure.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    at = {"r1": datetime(2026, 1, 3, 12, tzinfo=UTC), "r2": datetime(2026, 1, 3, 18, tzinfo=UTC)}  # r3: wall clock
+    for r in records:
+        if r["request_id"] in at:
+            r["as_of"] = at[r["request_id"]].timestamp()
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["data", "exposures", "--exposure", str(world["logs"]), "--data", str(world["tiny"]),
+            "--outcomes", str(world["outcomes"])]  # fmt: skip
+    assert run_cli(*args, "--out", str(tmp_path / "own")).code == 0
+    imp = read_table(tmp_path / "own", "impressions").to_pandas().groupby("x_served_request")["ts"].first()
+    assert imp["r1"] == pd.Timestamp(at["r1"]) and imp["r2"] == pd.Timestamp(at["r2"])
+    assert imp["r3"] == pd.Timestamp(1.767e9, unit="s", tz="UTC")  # no as_of: the record's ts
+    assert run_cli(*args, "--as-of", AS_OF, "--out", str(tmp_path / "fixed")).code == 0
+    fixed = read_table(tmp_path / "fixed", "impressions").to_pandas()
+    assert (fixed["ts"] == pd.Timestamp(AS_OF)).all()  # the option still overrides every record
+
+
 def test_merged_impressions_are_read_by_the_window_and_keep_the_base(
     world: dict[str, Path], tmp_path: Path, run_cli
 ) -> None:
@@ -108,6 +129,7 @@ def test_an_empty_log_gives_an_empty_dataset(world: dict[str, Path], tmp_path: P
         ("outcome", ":1: request r1 post 101: no outcome row in"),
         ("slot", ":1: items: position 0 is served twice in request r1"),
         ("request", ":5: request_id: r1 was logged before, at"),
+        ("as_of", ":1: as_of: must be epoch seconds, got 'yesterday'"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_place_and_writes_nothing(
@@ -128,9 +150,11 @@ def test_bad_input_is_one_line_naming_the_place_and_writes_nothing(
         first["items"][1]["position"] = 0
     elif bad == "request":
         lines.insert(4, lines[0])  # the same request logged again (line 5)
+    elif bad == "as_of":
+        first["as_of"] = "yesterday"
     elif bad == "outcome":
         world["outcomes"].write_text("".join(json.dumps(o) + "\n" for o in OUTCOMES[1:]))
-    if bad in ("post", "user", "position", "slot"):
+    if bad in ("post", "user", "position", "slot", "as_of"):
         lines[0] = json.dumps(first)
     log.write_text("\n".join(lines) + "\n")
     out = tmp_path / "served"

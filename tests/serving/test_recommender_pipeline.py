@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -196,10 +196,23 @@ def test_an_unreachable_store_gives_a_degraded_popular_slate(world: Path, store:
     scores = [i.score for i in out.items]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0, "ordered by popularity"
     assert any("FeatureStoreUnavailable" in s.get("error", "") for s in out.stages)
+    assert out.as_of == datetime.fromisoformat(_as_of(world)), "a fallback says which time it served too"
     ranked = rec.rank(USERS[0], [i.post_id for i in out.items[:3]])
     assert ranked.degraded and [i.post_id for i in ranked.items] == [i.post_id for i in out.items[:3]]
     if "sqlite_path" in store:
         assert not rec.ready()
+
+
+def test_a_response_says_the_time_it_was_served_for_unless_that_is_the_wall_clock(
+    world: Path, rec: PipelineRecommender
+) -> None:
+    fixed = datetime.fromisoformat(_as_of(world))
+    assert rec.recommend(USERS[0], K).as_of == fixed and rec.rank(USERS[0], [1, 2]).as_of == fixed
+    live = PipelineRecommender.load(_config(world, as_of=None))
+    assert live.recommend(USERS[0], K).as_of is None and live.rank(USERS[0], [1, 2]).as_of is None
+    at = datetime(2026, 1, 5, 7, tzinfo=UTC)
+    clocked = PipelineRecommender.load(_config(world, as_of=None), clock=lambda: at)  # a simulation's clock
+    assert clocked.recommend(USERS[0], K).as_of == at
 
 
 def test_rank_scores_the_given_posts_in_the_given_order(rec: PipelineRecommender) -> None:
