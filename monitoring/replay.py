@@ -94,6 +94,7 @@ def replay(
     surfaces = requests["surface"] if "surface" in requests.columns else pd.Series(0, index=requests.index)
     for i, (user, surface) in enumerate(zip(requests["user_id"], surfaces, strict=True)):
         rec = recommender.recommend(int(user), k, frozenset(), int(surface))
+        as_of = getattr(rec, "as_of", None)  # serving.recommender.Recommendation.as_of; absent elsewhere
         items = [
             {
                 "post_id": int(item.post_id),
@@ -120,7 +121,7 @@ def replay(
                 "fallback": rec.fallback,
                 "items": items,
                 "features": dict(rec.features),
-                **({"as_of": rec.as_of.timestamp()} if getattr(rec, "as_of", None) is not None else {}),
+                **({"as_of": as_of.timestamp()} if as_of is not None else {}),  # a fixed-time world's now
             }  # fmt: skip
         )
     return records
