@@ -45,9 +45,11 @@ def run(
 ) -> None:
     """Run the main job, the `ember-pipeline` Prefect flow, against PREFECT_API_URL when set, else against a local
     `prefect server start` (PREFECT_HOME .prefect/) started for the run and stopped afterwards (flows/api.py)."""
+    from core.params import load_params
     from flows.api import prefect_api
-    from flows.pipeline import ember_pipeline
+    from flows.pipeline import PROJECT, ember_pipeline
 
+    load_params(PROJECT / "params.yaml")  # bad parameters: one line, before the Prefect API starts
     with prefect_api() as url:
         typer.echo(f"Prefect API: {url}")
         result = ember_pipeline(online_store=online_store, redis=redis, push=push, bento=bento)

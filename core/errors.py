@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class UserError(Exception):
     """Bad input from the user: a missing file, a wrong column, an invalid parameter.
@@ -14,3 +16,10 @@ class UserError(Exception):
 
 class SchemaError(UserError):
     """A table does not match the canonical schema (missing/unexpected column, wrong type, empty)."""
+
+
+def first_error(err: Any) -> tuple[str, dict[str, Any]]:
+    """A pydantic ValidationError's first error as (its dotted key, "<root>" at the top, and the error itself): what
+    the one-line messages of every typed config name."""
+    first = err.errors()[0]
+    return ".".join(str(part) for part in first["loc"]) or "<root>", first

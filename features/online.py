@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from core.errors import UserError
-from core.online_store import REDIS_ADDRESS, OnlineStoreConfig, check_store, redis_client
+from core.online_store import REDIS_ADDRESS, OnlineStoreConfig, check_store, parse_redis, redis_client
 from core.online_store import sqlite_path as default_sqlite_path
 from features.catalog import (
     AUTHOR_STATS,
@@ -222,7 +222,7 @@ class RedisBackend:
         try:
             return fn()
         except redis.RedisError as err:  # refused, timed out, or not Redis at all (a proxy answering)
-            raise FeatureStoreUnavailable(f"redis {self.address}: {err}") from err
+            raise FeatureStoreUnavailable(f"{parse_redis(self.address).display()}: {err}") from err
 
     def read(self, view: View, ids: Sequence[int]) -> list[dict[str, Any] | None]:
         fields = self._fields[view.name]

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from core.actions import ACTION_NAMES, DWELL_TIME, prob_column
 from core.errors import UserError
 from core.io import atomic_dir, atomic_write_text
-from core.online_store import REDIS_ADDRESS, OnlineStoreConfig, check_store, sqlite_path
+from core.online_store import REDIS_ADDRESS, OnlineStoreConfig, check_store, parse_redis, sqlite_path
 from core.schema import Manifest, file_sha256, read_table
 from features.catalog import Dtype
 
@@ -65,7 +65,7 @@ class StoreConfig:
 
     def env(self) -> dict[str, str]:
         """The environment of a `feast` subprocess: feature_store.redis.yaml reads the address from EMBER_REDIS."""
-        return {**os.environ, "EMBER_REDIS": self.redis}
+        return {**os.environ, "EMBER_REDIS": parse_redis(self.redis).connection_string()}
 
 
 def repo_config(cfg: StoreConfig) -> RepoConfig:
@@ -77,7 +77,8 @@ def repo_config(cfg: StoreConfig) -> RepoConfig:
     from feast.repo_config import FeastConfigError, RepoConfig
     from pydantic import ValidationError
 
-    text = os.path.expandvars(cfg.yaml.read_text().replace("${EMBER_REDIS}", cfg.redis))
+    address = parse_redis(cfg.redis).connection_string()  # Feast's spelling of a redis:// or rediss:// URL too
+    text = os.path.expandvars(cfg.yaml.read_text().replace("${EMBER_REDIS}", address))
     try:
         config = RepoConfig(**yaml.safe_load(text))
     except ValidationError as err:

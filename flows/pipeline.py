@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from prefect import flow
 
 from core.online_store import REDIS_ADDRESS
+from core.params import load_params
 from flows.tasks import (
     build_bento,
     deploy_champion,
@@ -58,6 +59,7 @@ def ember_pipeline(
     even when their inputs are unchanged (retrain); `bento`: build the Bento (`make bento`) and record its tag in the
     lineage."""
     root = Path(project)
+    load_params(root / "params.yaml")  # a bad key or value: one line naming it, before any stage runs
     unknown = [s for s in force if s not in STAGES]
     if unknown:
         raise ValueError(f"force: unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")

@@ -69,6 +69,7 @@ def run_params(path: Path, synth: dict[str, Any], overrides: dict[str, Any]) -> 
     """The params.yaml at `path` with the synth section that reproduces the dataset, then `overrides`
     ("stage.key": value). Raises a UserError naming --set for a key params.yaml does not have."""
     from core.errors import UserError
+    from core.params import parse_params
 
     params = yaml.safe_load(Path(path).read_text())
     params["synth"].update(synth)
@@ -77,6 +78,7 @@ def run_params(path: Path, synth: dict[str, Any], overrides: dict[str, Any]) -> 
         if stage not in params or not isinstance(params[stage], dict) or key not in params[stage]:
             raise UserError(f"--set: {dotted!r} is not a key of params.yaml (stage.key)")
         params[stage][key] = value
+    parse_params(params, f"{path} with --set")  # a value of the wrong type or range: one line, before anything runs
     return params
 
 

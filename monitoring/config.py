@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.actions import ACTION_NAMES
-from core.errors import UserError
+from core.errors import UserError, first_error
 from core.io import read_yaml
 
 DEFAULT_PATH = Path(__file__).with_name("thresholds.yaml")
@@ -140,8 +140,7 @@ def parse_config(raw: Any, source: str = "thresholds") -> MonitorConfig:
     try:
         return MonitorConfig.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "<root>"
+        key, first = first_error(err)
         if first["type"] == "extra_forbidden":
             raise UserError(f"{source}: unknown key {key!r}") from None
         raise UserError(f"{source}: {key}: {first['msg']}") from None

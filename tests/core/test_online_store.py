@@ -36,10 +36,39 @@ def test_default_sqlite_path_is_the_one_feast_writes() -> None:
         ("redis:6380,db=12", RedisAddress("redis", 6380, 12)),
         ("redis", RedisAddress("redis", 6379, 0)),
         ("redis:,db=3", RedisAddress("redis", 6379, 3)),
+        ("h:7,password=s3,ssl=true,ssl_ca_certs=/ca.pem", RedisAddress("h", 7, 0, "s3", None, True, "/ca.pem")),
+        ("h,username=app,password=s3,db=2", RedisAddress("h", 6379, 2, "s3", "app")),
+        ("redis://h", RedisAddress("h", 6379, 0)),
+        ("redis://app:s%40cret@h:7000/5", RedisAddress("h", 7000, 5, "s@cret", "app")),
+        ("rediss://:pw@h:6380/1?ssl_ca_certs=/ca.pem", RedisAddress("h", 6380, 1, "pw", None, True, "/ca.pem")),
     ],
 )
 def test_parse_redis(address: str, parts: RedisAddress) -> None:
     assert parse_redis(address) == parts
+    # Feast's spelling says the same, and messages never show the password
+    assert parse_redis(parts.connection_string()) == parts
+    assert (parts.password or "never-empty") not in parts.display()
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("h:x", "--redis: the port and db= must be integers"),
+        ("h:1,pass=1", "--redis: unknown option 'pass' in the Redis address"),
+        ("h:1,ssl=maybe", "--redis: ssl= must be true or false"),
+        ("rediss://h:1/2?verify=no", "--redis: unknown URL option 'verify'"),
+        ("redis://h:1/x", "--redis: the URL's port and database must be integers"),
+        (":1", "--redis: no host"),
+    ],
+)
+def test_a_bad_redis_address_is_one_line_naming_the_option(address: str, message: str) -> None:
+    with pytest.raises(UserError, match=f"^{message}"):
+        parse_redis(address)
+
+
+def test_a_password_feast_cannot_carry_is_refused_before_feast_sees_it() -> None:
+    with pytest.raises(UserError, match="cannot carry a ','"):
+        parse_redis("redis://:a%2Cb@h").connection_string()
 
 
 def test_default_redis_address_is_the_local_default_port() -> None:
@@ -52,6 +81,10 @@ def test_redis_client_fails_fast() -> None:
     assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("redis.example", 6390, 5)
     assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 0.25
     assert kwargs["retry"].get_retries() == 0
+    secured = redis_client("rediss://app:s3@h:6380/1?ssl_ca_certs=/ca.pem", timeout_s=0.25)
+    kwargs = secured.connection_pool.connection_kwargs
+    assert (kwargs["username"], kwargs["password"], kwargs["ssl_ca_certs"]) == ("app", "s3", "/ca.pem")
+    assert secured.connection_pool.connection_class.__name__ == "SSLConnection"
 
 
 def test_unknown_store_names_the_parameter() -> None:
