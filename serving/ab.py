@@ -77,6 +77,15 @@ class Shadow(_Strict):
     share: float = Field(ge=0.0, le=1.0)
 
 
+class LimitSettings(_Strict):
+    """Load shedding (serving/shedding.py): API requests in flight past `max_concurrency` (per worker) get a 503 with
+    `Retry-After: retry_after_s`. One worker ranks one request at a time on a core; 32 in flight is ~0.5 s of queue
+    at the measured ~70 req/s, past which an answer comes too late to be shown anyway."""
+
+    max_concurrency: int = Field(default=32, ge=1)
+    retry_after_s: int = Field(default=1, ge=1)
+
+
 class VariantsConfig(_Strict):
     salt: str = Field(min_length=1)
     variants: tuple[Variant, ...] = Field(min_length=1)
@@ -84,6 +93,7 @@ class VariantsConfig(_Strict):
     exposure: ExposureSettings = Field(default_factory=ExposureSettings)
     fresh_feed: FreshFeedSettings = Field(default_factory=FreshFeedSettings)  # features/served.py
     events: EventsSettings = Field(default_factory=EventsSettings)  # POST /events (serving/events.py)
+    limits: LimitSettings = Field(default_factory=LimitSettings)  # load shedding (serving/shedding.py)
 
     @model_validator(mode="after")
     def _consistent(self) -> VariantsConfig:

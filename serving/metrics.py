@@ -33,6 +33,12 @@ class ServiceMetrics:
         self.requests = prom.Counter(
             "ember_requests", "Requests answered, by endpoint and variant.", ["endpoint", "variant"], registry=r
         )
+        self.shed = prom.Counter(
+            "ember_requests_shed",
+            "Requests answered 503 + Retry-After because limits.max_concurrency were in flight, by path.",
+            ["path"],
+            registry=r,
+        )
         self.degraded = prom.Counter(
             "ember_degraded_responses", "Responses served by a fallback, by endpoint.", ["endpoint"], registry=r
         )

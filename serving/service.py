@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException
 from core.errors import UserError
 from core.schema import N_SURFACES
 from features.served import open_served
+from serving import shedding
 from serving.ab import PopularSpec, Router, Routing, in_shadow, load_config
 from serving.events import MAX_EVENTS, Event, EventSinks, EventsUnavailable, apply_events, field_of, message_of
 from serving.exposure import ExposureLog
@@ -194,6 +195,8 @@ class Ember:
         self.config_path = Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
         config = load_config(self.config_path)
         self.metrics = ServiceMetrics()
+        shedding.configure(config.limits.max_concurrency, config.limits.retry_after_s,
+                           lambda path: self.metrics.shed.labels(path).inc())  # fmt: skip
         self.exposure = ExposureLog(config.exposure, on_drop=self.metrics.exposure_dropped.inc)
         self.served = open_served(config.fresh_feed)  # what each user was served lately: not served again
         self.shadow = ShadowRunner()
@@ -582,6 +585,8 @@ async def _send_json(send: Any, status: int, body: dict[str, Any]) -> None:
 
 
 # `Ember` is a bentoml Service object here; its stubs still type the decorated class as the class.
+# The first added is the outermost: a shed request's body is never read.
+Ember.add_asgi_middleware(shedding.LoadShedder, paths=("/recommend", "/rank", "/events"))  # type: ignore[attr-defined]
 Ember.add_asgi_middleware(  # type: ignore[attr-defined]
     RequestGuard, max_body_bytes=MAX_BODY_BYTES, paths=("/recommend", "/rank", "/events")
 )

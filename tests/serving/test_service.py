@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -151,6 +152,33 @@ def test_a_repeated_request_gets_a_fresh_slate(tmp_path: Path) -> None:
 
     with sqlite3.connect(served_db) as db:
         assert db.execute("SELECT count(*) FROM ember_served WHERE user_id = 7").fetchone()[0] == 20
+
+
+def test_past_max_concurrency_requests_are_shed_with_a_503_and_retry_after(tmp_path: Path) -> None:
+    """Load test: 16 clients at once against a limit of 1 in flight. Each answer is a 200 or a 503 with Retry-After
+    and the JSON body; nothing else. Probes and /metrics are never shed; the counter adds up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with running(tmp_path, "shed", {"limits": {"max_concurrency": 1, "retry_after_s": 2}}) as s:
+
+        def client(user: int) -> list[httpx.Response]:
+            with httpx.Client(base_url=s.url, timeout=10) as http:
+                return [http.post("/recommend", json={"user_id": user, "k": 10}) for _ in range(25)]
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = [r for rs in pool.map(client, range(1, 17)) for r in rs]
+            probes = [s.http.get(path).status_code for path in ("/readyz", "/livez", "/metrics") for _ in range(5)]
+        shed = [r for r in answers if r.status_code == 503]
+        assert {r.status_code for r in answers} <= {200, 503}
+        assert shed and len(shed) < len(answers), f"{len(shed)} of {len(answers)} shed"
+        assert all(r.headers["retry-after"] == "2" for r in shed)
+        assert all(r.json()["field"] == "max_concurrency" and "busy" in r.json()["error"] for r in shed)
+        assert all(len(r.json()["items"]) == 10 for r in answers if r.status_code == 200)
+        assert set(probes) == {200}, probes
+        metrics = s.http.get("/metrics").text
+        counted = sum(float(v) for v in re.findall(r'^ember_requests_shed_total{path="/recommend"} ([0-9.]+)$',
+                                                   metrics, flags=re.M))  # fmt: skip
+        assert counted == len(shed)
 
 
 def test_rank_answers_in_the_order_given(server: Server) -> None:
