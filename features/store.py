@@ -283,15 +283,30 @@ def materialized_through(cfg: StoreConfig) -> bool:
     """
     from features.online import FeatureStoreUnavailable
 
-    registry = cfg.data_dir / "feast" / "registry.db"
     try:
         stamp = online_backend(cfg).materialized_at()
     except FeatureStoreUnavailable:
         return False
-    if not stamp or "@" not in stamp or not registry.is_file():
+    file = registry_file(cfg)
+    # The registry's last change: its file, or for a SQL registry the definitions `apply` writes beside each apply.
+    changed = file if file is not None else cfg.data_dir / "feast" / "definitions.json"
+    if not stamp or "@" not in stamp or not changed.is_file():
         return False
     end, written = stamp.split("@", 1)
-    return datetime.fromisoformat(end) >= offline_end(cfg) and float(written) > registry.stat().st_mtime
+    return datetime.fromisoformat(end) >= offline_end(cfg) and float(written) > changed.stat().st_mtime
+
+
+def registry_file(cfg: StoreConfig) -> Path | None:
+    """The file registry the repo's yaml names (a bare path, or a mapping of type file), None for a SQL registry
+    (infra/config/feature_store.yaml: Postgres). Read without importing Feast."""
+    import yaml
+
+    registry = yaml.safe_load(cfg.yaml.read_text()).get("registry")
+    if isinstance(registry, dict):
+        if registry.get("registry_type", "file") != "file":
+            return None
+        registry = registry.get("path")
+    return (cfg.repo / os.path.expandvars(str(registry))).resolve()
 
 
 def online_backend(cfg: StoreConfig) -> Backend:
@@ -333,10 +348,11 @@ def training_set(
     if imp.empty:
         raise UserError(f"--start/--end: no impressions of {dataset} in [{start.isoformat()}, {end.isoformat()})")
     entity_df = imp.rename(columns={"ts": "event_timestamp"}).reset_index(drop=True)
-    if not (cfg.data_dir / "feast" / "registry.db").exists():
+    file = registry_file(cfg)
+    if file is not None and not file.exists():
         apply(cfg)  # a fresh clone has the versioned definitions (DVC) but not the registry database (state)
     store = open_store(cfg)
-    service = store.get_feature_service(FEATURE_SERVICES[model])
+    service = _feature_service(cfg, store, FEATURE_SERVICES[model])
     # Arrow end to end (to_df is to_arrow().to_pandas(); written back it went through pandas twice, ~1/4 of this job)
     table = store.get_historical_features(entity_df=entity_df, features=service).to_arrow()
     table = table.sort_by("impression_id")
@@ -349,6 +365,19 @@ def training_set(
             meta["window"] = window
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return {"rows": table.num_rows, "columns": table.num_columns}
+
+
+def _feature_service(cfg: StoreConfig, store: FeatureStore, name: str) -> Any:
+    """The feature service from the registry; a SQL registry not yet applied for this project is applied first."""
+    from feast.errors import FeastObjectNotFoundException, ProjectNotFoundException
+
+    try:
+        return store.get_feature_service(name)
+    except (FeastObjectNotFoundException, ProjectNotFoundException):  # not in the registry (or not the project)
+        if registry_file(cfg) is not None:
+            raise
+    apply(cfg)
+    return open_store(cfg).get_feature_service(name)
 
 
 @dataclass(frozen=True)

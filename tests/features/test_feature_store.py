@@ -71,6 +71,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[StoreConfig, Path]:
     return cfg, data
 
 
+def test_the_registry_file_is_read_from_the_repo_config() -> None:
+    from features.store import registry_file
+
+    assert registry_file(StoreConfig()) == REPO / "data" / "feast" / "registry.db"
+    assert registry_file(StoreConfig(online_store="redis")) == REPO / "data" / "feast" / "registry.db"
+
+
 def test_materialize_is_incremental(tiny: tuple[StoreConfig, Path]) -> None:
     first, second = MATERIALIZED["first"]["views"], MATERIALIZED["second"]["views"]
     assert set(first) == set(second) == {"user_stats", "user_history", "user_graph", "author_stats", "post_stats"}

@@ -112,6 +112,44 @@ def test_feast_sql_registry_on_postgres(tmp_path: Path, database: str, monkeypat
         assert {p.name for p in service.feature_view_projections}, name
 
 
+def test_the_store_recognises_a_sql_registry(tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the deployment's SQL registry (no registry file): a training set on a registry never applied applies it
+    first, the materialization marker is judged against the last apply (definitions.json), and a re-apply asks for a
+    new materialization."""
+    import time
+
+    import redis
+
+    from features.build import build_features
+    from features.store import StoreConfig, apply, materialize, materialized_through, registry_file, training_set
+    from tests.features.tiny import ts, write_tiny
+
+    repo = tmp_path / "features" / "repo"
+    shutil.copytree(ROOT / "features" / "repo", repo, ignore=shutil.ignore_patterns("__pycache__", "*.yaml"))
+    shutil.copy(INFRA / "config" / "feature_store.yaml", repo / "feature_store.redis.yaml")
+    for name, value in {"EMBER_PG_USER": PG_USER, "EMBER_PG_PASSWORD": "", "EMBER_PG_HOST": f"{PG_HOST}:{PG_PORT}",
+                        "EMBER_FEAST_DB": database}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    data = write_tiny(tmp_path / "data" / "tiny")
+    build_features(data, tmp_path / "data" / "features")
+    cfg = StoreConfig(repo=repo, online_store="redis", redis="127.0.0.1:6379,db=13")
+    assert registry_file(cfg) is None
+    redis.Redis(db=13).flushdb()
+    try:
+        out = tmp_path / "training" / "ranker"
+        assert training_set(cfg, "ranker", data, ts(2), ts(4), out)["rows"] > 0  # applied on the way
+        assert _query(database, "SELECT count(*) FROM feature_services")[0][0] > 0
+        assert not (tmp_path / "data" / "feast" / "registry.db").exists()
+        assert not materialized_through(cfg)
+        materialize(cfg)
+        assert materialized_through(cfg)
+        time.sleep(0.01)
+        apply(cfg)  # a new apply: the online store must be loaded again
+        assert not materialized_through(cfg)
+    finally:
+        redis.Redis(db=13).flushdb()
+
+
 # Prefect: a server on Postgres ------------------------------------------------------------------------------------
 
 
