@@ -41,6 +41,7 @@ from tests.features.tiny import ts, write_tiny
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 REDIS = "127.0.0.1:6379,db=11"  # a database of its own, flushed by the tests
+REDIS_REBUILD = "127.0.0.1:6379,db=12"
 
 
 def _project(root: Path, dataset: str = "tiny") -> Path:
@@ -499,3 +500,35 @@ def test_a_store_loaded_past_the_rebuilt_offline_end_is_reloaded_not_skipped(tmp
     assert all(
         window == [(ts(4) - DEFAULT_WINDOW).isoformat(), ts(4).isoformat()] for window in again["views"].values()
     )
+
+
+def test_a_redis_store_follows_a_rebuild_to_an_earlier_end(tmp_path: Path) -> None:
+    """Redis keeps a row whose stored time is newer than the one written: after data rebuilt to an earlier end, the
+    views are cleared and reloaded, so the store reads what a store loaded only to that end reads."""
+    if not _redis_available():
+        if os.environ.get("CI"):
+            pytest.fail("Redis is not running on 127.0.0.1:6379 in CI")
+        pytest.skip("Redis is not running on 127.0.0.1:6379 (not CI)")
+    import redis
+
+    redis.Redis(db=12).flushdb()
+    try:
+        _project(tmp_path / "redis")
+        cfg = StoreConfig(repo=tmp_path / "redis" / "features" / "repo", online_store="redis", redis=REDIS_REBUILD)
+        apply(cfg)
+        materialize(cfg, end=ts(4))
+        reader = OnlineFeatures(online_backend(cfg))
+        newer = list(reader.user(2).history["hist_post_ids"])  # (101,) at ts(4), empty at ts(3)
+        materialize(cfg, end=ts(3))  # the data rebuilt to end a day earlier
+        _project(tmp_path / "sqlite")
+        only = StoreConfig(repo=tmp_path / "sqlite" / "features" / "repo")
+        apply(only)
+        materialize(only, end=ts(3))
+        expected = OnlineFeatures(online_backend(only))
+        for user in (1, 2):
+            got, want = OnlineFeatures(online_backend(cfg)).user(user), expected.user(user)
+            assert list(got.history["hist_post_ids"]) == list(want.history["hist_post_ids"]), user
+            assert got.stats == want.stats, user
+        assert list(expected.user(2).history["hist_post_ids"]) != newer, "the tiny world must differ between ends"
+    finally:
+        redis.Redis(db=12).flushdb()
