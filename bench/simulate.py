@@ -67,6 +67,12 @@ def no_drift_row(result: dict[str, Any], command: str, wall: float, rss: float) 
     )
 
 
+def _back(policy: dict[str, Any]) -> str:
+    """When a policy's normalised reward was back at its share of the pre-drift level: "on onset day +N" or "never"."""
+    day = policy.get("first_day_back")
+    return "never" if day is None else f"on onset day +{day}"
+
+
 def shift_row(result: dict[str, Any], command: str, wall: float, rss: float) -> Row:
     from monitoring.simulate import normalised_rewards, recovery
 
@@ -98,8 +104,7 @@ def shift_row(result: dict[str, Any], command: str, wall: float, rss: float) -> 
         throughput=f"pre-drift loop {loop.get('pre_drift')}, frozen {frozen.get('pre_drift')}; {per_day}; "
         f"events: {'; '.join(events) or 'none'}",
         target="loop >= 90% of its pre-drift level within 2 days of the onset, frozen not",
-        verdict=f"{'met' if ok else 'missed'}: loop back on onset day +{loop.get('first_day_back')}, frozen "
-        f"{'+' + str(frozen['first_day_back']) if frozen.get('first_day_back') is not None else 'never'}",
+        verdict=f"{'met' if ok else 'missed'}: loop back {_back(loop)}, frozen back {_back(frozen)}",
         extra={"recovery": rec},
     )
 

@@ -32,7 +32,7 @@ def test_shift_verdict_needs_the_loop_back_and_the_frozen_model_not() -> None:
     days = {1: day(5, 5), 2: day(5, 5), 3: day(2, 2), 4: day(3, 2), 5: day(4.6, 2)}
     result = {"rows": _rows(days, alarms={3}, promoted={4}), "drift_day": 3, "days": 5, "requests_per_day": 510}
     row = shift_row(result, "c", 1.0, 1.0)
-    assert row.verdict == "met: loop back on onset day +2, frozen never"
+    assert row.verdict == "met: loop back on onset day +2, frozen back never"
     assert "day 3: alarm retrain" in row.throughput and "day 4: promotion" in row.throughput
     days[5] = day(4.6, 4.6)
     assert shift_row(result | {"rows": _rows(days)}, "c", 1.0, 1.0).verdict.startswith("missed")
