@@ -1,4 +1,6 @@
-"""Serving latency over what `make run` builds (small synthetic world, the champion variant of serving/variants.yaml):
+"""Serving latency over what `make run` builds and deploys (small synthetic world): the deployment `make run` writes,
+artifacts/deploy/variants.yaml (flows/deploy.py: the gate's champion, its shadow), or serving/variants.yaml before
+any run has deployed:
 
 - in-process: `PipelineRecommender.recommend` for many users, the per-stage breakdown from the pipeline's own timing;
 - over HTTP: `ember serve` started in its own process, POST /recommend at concurrency 1 and 16 (threads with
@@ -37,12 +39,15 @@ from serving.smoke import stop_group
 GROUP = "serving"
 CMD = "python -m bench.serving"
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "serving" / "variants.yaml"
+DEPLOYED = REPO / "artifacts" / "deploy" / "variants.yaml"  # what `make run` serves (flows/deploy.py)
+TEMPLATE = REPO / "serving" / "variants.yaml"
+CONFIG = DEPLOYED if DEPLOYED.is_file() else TEMPLATE
+CONFIG_NAME = str(CONFIG.relative_to(REPO))
 TARGET_P99_MS = 30.0
 
 
 def champion_config() -> Any:
-    """The RecommenderConfig of the champion variant in serving/variants.yaml."""
+    """The RecommenderConfig of the champion variant of the served config (CONFIG)."""
     from serving.ab import load_config
     from serving.recommender_pipeline import RecommenderConfig
 
@@ -107,7 +112,7 @@ def in_process(n: int) -> list[Row]:
                 ranked.append(int(s["in"]))
     p50, p99 = ms_stats(walls)
     settings = (
-        f"{n} users, k 20, {inference_threads()} torch thread(s), champion variant of serving/variants.yaml: "
+        f"{n} users, k 20, {inference_threads()} torch thread(s), champion variant of {CONFIG_NAME}: "
         f"{served_models(cfg)}"
     )
     rows = [
@@ -239,7 +244,7 @@ def over_http(n: int) -> list[Row]:
             for concurrency, keep_alive in ((1, True), (1, False), (16, True)):
                 got = _load(port, user_ids(n, seed=2 + concurrency), concurrency, keep_alive)
                 settings = (
-                    f"ember serve serving/variants.yaml (BentoML, 1 worker, {inference_threads()} torch thread(s)), "
+                    f"ember serve {CONFIG_NAME} (BentoML, 1 worker, {inference_threads()} torch thread(s)), "
                     f"exposure log in a temporary directory, ready in {ready_s:.1f} s; {n} requests, k 20, "
                     f"{'keep-alive' if keep_alive else 'a new connection per request'}; {models}"
                 )
@@ -250,9 +255,14 @@ def over_http(n: int) -> list[Row]:
 
 
 def main() -> None:
+    global CONFIG, CONFIG_NAME
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=300, help="requests per measurement")
+    parser.add_argument("--config", type=Path, default=None, help=f"variants config to serve (default {CONFIG_NAME})")
     args = parser.parse_args()
+    if args.config is not None:
+        CONFIG = args.config.resolve()
+        CONFIG_NAME = str(CONFIG.relative_to(REPO)) if CONFIG.is_relative_to(REPO) else str(CONFIG)
     rows = in_process(args.requests) + over_http(args.requests)
     print(save(GROUP, rows))
 
