@@ -80,6 +80,7 @@ def test_a_failing_branch_stage_names_it_and_the_other_branch_is_recorded(prefec
     import subprocess
     import sys
 
+    from core.errors import UserError
     from flows.pipeline import BRANCHES, ember_pipeline
 
     ember_pipeline(project=str(project))  # a good run first (cached if another test ran)
@@ -88,10 +89,15 @@ def test_a_failing_branch_stage_names_it_and_the_other_branch_is_recorded(prefec
     params = project / "params.yaml"
     good = params.read_text()
     bad = yaml.safe_load(good)
-    bad["train_ranker"]["epochs"] = 0  # refused: the ranker branch fails
-    bad["train_retrieval"]["seed"] += 1  # new work for the retrieval branch, beside it
+    bad["train_ranker"]["epochs"] = 0  # a value params.yaml's schema refuses: nothing runs
     params.write_text(yaml.safe_dump(bad))
     try:
+        with pytest.raises(UserError, match=r"params.yaml: train_ranker.epochs: input should be greater than"):
+            ember_pipeline(project=str(project))
+        bad["train_ranker"]["epochs"] = 1
+        bad["train_ranker"]["preset"] = "gigantic"  # a name only the stage knows: the ranker branch fails
+        bad["train_retrieval"]["seed"] += 1  # new work for the retrieval branch, beside it
+        params.write_text(yaml.safe_dump(bad))
         with pytest.raises(RuntimeError, match="stage train_ranker failed"):
             ember_pipeline(project=str(project))
         assert model.read_bytes() == before, "the last good ranker is back"
