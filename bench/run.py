@@ -20,6 +20,7 @@ GROUPS = [
     "bench.threads",
     "bench.quality",
     "bench.serving",
+    "bench.events",
     "bench.drift_detection",
     "bench.ab",
     "bench.off_policy",
