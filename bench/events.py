@@ -320,32 +320,56 @@ class Users:
     posts: list[tuple[int, int, int]]
 
 
+@dataclass(frozen=True)
+class Viewer:
+    """A probe user's graph: the authors followed, and those muted or blocked (whose posts are filtered)."""
+
+    user_id: int
+    followees: frozenset[int]
+    hidden: frozenset[int]
+
+
+def post_viewers(viewers: list[Viewer]) -> list[tuple[int, int, int]]:
+    """(follower, author, other) per viewer that follows an author it has not muted or blocked (the social-graph
+    filter drops such a post, rightly), with another viewer that neither follows nor hides that author."""
+    triples: list[tuple[int, int, int]] = []
+    for v in viewers:
+        for author in sorted(v.followees - v.hidden - {v.user_id}):
+            other = next(
+                (
+                    o.user_id
+                    for o in viewers
+                    if o.user_id not in (v.user_id, author) and author not in o.followees | o.hidden
+                ),
+                None,
+            )
+            if other is not None:
+                triples.append((v.user_id, author, other))
+                break
+    return triples
+
+
 def pick_users(client: Client, exposures: ExposureIndex, reader: Any, repeats: int, limit: int = 2000) -> Users:
     """Reads the world's users from the materialized store (an OnlineFeatures reader) and asks the server which
     variant each is in: engagers of "served" whose history has room for their share of the repeats,
-    and for "probe" followers with a followee `author` plus a probe user who does not follow that author."""
+    and for "probe" the (follower, author, other) triples of post_viewers."""
     engagers: list[tuple[int, int]] = []
-    probes: list[tuple[int, set[int]]] = []
+    probes: list[Viewer] = []
     want = 25
     for user_id in range(1, limit):
         u = reader.user(user_id)
-        length, followees = int(u.history["hist_length"]), set(u.graph["followee_ids"])
+        length = int(u.history["hist_length"])
         answer = client.recommend(user_id, 1)
         if answer["variant"] == "served" and length > 0 and len(engagers) < want:
             engagers.append((user_id, int(exposures.features(answer["request_id"])["hist_length"])))
         elif answer["variant"] == "probe" and len(probes) < 2 * want:
-            probes.append((user_id, followees))
+            hidden = frozenset(int(a) for k in ("muted_author_ids", "blocked_author_ids") for a in u.graph[k])
+            probes.append(Viewer(user_id, frozenset(int(a) for a in u.graph["followee_ids"]), hidden))
         if len(engagers) >= want and len(probes) >= 2 * want:
             break
     room = math.ceil(repeats / max(len(engagers), 1))
     engagers = [(u, h) for u, h in engagers if h + room < HISTORY_CAP]
-    posts: list[tuple[int, int, int]] = []
-    for follower, followees in probes:
-        for author in sorted(followees):
-            other = next((u for u, f in probes if u != follower and author not in f and u != author), None)
-            if other is not None:
-                posts.append((follower, author, other))
-                break
+    posts = post_viewers(probes)
     if not engagers or not posts:
         raise UserError("too few users with history room and followees in this world")
     return Users(engagers, posts)

@@ -84,3 +84,15 @@ def test_the_config_served_writes_only_under_the_work_dir(tmp_path: Path) -> Non
         else:
             assert "sqlite_path" not in served and served["redis"].endswith(f"db={events.REDIS_DB}")
         assert all(Path(p).is_relative_to(work) for p in written), written
+
+
+def test_a_new_posts_viewers_have_not_muted_or_blocked_its_author() -> None:
+    v = events.Viewer
+    viewers = [
+        v(1, frozenset({7, 8}), frozenset({7})),  # follows 7 but muted 7: its posts are filtered, so 8
+        v(2, frozenset({9}), frozenset()),
+        v(3, frozenset(), frozenset({8})),  # blocked 8: not the other viewer of 8's post
+        v(4, frozenset({8}), frozenset()),
+        v(5, frozenset({9}), frozenset()),
+    ]
+    assert events.post_viewers(viewers) == [(1, 8, 2), (2, 9, 1), (4, 8, 2), (5, 9, 1)]
