@@ -145,6 +145,9 @@ class RankerConfig(ModelConfig):
     # A wide part beside the transformer: per task, a linear logit over the same (feature, bin) one-hots and the
     # hashed candidate attributes, added to the heads' output (Wide & Deep). Needs dense_bins > 0.
     wide: bool = False
+    # Training only: dropout on the tokens entering the first block and on the candidates' final hidden states
+    # (the peers' towers use 0.1). Serving and evaluation run without it, so the scoring paths are unchanged.
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         self._freeze_tuples("user_attributes", "candidate_features", "candidate_attributes", "tasks")
@@ -163,6 +166,8 @@ class RankerConfig(ModelConfig):
             raise ValueError(f"RankerConfig: dense_bins must be 0 (off) or >= 2, got {self.dense_bins}")
         if self.wide and self.dense_bins == 0:
             raise ValueError("RankerConfig: wide needs dense_bins >= 2")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"RankerConfig: dropout must be in [0, 1), got {self.dropout}")
         tasks = select_tasks(self.tasks)  # ValueError on unknown names
         if len(tasks) != len(self.tasks):
             raise ValueError(f"RankerConfig: duplicate tasks in {self.tasks}")
@@ -541,6 +546,7 @@ class Ranker(nn.Module):
         self.heads = TaskHeads(D, self.tasks, funnel=cfg.head_mode == "funnel")
         self.combiner = BlendCombiner(D, len(self.tasks)) if cfg.learn_blend else None
         self.wide = WidePart(cfg, len(self.tasks)) if cfg.wide else None
+        self.drop = nn.Dropout(cfg.dropout)
         # Row 0 = position unknown: zero and never trained, so serving (positions -1) gets no offset.
         self.position_bias = (
             nn.Embedding(cfg.max_position + 1, len(self.tasks), padding_idx=0) if cfg.max_position > 0 else None
@@ -621,7 +627,7 @@ class Ranker(nn.Module):
         cand = self.embedder.candidate_tokens(candidates)  # (B, C, D)
         if self.cfg.user_in_candidate:
             cand = cand + ctx[:, :1]  # the user token (position 0 of the context)
-        h = torch.cat([ctx, cand], 1)  # (B, T, D), T = T0 + C
+        h = self.drop(torch.cat([ctx, cand], 1))  # (B, T, D), T = T0 + C
         positions = torch.cat([ctx_pos, ctx_pos.new_full((B, C), self.candidate_position)], 1)  # (B, T)
         cos, sin = self._rope(positions)
         # Candidate isolation (phoenix.md 2.3): rows are queries, columns keys.
@@ -648,7 +654,7 @@ class Ranker(nn.Module):
         """
         h = self.hidden_states(user, candidates, history_attributes)  # (B, T, D)
         T0 = user.hist_post_ids.shape[1] + 1
-        logits = self.heads(h[:, T0:], self._offset(candidates))  # (B, C, K)
+        logits = self.heads(self.drop(h[:, T0:]), self._offset(candidates))  # (B, C, K)
         multipliers = self.combiner(h[:, 0]) if self.combiner is not None else None
         return RankerOutput(logits.float(), None if multipliers is None else multipliers.float())
 

@@ -289,3 +289,18 @@ def test_position_bias_is_an_offset_of_logged_slots_and_zero_when_unknown() -> N
         assert max_diff(without(u, c).logits, base) <= TOL  # unknown slots add exactly nothing
         cached = model.score_candidates(model.encode_user(u), first, chunk=2).logits
     assert max_diff(cached, base + off[1]) <= TOL
+
+
+def test_dropout_acts_in_training_only() -> None:
+    cfg = replace(CFG, dropout=0.3)
+    model, u, c = build(cfg), users(cfg, [6, 3]), candidates(cfg, 2, 5)
+    with torch.no_grad():
+        model.train()
+        first, second = model(u, c).logits, model(u, c).logits
+        model.eval()
+        plain = model(u, c).logits
+    assert max_diff(first, second) > 1e-3  # a fresh mask per pass while training
+    served = model.score_candidates(model.encode_user(u), c)
+    assert max_diff(served.logits, plain) <= TOL  # evaluation and serving: no dropout, one scoring path
+    with pytest.raises(ValueError, match="dropout"):
+        RankerConfig(dropout=1.0)
