@@ -9,8 +9,10 @@ failed alarm check retrains through the gate):
   true reward per day normalised to random = 0, oracle = 1 (monitoring.simulate.recovery), target: the loop back at
   >= 90% of its pre-drift level within 2 days of the onset while the frozen model is not.
 
-`python -m bench.simulate` runs both (about an hour on 2 cores); `--reuse NODRIFT_DIR SHIFT_DIR` reads two finished
-runs' simulate.json instead (each row then names the run directory and the command that wrote it).
+`python -m bench.simulate` runs both (about an hour on 2 cores); `--only topic_shift` (or `no-drift`) runs one and
+keeps the other's row from bench/results/simulate.json with the time and commit it was measured at; `--reuse
+NODRIFT_DIR SHIFT_DIR` reads two finished runs' simulate.json instead (each row then names the run directory and the
+command that wrote it).
 """
 
 from __future__ import annotations
@@ -67,10 +69,16 @@ def no_drift_row(result: dict[str, Any], command: str, wall: float, rss: float) 
     )
 
 
-def _back(policy: dict[str, Any]) -> str:
-    """When a policy's normalised reward was back at its share of the pre-drift level: "on onset day +N" or "never"."""
-    day = policy.get("first_day_back")
-    return "never" if day is None else f"on onset day +{day}"
+def _back(name: str, policy: dict[str, Any], share: float) -> str:
+    """When a policy's normalised reward was back at `share` of its pre-drift level: "loop back on onset day +N" (+0:
+    the onset day itself), "loop never back at 90% of its pre-drift 0.15 (4 days from the onset)", or, without a
+    positive pre-drift level to get back to, says so."""
+    day, before, after = policy.get("first_day_back"), policy.get("pre_drift"), policy.get("after", {})
+    if day is not None:
+        return f"{name} back on onset day +{day}"
+    if before is None or before <= 0:
+        return f"{name}: no positive pre-drift level to get back to ({before})"
+    return f"{name} never back at {share:.0%} of its pre-drift {before:.2f} ({len(after)} days from the onset)"
 
 
 def shift_row(result: dict[str, Any], command: str, wall: float, rss: float) -> Row:
@@ -88,7 +96,7 @@ def shift_row(result: dict[str, Any], command: str, wall: float, rss: float) -> 
         for r in days
         if r["policy"] == "loop" and (r["alarm"] or r["retrained"] or r["promoted"])
     ]
-    loop, frozen = rec.get("loop", {}), rec.get("frozen", {})
+    loop, frozen, share = rec.get("loop", {}), rec.get("frozen", {}), rec.get("share", 0.9)
     ok = bool(loop.get("recovered")) and not frozen.get("recovered")
     return Row(
         group="simulate",
@@ -104,28 +112,66 @@ def shift_row(result: dict[str, Any], command: str, wall: float, rss: float) -> 
         throughput=f"pre-drift loop {loop.get('pre_drift')}, frozen {frozen.get('pre_drift')}; {per_day}; "
         f"events: {'; '.join(events) or 'none'}",
         target="loop >= 90% of its pre-drift level within 2 days of the onset, frozen not",
-        verdict=f"{'met' if ok else 'missed'}: loop back {_back(loop)}, frozen back {_back(frozen)}",
+        verdict=f"{'met' if ok else 'missed'}: {_back('loop', loop, share)}; {_back('frozen', frozen, share)}",
         extra={"recovery": rec},
     )
+
+
+ROWS = {"no drift": no_drift_row, "topic_shift": shift_row}
+ROW_NAMES = {"no drift": "no drift: days with an alarm", "topic_shift": "topic_shift: recovery of the true reward"}
+
+
+def nano_world() -> Path:
+    """The nano world both runs simulate from (generated once under TMP)."""
+    import subprocess
+
+    data = TMP / "nano"
+    if not (data / "manifest.json").is_file():
+        subprocess.run(ember("data", "synth", "--scale", "nano", "--seed", str(NANO_SEED), "--out", str(data)),
+                       cwd=REPO, check=True)  # fmt: skip
+    return data
+
+
+def kept_rows(exclude: str) -> list[Row]:
+    """The rows of bench/results/simulate.json other than run `exclude`'s, each with the time, commit and CPU it was
+    measured at (save() stamps the group with this run's)."""
+    from bench.harness import RESULTS
+
+    old = RESULTS / "simulate.json"
+    if not old.is_file():
+        return []
+    body = json.loads(old.read_text())
+    kept = [Row(**r) for r in body["rows"] if r["name"] != ROW_NAMES[exclude]]
+    for r in kept:
+        r.extra.setdefault("measured_at", body["measured_at"])
+        r.extra.setdefault("commit", body["machine"]["commit"])
+        r.extra.setdefault("cpu", f"{body['machine']['cpu']} ({body['machine'].get('cpu_flags', 'unknown')})")
+    return kept
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reuse", nargs=2, type=Path, metavar=("NODRIFT_DIR", "SHIFT_DIR"))
+    parser.add_argument("--only", choices=[n.replace(" ", "-") for n in RUNS],
+                        help="run this one only; the other's row is kept from bench/results/simulate.json")  # fmt: skip
     args = parser.parse_args()
     rows: list[Row] = []
-    if args.reuse:
+    if args.only:
+        name = args.only.replace("-", " ")
+        data = nano_world()
+        out = TMP / args.only
+        argv = simulate_argv(data, out, name)
+        wall, rss = run_once(argv)
+        result = json.loads((out / "simulate.json").read_text())
+        rows = kept_rows(exclude=name)
+        rows.insert(list(RUNS).index(name), ROWS[name](result, shlex.join(["ember", *argv[3:]]), wall, rss))
+    elif args.reuse:
         for name, out, make in zip(RUNS, args.reuse, (no_drift_row, shift_row), strict=True):
             result = json.loads((out / "simulate.json").read_text())
             command = shlex.join(["ember", *simulate_argv(Path(result["data"]), out, name)[3:]])
             rows.append(make(result, command + f"  (run read from {out}/simulate.json)", 0.0, 0.0))
     else:
-        import subprocess
-
-        data = TMP / "nano"
-        if not (data / "manifest.json").is_file():
-            subprocess.run(ember("data", "synth", "--scale", "nano", "--seed", str(NANO_SEED), "--out", str(data)),
-                           cwd=REPO, check=True)  # fmt: skip
+        data = nano_world()
         for name, make in zip(RUNS, (no_drift_row, shift_row), strict=True):
             out = TMP / name.replace(" ", "-")
             argv = simulate_argv(data, out, name)

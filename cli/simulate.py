@@ -24,6 +24,12 @@ def simulate(
     retrain_every: int = typer.Option(
         0, "--retrain-every", help="Also retrain every N days (0: only when the daily monitor alarms)."
     ),
+    explore_slots: int | None = typer.Option(
+        None,
+        "--explore-slots",
+        help="Last slots of each served slate drawn at random from the rest of the ranked "
+        "pool, so the loop keeps seeing how users take what it under-rates (0: the ranked slate; default 2).",
+    ),
     overrides: list[str] = typer.Option(
         [], "--set", help="params.yaml of the run's project: stage.key=value (repeatable), e.g. train_ranker.epochs=1."
     ),
@@ -37,7 +43,7 @@ def simulate(
     from monitoring.simulate import check_args, load_synthetic, parse_policies, synth_params
 
     chosen = parse_policies(policies)
-    check_args(days, requests_per_day, drift, drift_day, seed, k, retrain_every)
+    check_args(days, requests_per_day, drift, drift_day, seed, k, retrain_every, explore_slots or 0)
     load_synthetic(data)
     synth = synth_params(data)
     parsed = {}
@@ -49,7 +55,7 @@ def simulate(
 
     from flows.api import prefect_api
     from flows.pipeline import PROJECT
-    from flows.simulate import run_params, simulate_flow
+    from flows.simulate import EXPLORE_SLOTS, run_params, simulate_flow
 
     run_params(PROJECT / "params.yaml", synth, parsed)  # an unknown --set key, before anything starts
 
@@ -58,6 +64,7 @@ def simulate(
         result = simulate_flow(
             data=str(data), out=str(out), days=days, policies=chosen, requests_per_day=requests_per_day, seed=seed,
             drift=drift, drift_day=drift_day, k=k, retrain_every=retrain_every, overrides=parsed,
+            explore_slots=EXPLORE_SLOTS if explore_slots is None else explore_slots,
         )  # fmt: skip
     typer.echo(result["summary"])
     typer.echo(f"per day: {Path(out) / 'simulate.csv'} (DVC plot), {Path(out) / 'simulate.json'}")

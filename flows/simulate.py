@@ -8,7 +8,10 @@ and deploys the models from the dataset. Then, for each simulated day after the 
 2. every request goes through the deployed pipeline in-process (serving.recommender_pipeline.PipelineRecommender,
    the deployment's champion: "loop"; the first champion's model set: "frozen"), served at the request's time with
    the day's posts (the corpus as of the day's start, posts newer than the variant's index through its fresh-post
-   source, as POST /events adds them); oracle, popular and random fill the same requests' slates;
+   source, as POST /events adds them); the run's deployment explores the last `explore_slots` slots of every slate
+   (uniform draws from the rest of the ranked pool, propensities logged: serving/selectors/explore.SlotExplorer),
+   so that what the loop serves keeps showing what it under-rates; oracle, popular and random fill the same
+   requests' slates;
 3. each slate's true reward is read from the truth (expected weighted engagement under the blend's signed weights);
 4. what the loop served goes to an exposure log (logs/simulated/day-NN.jsonl, the service's format), what users
    did with it (drawn from the truth) to an outcome log (logs/simulated/outcomes.jsonl), and, with outcomes drawn
@@ -18,8 +21,9 @@ and deploys the models from the dataset. Then, for each simulated day after the 
    the `monitor` flow on the day's log with the outcome log, each request taken at its own time (the simulated
    world's posts and days run past the dataset's: the monitor can neither redraw outcomes from the dataset's
    manifest nor take the deployment's fixed `as_of`); drift and quality; a failing check starts `retrain` (the main
-   job with the training stages forced, its promotion gate and deployment); `retrain_every` > 0 also retrains on that
-   cadence (`retrain` with reason "scheduled").
+   job with the training stages forced, its promotion gate and deployment), and the monitor flow's follow-up
+   retrains on the days after (flows/monitor.py); `retrain_every` > 0 also retrains on that cadence (`retrain` with
+   reason "scheduled").
 
 `<out>/simulate.json` and `<out>/simulate.csv` hold one row per day and policy (true reward per request, requests,
 alarm, retrain, promotion, the loop's champion); the days also go to the run project's Evidently workspace, project
@@ -47,6 +51,10 @@ from flows.tasks import _env, dvc_repro
 
 LOGS = Path("logs") / "simulated"
 OUTCOMES = LOGS / "outcomes.jsonl"  # every day's outcomes of the loop's served items (the monitor's outcome log)
+# Explored slots of each served slate (serving/selectors/explore.SlotExplorer). Without them the loop never learns a
+# taste it does not already serve: after a topic shift the nano loop served 0.1-0.5% posts of the new topic (half of
+# all new posts, clicked 3-4x as often), so every retrain saw next to none and scored the topic lower still.
+EXPLORE_SLOTS = 2
 
 
 def copy_project(source: Path, dst: Path) -> None:
@@ -82,6 +90,19 @@ def run_params(path: Path, synth: dict[str, Any], overrides: dict[str, Any]) -> 
     return params
 
 
+def explore_variants(path: Path, slots: int) -> None:
+    """Every pipeline variant of the variants config at `path` explores its last `slots` slots (RecommenderConfig
+    explore_slots: uniform draws from the rest of the ranked pool); 0 leaves the file as it is."""
+    if slots <= 0:
+        return
+    config = yaml.safe_load(Path(path).read_text())
+    for variant in config.get("variants", []):
+        recommender = variant.get("recommender", {})
+        if recommender.get("kind") == "pipeline":
+            recommender.setdefault("params", {})["explore_slots"] = slots
+    Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 def deployed_params(project: Path, as_of: datetime, models: str | None = None) -> dict[str, Any]:
     """The deployment's champion recommender params with paths under `project`, served at `as_of`; `models`: a
     model-store key whose set replaces the champion's (the frozen policy)."""
@@ -96,6 +117,8 @@ def deployed_params(project: Path, as_of: datetime, models: str | None = None) -
         params[key] = str(project / params[key])
     params["sqlite_path"] = str(sqlite_path(project / "data"))
     params["as_of"] = as_of.isoformat()
+    if params.get("explore_slots") or params.get("explore_temperature"):
+        params.setdefault("explore_seed", int(as_of.timestamp()) // 86_400)  # reproducible draws, new each day
     return params
 
 
@@ -121,8 +144,9 @@ def load_recommender(params: dict[str, Any], world: Any, day_start_s: int) -> An
 
 
 def serve_day(rec: Any, requests: Any, k: int) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
-    """Each request's slate from `rec`, served at the request's time (its clock), as exposure-log items, and the
-    user features the recommender read for it (as the service logs them)."""
+    """Each request's slate from `rec`, served at the request's time (its clock), as exposure-log items (an exploring
+    variant's propensity, inclusion and rank with them, as the service logs them), and the user features the
+    recommender read for it."""
     slates, features = [], []
     for r in requests.itertuples(index=False):
         now = datetime.fromtimestamp(float(r.ts), UTC)
@@ -130,7 +154,9 @@ def serve_day(rec: Any, requests: Any, k: int) -> tuple[list[list[dict[str, Any]
         result = rec.recommend(int(r.user_id), k, frozenset(), int(r.surface))
         slates.append([
             {"post_id": int(i.post_id), "score": float(i.score), "source": str(i.source),
-             "actions": {a: round(float(v), 6) for a, v in (i.actions or {}).items()}}
+             "actions": {a: round(float(v), 6) for a, v in (i.actions or {}).items()},
+             **({"propensity": i.propensity, "inclusion": i.inclusion, "rank": i.rank}
+                if i.propensity is not None else {})}
             for i in result.items[:k]
         ])  # fmt: skip
         features.append(dict(result.features))
@@ -151,6 +177,7 @@ def simulate_flow(
     retrain_every: int = 0,
     overrides: dict[str, Any] | None = None,
     source: str = str(PROJECT),
+    explore_slots: int = EXPLORE_SLOTS,
 ) -> dict[str, Any]:
     """Runs the simulation (see the module doc) and returns {"rows", "summary", "out"}."""
     from core.io import atomic_dir
@@ -159,7 +186,7 @@ def simulate_flow(
     from monitoring.replay import write_records
 
     log = get_run_logger()
-    simulated.check_args(days, requests_per_day, drift, drift_day, seed, k, retrain_every)
+    simulated.check_args(days, requests_per_day, drift, drift_day, seed, k, retrain_every, explore_slots)
     world = simulated.load_synthetic(Path(data))
     synth = simulated.synth_params(Path(data))
     first_day = world.cfg.days
@@ -170,6 +197,7 @@ def simulate_flow(
         copy_project(Path(source), project)
         params = run_params(project / "params.yaml", synth, overrides or {})
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        explore_variants(project / "serving" / "variants.yaml", explore_slots)
         subprocess.run(["git", "-c", "user.name=ember-simulate", "-c", "user.email=simulate@localhost", "commit",
                         "-qam", "simulation params"], cwd=project, check=True, capture_output=True)  # fmt: skip
         start = time.perf_counter()
@@ -241,6 +269,7 @@ def simulate_flow(
             "data": str(data), "days": days, "first_date": (EPOCH + timedelta(days=first_day)).date().isoformat(),
             "policies": list(policies), "requests_per_day": requests_per_day, "k": k, "seed": seed,
             "drift": drift, "drift_day": drift_day, "retrain_every": retrain_every, "overrides": overrides or {},
+            "explore_slots": explore_slots,
             "initial_champion": frozen, "initial_stages": initial["stages_run"],
             "posts_per_day": (len(sim.post_author) - len(world.post_author)) / days,
         }  # fmt: skip

@@ -58,7 +58,7 @@ def parse_policies(text: str) -> tuple[str, ...]:
 
 
 def check_args(days: int, requests_per_day: int, drift: str, drift_day: int | None, seed: int, k: int = 10,
-               retrain_every: int = 0) -> None:  # fmt: skip
+               retrain_every: int = 0, explore_slots: int = 0) -> None:  # fmt: skip
     """The run's numbers, before anything is loaded or written."""
     if days < 1:
         raise UserError(f"--days: must be >= 1, got {days}")
@@ -70,6 +70,8 @@ def check_args(days: int, requests_per_day: int, drift: str, drift_day: int | No
         raise UserError(f"--seed: must be >= 0, got {seed}")
     if retrain_every < 0:
         raise UserError(f"--retrain-every: must be >= 0 (0 = only on a monitor alarm), got {retrain_every}")
+    if not 0 <= explore_slots <= k:
+        raise UserError(f"--explore-slots: must be in [0, --k] (0 = the ranked slate), got {explore_slots}")
     if drift not in DRIFTS:
         why = " (new_users and author_spam change the population: generate them with ember data synth)"
         raise UserError(f"--drift: {drift!r} cannot start mid-run; choose from {', '.join(DRIFTS)}" + why)

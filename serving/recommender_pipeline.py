@@ -62,7 +62,7 @@ from serving.scorers.author_diversity import AuthorDiversityScorer
 from serving.scorers.out_of_network import OutOfNetworkScorer
 from serving.scorers.ranker import RankerScorer
 from serving.scorers.weighted import ScoringWeights, WeightedScorer
-from serving.selectors.explore import PlackettLuceExplorer
+from serving.selectors.explore import PlackettLuceExplorer, SlotExplorer
 from serving.selectors.top_k import TopKSelector
 from serving.sources.fresh import FreshSource
 from serving.sources.in_network import InNetworkSource
@@ -108,6 +108,9 @@ class RecommenderConfig:
             final scores at this temperature, serving/selectors/explore.py) and logs each item's propensity; 0 (the
             default) serves the ranked order. explore_samples: draws that estimate the propensities;
             explore_seed: fixes the draws (simulations, tests), None = fresh entropy per request.
+        explore_slots: > 0 serves the ranked order but the last this many slots of each slate, drawn uniformly from
+            the rest of the ranked pool (serving/selectors/explore.SlotExplorer: epsilon slots, propensities logged),
+            so the log keeps showing how users take what the ranker under-rates; 0 (the default) = off.
         log_candidate_features: the share of requests whose served items carry the candidate inputs the ranker read
             (its dense post_*/author_* features, its post attributes and post_author_id, as hydrated) into the
             exposure log, so the train/serve skew check covers them (monitoring/skew.py); 0 = never, 1 = always.
@@ -141,6 +144,7 @@ class RecommenderConfig:
     explore_temperature: float = 0.0
     explore_samples: int = 2000
     explore_seed: int | None = None
+    explore_slots: int = 0
     log_candidate_features: float = 0.0
     log_seed: int | None = None
 
@@ -174,6 +178,10 @@ class RecommenderConfig:
             raise UserError(f"recommender.explore_temperature: must be >= 0 (0 = off), got {self.explore_temperature}")
         if self.explore_samples < 1:
             raise UserError(f"recommender.explore_samples: must be >= 1, got {self.explore_samples}")
+        if self.explore_slots < 0:
+            raise UserError(f"recommender.explore_slots: must be >= 0 (0 = off), got {self.explore_slots}")
+        if self.explore_slots and self.explore_temperature > 0:
+            raise UserError("recommender.explore_slots: give either explore_slots or explore_temperature, not both")
         if not 0.0 <= self.log_candidate_features <= 1.0:
             raise UserError(
                 f"recommender.log_candidate_features: must be in [0, 1] (a share of requests), got "
@@ -380,6 +388,8 @@ class PipelineRecommender:
             explorer=(
                 PlackettLuceExplorer(cfg.explore_temperature, cfg.explore_samples, cfg.explore_seed)
                 if cfg.explore_temperature > 0
+                else SlotExplorer(cfg.explore_slots, cfg.explore_seed)
+                if cfg.explore_slots
                 else None
             ),
         )

@@ -102,3 +102,47 @@ class PlackettLuceExplorer(Component):
             replace(candidates[a], propensity=float(marginals[a, j]), inclusion=float(inclusion[a]), rank=int(a))
             for j, a in enumerate(slate)
         ]
+
+
+@dataclass
+class SlotExplorer(Component):
+    """Epsilon slots: the ranked order in every slot but the last `slots`, which are drawn uniformly, without
+    replacement, from the rest of the ranked pool (what the ranking left out of the slate).
+
+    A greedy slate only shows what the ranker already scores high, so the exposure log never says how users take a
+    post the ranker under-rates: after a change of taste (a new topic) no retrain can learn it. A few explored slots
+    at the bottom of each slate keep that evidence coming in at a small cost. Each served item gets its propensity
+    (1 for a ranked slot; 1 / |rest| for an explored one, the chance of any one post of the rest in that slot), its
+    inclusion (1; slots / |rest|) and its rank in the ranked pool. With no more of the pool than the slate holds there
+    is nothing to explore: the ranked order stands.
+    """
+
+    slots: int = 1
+    seed: int | None = None  # None: fresh entropy per request; an int: reproducible draws (tests, simulations)
+    _counter: count = field(default_factory=count, repr=False)
+    _lock: Lock = field(default_factory=Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise UserError(f"exploration.slots: must be >= 1, got {self.slots}")
+
+    def _rng(self, query: Query) -> np.random.Generator:
+        if self.seed is None:
+            return np.random.default_rng()
+        with self._lock:
+            n = next(self._counter)
+        return np.random.default_rng(np.random.SeedSequence([self.seed, query.user_id, n, 1]))
+
+    def select(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
+        k = min(query.k, len(candidates))
+        kept = max(k - self.slots, 0)
+        rest = candidates[kept:]
+        n = k - kept
+        if len(rest) <= n:  # the pool is no larger than the slate: nothing to explore
+            return [replace(c, propensity=1.0, inclusion=1.0, rank=a) for a, c in enumerate(candidates[:k])]
+        drawn = self._rng(query).choice(len(rest), size=n, replace=False)
+        ranked = [replace(c, propensity=1.0, inclusion=1.0, rank=a) for a, c in enumerate(candidates[:kept])]
+        explored = [
+            replace(rest[a], propensity=1.0 / len(rest), inclusion=n / len(rest), rank=kept + int(a)) for a in drawn
+        ]
+        return ranked + explored

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from bench.simulate import no_drift_row, shift_row
 
 
@@ -32,7 +36,47 @@ def test_shift_verdict_needs_the_loop_back_and_the_frozen_model_not() -> None:
     days = {1: day(5, 5), 2: day(5, 5), 3: day(2, 2), 4: day(3, 2), 5: day(4.6, 2)}
     result = {"rows": _rows(days, alarms={3}, promoted={4}), "drift_day": 3, "days": 5, "requests_per_day": 510}
     row = shift_row(result, "c", 1.0, 1.0)
-    assert row.verdict == "met: loop back on onset day +2, frozen back never"
+    assert row.verdict == (
+        "met: loop back on onset day +2; frozen never back at 90% of its pre-drift 0.50 (3 days from the onset)"
+    )
     assert "day 3: alarm retrain" in row.throughput and "day 4: promotion" in row.throughput
     days[5] = day(4.6, 4.6)
-    assert shift_row(result | {"rows": _rows(days)}, "c", 1.0, 1.0).verdict.startswith("missed")
+    assert shift_row(result | {"rows": _rows(days)}, "c", 1.0, 1.0).verdict.startswith("missed: loop back on onset")
+    days[5] = day(2, 2)
+    never = shift_row(result | {"rows": _rows(days)}, "c", 1.0, 1.0).verdict
+    assert never.startswith("missed: loop never back at 90% of its pre-drift 0.50 (3 days from the onset); frozen")
+    below = {d: day(-1, -1) for d in range(1, 6)}  # below random before the drift: nothing to get back to
+    verdict = shift_row(result | {"rows": _rows(below)}, "c", 1.0, 1.0).verdict
+    assert verdict == "missed: loop: no positive pre-drift level to get back to (-0.1); frozen: no positive " \
+                      "pre-drift level to get back to (-0.1)"  # fmt: skip
+
+
+def test_only_one_run_keeps_the_others_row_with_when_and_where_it_was_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import bench.harness
+    from bench.simulate import kept_rows
+
+    names = ("no drift: days with an alarm", "topic_shift: recovery of the true reward")
+    fields = {
+        "group": "simulate",
+        "command": "c",
+        "settings": "s",
+        "repeats": 1,
+        "wall_s_median": 1.0,
+        "wall_s_p99": 1.0,
+        "peak_rss_mb_max": 1.0,
+        "throughput": "t",
+        "target": "x",
+        "verdict": "met",
+    }
+    rows = [{**fields, "name": n, "extra": {}} for n in names]
+    body = {"group": "simulate", "machine": {"cpu": "EPYC", "cpu_flags": "avx2", "commit": "abc1234"},
+            "measured_at": "2026-12-06 22:06 UTC", "rows": rows}  # fmt: skip
+    (tmp_path / "simulate.json").write_text(json.dumps(body))
+    monkeypatch.setattr(bench.harness, "RESULTS", tmp_path)
+    kept = kept_rows(exclude="topic_shift")
+    assert [r.name for r in kept] == ["no drift: days with an alarm"]
+    assert kept[0].extra == {"measured_at": "2026-12-06 22:06 UTC", "commit": "abc1234", "cpu": "EPYC (avx2)"}

@@ -75,6 +75,10 @@ def test_what_the_loop_served_is_the_next_days_dvc_tracked_data(run: tuple[Path,
     for n in (1, 2):
         records = [json.loads(line) for line in (project / "logs" / "simulated" / f"day-{n:02d}.jsonl").open()]
         assert len(records) == 40 and all(r["variant"] == "ranker" for r in records)
+        # the deployment explores the last 2 slots (EXPLORE_SLOTS): ranked slots certain, explored ones drawn
+        full = [r["items"] for r in records if len(r["items"]) == 10]
+        assert full and all(i["propensity"] == 1.0 for items in full for i in items[:8])
+        assert all(0.0 < i["propensity"] < 1.0 for items in full for i in items[8:])
         # as the service logs them: the ranker's predictions per item, the user features per request (data drift)
         assert all(item["actions"] for r in records for item in r["items"])
         assert sum("user_impressions_7d" in r["features"] for r in records) >= 35

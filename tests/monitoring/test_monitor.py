@@ -559,3 +559,48 @@ def test_only_the_alarm_checks_fail_the_run(good: World, cfg: MonitorConfig) -> 
     assert res.status == "fail" and res.summary()["alarms"] == ["prediction_drift"]
     with pytest.raises(UserError, match="alarm_checks"):
         parse_config({"alarm_checks": ["drift"]})
+
+
+def test_target_drift_reads_the_explored_slots_where_the_ranked_ones_hide_a_change(
+    good: World, cfg: MonitorConfig, tmp_path: Path
+) -> None:
+    # Users now click what the ranking put last (the explored slot) far more, and the ranked slots less: the whole
+    # window's click rate is unchanged, the explored slot's rate is not.
+    rng = np.random.default_rng(5)
+    outcomes = pd.read_json(good.outcomes, lines=True)
+    current = [json.loads(line) for line in good.exposure.read_text().splitlines()]
+    last = {(r["request_id"], r["items"][-1]["post_id"]) for r in current}
+    keys = list(zip(outcomes["request_id"], outcomes["post_id"], strict=True))
+    ranked_clicks = outcomes[[k not in last and k[0].startswith("req-") for k in keys] & (outcomes["click"] > 0)]
+    new_clicks = pd.DataFrame(
+        [
+            {"request_id": r, "post_id": p, "click": 1, "like": int(rng.random() < 0.3)}
+            for r, p in sorted(last)
+            if rng.random() < 0.6
+        ]
+    )
+    dropped = ranked_clicks.sample(n=min(len(new_clicks), len(ranked_clicks)), random_state=0).index
+    moved = pd.concat([outcomes.drop(index=dropped), new_clicks], ignore_index=True)
+    moved = moved.groupby(["request_id", "post_id"], as_index=False).max()
+    (tmp_path / "outcomes.jsonl").write_text(moved.to_json(orient="records", lines=True))
+
+    def explored(path: Path, out: Path) -> Path:
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        for r in records:
+            for n, item in enumerate(r["items"]):
+                item |= {"propensity": 1.0 if n < SLATE - 1 else 0.01, "inclusion": 1.0, "rank": n}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return out
+
+    kwargs: dict[str, Any] = {"outcomes": tmp_path / "outcomes.jsonl", "features": good.features}
+    plain = run_monitor(good.reference, good.exposure, None, cfg, baseline=good.baseline, **kwargs)
+    assert plain.target_drift.status == "pass"  # the whole window: clicks moved from one slot to another
+    exposure = explored(good.exposure, tmp_path / "logs" / "exposure.jsonl")
+    baseline = explored(good.baseline, tmp_path / "baseline" / "exposure.jsonl")
+    res = run_monitor(good.reference, exposure, None, cfg, baseline=baseline, **kwargs)
+    assert res.target_drift.status == "fail" and res.target_drift.per_feature["click"]["drifted"]
+    assert any(n.startswith("target drift: the explored slots only (1000 baseline, 1000 current") for n in res.notes)
+    same = run_monitor(good.reference, exposure, None, cfg, baseline=baseline, outcomes=good.outcomes,
+                       features=good.features)  # fmt: skip
+    assert same.target_drift.status == "pass"  # the explored slots as before: no drift

@@ -223,6 +223,8 @@ def test_policies_and_numbers_are_checked() -> None:
         (lambda: check_args(2, 10, "topic_shift", None, 0), "--drift-day"),
         (lambda: check_args(2, 10, "none", None, 0, k=0), "--k"),
         (lambda: check_args(2, 10, "none", None, 0, retrain_every=-1), "--retrain-every"),
+        (lambda: check_args(2, 10, "none", None, 0, explore_slots=-1), "--explore-slots"),
+        (lambda: check_args(2, 10, "none", None, 0, k=5, explore_slots=6), "--explore-slots"),
     ):
         with pytest.raises(UserError, match=f"^{where}:"):
             bad()

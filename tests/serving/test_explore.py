@@ -1,4 +1,5 @@
-"""The exploring selector: Plackett-Luce slates whose logged propensities are the policy's real probabilities."""
+"""The exploring selectors: Plackett-Luce slates and epsilon slots, whose logged propensities are the policy's real
+probabilities."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from core.errors import UserError
 from serving.pipeline import Pipeline
-from serving.selectors.explore import PlackettLuceExplorer, plackett_luce, standardised
+from serving.selectors.explore import PlackettLuceExplorer, SlotExplorer, plackett_luce, standardised
 from serving.selectors.top_k import TopKSelector
 from serving.types import Candidate, Query
 
@@ -106,3 +107,37 @@ def test_seeded_explorers_draw_the_same_slates() -> None:
     first = [[c.post_id for c in a.select(query, pool)] for _ in range(3)]
     assert first == [[c.post_id for c in b.select(query, pool)] for _ in range(3)]
     assert len({tuple(x) for x in first}) > 1  # successive requests draw anew
+
+
+def test_explored_slots_show_the_rest_of_the_pool_uniformly_below_the_ranked_order() -> None:
+    pool = [Candidate(post_id=p, author_id=p, created_at_ms=0, source="s", score=float(20 - p)) for p in range(1, 13)]
+    query = Query(user_id=3, now=datetime(2026, 1, 9, tzinfo=UTC), k=5)
+    explorer = SlotExplorer(slots=2, seed=0)
+    counts = np.zeros(13)
+    n = 3000
+    for _ in range(n):
+        slate = explorer.select(query, pool)
+        assert [c.post_id for c in slate[:3]] == [1, 2, 3]  # the ranked slots
+        assert all(c.propensity == 1.0 and c.inclusion == 1.0 for c in slate[:3])
+        explored = slate[3:]
+        assert len(explored) == 2 and len({c.post_id for c in explored}) == 2
+        for c in explored:
+            assert c.post_id >= 4 and c.rank == c.post_id - 1  # from the rest of the pool, with its ranked place
+            assert c.propensity == pytest.approx(1 / 9) and c.inclusion == pytest.approx(2 / 9)
+            counts[c.post_id] += 1
+    share = counts[4:] / n  # every post of the rest lands in the slate as often as its logged inclusion says
+    assert np.all(np.abs(share - 2 / 9) < 4 * np.sqrt(2 / 9 * 7 / 9 / n)), share
+
+
+def test_slot_exploration_needs_more_pool_than_slate_and_is_reproducible() -> None:
+    query = Query(user_id=9, now=datetime(2026, 1, 9, tzinfo=UTC), k=10)
+    small = [Candidate(post_id=p, author_id=p, created_at_ms=0, source="s", score=float(-p)) for p in range(1, 9)]
+    slate = SlotExplorer(slots=2, seed=1).select(query, small)
+    assert [c.post_id for c in slate] == list(range(1, 9)) and all(c.propensity == 1.0 for c in slate)
+    pool = [Candidate(post_id=p, author_id=p, created_at_ms=0, source="s", score=float(-p)) for p in range(1, 40)]
+    a, b = SlotExplorer(slots=3, seed=4), SlotExplorer(slots=3, seed=4)
+    first = [[c.post_id for c in a.select(query, pool)] for _ in range(4)]
+    assert first == [[c.post_id for c in b.select(query, pool)] for _ in range(4)]
+    assert len({tuple(x) for x in first}) > 1  # successive requests draw anew
+    with pytest.raises(UserError, match="^exploration.slots"):
+        SlotExplorer(slots=0)

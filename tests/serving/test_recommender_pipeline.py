@@ -374,6 +374,24 @@ def test_an_exploring_variant_draws_varied_slates_and_logs_their_propensities(
         RecommenderConfig.from_dict({"retrieval_model": "a", "index": "b", "ranker": "c", "explore_temperature": -1})
 
 
+def test_a_slot_exploring_variant_keeps_the_ranked_top_and_draws_its_last_slots_from_the_rest(
+    world: Path, rec: PipelineRecommender
+) -> None:
+    ranked = [i.post_id for i in rec.recommend(USERS[0], K).items]
+    explorer = PipelineRecommender.load(_config(world, explore_slots=2, explore_seed=7, warm_posts=0))
+    slates = [explorer.recommend(USERS[0], K) for _ in range(30)]
+    for out in slates:
+        ids = [i.post_id for i in out.items]
+        assert not out.degraded and len(ids) == K == len(set(ids)) and ids[: K - 2] == ranked[: K - 2]
+        assert all(i.propensity == 1.0 for i in out.items[: K - 2])
+        assert all(0.0 < (i.propensity or 0.0) < 1.0 and i.post_id not in ranked[: K - 2] for i in out.items[K - 2 :])
+        assert out.stages[-1]["name"] == "SlotExplorer"
+    assert len({tuple(i.post_id for i in out.items[K - 2 :]) for out in slates}) > 5  # the explored slots vary
+    for bad in ({"explore_slots": -1}, {"explore_slots": 1, "explore_temperature": 0.3}):
+        with pytest.raises(UserError, match="^recommender.explore_slots"):
+            RecommenderConfig.from_dict({"retrieval_model": "a", "index": "b", "ranker": "c", **bad})
+
+
 def test_bad_configs_are_one_line_errors_naming_the_key(world: Path) -> None:
     base = {"retrieval_model": "a", "index": "b", "ranker": "c"}
     with pytest.raises(UserError, match="recommender.author_cpa"):
