@@ -584,6 +584,52 @@ def train_sequences(
         return _train(config, train_events, valid, dataset, corpus, tc, log, device)
 
 
+@dataclass
+class _Steps:
+    """The optimisation steps of one epoch: every window once, in a seeded order, until the wall-clock deadline."""
+
+    model: TwoTower
+    optimizer: torch.optim.Optimizer
+    candidates: CandidateFeatures
+    tc: SequenceTrainConfig
+    gen: torch.Generator
+    snaps: Snapshots | None
+    dev: torch.device
+
+    def epoch(self, data: SequenceBatches, deadline: float) -> tuple[list[float], bool]:
+        """Returns each step's loss and whether the deadline stopped the epoch early."""
+        self.model.train()
+        losses: list[float] = []
+        for idx in torch.randperm(len(data), generator=self.gen).split(self.tc.batch_size):
+            dev = self.dev
+            user, cols, ts = data.user.rows(idx).to(dev), data.target_cols[idx].to(dev), data.target_ms[idx].to(dev)
+            loss = sequence_loss(self.model, user, cols, self.candidates, self.tc, self.gen, ts, self.snaps)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+            self.optimizer.step()
+            losses.append(loss.item())
+            if time.perf_counter() > deadline:
+                return losses, True
+        return losses, False
+
+
+def _validate(
+    retriever: SequenceRetriever, train_events: pd.DataFrame, valid: pd.DataFrame | None, entry: dict[str, float]
+) -> torch.Tensor | None:
+    """Adds the validation metrics of the current weights to `entry`; returns the targets' ranks when the metrics
+    came from them (context "full": what the best epoch's scoring can reuse), else None."""
+    retriever.refresh()
+    if valid is None or len(valid) == 0:
+        return None
+    if retriever.context == "full":
+        ranks = sequence_target_ranks(retriever, train_events, valid)
+        entry |= ranking_metrics(ranks, len(retriever.corpus))  # what evaluate_sequence_retriever returns
+        return ranks
+    entry |= evaluate_sequence_retriever(retriever, train_events, valid)
+    return None
+
+
 def _train(
     config: TwoTowerConfig,
     train_events: pd.DataFrame,
@@ -611,23 +657,13 @@ def _train(
     history: list[dict[str, float]] = []
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_ranks: torch.Tensor | None = None
-    losses: list[float] = []
+    losses: list[float] = []  # the steps since the last evaluation
     epoch_steps = max(1, math.ceil(len(data) / tc.batch_size))
+    step = _Steps(model, optimizer, candidates, tc, gen, snaps, dev)
     for epoch in range(1, tc.epochs + 1):
-        model.train()
-        over_budget = False
-        for idx in torch.randperm(len(data), generator=gen).split(tc.batch_size):
-            user, cols, ts = data.user.rows(idx).to(dev), data.target_cols[idx].to(dev), data.target_ms[idx].to(dev)
-            loss = sequence_loss(model, user, cols, candidates, tc, gen, ts, snaps)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
-            steps += 1
-            if time.perf_counter() - t0 > tc.budget_seconds:
-                over_budget = True
-                break
+        epoch_losses, over_budget = step.epoch(data, deadline=t0 + tc.budget_seconds)
+        losses += epoch_losses
+        steps += len(epoch_losses)
         if epoch % tc.eval_every and epoch != tc.epochs and not over_budget:
             continue
         if over_budget and history and steps - history[-1]["steps"] < epoch_steps / 4:
@@ -636,18 +672,10 @@ def _train(
             if log is not None:
                 log(f"budget reached {steps - int(history[-1]['steps'])} steps after the last evaluation: stop")
             break
-        retriever.refresh()
         lr = float(optimizer.param_groups[0]["lr"])
         entry: dict[str, float] = {"epoch": epoch, "steps": steps, "lr": lr, "train_loss": float(np.mean(losses))}
         losses = []
-        ranks = None
-        if has_valid and retriever.context == "full":
-            assert valid is not None
-            ranks = sequence_target_ranks(retriever, train_events, valid)
-            entry |= ranking_metrics(ranks, len(retriever.corpus))  # what evaluate_sequence_retriever returns
-        elif has_valid:
-            assert valid is not None
-            entry |= evaluate_sequence_retriever(retriever, train_events, valid)
+        ranks = _validate(retriever, train_events, valid, entry)
         entry["seconds"] = time.perf_counter() - t0
         history.append(entry)
         if log is not None:
