@@ -198,18 +198,7 @@ def evaluate_retrieval(
     sasrec = sasrec_config(preset, budget, sasrec_overrides or {})
     manifest = Manifest.load(Path(data))
     split, corpus = _split_and_corpus(Path(data), protocol)
-    per_seed: dict[str, list[dict[str, float]]] = {}
-    retriever: SequenceRetriever | None = None
-    for k, s in enumerate(seeds):
-        if log is not None and len(seeds) > 1:
-            log(f"seed {s}")
-        # most-popular and item-kNN are deterministic: fitted with the first seed only.
-        baselines = tuple(n for n in names if n != "two_tower" and (k == 0 or n == "sasrec"))
-        models, seed_retriever = _seed_run(Path(data), split, corpus, configs[s], _seeded(sasrec, s), baselines,
-                                           "two_tower" in names, log)  # fmt: skip
-        retriever = retriever or seed_retriever  # the oracle's overlap is measured against the first seed's
-        for name, row in models.items():
-            per_seed.setdefault(name, []).append(row)
+    per_seed, retriever = _seed_runs(Path(data), split, corpus, configs, sasrec, names, log)
     mean = {name: _mean(rows) for name, rows in per_seed.items()}
     report: dict[str, Any] = {
         "dataset": manifest.dataset,
@@ -232,17 +221,50 @@ def evaluate_retrieval(
         "std": {name: _std(rows) for name, rows in per_seed.items()},
         "per_seed": per_seed,
     }  # fmt: skip
-    models = report["models"]
     if manifest.dataset == "synthetic":
-        report["vs_oracle"] = _add_oracle(models, Path(data), split, corpus, retriever)
-    if "two_tower" in models and "sasrec" in models:
-        report["two_tower_vs_sasrec"] = {
-            k: _ratio(models["two_tower"][k], models["sasrec"][k]) for k in ("ndcg@10", "recall@10")
-        }
-        report["two_tower_vs_sasrec_per_seed"] = [
-            _ratio(t["ndcg@10"], b["ndcg@10"]) for t, b in zip(per_seed["two_tower"], per_seed["sasrec"], strict=True)
-        ]
+        report["vs_oracle"] = _add_oracle(report["models"], Path(data), split, corpus, retriever)
+    report |= _vs_sasrec(report["models"], per_seed)
     return report
+
+
+def _seed_runs(
+    data: Path,
+    split: Split,
+    corpus: np.ndarray,
+    configs: dict[int, tuple[TwoTowerConfig, SequenceTrainConfig]],
+    sasrec: SASRecConfig,
+    names: tuple[str, ...],
+    log: Callable[[str], None] | None,
+) -> tuple[dict[str, list[dict[str, float]]], SequenceRetriever | None]:
+    """Every model's metrics per seed (in `configs`' order) and the first seed's two-tower retriever (the oracle's
+    overlap is measured against it)."""
+    per_seed: dict[str, list[dict[str, float]]] = {}
+    retriever: SequenceRetriever | None = None
+    for k, (s, config) in enumerate(configs.items()):
+        if log is not None and len(configs) > 1:
+            log(f"seed {s}")
+        # most-popular and item-kNN are deterministic: fitted with the first seed only.
+        baselines = tuple(n for n in names if n != "two_tower" and (k == 0 or n == "sasrec"))
+        models, seed_retriever = _seed_run(data, split, corpus, config, _seeded(sasrec, s), baselines,
+                                           "two_tower" in names, log)  # fmt: skip
+        retriever = retriever or seed_retriever
+        for name, row in models.items():
+            per_seed.setdefault(name, []).append(row)
+    return per_seed, retriever
+
+
+def _vs_sasrec(models: dict[str, dict[str, float]], per_seed: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """The two-tower's ratios to SASRec (seed means and NDCG@10 per seed); empty unless both ran."""
+    if "two_tower" not in models or "sasrec" not in models:
+        return {}
+    return {
+        "two_tower_vs_sasrec": {
+            k: _ratio(models["two_tower"][k], models["sasrec"][k]) for k in ("ndcg@10", "recall@10")
+        },
+        "two_tower_vs_sasrec_per_seed": [
+            _ratio(t["ndcg@10"], b["ndcg@10"]) for t, b in zip(per_seed["two_tower"], per_seed["sasrec"], strict=True)
+        ],
+    }
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
