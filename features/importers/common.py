@@ -109,24 +109,7 @@ def read_csv(
     line = _first_line(path)
     if not line.strip():
         raise SchemaError(f"{path}: empty file")
-    names = list(columns)
-    if header:
-        try:
-            text = line.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise SchemaError(f"{path}: header is not UTF-8 text") from None
-        found = next(csv.reader(io.StringIO(text), delimiter=delimiter))
-        for name in found:
-            if found.count(name) > 1:
-                raise SchemaError(f"{path}: duplicate column '{name}'")
-        for name in names:
-            if name not in found:
-                raise SchemaError(f"{path}: missing column '{name}'")
-        for name in found:
-            if name not in names:
-                raise SchemaError(f"{path}: unexpected column '{name}'")
-        names = found
-
+    names = _header_names(path, line, columns, delimiter) if header else list(columns)
     bad_rows: list[Any] = []
 
     def on_invalid_row(row: Any) -> str:
@@ -151,14 +134,37 @@ def read_csv(
     except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError) as err:
         raise SchemaError(f"{path}: unreadable ({_one_line(err)})") from None
     if bad_rows:
-        row = bad_rows[0]
-        where = f"line {row.number}" if row.number is not None else "a line"
-        n = row.actual_columns
-        problem = f"missing column '{names[n]}'" if n < len(names) else f"unexpected column after '{names[-1]}'"
-        raise SchemaError(f"{path}: {where} has {n} fields, expected {len(names)} ({problem})")
+        raise _field_count_error(path, bad_rows[0], names)
     if table.num_rows == 0:
         raise SchemaError(f"{path}: no data rows")
     return table
+
+
+def _header_names(path: Path, line: bytes, columns: Sequence[str], delimiter: str) -> list[str]:
+    """The header's column names, in file order, when they are exactly `columns`; else the first problem."""
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise SchemaError(f"{path}: header is not UTF-8 text") from None
+    found = next(csv.reader(io.StringIO(text), delimiter=delimiter))
+    for name in found:
+        if found.count(name) > 1:
+            raise SchemaError(f"{path}: duplicate column '{name}'")
+    for name in columns:
+        if name not in found:
+            raise SchemaError(f"{path}: missing column '{name}'")
+    for name in found:
+        if name not in columns:
+            raise SchemaError(f"{path}: unexpected column '{name}'")
+    return found
+
+
+def _field_count_error(path: Path, row: Any, names: list[str]) -> SchemaError:
+    """The error for a row with the wrong number of fields (pyarrow's invalid-row record), naming the line."""
+    where = f"line {row.number}" if row.number is not None else "a line"
+    n = row.actual_columns
+    problem = f"missing column '{names[n]}'" if n < len(names) else f"unexpected column after '{names[-1]}'"
+    return SchemaError(f"{path}: {where} has {n} fields, expected {len(names)} ({problem})")
 
 
 def bad_value(path: Path, column: str, index: int, value: object, expected: str) -> SchemaError:
