@@ -115,6 +115,42 @@ def error_rates(world: Any, control: Policy, challenger: Policy, runs: int, firs
     }
 
 
+def _off_policy_requests(
+    world: Any, rng: np.random.Generator, n_requests: int, pool: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Requests on the world's last day: (N,) user indexes, (N,) times (s), (N, pool) candidate post indexes drawn
+    from the posts of each request's last 48 h."""
+    from features.synth import DAY_S
+
+    end = world.cfg.days * DAY_S
+    eligible = np.flatnonzero(world.user_created_s < end - DAY_S)
+    users = rng.choice(eligible, n_requests)
+    t = end - 1 - rng.integers(0, DAY_S - 1, n_requests)
+    lo = np.searchsorted(world.post_created_s, t - 2 * DAY_S)
+    hi = np.searchsorted(world.post_created_s, t, side="right")
+    if (hi - lo < pool).any():
+        raise ValueError(f"off_policy_run: fewer than {pool} posts in some request's 48 h window")
+    cand = lo[:, None] + np.stack([rng.choice(h - low, pool, replace=False) for low, h in zip(lo, hi, strict=True)])
+    return users, t, cand
+
+
+def _slate_rewards(world: Any, users: np.ndarray, t: np.ndarray, posts: np.ndarray, outcome_seed: int) -> pd.DataFrame:
+    """Per served item (request-major, slot order): its drawn outcomes' reward and its true expected reward, for the
+    (N, k) slates of post indexes `posts` served to `users` at `t`."""
+    from features.synth import EPOCH
+    from monitoring.outcomes import simulate_outcomes
+
+    n_requests, k = posts.shape
+    served = pd.DataFrame({
+        "request_id": np.repeat(np.arange(n_requests), k).astype(str),
+        "user_id": np.repeat(users + 1, k),
+        "post_id": posts.ravel() + 1,
+        "position": np.tile(np.arange(k), n_requests),
+        "ts": np.repeat(t + EPOCH.timestamp(), k),
+    })  # fmt: skip
+    return item_rewards(simulate_outcomes(served, world, seed=outcome_seed).frame)
+
+
 def off_policy_run(
     world: Any,
     seed: int,
@@ -133,35 +169,18 @@ def off_policy_run(
     target ranks the same scores (target_noise None: what serving the ranked order instead would earn) or another
     model's, true relevance + N(0, target_noise). Its true reward on the same requests is computed from the truth
     model's probabilities of its slates."""
-    from features.synth import DAY_S, EPOCH, relevance
+    from features.synth import relevance
     from monitoring.off_policy import estimates, fit_reward_model, predict_reward
-    from monitoring.outcomes import simulate_outcomes
     from serving.selectors.explore import plackett_luce, standardised
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1806]))
-    end = world.cfg.days * DAY_S
-    eligible = np.flatnonzero(world.user_created_s < end - DAY_S)
-    users = rng.choice(eligible, n_requests)
-    t = end - 1 - rng.integers(0, DAY_S - 1, n_requests)
-    lo = np.searchsorted(world.post_created_s, t - 2 * DAY_S)
-    hi = np.searchsorted(world.post_created_s, t, side="right")
-    if (hi - lo < pool).any():
-        raise ValueError(f"off_policy_run: fewer than {pool} posts in some request's 48 h window")
-    cand = lo[:, None] + np.stack([rng.choice(h - low, pool, replace=False) for low, h in zip(lo, hi, strict=True)])
+    users, t, cand = _off_policy_requests(world, rng, n_requests, pool)
     rel = relevance(world, users[:, None], cand, t[:, None], np.zeros(cand.shape))
     log_scores = rel + log_noise * rng.standard_normal(rel.shape)
     target_scores = log_scores if target_noise is None else rel + target_noise * rng.standard_normal(rel.shape)
 
     def outcomes(slots: np.ndarray, outcome_seed: int) -> pd.DataFrame:
-        posts = np.take_along_axis(cand, slots, 1)
-        served = pd.DataFrame({
-            "request_id": np.repeat(np.arange(n_requests), k).astype(str),
-            "user_id": np.repeat(users + 1, k),
-            "post_id": posts.ravel() + 1,
-            "position": np.tile(np.arange(k), n_requests),
-            "ts": np.repeat(t + EPOCH.timestamp(), k),
-        })  # fmt: skip
-        return item_rewards(simulate_outcomes(served, world, seed=outcome_seed).frame)
+        return _slate_rewards(world, users, t, np.take_along_axis(cand, slots, 1), outcome_seed)
 
     z = np.stack([standardised(row) for row in log_scores])
     logged = np.empty((n_requests, k), dtype=np.int64)
