@@ -1,5 +1,5 @@
 """`ember promote`, `ember rollback`, `ember lineage`: the promotion gate and the deployment registry
-(flows/promotion.py, artifacts/registry.json)."""
+(release/, artifacts/registry.json)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def lineage_cmd(
     root: Path = ROOT,
 ) -> None:
     """The champion's lineage (models, data, features, Bento, A/B config) and every deployment, one per line."""
-    from flows.promotion import champion_entry, read_registry
+    from release.registry import champion_entry, read_registry
 
     registry = read_registry(root)
     champion = champion_entry(registry)
@@ -99,7 +99,7 @@ def promote_cmd(
     root: Path = ROOT,
 ) -> None:
     """Gate the models in artifacts/ against the champion; promote them when every check passes (exit 0 either way)."""
-    from flows.promotion import run_gate
+    from release.promotion import run_gate
 
     result = run_gate(
         root,
@@ -131,7 +131,7 @@ def promote_cmd(
 
 def rollback_cmd(root: Path = ROOT) -> None:
     """Restore the previous champion (the current one is marked rolled back); an error when there is none."""
-    from flows.promotion import champion_entry, read_registry, rollback
+    from release.registry import champion_entry, read_registry, rollback
 
     before = champion_entry(read_registry(root))
     restored = rollback(root)

@@ -19,7 +19,21 @@ class SchemaError(UserError):
 
 
 def first_error(err: Any) -> tuple[str, dict[str, Any]]:
-    """A pydantic ValidationError's first error as (its dotted key, "<root>" at the top, and the error itself): what
+    """A pydantic ValidationError's first error (an unknown key before any other) as (its dotted key, "<root>" at the top, and the error itself): what
     the one-line messages of every typed config name."""
-    first = err.errors()[0]
-    return ".".join(str(part) for part in first["loc"]) or "<root>", first
+    errors = err.errors()
+    # A misspelt key also leaves the intended one missing: naming the unknown key says what to fix.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    parts = [str(part) for part in first["loc"] if part != "[key]"]  # "[key]": the mapping key itself was refused
+    return ".".join(parts) or "<root>", first
+
+
+def config_error(where: str, err: Any) -> UserError:
+    """The one-line UserError of every typed config: "<where>: <dotted key>: <why>[, got <value>]" from a pydantic
+    ValidationError's first error (an unknown key says so; a missing one shows no value)."""
+    key, first = first_error(err)
+    if first["type"] == "extra_forbidden":
+        return UserError(f"{where}: {key}: unknown key")
+    got = "" if first["type"] == "missing" else f", got {first.get('input')!r}"
+    why = first["msg"].removeprefix("Value error, ")
+    return UserError(f"{where}: {key}: {why[:1].lower()}{why[1:]}{got}")

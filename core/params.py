@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.errors import UserError, first_error
+from core.errors import UserError, config_error
 from core.io import read_yaml
 
 Positive = Annotated[int, Field(ge=1)]
@@ -86,9 +86,7 @@ def parse_params(values: Any, where: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(values)
     except ValidationError as err:
-        key, first = first_error(err)
-        got = "" if first["type"] == "missing" else f", got {first.get('input')!r}"
-        raise UserError(f"{where}: {key}: {first['msg'].lower()}{got}") from None
+        raise config_error(where, err) from None
 
 
 def load_params(path: Path) -> Params:

@@ -26,7 +26,8 @@ import yaml
 from core.errors import UserError
 from core.io import atomic_write_text, read_yaml
 from features.windows import AS_OF_DATA, resolve_as_of
-from flows.promotion import VARIANTS_FILE, champion_entry, model_versions, read_registry
+from release.lineage import VARIANTS_FILE, model_versions
+from release.registry import champion_entry, read_registry
 
 MODEL_STORE = Path("artifacts/models")
 DEPLOY_FILE = Path("artifacts/deploy/variants.yaml")

@@ -29,8 +29,8 @@ from prefect import flow, get_run_logger
 
 from flows.deploy import DEPLOY_FILE
 from flows.pipeline import PROJECT, ember_pipeline
-from flows.promotion import VARIANTS_FILE
 from flows.tasks import champion_baseline, monitor_window, publish_monitor, record_dashboard
+from release.lineage import VARIANTS_FILE
 
 RETRAIN_STAGES = ("train_retrieval", "build_index", "train_ranker")
 FOLLOW_UP_FILE = Path("artifacts") / "monitor" / "follow_up.json"

@@ -54,7 +54,7 @@ def ember_pipeline(
     """Data -> features -> Feast registry -> two-tower (click sequences) -> ANN index -> ranker training set
     -> ranker -> (the Bento) -> the model set stored and deployed as shadow -> challenger and champion rankers
     scored on the same window -> the drift test of the last day's served requests against the new training set ->
-    promotion gate (flows/promotion.py against the registry's champion) -> the deployment rewritten for the gate's
+    promotion gate (release/ against the registry's champion) -> the deployment rewritten for the gate's
     champion (flows/deploy.py), then the online store, the metrics artifact (and `dvc push`). `force`: stages rerun
     even when their inputs are unchanged (retrain); `bento`: build the Bento (`make bento`) and record its tag in the
     lineage."""

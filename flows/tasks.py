@@ -167,7 +167,7 @@ def promotion_gate(
 ) -> dict[str, Any]:
     """Gates the freshly trained models against the registry's champion (flows/promotion.yaml) and promotes them
     when every check passes; publishes the checks as a markdown artifact. A rerun on unchanged models is a no-op."""
-    from flows.promotion import run_gate
+    from release.promotion import run_gate
 
     metrics = project / "metrics"
     result = run_gate(
@@ -252,9 +252,9 @@ def drift_check(project: Path, current: Path = Path("logs"), hours: float = 24.0
     from datetime import UTC, timedelta
 
     from flows.deploy import DEPLOY_FILE
-    from flows.promotion import VARIANTS_FILE
     from monitoring.config import load_config
     from monitoring.exposure_frame import count_requests, exposure_files
+    from release.lineage import VARIANTS_FILE
 
     if not (project / current).exists() or not exposure_files(project / current):
         return None
@@ -277,8 +277,8 @@ def drift_check(project: Path, current: Path = Path("logs"), hours: float = 24.0
 def champion_baseline(project: Path, current: Path, start: datetime) -> tuple[Path | None, str]:
     """The served window the champion is compared with: artifacts/baselines/<champion version>/, recorded from its
     first monitored window (this one, when there is none yet: the policy-dependent checks then have no verdict)."""
-    from flows.promotion import champion_entry, read_registry
     from monitoring.exposure_frame import save_window
+    from release.registry import champion_entry, read_registry
 
     entry = champion_entry(read_registry(project))
     version = entry["version"] if entry else "unpromoted"

@@ -33,7 +33,7 @@ def test_the_committed_params_parse_with_their_values() -> None:
         ("train_ranker", "valid_fraction", 1.0, "train_ranker.valid_fraction: input should be less than 1"),
         ("train_retrieval", "seed", True, "train_retrieval.seed: input should be a valid integer"),
         ("build_index", "min_recall", 1.5, "build_index.min_recall: input should be less than or equal to 1"),
-        ("synth", "sacle", "small", "synth.sacle: extra inputs are not permitted"),
+        ("synth", "sacle", "small", "synth.sacle: unknown key"),
     ],
 )
 def test_a_bad_key_or_value_is_one_line_naming_it(section: str, key: str, value: Any, message: str) -> None:

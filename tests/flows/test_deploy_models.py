@@ -10,7 +10,7 @@ import yaml
 
 from core.errors import UserError
 from flows.deploy import CHALLENGER, DEPLOY_FILE, MODEL_STORE, champion_key, stage_models, write_deployment
-from flows.promotion import promote
+from release.registry import promote
 from serving.ab import load_config
 
 ROOT = Path(__file__).resolve().parents[2]

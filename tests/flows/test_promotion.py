@@ -14,23 +14,10 @@ import pytest
 import yaml
 
 from core.errors import UserError
-from flows.promotion import (
-    GATE_FILE,
-    REGISTRY_FILE,
-    Bound,
-    DriftRule,
-    GateConfig,
-    MetricRule,
-    ShadowRule,
-    decide,
-    lineage,
-    load_gate,
-    parse_gate,
-    promote,
-    read_registry,
-    rollback,
-    run_gate,
-)
+from release.gate import GATE_FILE, Bound, DriftRule, GateConfig, MetricRule, ShadowRule, decide, load_gate, parse_gate
+from release.lineage import lineage
+from release.promotion import run_gate
+from release.registry import REGISTRY_FILE, promote, read_registry, rollback
 from tests.conftest import CliResult
 
 Cli = Callable[..., CliResult]
@@ -39,10 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 GATE = GateConfig(
     metrics={
         "ranker": {
-            "auc_mean": MetricRule("higher", 0.005),
-            "logloss_mean": MetricRule("lower", 0.01),
+            "auc_mean": MetricRule(better="higher", tolerance=0.005),
+            "logloss_mean": MetricRule(better="lower", tolerance=0.01),
         },
-        "retrieval": {"recall@200": MetricRule("higher", 0.01)},
+        "retrieval": {"recall@200": MetricRule(better="higher", tolerance=0.01)},
     },
     shadow=ShadowRule(bounds={"overlap@k": Bound(min=0.2)}),
 )
@@ -127,7 +114,7 @@ def test_shadow_agreement_out_of_bounds_blocks() -> None:
     d = decide(challenger(), CHAMPION, True, {"overlap@k": 0.1}, GATE)
     assert not d.promote and d.reasons == ["shadow.overlap@k 0.1 outside >= 0.2"]
     assert not decide(challenger(), CHAMPION, True, {"spearman": 0.9}, GATE).promote  # overlap@k not measured
-    capped = GateConfig(shadow=ShadowRule(bounds={"overlap@k": Bound(0.2, 0.9)}))
+    capped = GateConfig(shadow=ShadowRule(bounds={"overlap@k": Bound(min=0.2, max=0.9)}))
     assert not decide({}, None, True, {"overlap@k": 0.95}, capped).promote
     strict = GateConfig(shadow=ShadowRule(bounds=GATE.shadow.bounds, block_when_unmeasured=True))
     assert not decide({}, None, True, None, strict).promote
@@ -146,31 +133,52 @@ def test_the_first_model_is_promoted_and_the_reason_says_so() -> None:
 
 def test_the_shipped_gate_config_loads() -> None:
     gate = load_gate(REPO / GATE_FILE)
-    assert gate.metrics["ranker"]["auc_mean"] == MetricRule("higher", 0.005)
-    assert gate.metrics["ranker"]["logloss_mean"] == MetricRule("lower", 0.01)
+    assert gate.metrics["ranker"]["auc_mean"] == MetricRule(better="higher", tolerance=0.005)
+    assert gate.metrics["ranker"]["logloss_mean"] == MetricRule(better="lower", tolerance=0.01)
     assert gate.metrics["retrieval"]["recall@200"].better == "higher"
     assert gate.drift.must_pass and gate.shadow.bounds["overlap@k"].min == 0.2
+
+
+def _rule(**spec: object) -> dict[str, object]:
+    return {"metrics": {"ranker": {"auc_mean": spec}}}
 
 
 @pytest.mark.parametrize(
     ("body", "named"),
     [
-        ({"metric": {}}, "metric: unknown key"),
-        ({"metrics": {"scorer": {}}}, "metrics.scorer: unknown key"),
-        ({"metrics": {"ranker": {"auc_mean": {"better": "higher", "tol": 0.1}}}}, "metrics.ranker.auc_mean.tol"),
-        ({"metrics": {"ranker": {"auc_mean": {"better": "up", "tolerance": 0.1}}}}, "metrics.ranker.auc_mean.better"),
-        ({"metrics": {"ranker": {"auc_mean": {"better": "higher", "tolerance": "x"}}}}, "auc_mean.tolerance: expected"),
-        ({"metrics": {"ranker": {"auc_mean": {"better": "higher"}}}}, "metrics.ranker.auc_mean.tolerance: missing"),
-        ({"metrics": {"ranker": {"auc_mean": {"better": "higher", "tolerance": -1}}}}, "tolerance: must be >= 0"),
-        ({"drift": {"must_pass": "yes"}}, "drift.must_pass: expected true or false"),
+        ({"metric": {}}, "gate config: metric: unknown key"),
+        ({"metrics": {"scorer": {}}}, "gate config: metrics.scorer: input should be 'retrieval' or 'ranker'"),
+        (
+            {"metrics": {"ranker": {"auc_mean": {"better": "higher", "tol": 0.1}}}},
+            "metrics.ranker.auc_mean.tol: unknown",
+        ),
+        (_rule(better="up", tolerance=0.1), "metrics.ranker.auc_mean.better:"),
+        (_rule(better="higher", tolerance="x"), "auc_mean.tolerance: input"),
+        (
+            {"metrics": {"ranker": {"auc_mean": {"better": "higher"}}}},
+            "metrics.ranker.auc_mean.tolerance: field required",
+        ),
+        (
+            {"metrics": {"ranker": {"auc_mean": {"better": "higher", "tolerance": -1}}}},
+            "tolerance: input should be greater",
+        ),
+        (
+            {"metrics": {"ranker": {"auc_mean": {"better": "higher", "tolerance": float("nan")}}}},
+            "tolerance: input should",
+        ),
+        ({"drift": {"must_pass": "yes"}}, "drift.must_pass: input should be a valid boolean, got 'yes'"),
         ({"drift": {"must_pas": True}}, "drift.must_pas: unknown key"),
-        ({"shadow": {"bounds": {"overlap@k": {"min": 0.5, "max": 0.1}}}}, "shadow.bounds.overlap@k: min"),
+        (
+            {"shadow": {"bounds": {"overlap@k": {"min": 0.5, "max": 0.1}}}},
+            "shadow.bounds.overlap@k: min 0.5 is above max",
+        ),
+        ({"shadow": {"bounds": {"overlap@k": {}}}}, "shadow.bounds.overlap@k: give min, max or both"),
         ({"shadow": {"bounds": {"overlap@k": {"low": 0.5}}}}, "shadow.bounds.overlap@k.low: unknown key"),
-        ([1, 2], "gate config: expected a mapping"),
+        ([1, 2], "gate config: expected a mapping, got list"),
     ],
 )
 def test_bad_gate_configs_name_the_key(body: object, named: str) -> None:
-    with pytest.raises(ValueError, match=None) as err:
+    with pytest.raises(UserError, match=None) as err:
         parse_gate(body)
     assert named in str(err.value)
 
@@ -178,7 +186,7 @@ def test_bad_gate_configs_name_the_key(body: object, named: str) -> None:
 def test_load_gate_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "gate.yaml"
     path.write_text("drift: {must_pass: 1}\n")
-    with pytest.raises(UserError, match=r"gate\.yaml: drift\.must_pass: expected true or false"):
+    with pytest.raises(UserError, match=r"gate\.yaml: drift\.must_pass: input should be a valid boolean, got 1$"):
         load_gate(path)
     path.write_text("metrics: [\n")
     with pytest.raises(UserError, match="gate.yaml: cannot read the gate config"):
