@@ -16,8 +16,6 @@ Each check is compared against the window that differs from the current one only
     prediction_drift  per-action predictions (pred_<action>) vs the     monitoring/drift.py
                       baseline's
     target_drift      per-action outcome rates vs the baseline's        monitoring/target_drift.py
-                      (an epsilon-slot variant's explored slots only:
-                      `explored_items`)
     quality           NDCG/precision/recall@k, novelty, diversity, ...  monitoring/quality.py
                       vs the baseline's slates
     embedding_drift   both towers vs the baseline's: the requests'      monitoring/embedding_drift.py
@@ -506,36 +504,10 @@ def _check_target_drift(
     from monitoring.target_drift import target_drift
 
     label_actions = [a for a in current.actions if a in ACTION_NAMES]
-    cur, ref = current.frame, base_served
-    cur_explored, ref_explored = explored_items(cur), explored_items(ref)
-    if (
-        cur_explored is not None
-        and ref_explored is not None
-        and min(len(cur_explored), len(ref_explored)) >= cfg.min_rows
-    ):
-        cur, ref = cur_explored, ref_explored
-        log.notes.append(f"target drift: the explored slots only ({len(ref)} baseline, {len(cur)} current items)")
-    td, snapshot = target_drift(ref, cur, label_actions, cfg)
+    td, snapshot = target_drift(base_served, current.frame, label_actions, cfg)
     if snapshot is not None:
         log.snapshot(snapshot, "target_drift")
     return td
-
-
-def explored_items(frame: pd.DataFrame | None) -> pd.DataFrame | None:
-    """The items an epsilon-slot variant (serving/selectors/explore.SlotExplorer) drew at random, 0 < propensity < 1,
-    when the window also holds its ranked slots (propensity 1); None otherwise (no exploration, or every item drawn).
-
-    Target drift compares these when both windows have enough of them: the ranked slots show only what the model
-    already serves, so a change of taste towards what it under-rates hardly moves their outcome rates, and on the
-    whole window the explored slots' rise and the ranked slots' fall cancel out. Measured on a nano topic-shift
-    simulation (2 explored slots of 10, 510 requests a day): clicks on the explored slots 0.11, 0.09 before the
-    shift, 0.08, 0.17, 0.21, 0.23 from its onset on, while the whole window's stayed at 0.14-0.17."""
-    if frame is None or "propensity" not in frame.columns:
-        return None
-    p = pd.to_numeric(frame["propensity"], errors="coerce")
-    if not (p == 1.0).any():
-        return None
-    return frame[(p > 0) & (p < 1)]
 
 
 def _check_quality(
