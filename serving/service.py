@@ -11,14 +11,13 @@
 | /admin/variants, /shares, /promote, /rollback | needs `Authorization: Bearer $EMBER_ADMIN_TOKEN` |
 
 Bad input is a 4xx with {"error": ..., "field": ...}: BentoML validates the typed API arguments, and `RequestGuard`
-(an ASGI middleware) caps the body size and gives BentoML's validation errors that shape. The state an admin call
+(an ASGI middleware, serving/http_errors.py) caps the body size and gives BentoML's validation errors that shape. The
+admin app, its token check and its error handlers are in serving/admin.py; its handlers are methods here. The state an admin call
 changes (shares, the live recommenders) lives in this process: the service runs one worker and scales by replicas.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import os
 import time
@@ -30,19 +29,18 @@ from typing import Annotated, Any
 
 import bentoml
 from bentoml.exceptions import NotFound, ServiceUnavailable
-from fastapi import Body, Depends, FastAPI, Header, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import Body, Depends
 from pydantic import BaseModel, Field, StrictInt
-from starlette.exceptions import HTTPException
 
 from core.errors import UserError
 from core.schema import N_SURFACES
 from features.served import open_served
 from serving import shedding
 from serving.ab import PopularSpec, Router, Routing, in_shadow, load_config
-from serving.events import MAX_EVENTS, Event, EventSinks, EventsUnavailable, apply_events, field_of, message_of
+from serving.admin import AdminError, PromoteRequest, admin, require_admin
+from serving.events import MAX_EVENTS, Event, EventSinks, EventsUnavailable, apply_events
 from serving.exposure import ExposureLog
+from serving.http_errors import MAX_BODY_BYTES, RequestGuard
 from serving.metrics import ServiceMetrics
 from serving.recommender import Item, Recommendation, Recommender
 from serving.shadow import ShadowRunner, compare
@@ -51,10 +49,8 @@ from serving.static_recommender import PopularRecommender
 log = logging.getLogger(__name__)
 
 CONFIG_ENV = "EMBER_VARIANTS_CONFIG"
-ADMIN_TOKEN_ENV = "EMBER_ADMIN_TOKEN"
 THREADS_ENV = "EMBER_TORCH_THREADS"
 DEFAULT_CONFIG = Path(__file__).with_name("variants.yaml")
-MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1000 post ids take ~10 kB; anything near the cap is a mistake or an attack.
 MAX_K = 200  # the slate a client may ask for; the pipeline's own candidate budget is larger
 MAX_RANK_POSTS = 1000  # one ranker call (x-algorithm ranks ~1000 candidates per request)
 MAX_SEEN_IDS = 10_000  # a client-side seen list beyond this is better served by the history feature
@@ -118,66 +114,6 @@ class RankResponse(BaseModel):
     variant: str
     degraded: bool
     items: list[RankedItem]
-
-
-# The admin API: a FastAPI app mounted under /admin, its handlers methods of the service ------------------------------
-
-
-class AdminError(Exception):
-    def __init__(self, status: int, error: str, field: str) -> None:
-        super().__init__(error)
-        self.status, self.error, self.field = status, error, field
-
-
-class PromoteRequest(BaseModel):
-    variant: str
-
-
-admin = FastAPI(title="Ember admin", docs_url=None, redoc_url=None, openapi_url=None)
-
-
-class AsciiJSONResponse(JSONResponse):
-    """JSON with non-ASCII escaped. FastAPI's json.loads accepts a lone surrogate ("\\ud800"), which an error naming
-    it cannot encode as UTF-8: the plain JSONResponse turned `{"\\ud800": 1}` sent to /admin/shares into a 500."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content).encode()
-
-
-@admin.exception_handler(AdminError)
-async def _admin_error(_: Request, err: AdminError) -> JSONResponse:
-    return AsciiJSONResponse({"error": err.error, "field": err.field}, status_code=err.status)
-
-
-@admin.exception_handler(RequestValidationError)
-async def _admin_invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-    return AsciiJSONResponse(error_body(err.errors(), skip=("body",)), status_code=400)
-
-
-@admin.exception_handler(HTTPException)
-async def _admin_http_error(_: Request, err: HTTPException) -> JSONResponse:
-    """FastAPI's own 4xx (a body it cannot parse, an unknown route) in the {"error", "field"} shape too."""
-    body = {"error": f"body: {err.detail}", "field": "body"}
-    return AsciiJSONResponse(body, status_code=err.status_code, headers=err.headers)
-
-
-def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
-    """401 without the right bearer token; 403 when no token is configured (the admin API is then off)."""
-    token = os.environ.get(ADMIN_TOKEN_ENV, "")
-    if not token:
-        raise AdminError(403, f"the admin API is disabled: {ADMIN_TOKEN_ENV} is not set", "Authorization")
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme != "Bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise AdminError(401, "missing or wrong bearer token", "Authorization")
-
-
-def error_body(errors: Any, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    """{"error", "field"} from pydantic's error list: the first error, its location dotted ("seen_ids[3]")."""
-    first = errors[0] if errors else {}
-    if first.get("type") == "json_invalid":
-        return {"error": f"body: {first.get('msg', 'invalid JSON')}", "field": "body"}
-    field = field_of(first, skip) or "body"
-    return {"error": f"{field}: {message_of(first) if first else 'invalid request'}", "field": field}
 
 
 @bentoml.asgi_app(admin, path="/admin")
@@ -477,111 +413,6 @@ def _fallback_recommender(routing: Routing) -> Recommender:
         if isinstance(v.recommender, PopularSpec):
             return routing.recommenders[v.name]
     return PopularRecommender({}, version="popular:empty")
-
-
-class RequestGuard:
-    """ASGI middleware: caps request bodies (413) and gives every 4xx of the APIs the {"error", "field"} shape.
-
-    BentoML answers a validation error with {"error": "1 validation error for ...", "detail": [pydantic errors]};
-    clients get the first error with its field named instead.
-    """
-
-    def __init__(self, app: Any, max_body_bytes: int = MAX_BODY_BYTES, paths: tuple[str, ...] = ()) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.paths = paths
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, _ReshapeErrors(send) if scope["path"] in self.paths else send)
-            return
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(send)
-            return
-        # Read the body here (BentoML reads it whole anyway) so a chunked upload cannot pass the cap either.
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                await self._too_large(send)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        replayed = False
-
-        async def replay() -> Any:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        if scope["path"] not in self.paths:
-            await self.app(scope, replay, send)
-            return
-        # The APIs speak JSON only. BentoML picks its parser by Content-Type, so curl's default form encoding would
-        # turn the JSON body into a form key ("user_id: Field required") and a pickle type is refused with a 415.
-        headers = [(k, v) for k, v in scope.get("headers") or () if k != b"content-type"]
-        scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
-        await self.app(scope, replay, _ReshapeErrors(send))
-
-    async def _too_large(self, send: Any) -> None:
-        body = {"error": f"body: request body over {self.max_body_bytes} bytes", "field": "body"}
-        await _send_json(send, 413, body)
-
-
-class _ReshapeErrors:
-    """Wraps `send`: a 4xx response is buffered and re-sent as {"error", "field"}; anything else passes through."""
-
-    def __init__(self, send: Any) -> None:
-        self.send = send
-        self.status = 0
-        self.buffer = b""
-
-    async def __call__(self, message: Any) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            if not 400 <= self.status < 500:
-                await self.send(message)
-            return
-        if not 400 <= self.status < 500 or message["type"] != "http.response.body":
-            await self.send(message)
-            return
-        self.buffer += message.get("body", b"")
-        if message.get("more_body", False):
-            return
-        await _send_json(self.send, self.status, _reshape(self.buffer))
-
-
-def _reshape(raw: bytes) -> dict[str, str]:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return {"error": raw.decode("utf-8", "replace").strip() or "bad request", "field": "body"}
-    if isinstance(body, list) and body and isinstance(body[0], dict):
-        body = body[0]  # BentoML 1.4.39 wraps a BentoMLException's 4xx body in a one-element list
-    if not isinstance(body, dict):
-        return {"error": "bad request", "field": "body"}
-    if "field" in body and "error" in body:
-        return body
-    if isinstance(body.get("detail"), list):
-        return error_body(body["detail"])
-    return {"error": str(body.get("error") or body.get("detail") or "bad request"), "field": "body"}
-
-
-async def _send_json(send: Any, status: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
 # `Ember` is a bentoml Service object here; its stubs still type the decorated class as the class.

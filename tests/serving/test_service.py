@@ -296,7 +296,7 @@ def _log_records(server: Server) -> list[dict[str, Any]]:
 
 def test_exposure_log_is_written_and_rotated(server: Server) -> None:
     served = [_post(server, "/recommend", {"user_id": u, "k": 10}).json() for u in range(100, 160)]
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # the log is written off the request path: on a loaded box it lagged past 20 s
     while time.monotonic() < deadline:
         ids = {r["request_id"] for r in _log_records(server) if r["kind"] == "exposure"}
         if {s["request_id"] for s in served[-5:]} <= ids:
@@ -492,7 +492,7 @@ def test_not_ready_until_every_variant_is(service: Any) -> None:
 
 
 def test_admin_is_disabled_without_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    from serving.service import AdminError, require_admin
+    from serving.admin import AdminError, require_admin
 
     monkeypatch.delenv("EMBER_ADMIN_TOKEN", raising=False)
     with pytest.raises(AdminError) as err:
