@@ -11,9 +11,10 @@
 | /admin/variants, /shares, /promote, /rollback | needs `Authorization: Bearer $EMBER_ADMIN_TOKEN` |
 
 Bad input is a 4xx with {"error": ..., "field": ...}: BentoML validates the typed API arguments, and `RequestGuard`
-(an ASGI middleware, serving/http_errors.py) caps the body size and gives BentoML's validation errors that shape. The
-admin app, its token check and its error handlers are in serving/admin.py; its handlers are methods here. The state an admin call
-changes (shares, the live recommenders) lives in this process: the service runs one worker and scales by replicas.
+(an ASGI middleware, serving/http_errors.py) caps the body size and gives BentoML's validation errors that shape.
+The admin app, its token check and its error handlers are in serving/admin.py; its handlers are methods here. The
+state an admin call changes (shares, the live recommenders) lives in this process: the service runs one worker and
+scales by replicas.
 """
 
 from __future__ import annotations
