@@ -3,7 +3,10 @@
 Order (x-algorithm's candidate pipeline): query hydrators -> sources (concatenated) -> candidate hydrators ->
 filters (sequential; a failing filter fails open) -> scorers (sequential) -> selector -> post-selection filters ->
 explorer (optional: a sampled slate with propensities, serving/selectors/explore.py; failing, the ranked order
-stands) -> truncate to `query.k` -> side effects (after the response, never on its path).
+stands) -> truncate to `query.k`.
+
+What happens after an answer (the exposure log, the fresh-feed record of what each user was served, shadow runs) is
+the service's (serving/service.py), for every variant alike, the fallback slate included: a pipeline only answers.
 """
 
 from __future__ import annotations
@@ -63,13 +66,6 @@ class Selector(Protocol):
     def select(self, query: Query, candidates: list[Candidate]) -> list[Candidate]: ...
 
 
-class SideEffect(Protocol):
-    @property
-    def name(self) -> str: ...
-    def enabled(self, query: Query) -> bool: ...
-    def run(self, query: Query, selected: list[Candidate]) -> None: ...
-
-
 @dataclass
 class StageStat:
     stage: str
@@ -86,15 +82,6 @@ class PipelineResult:
     selected: list[Candidate]
     stats: list[StageStat]
     degraded: bool  # a component failed and was skipped (fail-open) or a source failed
-    side_effects: list[Callable[[], None]] = field(default_factory=list)
-
-    def run_side_effects(self) -> None:
-        """Called after the response is sent; a failing side effect is logged, never raised."""
-        for effect in self.side_effects:
-            try:
-                effect()
-            except Exception:
-                log.exception("side effect failed")
 
 
 @dataclass
@@ -107,7 +94,6 @@ class Pipeline:
     selector: Selector | None = None
     post_filters: list[Filter] = field(default_factory=list)
     explorer: Selector | None = None
-    side_effects: list[SideEffect] = field(default_factory=list)
 
     def run(self, query: Query) -> PipelineResult:
         stats: list[StageStat] = []
@@ -157,11 +143,7 @@ class Pipeline:
             ex = self.explorer
             out = call("explorer", ex.name, len(candidates), partial(ex.select, query, candidates), _is_list)
             candidates = out if out is not None else candidates
-        selected = candidates[: query.k]
-        effects: list[Callable[[], None]] = [
-            partial(e.run, query, list(selected)) for e in self.side_effects if e.enabled(query)
-        ]
-        return PipelineResult(query, selected, stats, bool(failed), effects)
+        return PipelineResult(query, candidates[: query.k], stats, bool(failed))
 
     @staticmethod
     def _filter(

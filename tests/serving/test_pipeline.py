@@ -74,20 +74,7 @@ class Broken:
         return candidates[:1]  # breaks the one-output-per-input rule
 
 
-class Recorder:
-    name = "Recorder"
-
-    def __init__(self) -> None:
-        self.served: list[int] = []
-
-    def enabled(self, query: Query) -> bool:
-        return True
-
-    def run(self, query: Query, selected: list[Candidate]) -> None:
-        self.served += [c.post_id for c in selected]
-
-
-def fake_pipeline(extra_filters=(), extra_scorers=(), side_effects=()) -> Pipeline:
+def fake_pipeline(extra_filters=(), extra_scorers=()) -> Pipeline:
     store = RecentPostStore()
     store.extend([RecentPost(_ms(1), 11, 1), RecentPost(_ms(2), 12, 1), RecentPost(_ms(3), 21, 2)])
     store.extend([RecentPost(_ms(60), 13, 1)])  # too old
@@ -102,7 +89,6 @@ def fake_pipeline(extra_filters=(), extra_scorers=(), side_effects=()) -> Pipeli
         filters=[DropDuplicatesFilter(), SelfPostFilter(), AgeFilter(), *extra_filters],
         scorers=[FakeRanker(), WeightedScorer(ScoringWeights({"click": 1.0})), AuthorDiversityScorer(), *extra_scorers],
         selector=TopKSelector(k=50),
-        side_effects=list(side_effects),
     )
 
 
@@ -133,11 +119,3 @@ def test_failing_filter_fails_open_and_marks_the_response_degraded() -> None:
 def test_scorer_breaking_the_shape_rule_is_ignored() -> None:
     result = fake_pipeline(extra_scorers=[Broken()]).run(Query(user_id=1234, now=NOW, k=10))
     assert result.degraded and len(result.selected) == 5
-
-
-def test_side_effects_run_only_when_asked_and_never_raise() -> None:
-    recorder = Recorder()
-    result = fake_pipeline(side_effects=[recorder]).run(Query(user_id=1234, now=NOW, k=2))
-    assert recorder.served == []  # not on the response path
-    result.run_side_effects()
-    assert recorder.served == [c.post_id for c in result.selected]
