@@ -75,9 +75,14 @@ class ActionTable:
 
     Scorers downstream blend whole columns (serving.scorers.weighted) instead of one dict per candidate."""
 
-    def __init__(self, names: tuple[str, ...], values: np.ndarray) -> None:
+    def __init__(
+        self, names: tuple[str, ...], values: np.ndarray, weight_scales: Mapping[str, float] | None = None
+    ) -> None:
+        """`weight_scales`: the ranker's learned per-user blend multipliers (RankerConfig.learn_blend), by action:
+        the weighted scorer blends with weight x scale, the blend the ranker was trained with; None = all 1."""
         self.names, self.values = names, values
         self.column = {name: j for j, name in enumerate(names)}
+        self.weight_scales = dict(weight_scales) if weight_scales is not None else None
 
 
 class ActionRow(Mapping[str, float]):

@@ -188,7 +188,11 @@ class RankerScorer(Component):
             cache = self.model.encode_user(user.to(device), hist_attrs.to(device))
             out = self.model.score_candidates(cache, batch.to(device), chunk=self.chunk)
             preds = self.model.predictions(out)[0].float().cpu().numpy()  # (C, K)
-        table = ActionTable(tuple(t.name for t in self.model.tasks), preds)
+        names = tuple(t.name for t in self.model.tasks)
+        scales = None
+        if out.blend_multipliers is not None:  # learn_blend: the user's multipliers, as the training blend used them
+            scales = dict(zip(names, out.blend_multipliers[0].float().cpu().tolist(), strict=True))
+        table = ActionTable(names, preds, scales)
         for c, row in zip(candidates, map(ActionRow, repeat(table), range(len(candidates))), strict=True):
             c.actions = row
         return candidates

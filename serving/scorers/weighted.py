@@ -39,12 +39,29 @@ class ScoringWeights:
         return -sum(w for w in self.weights.values() if w < 0)
 
 
+@dataclass(frozen=True)
+class _Scaled(ScoringWeights):
+    """Weights already checked, scaled by non-negative multipliers (signs kept): not checked again per request."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
+def scaled(weights: ScoringWeights, scales: Mapping[str, float] | None) -> ScoringWeights:
+    """The weights times the ranker's learned per-user multipliers (an action without one keeps its weight)."""
+    if not scales:
+        return weights
+    return _Scaled({name: w * scales.get(name, 1.0) for name, w in weights.weights.items()})
+
+
 def blend(actions: Mapping[str, float], weights: ScoringWeights) -> float:
     """The offset weighted score: x = sum(w_i * p_i), then negative x is squeezed into [0, offset).
 
     Args:
         actions: per-action probability (and the expected `dwell_time` in seconds); missing actions count as 0.
     """
+    if isinstance(actions, ActionRow):
+        weights = scaled(weights, actions.table.weight_scales)
     x = sum(w * actions.get(name, 0.0) for name, w in weights.weights.items())
     total = weights.positive_total + weights.negative_total
     if total == 0:
@@ -57,6 +74,7 @@ def blend(actions: Mapping[str, float], weights: ScoringWeights) -> float:
 def blend_table(table: ActionTable, rows: np.ndarray, weights: ScoringWeights) -> np.ndarray:
     """`blend` over whole columns: (R,) float64 scores of `rows` of the table, NaN where a prediction is not finite
     (the per-candidate path's None). The same arithmetic as `blend`, so both paths give the same scores."""
+    weights = scaled(weights, table.weight_scales)
     values = table.values[rows].astype(np.float64)  # (R, K)
     x = np.zeros(len(rows), dtype=np.float64)
     for name, w in weights.weights.items():

@@ -179,3 +179,27 @@ def test_two_tower_source_fetches_what_the_reference_embedding_searches() -> Non
         got = source.fetch(q)
         assert [c.post_id for c in got] == ids[0].tolist()
         assert all(type(c.post_id) is int and c.source == "TwoTowerSource" for c in got)
+
+
+def test_learned_blend_multipliers_reach_the_served_score() -> None:
+    """A ranker trained with a combination module (learn_blend) is served with the blend it learned: the weighted
+    scorer's score is the offset transform of Ranker.blend(predictions, the user's multipliers)."""
+    from serving.scorers.weighted import NEGATIVE_SCORES_OFFSET, WeightedScorer
+
+    model = trained_looking(Ranker(replace(CFG, learn_blend=True)))
+    assert isinstance(model, Ranker)
+    q = query()
+    cands, _ = hydrated(29)
+    scored = WeightedScorer().score(q, RankerScorer(model).score(q, cands))
+    table = scored[0].actions.table  # type: ignore[union-attr]
+    assert table.weight_scales is not None and len(set(table.weight_scales.values())) > 1
+    probs = torch.tensor(np.array([[c.actions[t.name] for t in model.tasks] for c in scored]))[None]
+    scales = torch.tensor([[table.weight_scales[t.name] for t in model.tasks]])
+    raw = model.blend(probs, scales)[0].numpy()
+    unscaled = model.blend(probs)[0].numpy()
+    assert not np.allclose(raw, unscaled)  # the multipliers change the blend
+    got = np.array([c.score for c in scored])
+    positive = raw >= 0
+    np.testing.assert_allclose(got[positive], raw[positive] + NEGATIVE_SCORES_OFFSET, rtol=1e-6)
+    assert ((got[~positive] >= 0) & (got[~positive] < NEGATIVE_SCORES_OFFSET)).all()
+    assert (np.argsort(-got, kind="stable") == np.argsort(-raw, kind="stable")).all()  # the learned order is served
