@@ -41,15 +41,21 @@ def _status(message: str) -> AbstractContextManager[object]:
     return Console(stderr=True).status(message)
 
 
-def _store(online_store: str, repo: Path) -> StoreConfig:
+def _store(online_store: str, repo: Path, engine: str = "duckdb") -> StoreConfig:
     from features.store import StoreConfig
 
-    return StoreConfig(repo=repo, online_store=online_store)
+    return StoreConfig(repo=repo, online_store=online_store, engine=engine)
 
 
 ONLINE = typer.Option("sqlite", "--online-store", help="Online store: sqlite (default) or redis (production).")
 REPO = typer.Option(Path("features/repo"), "--repo", help="The Feast repository directory.")
 REDIS = typer.Option(REDIS_ADDRESS, "--redis", help="Redis address when --online-store redis.")
+ENGINE = typer.Option(
+    "duckdb",
+    "--engine",
+    help="duckdb (default) or ray: Feast's Ray offline store and compute engine (feature_store.ray.yaml); the "
+    "cluster from RAY_ADDRESS, else a local Ray.",
+)
 
 
 @app.command("apply")
@@ -68,6 +74,7 @@ def materialize_cmd(
     repo: Path = REPO,
     end: datetime | None = typer.Option(None, "--end", help="Materialize up to this time (default: newest snapshot)."),
     redis: str = REDIS,
+    engine: str = ENGINE,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for flows)."),
 ) -> None:
     """Load the newest feature rows into the online store, incrementally."""
@@ -76,7 +83,7 @@ def materialize_cmd(
     from features.store import StoreConfig, materialize
 
     end_utc = end.replace(tzinfo=UTC) if end is not None and end.tzinfo is None else end
-    result = materialize(StoreConfig(repo=repo, online_store=online_store, redis=redis), end=end_utc)
+    result = materialize(StoreConfig(repo=repo, online_store=online_store, redis=redis, engine=engine), end=end_utc)
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -96,6 +103,7 @@ def training_set_cmd(
     data: Path = typer.Option(Path("data/synth"), "--data", help="Canonical dataset the impressions come from."),
     online_store: str = ONLINE,
     repo: Path = REPO,
+    engine: str = ENGINE,
 ) -> None:
     """Point-in-time training set from Feast's offline store (get_historical_features)."""
     from features.store import training_set
@@ -103,7 +111,7 @@ def training_set_cmd(
 
     w_start, w_end, rule = training_window(data, start, end, days, as_of)
     with _status(f"point-in-time join of {model} rows in [{w_start}, {w_end})"):
-        result = training_set(_store(online_store, repo), model, data, w_start, w_end, out, window=rule)
+        result = training_set(_store(online_store, repo, engine), model, data, w_start, w_end, out, window=rule)
     typer.echo(f"wrote {out}: {result['rows']:,} rows x {result['columns']} columns, [{w_start}, {w_end})")
 
 

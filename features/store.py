@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -26,6 +27,7 @@ from core.schema import Manifest, file_sha256, read_table
 from features.catalog import Dtype
 
 if TYPE_CHECKING:
+    import pandas as pd
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
@@ -35,18 +37,32 @@ REPO = Path(__file__).resolve().parent / "repo"
 FEATURE_SERVICES = {"retrieval": "retrieval_v1", "ranker": "ranker_v1"}
 # Serving needs the freshest row of each entity; older rows only matter offline. Posts live ~48 h.
 DEFAULT_WINDOW = timedelta(days=2)
+# Where training sets and materialization run: DuckDB in this process (default), or Feast's Ray offline store and
+# Ray compute engine, whose blocks come from feature_store.ray.yaml (RAY_ADDRESS: the cluster; else a local one).
+ENGINES = ("duckdb", "ray")
+RAY_YAML = "feature_store.ray.yaml"
+
+
+def check_engine(engine: str, name: str = "--engine") -> str:
+    """`engine` if it is one of ENGINES; else a UserError naming the parameter `name`."""
+    if engine not in ENGINES:
+        raise UserError(f"{name}: unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+    return engine
 
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Where the Feast repo is and which online store it uses (params.yaml `feast`)."""
+    """Where the Feast repo is, which online store it uses (params.yaml `feast`) and which engine computes training
+    sets and materializations (`duckdb`, or `ray`: the offline store and batch engine of feature_store.ray.yaml)."""
 
     repo: Path = REPO
     online_store: str = "sqlite"
     redis: str = REDIS_ADDRESS
+    engine: str = "duckdb"
 
     def __post_init__(self) -> None:
         check_store(self.online_store, "--online-store")
+        check_engine(self.engine)
 
     @property
     def yaml(self) -> Path:
@@ -79,12 +95,42 @@ def repo_config(cfg: StoreConfig) -> RepoConfig:
 
     address = parse_redis(cfg.redis).connection_string()  # Feast's spelling of a redis:// or rediss:// URL too
     text = os.path.expandvars(cfg.yaml.read_text().replace("${EMBER_REDIS}", address))
+    raw = yaml.safe_load(text)
+    if cfg.engine == "ray":
+        raw |= ray_blocks(cfg.repo)
+        online = raw.get("online_store")
+        if isinstance(online, dict) and online.get("type") == "sqlite" and online.get("path"):
+            # Ray workers get the config without its repo_path: a relative SQLite path would resolve against each
+            # worker's working directory, and Feast's Ray writer drops a batch it fails to write without an error.
+            raw["online_store"] = {**online, "path": str((cfg.repo / str(online["path"])).resolve())}
     try:
-        config = RepoConfig(**yaml.safe_load(text))
+        config = RepoConfig(**raw)
     except ValidationError as err:
-        raise FeastConfigError(err, cfg.yaml) from err
+        raise FeastConfigError(err, cfg.repo / RAY_YAML if cfg.engine == "ray" else cfg.yaml) from err
     config.repo_path = Path(cfg.repo)
     return config
+
+
+def ray_blocks(repo: Path) -> dict[str, Any]:
+    """The `offline_store` and `batch_engine` of the repo's feature_store.ray.yaml (`--engine ray`), which replace
+    those of whichever online-store yaml is in use. A relative `storage_path` (where the Ray offline store stages
+    results) is resolved against the repo, as Feast resolves the SQLite path. No `ray_address` in the file: Feast
+    then connects to `RAY_ADDRESS` (a `ray start` head, a `ray://` client address, a KubeRay head service) and
+    starts a local Ray in process when it is unset."""
+    import yaml
+
+    path = repo / RAY_YAML
+    if not path.is_file():
+        raise UserError(f"{path}: not found (--engine ray reads its offline_store and batch_engine)")
+    raw = yaml.safe_load(os.path.expandvars(path.read_text())) or {}
+    offline, engine = raw.get("offline_store"), raw.get("batch_engine")
+    if not isinstance(offline, dict) or offline.get("type") != "ray":
+        raise UserError(f"{path}: offline_store must be a mapping with type: ray")
+    if not isinstance(engine, dict) or engine.get("type") != "ray.engine":
+        raise UserError(f"{path}: batch_engine must be a mapping with type: ray.engine")
+    if offline.get("storage_path"):
+        offline = {**offline, "storage_path": str((repo / str(offline["storage_path"])).resolve())}
+    return {"offline_store": offline, "batch_engine": engine}
 
 
 def open_store(cfg: StoreConfig) -> FeatureStore:
@@ -142,11 +188,16 @@ def offline_end(cfg: StoreConfig) -> datetime:
     return newest.astimezone(UTC)
 
 
-def materialize(cfg: StoreConfig, end: datetime | None = None, window: timedelta = DEFAULT_WINDOW) -> dict[str, Any]:
+def materialize(
+    cfg: StoreConfig,
+    end: datetime | None = None,
+    window: timedelta = DEFAULT_WINDOW,
+    views: list[str] | None = None,
+) -> dict[str, Any]:
     """Loads the newest feature rows into the online store, incrementally.
 
     A view never materialized before gets [end - window, end]; afterwards only what is new since its last
-    materialization end (`materialize_incremental`).
+    materialization end (`materialize_incremental`). `views` limits it to those feature views (default: all).
 
     Returns:
         {view: [start, end]} of what was loaded, and the wall time.
@@ -158,19 +209,26 @@ def materialize(cfg: StoreConfig, end: datetime | None = None, window: timedelta
     loaded: dict[str, Any] = {}
     start_t = time.perf_counter()
     last_end = {fv.name: fv.most_recent_end_time for fv in store.list_feature_views()}
+    unknown = sorted(set(views or []) - set(last_end))
+    if unknown:
+        raise UserError(f"--views: unknown feature view(s) {', '.join(unknown)} (choose from {', '.join(last_end)})")
+    if views is not None:
+        last_end = {name: t for name, t in last_end.items() if name in views}
     # A view never loaded, or loaded past `end`: the offline tables were rebuilt to an earlier end (regenerated data),
     # so the online rows are newer than the offline truth. The incremental path would skip them and serve stale,
     # future values; reload the window instead (the SQLite store overwrites each row). Feast keeps the later end in
     # its registry, so such a view is reloaded on every run until the offline data passes that end again.
     fresh = [name for name, t in last_end.items() if t is None or t > end]
     seen = {name: t for name, t in last_end.items() if t is not None and t < end}  # skip views already at `end`
-    if cfg.online_store == "sqlite":
+    if cfg.online_store == "sqlite" and cfg.engine == "duckdb":
         windows = {name: (end - window, end) for name in fresh} | {name: (t, end) for name, t in seen.items()}
         write_sqlite(store, cfg.online.sqlite_path, windows)
     else:
-        # Redis keeps a row whose stored event time is newer than the one written (a late push must not roll it
-        # back), so rows of a rebuild to an earlier end would never land: drop those views' rows first.
-        _clear_redis_views(store, [name for name in fresh if last_end[name] is not None])
+        # Feast's own materialization, through its batch engine (Ray's under --engine ray). Redis keeps a row whose
+        # stored event time is newer than the one written (a late push must not roll it back), so rows of a rebuild
+        # to an earlier end would never land: drop those views' rows first.
+        if cfg.online_store == "redis":
+            _clear_redis_views(store, [name for name in fresh if last_end[name] is not None])
         if fresh:
             store.materialize(start_date=end - window, end_date=end, feature_views=fresh)
         if seen:
@@ -367,7 +425,8 @@ def training_set(
     store = open_store(cfg)
     service = _feature_service(cfg, store, FEATURE_SERVICES[model])
     # Arrow end to end (to_df is to_arrow().to_pandas(); written back it went through pandas twice, ~1/4 of this job)
-    table = store.get_historical_features(entity_df=entity_df, features=service).to_arrow()
+    job = store.get_historical_features(entity_df=entity_df, features=service)
+    table = _ray_result(job.to_df(), entity_df, service) if cfg.engine == "ray" else job.to_arrow()
     table = table.sort_by("impression_id")
     with atomic_dir(out) as tmp:
         pq.write_table(table, tmp / "training_set.parquet")
@@ -378,6 +437,56 @@ def training_set(
             meta["window"] = window
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return {"rows": table.num_rows, "columns": table.num_columns}
+
+
+ARROW_TYPES = {
+    Dtype.INT32: pa.int32(),
+    Dtype.INT64: pa.int64(),
+    Dtype.FLOAT32: pa.float32(),
+    Dtype.STRING: pa.string(),
+    Dtype.INT64_LIST: pa.list_(pa.field("element", pa.int64())),
+}
+
+
+def _ray_result(df: pd.DataFrame, entity_df: pd.DataFrame, service: Any) -> pa.Table:
+    """Feast's Ray training set as the DuckDB path writes it: the entity columns as given, then each feature with the
+    type the catalog declares (timestamps in microseconds, int32/float32, list<int64>), in the service's order.
+
+    Feast 0.67's Ray store (its merge_asof input is sorted by key, not time, so it always falls back to a row-by-row
+    join) hands back a one-element list feature as the bare element (923, not [923]), which also breaks its own
+    `to_arrow`: such a cell is wrapped back here. A list feature of an entity without a row as of the impression comes
+    back as [] where DuckDB gives null; that is kept (no list says whether it was [] or missing; models.data reads
+    both as an empty history), and tests/features/test_ray_engine.py shows it.
+    """
+    import numpy as np
+
+    from features.catalog import VIEWS
+
+    columns: dict[str, pa.Array] = {}
+    for name in entity_df.columns:
+        target = pa.Schema.from_pandas(entity_df[[name]], preserve_index=False).field(name).type
+        if name == "event_timestamp":
+            target = pa.timestamp("us", tz="UTC")  # what the DuckDB store returns (Ray: nanoseconds)
+        columns[name] = pa.array(df[name]).cast(target)
+    for projection in service.feature_view_projections:
+        dtypes = dict(VIEWS[projection.name].features)
+        for feature in projection.features:
+            values = df[feature.name].tolist()
+            if dtypes[feature.name] == Dtype.INT64_LIST:
+                values = [_as_list(v) for v in values]
+            else:
+                values = [None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in values]
+            columns[feature.name] = pa.array(values, type=ARROW_TYPES[dtypes[feature.name]])
+    return pa.table(columns)
+
+
+def _as_list(value: Any) -> list[int] | None:
+    """One list-feature cell of Feast's Ray result: a list, None for a missing one, a bare element as [element]."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if hasattr(value, "__len__"):
+        return [int(v) for v in value]
+    return [int(value)]
 
 
 def _feature_service(cfg: StoreConfig, store: FeatureStore, name: str) -> Any:
