@@ -251,7 +251,8 @@ def test_serving_deployment_probes_resources_and_autoscaler() -> None:
     assert "memory" in container["resources"]["limits"]
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     env = {e["name"]: e for e in container["env"]}
-    assert env[module_constant(service, "ADMIN_TOKEN_ENV")]["valueFrom"]["secretKeyRef"]["name"] == "ember-serving"
+    token_env = module_constant(ROOT / "serving" / "admin.py", "ADMIN_TOKEN_ENV")
+    assert env[token_env]["valueFrom"]["secretKeyRef"]["name"] == "ember-serving"
     assert env[module_constant(service, "CONFIG_ENV")]["value"] == "/config/variants.yaml"
     hpa = find("HorizontalPodAutoscaler", "ember")
     assert hpa["apiVersion"] == "autoscaling/v2"
@@ -384,7 +385,7 @@ def test_compose_services_are_healthchecked_and_wired() -> None:
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is exposed beyond loopback"
     ember = services["ember"]["environment"]
-    assert module_constant(ROOT / "serving" / "service.py", "ADMIN_TOKEN_ENV") in ember
+    assert module_constant(ROOT / "serving" / "admin.py", "ADMIN_TOKEN_ENV") in ember
     assert "/readyz" in " ".join(services["ember"]["healthcheck"]["test"])
     assert services["evidently-ui"]["command"][:2] == ["ember", "dashboards"]
     worker_env = services["prefect-worker"]["environment"]
