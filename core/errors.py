@@ -19,8 +19,8 @@ class SchemaError(UserError):
 
 
 def first_error(err: Any) -> tuple[str, dict[str, Any]]:
-    """A pydantic ValidationError's first error (an unknown key before any other) as (its dotted key, "<root>" at the top, and the error itself): what
-    the one-line messages of every typed config name."""
+    """A pydantic ValidationError's first error (an unknown key before any other) as (its dotted key, "<root>" at
+    the top, and the error itself): what the one-line messages of every typed config name."""
     errors = err.errors()
     # A misspelt key also leaves the intended one missing: naming the unknown key says what to fix.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
