@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.actions import ACTION_NAMES
-from core.errors import UserError, first_error
+from core.errors import UserError, config_error
 from core.io import read_yaml
 
 DEFAULT_PATH = Path(__file__).with_name("thresholds.yaml")
@@ -140,10 +140,7 @@ def parse_config(raw: Any, source: str = "thresholds") -> MonitorConfig:
     try:
         return MonitorConfig.model_validate(raw)
     except ValidationError as err:
-        key, first = first_error(err)
-        if first["type"] == "extra_forbidden":
-            raise UserError(f"{source}: unknown key {key!r}") from None
-        raise UserError(f"{source}: {key}: {first['msg']}") from None
+        raise config_error(source, err) from None
 
 
 def load_config(path: Path | None = None) -> MonitorConfig:

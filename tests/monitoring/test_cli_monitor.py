@@ -107,4 +107,4 @@ def test_bad_thresholds_key_is_one_line_error(run_cli, files: dict[str, Path], t
     res = run_cli(
         "monitor", "drift", "--reference", str(files["ref"]), "--current", str(files["same"]), "--thresholds", str(bad)
     )
-    assert "unknown key 'share'" in res.error_line()
+    assert "t.yaml: share: unknown key" in res.error_line()
