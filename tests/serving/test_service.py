@@ -5,6 +5,7 @@ One server serves the whole module (a start takes a few seconds); the stickiness
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -296,14 +297,19 @@ def _log_records(server: Server) -> list[dict[str, Any]]:
 
 def test_exposure_log_is_written_and_rotated(server: Server) -> None:
     served = [_post(server, "/recommend", {"user_id": u, "k": 10}).json() for u in range(100, 160)]
-    deadline = time.monotonic() + 60  # the log is written off the request path: on a loaded box it lagged past 20 s
+    rotated = ["exposure.jsonl", "exposure.jsonl.1", "exposure.jsonl.2"]  # rotated, capped at 3 files
+    # The log is written off the request path (on a loaded box it lagged past 20 s), and shadow records may still be
+    # rotating the files when the exposures are in: a rotation deletes the oldest file before it renames the others,
+    # so a listing at that instant sees two. Wait for both the newest exposures and a settled directory.
+    deadline, names = time.monotonic() + 60, []
     while time.monotonic() < deadline:
-        ids = {r["request_id"] for r in _log_records(server) if r["kind"] == "exposure"}
-        if {s["request_id"] for s in served[-5:]} <= ids:
-            break
+        with contextlib.suppress(FileNotFoundError):  # a file renamed between the glob and the read
+            ids = {r["request_id"] for r in _log_records(server) if r["kind"] == "exposure"}
+            names = sorted(p.name for p in server.exposure.parent.iterdir())
+            if {s["request_id"] for s in served[-5:]} <= ids and names == rotated:
+                break
         time.sleep(0.2)
-    names = sorted(p.name for p in server.exposure.parent.iterdir())
-    assert names == ["exposure.jsonl", "exposure.jsonl.1", "exposure.jsonl.2"]  # rotated, capped at 3 files
+    assert names == rotated
     records = _log_records(server)
     exposure = next(r for r in records if r["request_id"] == served[-1]["request_id"] and r["kind"] == "exposure")
     for key in ("request_id", "user_id", "variant", "version", "items", "ts", "features", "degraded"):
