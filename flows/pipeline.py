@@ -30,6 +30,7 @@ from flows.tasks import (
     promotion_gate,
     publish_data_metrics,
     run_stages,
+    stage_commands,
 )
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -113,7 +114,8 @@ def run_branches(
     for branch in BRANCHES:
         first = next((i for i, stage in enumerate(branch) if stage in changed or stage in force), len(branch))
         todo.append(list(branch[first:]))
-    futures = [run_stages.submit(root, stages) for stages in todo if stages]
+    commands = stage_commands(root, [stage for stages in todo for stage in stages])  # one thread: see run_stages
+    futures = [run_stages.submit(root, {stage: commands[stage] for stage in stages}) for stages in todo if stages]
     done, failed = [], None
     for future in futures:
         try:

@@ -47,18 +47,21 @@ def stage_commands(project: Path, stages: list[str]) -> dict[str, str]:
 
 
 @task(timeout_seconds=3600)  # no retries, as dvc_repro
-def run_stages(project: Path, stages: list[str]) -> dict[str, float]:
+def run_stages(project: Path, commands: dict[str, str]) -> dict[str, float]:
     """Runs stages' commands one after another, as `dvc repro` would, but outside DVC's repository lock, so that
     another branch of the pipeline runs beside them (DVC runs one stage at a time per repository); `dvc_commit`
     then records them in dvc.lock and the cache. Each command runs at one torch thread (OMP_NUM_THREADS=1 unless
     set): beside another busy process, two threads spin at every kernel's barrier (models/training.py).
+
+    `commands` come from `stage_commands`, called by the flow before it starts the branches: DVC's dvc.yaml loader
+    is not thread-safe (two branches loading it at once failed its schema check in CI).
 
     Returns each stage's seconds. Raises RuntimeError naming the stage, with the last good outputs put back."""
     import time
 
     env = {"OMP_NUM_THREADS": "1", **_env()}
     seconds: dict[str, float] = {}
-    for stage, cmd in stage_commands(project, stages).items():
+    for stage, cmd in commands.items():
         start = time.perf_counter()
         proc = subprocess.run(cmd, shell=True, cwd=project, env=env, capture_output=True, text=True)
         seconds[stage] = round(time.perf_counter() - start, 2)
