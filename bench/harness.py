@@ -8,6 +8,7 @@ import platform
 import shlex
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,22 @@ def machine() -> dict[str, str]:
         "os": platform.platform(),
         "commit": commit or "unknown",
     }
+
+
+def kept_rows(group: str, keep: Callable[[dict[str, Any]], bool]) -> list[Row]:
+    """The rows of bench/results/<group>.json that `keep` accepts (a run re-measuring only some of the group), each
+    stamped with the time, commit and CPU it was measured at: save() stamps the group with this run's, which would
+    otherwise pass an old figure off as measured now, on this machine."""
+    old = RESULTS / f"{group}.json"
+    if not old.is_file():
+        return []
+    body = json.loads(old.read_text())
+    kept = [Row(**r) for r in body["rows"] if keep(r)]
+    for r in kept:
+        r.extra.setdefault("measured_at", body["measured_at"])
+        r.extra.setdefault("commit", body["machine"]["commit"])
+        r.extra.setdefault("cpu", f"{body['machine']['cpu']} ({body['machine'].get('cpu_flags', 'unknown')})")
+    return kept
 
 
 def save(group: str, rows: list[Row]) -> Path:

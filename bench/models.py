@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from bench.harness import RESULTS, Row, save
+from bench.harness import Row, kept_rows, save
 from models.data import RetrievalBatch, RetrievalDataset, candidate_features, corpus_from_rows, epoch_ms
 from models.index import AnnIndex, IndexConfig, build_index
 from models.layers import ffn_hidden
@@ -816,14 +816,8 @@ def main() -> None:
     if args.quick:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return
-    old = RESULTS / f"{GROUP}.json"
-    if set(only) != set(SECTIONS) and old.is_file():  # keep the sections not re-measured, with when and where
-        body = json.loads(old.read_text())
-        kept = [Row(**r) for r in body["rows"] if r["extra"].get("section") not in only]
-        for r in kept:  # save() stamps the group with this run's time and commit: the kept rows keep their own
-            r.extra.setdefault("measured_at", body["measured_at"])
-            r.extra.setdefault("commit", body["machine"]["commit"])
-            r.extra.setdefault("cpu", f"{body['machine']['cpu']} ({body['machine'].get('cpu_flags', 'unknown')})")
+    if set(only) != set(SECTIONS):  # keep the sections not re-measured, with when and where
+        kept = kept_rows(GROUP, lambda r: r["extra"].get("section") not in only)
         rows = sorted(kept + rows, key=lambda r: SECTIONS.index(r.extra.get("section", "train")))
     print(save(GROUP, rows))
 

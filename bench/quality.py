@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bench.harness import RESULTS, Row, run_once, save
+from bench.harness import RESULTS, Row, kept_rows, run_once, save
 
 GROUP = "quality"
 REPO = Path(__file__).resolve().parents[1]
@@ -295,9 +295,8 @@ def main() -> None:
     rows: list[Row] = []
     for section in only:
         rows += measure[section]()
-    old = RESULTS / f"{GROUP}.json"
-    if set(only) != set(SECTIONS) and old.is_file():
-        kept = [Row(**r) for r in json.loads(old.read_text())["rows"] if r["extra"].get("section") not in only]
+    if set(only) != set(SECTIONS):  # keep the sections not re-measured, with when and where
+        kept = kept_rows(GROUP, lambda r: r["extra"].get("section") not in only)
         rows = sorted(kept + rows, key=lambda r: SECTIONS.index(r.extra["section"]))
     print(save(GROUP, rows))
 

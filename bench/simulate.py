@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Row, run_once, save
+from bench.harness import Row, kept_rows, run_once, save
 
 REPO = Path(__file__).resolve().parents[1]
 TMP = REPO / "bench" / "results" / "tmp" / "simulate"
@@ -132,23 +132,6 @@ def nano_world() -> Path:
     return data
 
 
-def kept_rows(exclude: str) -> list[Row]:
-    """The rows of bench/results/simulate.json other than run `exclude`'s, each with the time, commit and CPU it was
-    measured at (save() stamps the group with this run's)."""
-    from bench.harness import RESULTS
-
-    old = RESULTS / "simulate.json"
-    if not old.is_file():
-        return []
-    body = json.loads(old.read_text())
-    kept = [Row(**r) for r in body["rows"] if r["name"] != ROW_NAMES[exclude]]
-    for r in kept:
-        r.extra.setdefault("measured_at", body["measured_at"])
-        r.extra.setdefault("commit", body["machine"]["commit"])
-        r.extra.setdefault("cpu", f"{body['machine']['cpu']} ({body['machine'].get('cpu_flags', 'unknown')})")
-    return kept
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reuse", nargs=2, type=Path, metavar=("NODRIFT_DIR", "SHIFT_DIR"))
@@ -163,7 +146,7 @@ def main() -> None:
         argv = simulate_argv(data, out, name)
         wall, rss = run_once(argv)
         result = json.loads((out / "simulate.json").read_text())
-        rows = kept_rows(exclude=name)
+        rows = kept_rows("simulate", lambda r: r["name"] != ROW_NAMES[name])
         rows.insert(list(RUNS).index(name), ROWS[name](result, shlex.join(["ember", *argv[3:]]), wall, rss))
     elif args.reuse:
         for name, out, make in zip(RUNS, args.reuse, (no_drift_row, shift_row), strict=True):
