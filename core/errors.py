@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from typing import Any
 
 
@@ -18,14 +19,26 @@ class SchemaError(UserError):
     """A table does not match the canonical schema (missing/unexpected column, wrong type, empty)."""
 
 
+def dotted_key(loc: Iterable[Any], skip: Collection[str] = ()) -> str:
+    """A pydantic error location as the one dotted key every message names ("variants[1].share", "events[3].type"):
+    list indexes in brackets; "[key]" (the mapping key itself was refused) and the names in `skip` (a tagged union's
+    tags, a request-body wrapper) are not fields and are left out."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "[key]" and part not in skip:
+            out += f".{part}" if out else str(part)
+    return out
+
+
 def first_error(err: Any) -> tuple[str, dict[str, Any]]:
     """A pydantic ValidationError's first error (an unknown key before any other) as (its dotted key, "<root>" at
     the top, and the error itself): what the one-line messages of every typed config name."""
     errors = err.errors()
     # A misspelt key also leaves the intended one missing: naming the unknown key says what to fix.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    parts = [str(part) for part in first["loc"] if part != "[key]"]  # "[key]": the mapping key itself was refused
-    return ".".join(parts) or "<root>", first
+    return dotted_key(first["loc"]) or "<root>", first
 
 
 def config_error(where: str, err: Any) -> UserError:

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core.errors import UserError
+from core.errors import UserError, dotted_key
 from core.io import read_yaml
 from features.live import EventsSettings
 from features.served import FreshFeedSettings
@@ -140,20 +140,10 @@ def parse_config(body: Any, where: str = "variants config") -> VariantsConfig:
         return VariantsConfig.model_validate(body)
     except ValidationError as err:
         first = err.errors()[0]
-        loc = _dotted(first["loc"])
+        loc = dotted_key(first["loc"], skip=("popular", "pipeline"))  # the discriminator's tags are no fields
         msg = first["msg"].removeprefix("Value error, ")
         # A model-level check names its own field at the start of the message.
         raise ValueError(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg) from None
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part not in ("popular", "pipeline"):  # the discriminator's tag is not a field
-            out += f".{part}" if out else str(part)
-    return out
 
 
 def load_config(path: Path) -> VariantsConfig:

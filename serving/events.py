@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
 
 from core.actions import ACTION_NAMES, BY_NAME
-from core.errors import UserError
+from core.errors import UserError, dotted_key
 from core.schema import N_SURFACES
 from features.live import EventsSettings, Follow, LiveStore, NewPost, SeenEvents, open_seen
 from features.served import ServedSet
@@ -154,11 +154,7 @@ class EventsResult:
 def field_of(error: Any, skip: tuple[str, ...] = ()) -> str:
     """A pydantic error's location dotted ("events[3].actions[0]"): the event type tag is no field, and an event
     whose type is missing or unknown names "type"."""
-    field = ""
-    for part in error.get("loc", ()):
-        if part in skip or part in EVENT_TYPES:
-            continue
-        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+    field = dotted_key(error.get("loc", ()), skip=(*skip, *EVENT_TYPES))
     if error.get("type") in ("union_tag_not_found", "union_tag_invalid"):
         field += ".type" if field else "type"
     return field
