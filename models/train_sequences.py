@@ -57,7 +57,7 @@ from models.metrics import (
     ranking_metrics,
 )
 from models.sequences import _before, sort_events
-from models.training import TRAIN_THREADS, adamw, intra_op_threads
+from models.training import TRAIN_THREADS, SparseTableAdam, adamw, clip_grad_norm, intra_op_threads, sparse_tables
 from models.two_tower import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
 
 CONTEXTS = ("items", "full")
@@ -97,6 +97,9 @@ class SequenceTrainConfig:
     # one per core. A nano tower's matrices are small: on 2 cores shared with other jobs (load ~6) 1 thread ran 141
     # steps in a 60 s budget where the default ran 48.
     threads: int = TRAIN_THREADS
+    # Embedding tables get sparse gradients and a lazy Adam (models.training.SparseTableAdam): a step moves only the
+    # rows it read. Off: one AdamW over every parameter, every row every step.
+    sparse_tables: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -589,7 +592,7 @@ class _Steps:
     """The optimisation steps of one epoch: every window once, in a seeded order, until the wall-clock deadline."""
 
     model: TwoTower
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | SparseTableAdam
     candidates: CandidateFeatures
     tc: SequenceTrainConfig
     gen: torch.Generator
@@ -606,7 +609,8 @@ class _Steps:
             loss = sequence_loss(self.model, user, cols, self.candidates, self.tc, self.gen, ts, self.snaps)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+            clip = clip_grad_norm if self.tc.sparse_tables else nn.utils.clip_grad_norm_
+            clip(list(self.model.parameters()), self.tc.grad_clip)
             self.optimizer.step()
             losses.append(loss.item())
             if time.perf_counter() > deadline:
@@ -648,7 +652,11 @@ def _train(
     data = sequence_windows(config, train_events, table, tc.context, tc.max_windows, dataset)
     model = TwoTower(config).to(dev)
     retriever = SequenceRetriever(model, table, tc.context, dataset, tc.mask_unborn)
-    optimizer = adamw(model, tc.lr, tc.weight_decay)
+    if tc.sparse_tables:
+        sparse_tables(model)
+    optimizer = (
+        SparseTableAdam(model, tc.lr, tc.weight_decay) if tc.sparse_tables else adamw(model, tc.lr, tc.weight_decay)
+    )
     candidates = table.features.to(dev)
     snaps = snapshots(config, table, tc.snapshot_hours) if tc.snapshot_hours > 0 else None
     has_valid = valid is not None and len(valid) > 0
@@ -692,6 +700,7 @@ def _train(
         if bad >= tc.patience or over_budget:
             break
     model.load_state_dict(best_state)
+    sparse_tables(model, on=False)  # the model leaves as built
     model.eval()
     retriever.refresh()
     return SequenceTrainResult(

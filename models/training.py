@@ -98,6 +98,61 @@ def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=lr)
 
 
+class SparseTableAdam:
+    """AdamW (`adamw`) for the dense parameters beside torch's SparseAdam for the embedding tables read with sparse
+    gradients (`sparse_tables`): a step then moves only the table rows its batch touched (lazy Adam), instead of
+    updating every row of every table. For the two-tower's small preset (11.2M of its 11.4M parameters are hash
+    rows, a step touches a few thousand) the dense update was 60 ms of a 190 ms step at 2 threads.
+    The optimizer surface the training loops use: param_groups (both), zero_grad, step."""
+
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float) -> None:
+        tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+        sparse_ids = {id(p) for p in tables}
+        dense = adamw(model, lr, weight_decay)
+        for group in dense.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in sparse_ids]
+        self.dense, self.sparse = dense, torch.optim.SparseAdam(tables, lr=lr)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [*self.dense.param_groups, *self.sparse.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+        self.sparse.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.dense.step()
+        self.sparse.step()
+
+
+def sparse_tables(model: nn.Module, on: bool = True) -> int:
+    """Makes every embedding table of `model` produce sparse gradients (nn.Embedding.sparse; the weights and the
+    forward are unchanged), or dense ones again; returns how many tables. Train with `SparseTableAdam` and
+    `clip_grad_norm`."""
+    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    for m in tables:
+        m.sparse = on
+    return len(tables)
+
+
+def clip_grad_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """torch's clip_grad_norm_ (the 2-norm of all gradients together, scaled down to `max_norm`) for dense and sparse
+    gradients alike (torch's own cannot take a sparse one); returns the norm before clipping."""
+    params = [p for p in parameters if p.grad is not None]
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.coalesce()  # repeated rows summed: the norm of the real gradient
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    total = torch.stack([(g.values() if g.is_sparse else g).float().pow(2).sum() for g in grads]).sum().sqrt()
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        (g.values() if g.is_sparse else g).mul_(scale.to(g.dtype))
+    return total
+
+
 def device_for(ctx: DistContext) -> torch.device:
     """CUDA (this rank's GPU) when present, else CPU."""
     if not torch.cuda.is_available():

@@ -210,3 +210,31 @@ def test_rejects_bidirectional_config_and_bad_context() -> None:
         train_sequences(replace(NANO, causal=False), split.train, None, None, corpus)
     with pytest.raises(UserError, match="context"):
         SequenceTrainConfig(context="bogus")
+
+
+def test_sparse_tables_learn_the_cycle_and_leave_the_model_dense() -> None:
+    split = leave_one_out(cycle_events())
+    corpus = make_corpus(split.train, split.valid, split.test)
+    res = fit(split, corpus, "full", sparse_tables=True)
+    check_cycle(split, corpus, res, "full")
+    assert not any(m.sparse for m in res.model.modules() if isinstance(m, torch.nn.Embedding))
+
+
+def test_clip_grad_norm_takes_sparse_gradients_as_torch_takes_dense_ones() -> None:
+    from models.training import clip_grad_norm
+
+    torch.manual_seed(0)
+    ids = torch.tensor([[1, 3, 3, 7], [2, 3, 9, 1]])  # repeated rows: the norm is of their sum
+    norms, grads = [], []
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        emb, head = torch.nn.Embedding(10, 4, sparse=sparse), torch.nn.Linear(4, 1)
+        (head(emb(ids)) ** 2).sum().backward()
+        params = [emb.weight, *head.parameters()]
+        clip = clip_grad_norm if sparse else torch.nn.utils.clip_grad_norm_
+        norms.append(float(clip(params, 0.5)))
+        grads.append([(p.grad.to_dense() if p.grad.is_sparse else p.grad) for p in params])  # type: ignore[union-attr]
+    assert norms[0] == pytest.approx(norms[1], rel=1e-5) and norms[0] > 0.5
+    for dense, sparse in zip(*grads, strict=True):
+        torch.testing.assert_close(sparse, dense)
+    assert float(torch.cat([g.flatten() for g in grads[1]]).norm()) == pytest.approx(0.5, rel=1e-4)
