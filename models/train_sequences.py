@@ -100,6 +100,7 @@ class SequenceTrainConfig:
     # Embedding tables get sparse gradients and a lazy Adam (models.training.SparseTableAdam): a step moves only the
     # rows it read. Off: one AdamW over every parameter, every row every step.
     sparse_tables: bool = False
+    table_lr_scale: float = 1.0  # with sparse_tables: the tables' learning rate over `lr`
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -111,6 +112,8 @@ class SequenceTrainConfig:
             raise UserError(f"snapshot_hours: {self.snapshot_hours} is negative")
         if self.threads < 0:
             raise UserError(f"threads: {self.threads} is negative")
+        if self.table_lr_scale <= 0:
+            raise UserError(f"table_lr_scale: {self.table_lr_scale} is not > 0")
         if not 0.0 < self.plateau_decay <= 1.0:
             raise UserError(f"plateau_decay: {self.plateau_decay} is not in (0, 1]")
         if self.batch_size < 1 or self.epochs < 1 or self.eval_every < 1:
@@ -655,7 +658,9 @@ def _train(
     if tc.sparse_tables:
         sparse_tables(model)
     optimizer = (
-        SparseTableAdam(model, tc.lr, tc.weight_decay) if tc.sparse_tables else adamw(model, tc.lr, tc.weight_decay)
+        SparseTableAdam(model, tc.lr, tc.weight_decay, tc.table_lr_scale)
+        if tc.sparse_tables
+        else adamw(model, tc.lr, tc.weight_decay)
     )
     candidates = table.features.to(dev)
     snaps = snapshots(config, table, tc.snapshot_hours) if tc.snapshot_hours > 0 else None

@@ -105,13 +105,15 @@ class SparseTableAdam:
     rows, a step touches a few thousand) the dense update was 60 ms of a 190 ms step at 2 threads.
     The optimizer surface the training loops use: param_groups (both), zero_grad, step."""
 
-    def __init__(self, model: nn.Module, lr: float, weight_decay: float) -> None:
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float, table_lr_scale: float = 1.0) -> None:
+        """`table_lr_scale`: the tables' learning rate over the dense one's (a lazy row moves only when read, so it
+        takes fewer steps than a dense parameter; reduce-on-plateau scales both alike)."""
         tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
         sparse_ids = {id(p) for p in tables}
         dense = adamw(model, lr, weight_decay)
         for group in dense.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in sparse_ids]
-        self.dense, self.sparse = dense, torch.optim.SparseAdam(tables, lr=lr)
+        self.dense, self.sparse = dense, torch.optim.SparseAdam(tables, lr=lr * table_lr_scale)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:

@@ -238,3 +238,20 @@ def test_clip_grad_norm_takes_sparse_gradients_as_torch_takes_dense_ones() -> No
     for dense, sparse in zip(*grads, strict=True):
         torch.testing.assert_close(sparse, dense)
     assert float(torch.cat([g.flatten() for g in grads[1]]).norm()) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_sparse_table_adam_moves_only_the_rows_read_at_the_tables_own_rate() -> None:
+    from models.training import SparseTableAdam, sparse_tables
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 1))
+    assert sparse_tables(model) == 1
+    opt = SparseTableAdam(model, lr=1e-2, weight_decay=0.0, table_lr_scale=3.0)
+    assert [g["lr"] for g in opt.param_groups] == [1e-2, 1e-2, 3e-2]  # dense decay, dense no-decay, tables
+    before = model[0].weight.detach().clone()
+    model(torch.tensor([2, 5])).sum().backward()
+    opt.step()
+    moved = (model[0].weight.detach() != before).any(1)
+    assert moved.tolist() == [i in (2, 5) for i in range(10)]
+    with pytest.raises(UserError, match="table_lr_scale"):
+        SequenceTrainConfig(table_lr_scale=0.0)
