@@ -122,7 +122,8 @@ def read_exposure(path: Path, include_shadow: bool = False) -> ExposureRead:
                 try:
                     record = json.loads(raw)
                 except (UnicodeDecodeError, ValueError):
-                    out.malformed += 1
+                    # A last line without its newline is a record the server is still writing, not a malformed one.
+                    out.malformed += raw.endswith(b"\n")
                     continue
                 if not isinstance(record, dict) or not isinstance(record.get("items"), list):
                     out.malformed += 1

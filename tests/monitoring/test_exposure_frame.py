@@ -57,6 +57,17 @@ def test_reads_rotated_files_oldest_first_and_skips_malformed(tmp_path: Path) ->
     assert {"post_id", "position", "variant", "hist_length", "degraded"} <= set(df.columns)
 
 
+def test_a_record_still_being_written_is_left_for_the_next_read(tmp_path: Path) -> None:
+    f = tmp_path / "exposure.jsonl"
+    whole = json.dumps(record("r2", 2, 3))
+    f.write_text(json.dumps(record("r1", 1, 2)) + "\n" + whole[: len(whole) // 2])  # the server mid-append
+    read = read_exposure(f)
+    assert read.records == 1 and read.malformed == 0 and len(read.frame) == 2
+    with open(f, "a") as handle:
+        handle.write(whole[len(whole) // 2 :] + "\n")
+    assert read_exposure(f).records == 2 and len(read_exposure(f).frame) == 5
+
+
 def test_single_file_and_missing_path(tmp_path: Path) -> None:
     f = tmp_path / "exposure.jsonl"
     write(f, [json.dumps(record("r1", 1, 2))])

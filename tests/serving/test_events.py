@@ -135,7 +135,8 @@ def _features(server: Server, request_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         for f in server.exposure.parent.glob("exposure.jsonl*"):
-            for line in f.read_text().splitlines():
+            # Only finished lines: the server appends while this reads, and a last line may be half written.
+            for line in f.read_text().split("\n")[:-1]:
                 record = json.loads(line)
                 if record["request_id"] == request_id and record["kind"] == "exposure":
                     return dict(record["features"])
