@@ -37,25 +37,54 @@ def measured(body: dict[str, Any], row: dict[str, Any]) -> tuple[str, str, str]:
     return extra.get("measured_at", body["measured_at"]), extra.get("commit", m["commit"]), extra.get("cpu", cpu)
 
 
+# The numbers that matter, in the order a user meets them: (what it answers, group, row name). Each is a row of its
+# group's results with a target; `headline` fails loudly when one is missing, so a renamed row cannot drop out.
+HEADLINE: tuple[tuple[str, str, str], ...] = (
+    ("main job, fresh clone", "pipeline", "make run from a fresh clone (after set-up)"),
+    ("main job, no-op rerun", "pipeline", "make run again, inputs unchanged (no-op)"),
+    ("served latency, keep-alive", "serving", "POST /recommend over HTTP, concurrency 1"),
+    ("served latency, new connection", "serving", "POST /recommend over HTTP, concurrency 1, a new connection each"),
+    ("ranker vs Phoenix, C=64", "ranker", "ranker forward, 1 user, S=127, C=64, 2 threads"),
+    ("ranker on KuaiRand vs peers", "quality", "ranker-kuairand: ranker_independent"),
+    ("ranker vs synthetic oracle", "quality", "ranker-synthetic: ranker_independent"),
+    ("retrieval vs synthetic oracle", "quality", "retrieval-synthetic: two_tower"),
+    ("retrieval on ML-100K vs SASRec", "quality", "retrieval-movielens: two_tower"),
+    ("served ANN index", "models", "served index (IVF1264,Flat, nprobe 32): the index"),
+    ("event -> next request", "events", "engagement -> the next /recommend's history (redis)"),
+    ("drift recovery in the loop", "simulate", "topic_shift: recovery of the true reward"),
+    ("false alarms, no drift", "simulate", "no drift: days with an alarm"),
+    ("A/A false positives", "ab", "A/A: random vs random"),
+)
+
+
+def _row_line(label: str, body: dict[str, Any], r: dict[str, Any]) -> str:
+    result = r["throughput"] or f"{r['wall_s_median']} s median"
+    when, commit, cpu = measured(body, r)
+    return f"| {label} | {result} | {r['target']} | {r['verdict']} | {cpu} | {when[:10]} | `{commit}` |"
+
+
 def headline(bodies: list[dict[str, Any]]) -> list[str]:
-    """The rows that carry a target, one table: the number, the target, the verdict, and where and when it was
-    measured (a figure from one machine is only ever set against a target or an anchor measured on that machine)."""
-    lines = [
-        "## Headline: every row with a target",
-        "",
-        "| benchmark | result | target | verdict | machine (SIMD flags) | measured | commit |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    """Two tables: the `HEADLINE` rows, then every row that carries a target: the number, the target, the verdict,
+    and where and when it was measured (a figure from one machine is only ever set against a target or an anchor
+    measured on that machine).
+
+    Raises:
+        KeyError: a `HEADLINE` row is not in the results (renamed or never measured).
+    """
+    head = ["| benchmark | result | target | verdict | machine (SIMD flags) | measured | commit |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    by_name = {(b["group"], r["name"]): (b, r) for b in bodies for r in b["rows"]}
+    lines = ["## Headline", "", *head]
+    for label, group, name in HEADLINE:
+        if (group, name) not in by_name:
+            raise KeyError(f"bench.run.HEADLINE: no row {name!r} in bench/results/{group}.json")
+        body, r = by_name[(group, name)]
+        lines.append(_row_line(f"{label} ({group}: {name})", body, r))
+    lines += ["", "## Every row with a target", "", *head]
     for body in bodies:
         for r in body["rows"]:
-            if not r.get("target"):
-                continue
-            result = r["throughput"] or f"{r['wall_s_median']} s median"
-            when, commit, cpu = measured(body, r)
-            lines.append(
-                f"| {body['group']}: {r['name']} | {result} | {r['target']} | {r['verdict']} | "
-                f"{cpu} | {when[:10]} | `{commit}` |"
-            )
+            if r.get("target"):
+                lines.append(_row_line(f"{body['group']}: {r['name']}", body, r))
     return [*lines, ""]
 
 
