@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from bench.harness import Row, kept_rows, save
-from models.data import RetrievalBatch, RetrievalDataset, candidate_features, corpus_from_rows, epoch_ms
-from models.index import AnnIndex, IndexConfig, build_index
 from models.layers import ffn_hidden
-from models.train_retrieval import TrainConfig, TwoTowerTrainTask, item_log_q
+from models.retrieval.data import RetrievalBatch, RetrievalDataset, candidate_features, corpus_from_rows, epoch_ms
+from models.retrieval.index import AnnIndex, IndexConfig, build_index
+from models.retrieval.model import TwoTower, TwoTowerConfig, UserFeatures
+from models.retrieval.train import TrainConfig, TwoTowerTrainTask, item_log_q
 from models.training import adamw
-from models.two_tower import TwoTower, TwoTowerConfig, UserFeatures
 
 GROUP = "models"
 REPO = Path(__file__).resolve().parents[1]
@@ -199,7 +199,7 @@ class AnnSettings:
     hnsw_m: int = 16
     ef_construction: int = 40  # 2 shared cores: 1M at M=16, efC=80 extrapolated to ~10 min
     ef_search: tuple[int, ...] = (1000, 1400)  # faiss HNSW searches with max(efSearch, k)
-    ivf_lists: int = 0  # 0 = the shipped rule, 4 sqrt(N) cells (models.index.IndexConfig)
+    ivf_lists: int = 0  # 0 = the shipped rule, 4 sqrt(N) cells (models.retrieval.index.IndexConfig)
     ivf_train: int = IndexConfig.ivf_train  # k-means training sample, as shipped
     nprobe: tuple[int, ...] = (8, 16, 32, 64)  # 32 is the shipped default
     seed: int = 0
@@ -213,7 +213,7 @@ def _rss_before_after(build: Callable[[], Any]) -> tuple[Any, float, float]:
 
 
 def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
-    """The index as shipped (models.index.build_index with IndexConfig's defaults: IVF-Flat, 4 sqrt(N) cells,
+    """The index as shipped (models.retrieval.index.build_index with IndexConfig's defaults: IVF-Flat, 4 sqrt(N) cells,
     nprobe swept around the default 32) and its HNSW option (build settings below the defaults, see AnnSettings),
     against exact IndexFlatIP.
 
@@ -280,7 +280,7 @@ def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
                 )
             )  # fmt: skip
 
-    # The shipped default: IVF-Flat through models.index, its cell rule and k-means sample.
+    # The shipped default: IVF-Flat through models.retrieval.index, its cell rule and k-means sample.
     faiss.omp_set_num_threads(build_threads)
     shipped = IndexConfig(exact_below=0, ivf_lists=s.ivf_lists, ivf_train=s.ivf_train, k=s.recall_k)
     ivf: AnnIndex
@@ -296,7 +296,7 @@ def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
         return search
 
     candidates(
-        "IVF-Flat (models.index, shipped)",
+        "IVF-Flat (models.retrieval.index, shipped)",
         ivf_build_s,
         ivf_mem,
         f"IVF{lists},Flat (4 sqrt(N) cells, k-means on {min(s.ivf_train, s.n_items):,} vectors), shipped nprobe "
@@ -322,7 +322,7 @@ def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
         return search
 
     candidates(
-        "HNSW (models.index, option)",
+        "HNSW (models.retrieval.index, option)",
         build_s,
         mem,
         f"IndexHNSWFlat M={s.hnsw_m}, efConstruction={s.ef_construction} (the option's defaults, M="
@@ -421,7 +421,7 @@ def tiled_corpus(features: Any, copies: int) -> Any:
     """The candidate features of a corpus `copies` times larger: each post's row repeated with a fresh post id
     (id + c * (max id + 1) for copy c), so the post-id hash rows differ and author, attributes, counts and age
     repeat. A stand-in for a larger world's posts, embedded by the same candidate tower."""
-    from models.data import CandidateFeatures
+    from models.retrieval.data import CandidateFeatures
 
     stride = int(features.post_ids.max()) + 1
     return CandidateFeatures(
@@ -502,14 +502,14 @@ def bench_ann_served(
     source's own path (query hydrators, TwoTowerSource.embed); top-`retrieval_max_results` per request from the
     served index and from exact search over the vectors that index holds, side by side.
 
-    Then the same index type as models.index builds it with IndexConfig's defaults at a larger world's corpus size
-    (`scale_copies` x the small world's posts, tiled_corpus, embedded by the same candidate tower), searched with
-    the same request vectors. Needs `dvc repro` and a materialized online store (`make run`)."""
+    Then the same index type as models.retrieval.index builds it with IndexConfig's defaults at a larger world's
+    corpus size (`scale_copies` x the small world's posts, tiled_corpus, embedded by the same candidate tower), searched
+    with the same request vectors. Needs `dvc repro` and a materialized online store (`make run`)."""
     import faiss
     import pyarrow as pa
 
     from core.schema import read_table
-    from models.retrieval_job import model_version
+    from models.retrieval.job import model_version
     from serving.ab import load_config
     from serving.recommender_pipeline import PipelineRecommender, RecommenderConfig
 
@@ -556,9 +556,9 @@ def bench_ann_served(
                            base | {"shape": shape})  # fmt: skip
 
     if scale_copies:
-        from models.sequences import positive_events
-        from models.train_retrieval import embed_corpus
-        from models.train_sequences import post_table
+        from models.retrieval.sequences import positive_events
+        from models.retrieval.train import embed_corpus
+        from models.retrieval.train_sequences import post_table
 
         model = rec.two_tower
         events = positive_events(REPO / "data/synth")
@@ -578,11 +578,12 @@ def bench_ann_served(
             scale_shape = f"IVF{lists},Flat, nprobe {IndexConfig.nprobe}" if ann.kind == "ivf" else ann.kind
             scale_data = (f"a larger world's corpus: {len(ids):,} posts x {emb.shape[1]} ({copies} x the small world's "
                           f"posts with fresh post ids, bench.models.tiled_corpus), embedded by the served candidate "
-                          f"tower; models.index.build_index with IndexConfig() defaults ({scale_shape}, k-means on "
+                          f"tower; models.retrieval.index.build_index with IndexConfig() defaults "
+                          f"({scale_shape}, k-means on "
                           f"{min(IndexConfig.ivf_train, len(ids)):,} vectors; build {build_s:.1f} s on {threads} "
                           f"thread(s)); the same {len(queries)} request vectors; top-{k}, 1 query per call, "
                           "faiss.omp_set_num_threads(1), exact and index alternating per query")  # fmt: skip
-            label = f"models.index defaults at {len(ids):,} posts ({scale_shape})"
+            label = f"models.retrieval.index defaults at {len(ids):,} posts ({scale_shape})"
             rows += served_ann_rows(label, cmd, scale_data, ids, emb, ann, queries, k, recall_k,
                                     base | {"n_items": len(ids), "shape": scale_shape, "build_s": build_s})  # fmt: skip
             del ann, emb, big
@@ -687,7 +688,7 @@ def train_throughput(
     cfg: TwoTowerConfig, df: pd.DataFrame, steps: int, warmup: int, tc: TrainConfig | None = None
 ) -> tuple[list[float], list[float]]:
     """(seconds per step, losses) of `steps` training steps after `warmup`, exactly the step of
-    models.train_retrieval.train on CPU: batch from the shuffled loader, loss with uniform corpus negatives and
+    models.retrieval.train.train on CPU: batch from the shuffled loader, loss with uniform corpus negatives and
     logQ, backward, grad clipping, AdamW. Batch fetching is inside the timed step."""
     tc = tc or TrainConfig()
     torch.manual_seed(tc.seed)

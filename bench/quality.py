@@ -57,7 +57,7 @@ def _row(name: str, command: list[str], wall: float, rss: float, settings: str, 
 
 
 MOVIELENS_SEEDS = "0,1,2"
-MOVIELENS_PRESET = "small"  # the two-tower and SASRec size chosen on validation (models.evaluate_retrieval)
+MOVIELENS_PRESET = "small"  # the two-tower and SASRec size chosen on validation (models.retrieval.evaluate)
 
 
 def retrieval(section: str, budget_s: float) -> list[Row]:

@@ -29,8 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench import phoenix_anchor
 from bench.harness import Row, save
 from bench.models import latency_row, one_user, peak_flops, percentiles_ms, timed
-from models.ranker import CandidateBatch, Ranker, RankerConfig
-from models.two_tower import UserFeatures
+from models.ranker.model import CandidateBatch, Ranker, RankerConfig
+from models.retrieval.model import UserFeatures
 
 GROUP = "ranker"
 CMD = "python -m bench.ranker"

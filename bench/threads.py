@@ -33,11 +33,11 @@ def _steps(model_name: str, threads: int, steps: int) -> list[float]:
     """Seconds of each training step after the warm-up, in this process."""
     import torch
 
-    from models.ranker import CandidateBatch, Ranker, RankerConfig
-    from models.tasks import availability, ranker_loss
-    from models.train_retrieval import TwoTowerTrainTask
+    from models.ranker.model import CandidateBatch, Ranker, RankerConfig
+    from models.ranker.tasks import availability, ranker_loss
+    from models.retrieval.model import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
+    from models.retrieval.train import TwoTowerTrainTask
     from models.training import adamw
-    from models.two_tower import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def _steps(model_name: str, threads: int, steps: int) -> list[float]:
         batch = (user(tt_cfg, 512), posts(512))
 
         def loss() -> torch.Tensor:
-            from models.data import RetrievalBatch
+            from models.retrieval.data import RetrievalBatch
 
             return task(RetrievalBatch(batch[0], batch[1], torch.zeros(512)), g)
     else:

@@ -49,7 +49,7 @@ def train_retrieval_cmd(
 ) -> None:
     """Train the two-tower retrieval model: on a dataset's click sequences (--data: the temporal protocol of
     `ember evaluate retrieval`, early stopping on validation Recall@200) or on a Feast training set."""
-    from models.retrieval_job import train_retrieval, train_retrieval_events
+    from models.retrieval.job import train_retrieval, train_retrieval_events
 
     sets = _overrides(overrides)
     if data is not None:
@@ -86,7 +86,7 @@ def train_ranker_cmd(
     overrides: list[str] = SET,
 ) -> None:
     """Train the multi-task ranker (early stopping on the validation mean AUC of the recorded actions)."""
-    from models.ranker_job import train_ranker_job
+    from models.ranker.job import train_ranker_job
 
     sets = _overrides(overrides)
     metrics = train_ranker_job(
@@ -124,8 +124,8 @@ def index_build_cmd(
     exact_below: int = typer.Option(50_000, "--exact-below", min=1, help="Exact search below this many posts."),
 ) -> None:
     """Embed every post with the candidate tower into faiss; refuse to publish below the recall gate."""
-    from models.index import IndexConfig
-    from models.retrieval_job import build_event_index, build_retrieval_index
+    from models.retrieval.index import IndexConfig
+    from models.retrieval.job import build_event_index, build_retrieval_index
 
     index_cfg = IndexConfig(exact_below=exact_below, min_recall=min_recall)
     if data is not None:
@@ -160,7 +160,7 @@ def evaluate_compare_cmd(
     on the same test window (what the promotion gate uses)."""
     from core.errors import UserError
     from core.io import atomic_write_text
-    from models.ranker_job import compare_rankers
+    from models.ranker.job import compare_rankers
 
     for option, path in (("--challenger", challenger), ("--champion", champion)):
         if not (path / "config.json").is_file():
@@ -177,7 +177,7 @@ def evaluate_compare_cmd(
             raise UserError(f"{option}: {tower} is not a saved two-tower model (no config.json)")
     result = compare_rankers({"challenger": challenger, "champion": champion}, training_set, valid_fraction, features)
     if data is not None:
-        from models.retrieval_job import compare_retrievers
+        from models.retrieval.job import compare_retrievers
 
         assert challenger_retrieval is not None and champion_retrieval is not None
         towers_out = compare_retrievers(data, {"challenger": challenger_retrieval, "champion": champion_retrieval})
@@ -213,7 +213,7 @@ def evaluate_retrieval_cmd(
     from core.errors import UserError
     from core.io import atomic_write_text
     from models.config_overrides import split_overrides
-    from models.evaluate_retrieval import evaluate_retrieval
+    from models.retrieval.evaluate import evaluate_retrieval
 
     sets = split_overrides(overrides, ("model", "train", "sasrec"))
     try:
@@ -265,9 +265,9 @@ def evaluate_ranker_cmd(
 ) -> None:
     """The ranker (independent and funnel heads) vs logistic regression, LightGBM and MMoE on one temporal split;
     per-action AUC, GAUC, logloss, calibration and request NDCG@10 (and the oracle on synthetic data).
-    With --protocol kuairand-a: the peers' split, features and metrics instead (models/kuairand_protocol.py)."""
+    With --protocol kuairand-a: the peers' split, features and metrics instead (models/ranker/kuairand.py)."""
     from core.io import atomic_write_text
-    from models.ranker_job import evaluate_ranker_job
+    from models.ranker.job import evaluate_ranker_job
 
     sets = _overrides(overrides)
     if protocol is not None:
@@ -311,7 +311,7 @@ def _evaluate_protocol(
 ) -> None:
     from core.errors import UserError
     from core.io import atomic_write_text
-    from models.kuairand_protocol import MAIN_TARGETS, evaluate_protocol_a
+    from models.ranker.kuairand import MAIN_TARGETS, evaluate_protocol_a
 
     if protocol != "kuairand-a":
         raise UserError(f"--protocol: unknown {protocol!r} (choose from kuairand-a)")

@@ -455,8 +455,8 @@ def _ray_result(df: pd.DataFrame, entity_df: pd.DataFrame, service: Any) -> pa.T
     Feast 0.67's Ray store (its merge_asof input is sorted by key, not time, so it always falls back to a row-by-row
     join) hands back a one-element list feature as the bare element (923, not [923]), which also breaks its own
     `to_arrow`: such a cell is wrapped back here. A list feature of an entity without a row as of the impression comes
-    back as [] where DuckDB gives null; that is kept (no list says whether it was [] or missing; models.data reads
-    both as an empty history), and tests/features/test_ray_engine.py shows it.
+    back as [] where DuckDB gives null; that is kept (no list says whether it was [] or missing;
+    models.retrieval.data reads both as an empty history), and tests/features/test_ray_engine.py shows it.
     """
     import numpy as np
 

@@ -1,7 +1,7 @@
 """Deploying model sets: every trained set is kept, and the serving config is generated from the registry.
 
 Model store: artifacts/models/<retrieval hash>-<ranker hash>/{retrieval,index,ranker}: a copy of the two-tower, its
-ANN index and the ranker as trained (hashes: models.retrieval_job.model_version, the registry's `models`). A copy is
+ANN index and the ranker as trained (hashes: models.retrieval.job.model_version, the registry's `models`). A copy is
 written under a temporary name and renamed, so a set is there whole or not at all; the working artifacts/<model>/
 directories can then be retrained while the champion keeps serving its own copy, and a rollback has its files.
 

@@ -6,7 +6,7 @@ independent draws; every variance here is taken over users. The metric is a rati
     R_v = sum_u S_u / sum_u N_u     S_u = the user's reward over the window, N_u = the user's requests,
 
 the reward of one served item being the blend of what the user did with it, sum_k w_k a_k over the binary actions
-of models.tasks.TASKS (the served blend's signed weights: a report costs 234 clicks' worth). Its variance is the
+of models.ranker.tasks.TASKS (the served blend's signed weights: a report costs 234 clicks' worth). Its variance is the
 delta method's, Var(R) ~ Var(S - R N) / (n mean(N)^2), the standard treatment of a ratio metric whose
 denominator is random (Deng et al., "Applying the Delta Method in Metric Analytics", 2018).
 
@@ -31,7 +31,7 @@ from scipy import stats
 
 from core.actions import prob_column
 from core.errors import UserError
-from models.tasks import TASKS, TaskKind
+from models.ranker.tasks import TASKS, TaskKind
 
 SRM_ALPHA = 0.001
 BLEND: dict[str, float] = {t.name: t.blend_weight for t in TASKS if t.kind is TaskKind.BINARY}
@@ -154,7 +154,7 @@ def ab_test(
     srm = srm_check({v: est[v].users for v in names}, shares or {}, srm_alpha) if shares else None
     return {
         "unit": "user",
-        "metric": "blended reward per request (models.tasks weights over the observed binary actions)",
+        "metric": "blended reward per request (models.ranker.tasks weights over the observed binary actions)",
         "test": f"fixed-horizon two-sided Welch z-test, delta-method variance over users, alpha {alpha}"
         + (f" (Bonferroni over {len(challengers)} challengers: {corrected:.4g} each)" if len(challengers) > 1 else ""),
         "alpha": alpha,

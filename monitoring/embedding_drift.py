@@ -1,4 +1,4 @@
-"""Embedding drift of the two-tower outputs (models/two_tower.py): the user tower's embeddings of the users served
+"""Embedding drift of the two-tower outputs (models/retrieval/model.py): the user tower's embeddings of the users served
 and the candidate tower's embeddings of the posts served, against those of the training window's users and posts.
 
 The D-dimensional embeddings are projected onto the first principal components of the reference embeddings (PCA
@@ -153,10 +153,10 @@ def tower_embeddings(
     """
     import torch
 
-    from models.data import candidate_features, user_features
-    from models.retrieval_job import post_corpus
-    from models.train_retrieval import embed_corpus
-    from models.two_tower import load_two_tower
+    from models.retrieval.data import candidate_features, user_features
+    from models.retrieval.job import post_corpus
+    from models.retrieval.model import load_two_tower
+    from models.retrieval.train import embed_corpus
 
     model = load_two_tower(Path(model_dir))
     out: dict[str, np.ndarray] = {}

@@ -66,7 +66,7 @@ def feature_version(root: Path) -> dict[str, Any]:
 
 
 def model_versions(root: Path) -> dict[str, str]:
-    from models.retrieval_job import model_version
+    from models.retrieval.job import model_version
 
     versions = {}
     for model in MODELS:
@@ -80,8 +80,8 @@ def model_versions(root: Path) -> dict[str, str]:
 def check_models_load(root: Path) -> None:
     """Loads both models as serving will (config, then weights_only weights): a file that is cut short, corrupt or
     does not fit its config is refused here, naming it, instead of being promoted and failing at swap time."""
-    from models.ranker import load_ranker
-    from models.two_tower import load_two_tower
+    from models.ranker.model import load_ranker
+    from models.retrieval.model import load_two_tower
 
     for model, load in (("retrieval", load_two_tower), ("ranker", load_ranker)):
         best = Path(root) / "artifacts" / model / "best"

@@ -5,7 +5,7 @@
     entry:
       version         v<n>, in promotion order (never reused)
       promoted_at     UTC, ISO 8601
-      models          {"retrieval": hash, "ranker": hash}: models.retrieval_job.model_version of artifacts/<m>/best
+      models          {"retrieval": hash, "ranker": hash}: models.retrieval.job.model_version of artifacts/<m>/best
       metrics         {"ranker": {...}, "retrieval": {...}}: the scalar metrics it was promoted with
       data            {"data/synth": md5, "data/features": md5}: DVC's hashes from dvc.lock
       features        {"services": [...], "definitions": hash of data/feast/definitions.json}

@@ -1,4 +1,4 @@
-"""Model inputs from a hydrated query, built by the rule training uses (`models.data.user_tensors`), so a
+"""Model inputs from a hydrated query, built by the rule training uses (`models.retrieval.data.user_tensors`), so a
 user at serving is encoded exactly as a training row with the same feature values would be.
 
 Online values stand in for the training set's point-in-time columns: a view the store has no row for reads as the
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.data import HISTORY, UserInputs, history_rule, user_tensors
 from models.layers import string_id
-from models.two_tower import UserFeatures
+from models.retrieval.data import HISTORY, UserInputs, history_rule, user_tensors
+from models.retrieval.model import UserFeatures
 from serving.types import Query
 
 
@@ -29,8 +29,9 @@ def user_value(query: Query, name: str) -> Any:
 
 def user_inputs(query: Query, cfg: UserInputs) -> UserFeatures:
     """The user-tower inputs of one query, built straight from its hydrated values by the rule training uses
-    (`models.data.user_tensors`): equal to `models.data.user_features` of the one training-set row with the same
-    values (tests/serving/test_inputs.py), without the one-row DataFrame that cost ~1 ms per model per request.
+    (`models.retrieval.data.user_tensors`): equal to `models.retrieval.data.user_features` of the one training-set row
+    with the same values (tests/serving/test_inputs.py), without the one-row DataFrame that cost ~1 ms per model per
+    request.
 
     A two-tower trained on event sequences (history_gaps "predecessor", history_action, history_attributes) gets
     the same history its training built: only events with the action, gaps between consecutive events, and each
@@ -64,7 +65,7 @@ MILLISECOND = timedelta(milliseconds=1)
 
 def epoch_ms(now: datetime) -> int:
     """Epoch milliseconds of a request time (naive = UTC), floored, as pandas computes them for a training row's
-    event_timestamp (`models.data.epoch_ms`); with datetime arithmetic, not a Timestamp per request."""
+    event_timestamp (`models.retrieval.data.epoch_ms`); with datetime arithmetic, not a Timestamp per request."""
     if isinstance(now, pd.Timestamp):  # may carry nanoseconds
         now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
         return int((now - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1))

@@ -40,10 +40,10 @@ from core.online_store import REDIS_ADDRESS, OnlineStoreConfig, check_store, sql
 from features.catalog import View
 from features.online import Backend, FeatureStoreUnavailable, OnlineFeatures, open_backend
 from features.windows import AS_OF_DATA, features_end
-from models.index import AnnIndex, load_index
-from models.ranker import EXTRA_PREFIX, Ranker, load_ranker
-from models.retrieval_job import model_version, post_corpus
-from models.two_tower import TwoTower, load_two_tower
+from models.ranker.model import EXTRA_PREFIX, Ranker, load_ranker
+from models.retrieval.index import AnnIndex, load_index
+from models.retrieval.job import model_version, post_corpus
+from models.retrieval.model import TwoTower, load_two_tower
 from serving.component import Component
 from serving.filters.age import AgeFilter
 from serving.filters.author_cap import AuthorCapFilter

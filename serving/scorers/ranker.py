@@ -1,11 +1,11 @@
 """Ranker scorer (x-algorithm's PhoenixScorer): the multi-task ranker's per-action predictions for every candidate.
 
-Inputs are built as training builds them (`models.ranker_data.RankerDataset`): the user through
-`models.data.user_tensors` (`serving.inputs.user_inputs`), the candidate dense vector from `cfg.candidate_features`
-(post_*, author_* and user_* columns), the candidate attributes as `string_id`s, the in-network flag, the post age
-at request time, the history posts' attributes, and position -1 (unknown, so the position-bias tower adds nothing).
-A feature the store did not have reads as training reads a null: 0, attribute id 0. The user is encoded once
-(`Ranker.encode_user`) and the candidates are scored against that cache (`Ranker.score_candidates`).
+Inputs are built as training builds them (`models.ranker.data.RankerDataset`): the user through
+`models.retrieval.data.user_tensors` (`serving.inputs.user_inputs`), the candidate dense vector from
+`cfg.candidate_features` (post_*, author_* and user_* columns), the candidate attributes as `string_id`s, the in-network
+flag, the post age at request time, the history posts' attributes, and position -1 (unknown, so the position-bias tower
+adds nothing). A feature the store did not have reads as training reads a null: 0, attribute id 0. The user is encoded
+once (`Ranker.encode_user`) and the candidates are scored against that cache (`Ranker.score_candidates`).
 
 It fills `candidate.actions` {task: prediction} (probabilities; `dwell_time` in seconds) and leaves the blend to the
 weighted scorer.
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from models.layers import string_id
-from models.ranker import CandidateBatch, Ranker, RankerConfig
-from models.two_tower import UserFeatures
+from models.ranker.model import CandidateBatch, Ranker, RankerConfig
+from models.retrieval.model import UserFeatures
 from serving.component import Component
 from serving.hydrators.post_features import FeatureRow, FeatureTable
 from serving.inputs import string_ids_of, user_inputs

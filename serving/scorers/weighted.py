@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.errors import UserError
-from models.tasks import TASKS_BY_NAME, blend_weight_problem, default_blend_weights
+from models.ranker.tasks import TASKS_BY_NAME, blend_weight_problem, default_blend_weights
 from serving.component import Component
 from serving.types import ActionRow, ActionTable, Candidate, Query
 
@@ -18,7 +18,7 @@ NEGATIVE_SCORES_OFFSET = 0.001  # x-algorithm: non-negative blends sit above it,
 
 @dataclass(frozen=True)
 class ScoringWeights:
-    """Signed blend weights, checked when loaded by the ranker's own rule (`models.tasks.blend_weight_problem`);
+    """Signed blend weights, checked when loaded by the ranker's own rule (`models.ranker.tasks.blend_weight_problem`);
     the defaults are the task table's (`Task.blend_weight`)."""
 
     weights: dict[str, float] = field(default_factory=default_blend_weights)

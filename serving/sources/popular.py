@@ -1,7 +1,7 @@
 """Popular/fresh source: the most-engaged recent posts, for users the system knows nothing about (cold start) and
 as the fallback slate when the feature store is unreachable (it needs no store: the list is loaded up front).
 
-The list is the post corpus as of a time (the offline post_stats, `models.retrieval_job.post_corpus`) ranked by
+The list is the post corpus as of a time (the offline post_stats, `models.retrieval.job.post_corpus`) ranked by
 engagement, or a list given at load. At request time only posts of the last `max_age` count; newer posts win ties.
 """
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.index import AnnIndex
-from models.two_tower import TwoTower
+from models.retrieval.index import AnnIndex
+from models.retrieval.model import TwoTower
 from serving.component import Component
 from serving.inputs import user_inputs
 from serving.types import Candidate, Query

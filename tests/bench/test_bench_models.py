@@ -11,8 +11,8 @@ import torch
 
 from bench import models as bm
 from bench.verdicts import check
-from models.train_retrieval import TrainConfig
-from models.two_tower import TwoTowerConfig
+from models.retrieval.model import TwoTowerConfig
+from models.retrieval.train import TrainConfig
 
 TINY = dict(user_rows=512, post_rows=512, author_rows=512, attribute_rows=16)
 
@@ -54,11 +54,12 @@ def test_ann_quick_exact_recall_is_one_and_approximate_recall_is_a_fraction() ->
     for r in rows:
         assert 0.0 <= r.extra["recall"] <= 1.0
         assert 0 < r.wall_s_median <= r.wall_s_p99 and r.repeats == 12
-    for kind in ("HNSW (models.index, option)", "IVF-Flat (models.index, shipped)"):
+    for kind in ("HNSW (models.retrieval.index, option)", "IVF-Flat (models.retrieval.index, shipped)"):
         assert sum(r.extra["operating_point"] for r in approx if r.extra["index"] == kind) == 1
     assert all(r.extra["build_s"] > 0 for r in approx)
     assert max(r.extra["recall"] for r in approx if r.extra["knob"] == "nprobe 8") == 1.0  # every list probed
-    # The shipped search setting is the one marked: the IVF rows are models.index's own index, not a bench copy.
+    # The shipped search setting is the one marked: the IVF rows are models.retrieval.index's own index, not a bench
+    # copy.
     assert [r.extra["knob"] for r in approx if "(shipped)" in r.extra["knob"]] == ["nprobe 32 (shipped)"]
 
 
@@ -168,7 +169,7 @@ def test_side_by_side_alternates_and_keeps_the_first_pass_ids() -> None:
 
 
 def test_tiled_corpus_repeats_every_feature_under_fresh_post_ids() -> None:
-    from models.data import CandidateFeatures
+    from models.retrieval.data import CandidateFeatures
 
     base = CandidateFeatures(post_ids=torch.tensor([1, 5, 9]), author_ids=torch.tensor([2, 2, 3]),
                              dense=torch.arange(6.0).reshape(3, 2), age_ms=torch.tensor([0, 10, -1]),

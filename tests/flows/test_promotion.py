@@ -226,8 +226,8 @@ def save_model(root: Path, model: str, weights: bytes) -> None:
     """A real (untrained) nano model, seeded by `weights`: the gate loads what it promotes."""
     import torch
 
-    from models.ranker import Ranker, RankerConfig, save_ranker
-    from models.two_tower import TwoTower, TwoTowerConfig, save
+    from models.ranker.model import Ranker, RankerConfig, save_ranker
+    from models.retrieval.model import TwoTower, TwoTowerConfig, save
 
     torch.manual_seed(zlib.crc32(weights))
     best = root / "artifacts" / model / "best"
@@ -261,7 +261,7 @@ def write_metrics(path: Path, **values: float) -> Path:
 
 
 def test_lineage_names_models_data_features_and_ab_config(tmp_path: Path) -> None:
-    from models.retrieval_job import model_version
+    from models.retrieval.job import model_version
 
     root = fake_project(tmp_path)
     entry = lineage(root, bento="ember:abc")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.errors import UserError
-from models.baselines import (
+from models.retrieval.baselines import (
     ItemKNN,
     MostPopular,
     SASRec,
@@ -20,7 +20,7 @@ from models.baselines import (
     evaluate_retriever,
     make_corpus,
 )
-from models.sequences import leave_one_out
+from models.retrieval.sequences import leave_one_out
 
 
 def events(sequences: dict[int, list[int]]) -> pd.DataFrame:

@@ -76,7 +76,7 @@ def test_top_overlap_counts_the_ideal_slate_found_at_depth() -> None:
     import numpy as np
     import torch
 
-    from models.evaluate_retrieval import top_overlap
+    from models.retrieval.evaluate import top_overlap
 
     truth = torch.tensor([[4.0, 3.0, 2.0, 1.0], [4.0, 3.0, 2.0, 1.0]])
     scores = torch.tensor([[4.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]])
@@ -89,7 +89,7 @@ def test_top_overlap_counts_the_ideal_slate_found_at_depth() -> None:
 def test_seeds_report_mean_std_and_every_run_and_converge_drops_the_budget(feed: Path) -> None:
     import numpy as np
 
-    from models.evaluate_retrieval import evaluate_retrieval
+    from models.retrieval.evaluate import evaluate_retrieval
 
     caps = {"epochs": 2, "patience": 1}
     report = evaluate_retrieval(
@@ -113,7 +113,7 @@ def test_seeds_report_mean_std_and_every_run_and_converge_drops_the_budget(feed:
 def test_compare_retrievers_scores_saved_models_on_the_window_training_reported(feed: Path, tmp_path: Path) -> None:
     """The gate's like-for-like retrieval check: a saved two-tower re-scored by compare_retrievers on the data it
     was trained on gets exactly the test metrics training reported; a second model on the same window differs."""
-    from models.retrieval_job import compare_retrievers, train_retrieval_events
+    from models.retrieval.job import compare_retrievers, train_retrieval_events
 
     first = train_retrieval_events(feed, tmp_path / "a", "nano", {}, {"epochs": 1}, budget_s=30, seed=0)
     second = train_retrieval_events(feed, tmp_path / "b", "nano", {}, {"epochs": 1}, budget_s=30, seed=1)

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.index import IndexConfig, IndexQualityError, build_index, load_index, publish, recall_against_exact
+from models.retrieval.index import (
+    IndexConfig,
+    IndexQualityError,
+    build_index,
+    load_index,
+    publish,
+    recall_against_exact,
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -12,8 +12,15 @@ import pytest
 import torch
 
 from models.layers import Block, MultiHashEmbedding, Rotary, lookup_np, projected_actions_np, signed_actions
-from models.ranker import CandidateBatch, Ranker, RankerConfig, RankerOutput
-from models.two_tower import TwoTower, TwoTowerConfig, UserFeatures, time_bucket, time_bucket_edges, time_bucket_np
+from models.ranker.model import CandidateBatch, Ranker, RankerConfig, RankerOutput
+from models.retrieval.model import (
+    TwoTower,
+    TwoTowerConfig,
+    UserFeatures,
+    time_bucket,
+    time_bucket_edges,
+    time_bucket_np,
+)
 
 # Float rounding only: the inference paths fuse projections, fold the candidates' rotary into their weights, run the
 # user side through numpy's BLAS and add in a different order. Observed: ~1e-6 on unit-scale logits at width 32, 3e-6

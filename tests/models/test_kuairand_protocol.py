@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from core.errors import UserError
 from features.importers.kuairand import import_kuairand
-from models.kuairand_protocol import (
+from models.ranker.kuairand import (
     COUNTED,
     LABELS,
     TEST_DAYS,

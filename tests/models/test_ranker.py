@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from core.errors import UserError
-from models.ranker import CandidateBatch, Ranker, RankerConfig, load_ranker, save_ranker
-from models.tasks import TASK_NAMES, TASKS, availability, label_tensor, loss_mask, ranker_loss
-from models.two_tower import UserFeatures
+from models.ranker.model import CandidateBatch, Ranker, RankerConfig, load_ranker, save_ranker
+from models.ranker.tasks import TASK_NAMES, TASKS, availability, label_tensor, loss_mask, ranker_loss
+from models.retrieval.model import UserFeatures
 
 CFG = RankerConfig.preset("nano", max_history=6, max_candidates=8)
 TOL = 1e-5

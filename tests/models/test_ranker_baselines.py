@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from core.actions import ACTION_NAMES, DWELL_TIME, prob_column
-from models.ranker_baselines import (
+from models.ranker.baselines import (
     FORBIDDEN_COLUMNS,
     LightGBMBaseline,
     LogisticBaseline,
@@ -19,7 +19,7 @@ from models.ranker_baselines import (
     run_baselines,
     tabular_features,
 )
-from models.ranker_metrics import auc
+from models.ranker.metrics import auc
 
 
 def _training_frame(n: int, seed: int) -> pd.DataFrame:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from models.ranker_metrics import auc, calibration, gauc, gauc_users, logloss, ranking_report, request_ndcg
+from models.ranker.metrics import auc, calibration, gauc, gauc_users, logloss, ranking_report, request_ndcg
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

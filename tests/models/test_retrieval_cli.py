@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from models.config_overrides import coerce, split_overrides
-from models.retrieval_job import post_corpus
-from models.train_retrieval import TrainConfig
-from models.two_tower import TwoTowerConfig, load_two_tower
+from models.retrieval.job import post_corpus
+from models.retrieval.model import TwoTowerConfig, load_two_tower
+from models.retrieval.train import TrainConfig
 from tests.conftest import CliResult
 from tests.models.test_train_retrieval import rows
 

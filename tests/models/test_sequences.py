@@ -1,5 +1,5 @@
 """Sequence protocol: metrics (ties, seen filtering, absent targets), positive events from a canonical dataset,
-leave-one-out and temporal splits, and retrieval rows that models.data reads."""
+leave-one-out and temporal splits, and retrieval rows that models.retrieval.data reads."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 
 from core.errors import UserError
 from core.schema import TS, write_dataset
-from models.data import candidate_features, seen_post_ids, user_features
-from models.metrics import (
+from models.retrieval.data import candidate_features, seen_post_ids, user_features
+from models.retrieval.metrics import (
     corpus_columns,
     embedding_ranks,
     mask_seen,
@@ -22,8 +22,8 @@ from models.metrics import (
     ranking_metrics,
     target_ranks,
 )
-from models.sequences import leave_one_out, positive_events, retrieval_rows, temporal_targets, training_rows
-from models.two_tower import TwoTowerConfig
+from models.retrieval.model import TwoTowerConfig
+from models.retrieval.sequences import leave_one_out, positive_events, retrieval_rows, temporal_targets, training_rows
 
 T0_MS = 1_700_000_000_000
 
@@ -247,8 +247,8 @@ def test_retrieval_rows_hold_the_history_before_each_target(dataset: Path) -> No
     assert by_imp[9]["post_like_count"] == 0 and by_imp[2]["post_impressions"] == 0
 
     cfg = TwoTowerConfig.preset("nano", max_history=2)
-    x = user_features(rows, cfg)  # models.data reads the rows as they are
-    assert x.hist_post_ids[0].tolist() == [11, 12]  # cut to the newest 2 by models.data
+    x = user_features(rows, cfg)  # models.retrieval.data reads the rows as they are
+    assert x.hist_post_ids[0].tolist() == [11, 12]  # cut to the newest 2 by models.retrieval.data
     assert x.hist_gap_ms[0].tolist() == [1000, 0]
     assert candidate_features(rows, cfg).age_ms.tolist() == [15_000, 23_000]
     assert [s.tolist() for s in seen_post_ids(rows)] == [[10, 11, 12], [10, 11]]

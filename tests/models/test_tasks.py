@@ -1,4 +1,4 @@
-"""The task table's blend rule (models/tasks.py): one sign check for the table and for serving's weights."""
+"""The task table's blend rule (models/ranker/tasks.py): one sign check for the table and for serving's weights."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import math
 import pytest
 
 from core.actions import ACTION_NAMES, DWELL_TIME
-from models.tasks import TASK_NAMES, TASKS, Task, TaskKind, blend_weight_problem, default_blend_weights, validate_tasks
+from models.ranker.tasks import (
+    TASK_NAMES,
+    TASKS,
+    Task,
+    TaskKind,
+    blend_weight_problem,
+    default_blend_weights,
+    validate_tasks,
+)
 
 
 def test_default_blend_weights_are_the_task_table_in_task_order() -> None:

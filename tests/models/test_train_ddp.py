@@ -13,9 +13,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from models import train_retrieval, training
-from models.data import corpus_from_rows, temporal_split
-from models.train_retrieval import TrainConfig, train
+from models import training
+from models.retrieval import train as train_retrieval
+from models.retrieval.data import corpus_from_rows, temporal_split
+from models.retrieval.train import TrainConfig, train
 from serving.smoke import free_port
 from tests.models.test_train_retrieval import CFG, rows
 

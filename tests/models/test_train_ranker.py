@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from core.actions import ACTION_NAMES, DWELL_TIME
 from core.errors import UserError
 from models.layers import string_id
-from models.ranker import RankerConfig, load_ranker
-from models.ranker_data import (
+from models.ranker.data import (
     RankerDataset,
     lookup_attributes,
     post_attributes,
@@ -27,10 +26,11 @@ from models.ranker_data import (
     read_ranker_set,
     request_slots,
 )
-from models.ranker_job import split_by_request
-from models.ranker_metrics import auc
-from models.tasks import TASKS, availability, blend_loss, loss_mask
-from models.train_ranker import RankerTrainConfig, train_ranker
+from models.ranker.job import split_by_request
+from models.ranker.metrics import auc
+from models.ranker.model import RankerConfig, load_ranker
+from models.ranker.tasks import TASKS, availability, blend_loss, loss_mask
+from models.ranker.train import RankerTrainConfig, train_ranker
 from tests.conftest import CliResult
 
 Cli = Callable[..., CliResult]
@@ -310,7 +310,7 @@ class Killed(Exception):
 def test_a_run_killed_midway_resumes_from_its_work_dir_and_publishes_what_an_unbroken_run_does(
     training_set: Path, tmp_path: Path
 ) -> None:
-    from models.ranker_job import train_ranker_job
+    from models.ranker.job import train_ranker_job
 
     overrides = {"epochs": 3, "batch_size": 16, "lr": 5e-3}
     model = {"max_history": 8, "max_candidates": 8}
@@ -342,7 +342,7 @@ def test_a_run_killed_midway_resumes_from_its_work_dir_and_publishes_what_an_unb
 
 
 def test_pairwise_loss_compares_a_groups_positives_with_its_negatives_only() -> None:
-    from models.tasks import pairwise_loss, select_tasks
+    from models.ranker.tasks import pairwise_loss, select_tasks
 
     tasks = select_tasks(("click", "like"))
     z = torch.tensor([[[2.0, 0.0], [0.5, 0.0], [9.0, 0.0]], [[-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]])  # (2, 3, 2)
@@ -356,7 +356,7 @@ def test_pairwise_loss_compares_a_groups_positives_with_its_negatives_only() -> 
 
 
 def test_user_scoped_pairwise_loss_pairs_across_one_users_groups_only() -> None:
-    from models.tasks import pairwise_loss, select_tasks
+    from models.ranker.tasks import pairwise_loss, select_tasks
 
     tasks = select_tasks(("click",))
     z = torch.tensor([[[2.0], [0.5]], [[-1.0], [9.0]], [[3.0], [0.0]]])  # (3 groups, 2 slots, 1 task)
@@ -370,7 +370,7 @@ def test_user_scoped_pairwise_loss_pairs_across_one_users_groups_only() -> None:
 
 
 def test_user_batches_keep_a_users_groups_together_and_cover_every_group() -> None:
-    from models.train_ranker import user_batches
+    from models.ranker.train import user_batches
     from models.training import DistContext
 
     keys = np.array([5, 1, 5, 3, 1, 5, 3, 9])

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from models.ranker_job import split_by_request
-from models.train_ranker import train_ranker
+from models.ranker.job import split_by_request
+from models.ranker.train import train_ranker
 from tests.models.test_train_ddp import _free_ports
 from tests.models.test_train_ranker import CFG, FAST, OBSERVED, rows
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.data import RetrievalDataset, candidate_features, corpus_from_rows, temporal_split, user_features
-from models.train_retrieval import (
+from models.retrieval.data import RetrievalDataset, candidate_features, corpus_from_rows, temporal_split, user_features
+from models.retrieval.model import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures, load_two_tower
+from models.retrieval.train import (
     TrainConfig,
     TwoTowerTrainTask,
     evaluate,
@@ -22,7 +23,6 @@ from models.train_retrieval import (
     sampled_softmax_loss,
     train,
 )
-from models.two_tower import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures, load_two_tower
 
 CFG = TwoTowerConfig.preset("nano", max_history=8)
 T0 = pd.Timestamp("2026-01-01", tz="UTC")

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from core.errors import UserError
-from models.baselines import MostPopular, evaluate_retriever, make_corpus
-from models.metrics import ranking_metrics
-from models.sequences import Split, leave_one_out
-from models.train_sequences import (
+from models.retrieval.baselines import MostPopular, evaluate_retriever, make_corpus
+from models.retrieval.metrics import ranking_metrics
+from models.retrieval.model import TwoTower, TwoTowerConfig, UserFeatures
+from models.retrieval.sequences import Split, leave_one_out
+from models.retrieval.train_sequences import (
     SequenceRetriever,
     SequenceTrainConfig,
     SequenceTrainResult,
@@ -26,7 +27,6 @@ from models.train_sequences import (
     sequence_windows,
     train_sequences,
 )
-from models.two_tower import TwoTower, TwoTowerConfig, UserFeatures
 
 NANO = TwoTowerConfig.preset("nano", causal=True, max_history=8, user_attributes=())
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.two_tower import (
+from models.retrieval.model import (
     CandidateFeatures,
     TwoTower,
     TwoTowerConfig,

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from models.layers import MultiHashEmbedding, string_ids
-from models.train_retrieval import sampled_softmax_loss
-from models.train_sequences import (
+from models.retrieval.model import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
+from models.retrieval.train import sampled_softmax_loss
+from models.retrieval.train_sequences import (
     SequenceTrainConfig,
     post_table,
     sequence_windows,
@@ -21,7 +22,6 @@ from models.train_sequences import (
     snapshots,
     train_sequences,
 )
-from models.two_tower import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
 
 CFG = TwoTowerConfig.preset("nano", max_history=8, user_attributes=(), history_attributes=True)
 TOPICS = 4
@@ -209,7 +209,7 @@ def test_embeddings_at_several_times_equal_one_table_per_time() -> None:
 
 def test_unborn_posts_are_masked_and_the_metric_early_stopping_keeps_is_checked() -> None:
     from core.errors import UserError
-    from models.train_sequences import SequenceRetriever
+    from models.retrieval.train_sequences import SequenceRetriever
 
     cfg = replace(CFG, causal=True, history_attributes=False)
     ev = events()

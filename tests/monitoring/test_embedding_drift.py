@@ -75,7 +75,7 @@ def test_tower_embeddings_encode_users_and_posts_point_in_time(tmp_path: Path) -
     import pandas as pd
     import torch
 
-    from models.two_tower import TwoTower, TwoTowerConfig, save
+    from models.retrieval.model import TwoTower, TwoTowerConfig, save
     from monitoring.embedding_drift import tower_embeddings
     from monitoring.skew import TIME
 

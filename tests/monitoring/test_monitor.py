@@ -529,7 +529,7 @@ def test_embedding_inputs_the_model_cannot_read_are_no_verdict(good: World, cfg:
     """The world's tables lack the tower's attribute columns: embedding drift has no verdict, the rest stands."""
     import torch
 
-    from models.two_tower import TwoTower, TwoTowerConfig, save
+    from models.retrieval.model import TwoTower, TwoTowerConfig, save
 
     torch.manual_seed(0)
     save(TwoTower(TwoTowerConfig.preset("nano")), tmp_path / "model")

@@ -1,5 +1,5 @@
 """serving.inputs.user_inputs builds, from one hydrated query, exactly what training builds from the training-set
-row with the same values (models.data.user_features over a DataFrame)."""
+row with the same values (models.retrieval.data.user_features over a DataFrame)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from models.data import HISTORY, user_features
-from models.ranker import RankerConfig
-from models.two_tower import TwoTowerConfig
+from models.ranker.model import RankerConfig
+from models.retrieval.data import HISTORY, user_features
+from models.retrieval.model import TwoTowerConfig
 from serving.inputs import user_inputs, user_value
 from serving.types import Query
 

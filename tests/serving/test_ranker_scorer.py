@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from models.index import IndexConfig, build_index
 from models.layers import string_id
-from models.ranker import Ranker, RankerConfig, RankerOutput
-from models.two_tower import TwoTower, TwoTowerConfig
+from models.ranker.model import Ranker, RankerConfig, RankerOutput
+from models.retrieval.index import IndexConfig, build_index
+from models.retrieval.model import TwoTower, TwoTowerConfig
 from serving.hydrators.post_features import FeatureRow, FeatureTable
 from serving.inputs import epoch_ms, user_inputs
 from serving.scorers.ranker import RankerScorer, candidate_batch, history_attributes

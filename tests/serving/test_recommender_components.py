@@ -76,7 +76,7 @@ def test_ranker_inputs_from_shared_columns_equal_the_per_candidate_path() -> Non
     import numpy as np
     import torch
 
-    from models.ranker import Ranker, RankerConfig
+    from models.ranker.model import Ranker, RankerConfig
     from serving.hydrators.post_features import FeatureRow, FeatureTable
     from serving.scorers.ranker import candidate_batch
 

@@ -26,9 +26,9 @@ import torch
 from core.errors import UserError
 from features.catalog import View
 from features.online import OnlineFeatures, SqliteBackend
-from models.data import HISTORY
-from models.ranker_data import RankerDataset, predict
-from models.tasks import TaskKind, availability
+from models.ranker.data import RankerDataset, predict
+from models.ranker.tasks import TaskKind, availability
+from models.retrieval.data import HISTORY
 from serving.recommender import Recommender
 from serving.recommender_pipeline import PipelineRecommender, RecommenderConfig
 from serving.scorers.ranker import RankerScorer, ranker_inputs
@@ -298,7 +298,7 @@ def _training_rows(rec: PipelineRecommender, query: Query, candidates: list[Any]
 
 
 def test_serving_inputs_equal_the_training_inputs_for_the_same_feature_values(rec: PipelineRecommender) -> None:
-    """The ranker scorer's predictions equal `models.ranker_data.predict` on a training-set frame of the same
+    """The ranker scorer's predictions equal `models.ranker.data.predict` on a training-set frame of the same
     request: serving builds the user, history attributes and candidate features exactly as training does."""
     model = rec.ranker
     query, candidates = _served_query_and_candidates(rec, USERS[4])
@@ -317,11 +317,11 @@ def test_the_served_two_tower_reads_what_its_evaluation_read(
     world: Path, rec: PipelineRecommender, user_id: int
 ) -> None:
     """The served source's user input (online store at `as_of`) equals the one `ember evaluate retrieval` builds from
-    the dataset's click events before the same time (models.train_sequences.SequenceRetriever.event_features): the
-    same clicks, predecessor gaps, user attributes and history post attributes, so the served user embedding is
-    the evaluated one."""
-    from models.sequences import positive_events
-    from models.train_sequences import SequenceRetriever, post_table
+    the dataset's click events before the same time
+    (models.retrieval.train_sequences.SequenceRetriever.event_features): the same clicks, predecessor gaps, user
+    attributes and history post attributes, so the served user embedding is the evaluated one."""
+    from models.retrieval.sequences import positive_events
+    from models.retrieval.train_sequences import SequenceRetriever, post_table
     from serving.inputs import user_inputs
 
     model = rec.two_tower

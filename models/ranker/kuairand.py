@@ -33,12 +33,12 @@ import pandas as pd
 
 from core.actions import BY_NAME
 from core.errors import UserError
-from models.ranker_data import RankerDataset, predict
-from models.tasks import availability
+from models.ranker.data import RankerDataset, predict
+from models.ranker.tasks import availability
 
 if TYPE_CHECKING:
-    from models.ranker import RankerConfig
-    from models.train_ranker import RankerTrainConfig
+    from models.ranker.model import RankerConfig
+    from models.ranker.train import RankerTrainConfig
 
 TZ_OFFSET_MS = 8 * 3_600_000  # KuaiRand's dates are Asia/Shanghai days
 DAY_MS = 86_400_000
@@ -390,7 +390,7 @@ def peer_results(peers: Path, targets: Sequence[str] = MAIN_TARGETS) -> dict[str
 
 def peer_metrics(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> dict[str, float]:
     """AUC, GAUC (with its number of users) and logloss as the peers compute them (their metrics.py)."""
-    from models.ranker_metrics import auc, gauc_users, logloss
+    from models.ranker.metrics import auc, gauc_users, logloss
 
     g, n_users = gauc_users(y, p, users)
     return {"auc": auc(y, p), "gauc": g, "gauc_users": float(n_users), "logloss": logloss(y, p, eps=1e-7)}
@@ -430,7 +430,7 @@ def _protocol_run(
 ) -> dict[str, Any]:
     """One ranker trained on the train days (stopped on the valid day): its peer metrics on the valid and the test
     days."""
-    from models.train_ranker import train_ranker
+    from models.ranker.train import train_ranker
 
     train_df, valid_df, test_df = splits
     start = time.perf_counter()
@@ -487,7 +487,7 @@ def evaluate_protocol_a(
         {"protocol", "split", "scheme", "config", "runs": [...], "models": {mode: {action: {metric: mean/std}}},
         "peers": {...}, "verdict": {action: {metric: {"best_peer", "ours", "margin", "met", "plus_0.01"}}}}
     """
-    from models.ranker_job import ranker_config, train_config
+    from models.ranker.job import ranker_config, train_config
 
     log = log or (lambda line: None)
     if not seeds:

@@ -1,13 +1,13 @@
 """One-pass sequence training of the two-tower (SASRec-style): each user sequence is encoded once by the causal user
 tower and the user embedding after every position i (`TwoTower.prefix_user_embeddings`) is trained to retrieve
-event i + 1, so a sequence of length L costs one pass instead of L (models.train_retrieval re-encodes every prefix).
+event i + 1, so a sequence of length L costs one pass instead of L (models.retrieval.train re-encodes every prefix).
 
-Sequences. A user's train events (models.sequences order) are cut into windows of at most max_history + 1 events,
-newest first: the newest window ends at the last event, each older one ends where the next starts, so every event
-but the user's first is the target of exactly one prefix (`SequenceTrainConfig.max_windows` keeps only the newest
+Sequences. A user's train events (models.retrieval.sequences order) are cut into windows of at most max_history + 1
+events, newest first: the newest window ends at the last event, each older one ends where the next starts, so every
+event but the user's first is the target of exactly one prefix (`SequenceTrainConfig.max_windows` keeps only the newest
 few). Inputs are a window's first S = max_history events, targets its events 1..S.
 
-Time gaps. UserFeatures.hist_gap_ms is normally "request time - event time" (models.data.user_features), which
+Time gaps. UserFeatures.hist_gap_ms is normally "request time - event time" (models.retrieval.data.user_features), which
 differs for every prefix of a sequence, so one pass cannot reproduce it. Sequence mode therefore uses *predecessor
 gaps*: the gap of an event is the time since the user's previous event (unknown for the first). An event's gap is
 fixed when it happens and reads nothing after it, so prefix i sees exactly what a request after event i would, and
@@ -15,18 +15,17 @@ no gap reads the request time. Under leave-one-out the request time IS the held-
 successor gaps used before (the newest event's gap = request time - its time) told the tower when the target
 happened (ML-100K test NDCG@10 0.0943 with them, nano, 60 s; tests/models/test_train_sequences.py checks that
 moving the target's time or labels changes no user-side input). A model trained this way must be served with
-`predecessor_gaps`, not with models.data.user_features.
+`predecessor_gaps`, not with models.retrieval.data.user_features.
 context="items" instead passes unknown gaps (-1, the zero padding bucket), no user id, attributes, actions or
 surface: the tower reads post and author ids only, the same input the baselines get through the `Retriever`
 protocol (`SequenceRetriever.score`).
 
 Candidates. Every corpus post gets one static feature row: its author (posts table, else its events), its counts
 among the train events (post_impressions = positive events, post_click_count / post_like_count = those with the
-action bit, the definitions of models.sequences.retrieval_rows at the end of training) and its age at the newest
-train event (created_at from the posts table; unknown without a dataset). The loss is a full softmax over the corpus
-when it has <= full_softmax_max_items posts (the candidate tower embeds the whole corpus every step), else a sampled
-softmax over the batch's targets and n_negatives uniform corpus posts with logQ correction.
-"""
+action bit, the definitions of models.retrieval.sequences.retrieval_rows at the end of training) and its age at the
+newest train event (created_at from the posts table; unknown without a dataset). The loss is a full softmax over the
+corpus when it has <= full_softmax_max_items posts (the candidate tower embeds the whole corpus every step), else a
+sampled softmax over the batch's targets and n_negatives uniform corpus posts with logQ correction."""
 
 from __future__ import annotations
 
@@ -45,10 +44,10 @@ from torch import nn
 from core.actions import BY_NAME
 from core.errors import UserError
 from core.schema import read_table
-from models.baselines import evaluate_retriever
-from models.data import GAP_UNKNOWN, epoch_ms, predecessor_gaps
 from models.layers import string_ids
-from models.metrics import (
+from models.retrieval.baselines import evaluate_retriever
+from models.retrieval.data import GAP_UNKNOWN, epoch_ms, predecessor_gaps
+from models.retrieval.metrics import (
     NDCG_KS,
     RECALL_KS,
     corpus_columns,
@@ -56,9 +55,9 @@ from models.metrics import (
     mask_unborn,
     ranking_metrics,
 )
-from models.sequences import _before, sort_events
+from models.retrieval.model import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
+from models.retrieval.sequences import _before, sort_events
 from models.training import TRAIN_THREADS, SparseTableAdam, adamw, clip_grad_norm, intra_op_threads, sparse_tables
-from models.two_tower import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
 
 CONTEXTS = ("items", "full")
 SELECT_METRICS = tuple(f"recall@{k}" for k in RECALL_KS) + tuple(f"ndcg@{k}" for k in NDCG_KS)
@@ -71,7 +70,7 @@ class SequenceTrainConfig:
     epochs: int = 200
     batch_size: int = 64  # sequences (windows) per step
     lr: float = 3e-3
-    weight_decay: float = 0.01  # on Linear weights only (as models.train_retrieval)
+    weight_decay: float = 0.01  # on Linear weights only (as models.retrieval.train)
     grad_clip: float = 1.0
     n_negatives: int = 1024  # uniform corpus negatives per step (sampled softmax only)
     logq_correction: bool = True  # sampled softmax only; a full softmax needs none
@@ -87,11 +86,12 @@ class SequenceTrainConfig:
     eval_every: int = 1  # epochs between validation evaluations
     # > 0: targets score candidates as of snapshots this far apart (Snapshots); 0: one table at the end of training
     snapshot_hours: float = 0.0
-    # Evaluation ranks only posts created at or before each target's time (models.metrics.mask_unborn), as the
+    # Evaluation ranks only posts created at or before each target's time (models.retrieval.metrics.mask_unborn), as the
     # synthetic oracle does: an index built by then cannot hold a later post. Off: every corpus post is ranked.
     mask_unborn: bool = False
-    # The validation metric early stopping keeps the best of (models.metrics.ranking_metrics names): a candidate
-    # generator is judged by what reaches the ranker (recall at the retrieval depth), a next-item model by NDCG@10.
+    # The validation metric early stopping keeps the best of (models.retrieval.metrics.ranking_metrics names): a
+    # candidate generator is judged by what reaches the ranker (recall at the retrieval depth), a next-item model by
+    # NDCG@10.
     select_metric: str = "ndcg@10"
     # torch intra-op threads while training (restored after; models.training.TRAIN_THREADS); 0 = torch's default,
     # one per core. A nano tower's matrices are small: on 2 cores shared with other jobs (load ~6) 1 thread ran 141
@@ -408,7 +408,7 @@ def _snapshot_logits(
 
 
 class SequenceRetriever:
-    """A trained two-tower behind models.baselines' `Retriever` protocol.
+    """A trained two-tower behind models.retrieval.baselines' `Retriever` protocol.
 
     `score(histories)` builds the tower's input from post ids alone (authors from the post table; no user,
     actions, surface or gaps): the input of a context="items" model. `score_events` builds the full input from
@@ -521,8 +521,8 @@ _EVENT_INT = ("user_id", "post_id", "author_id", "actions", "surface", "ts_ms", 
 def evaluate_sequence_retriever(
     retriever: SequenceRetriever, history_events: pd.DataFrame, targets: pd.DataFrame, batch_size: int = 1024
 ) -> dict[str, float]:
-    """Full-ranking metrics under the baselines' protocol (models.baselines.evaluate_retriever): context "items"
-    goes through `score`, "full" through `score_events`, with the same seen-item removal and tie rule."""
+    """Full-ranking metrics under the baselines' protocol (models.retrieval.baselines.evaluate_retriever): context
+    "items" goes through `score`, "full" through `score_events`, with the same seen-item removal and tie rule."""
     if retriever.context == "items":
         return evaluate_retriever(retriever, history_events, targets, retriever.created_ms)
     return ranking_metrics(sequence_target_ranks(retriever, history_events, targets, batch_size), len(retriever.corpus))
@@ -578,9 +578,9 @@ def train_sequences(
 
     Args:
         config: the model; must be causal.
-        train_events: events frame (models.sequences); valid: validation targets (events rows) or None.
+        train_events: events frame (models.retrieval.sequences); valid: validation targets (events rows) or None.
         dataset: the canonical dataset (users and posts tables) or None (no attributes, no post ages).
-        corpus: (N,) sorted unique post ids to retrieve from (models.baselines.make_corpus).
+        corpus: (N,) sorted unique post ids to retrieve from (models.retrieval.baselines.make_corpus).
     """
     tc = train_cfg or SequenceTrainConfig()
     if not config.causal:

@@ -15,10 +15,10 @@ import torch
 import torch.distributed as dist
 
 from core.errors import UserError
-from models.ranker import Ranker, RankerConfig, load_ranker, save_ranker
-from models.ranker_data import RankerBatch, RankerDataset, RankerTrainTask, predict
-from models.ranker_metrics import ranking_report
-from models.tasks import TaskKind, availability
+from models.ranker.data import RankerBatch, RankerDataset, RankerTrainTask, predict
+from models.ranker.metrics import ranking_report
+from models.ranker.model import Ranker, RankerConfig, load_ranker, save_ranker
+from models.ranker.tasks import TaskKind, availability
 from models.training import (
     TRAIN_THREADS,
     DistContext,
@@ -74,7 +74,8 @@ class RankerTrainConfig:
     # Early stopping and the best epoch on the mean validation AUC and GAUC of these actions ("select" in the epoch
     # history); empty = the mean AUC of every recorded action that is not noisy ("auc_mean").
     select_actions: tuple[str, ...] = ()
-    # Weight of the within-group pairwise ranking loss (`models.tasks.pairwise_loss`) beside the pointwise one; 0 = off.
+    # Weight of the within-group pairwise ranking loss (`models.ranker.tasks.pairwise_loss`) beside the pointwise one; 0
+    # = off.
     pair_weight: float = 0.0
     # Which candidates the pairwise loss compares: "group" = one request group's; "user" = every group of one user in
     # the batch, with batches built user by user (`user_batches`), so pairs span a user's requests as GAUC does.
@@ -105,7 +106,7 @@ def binary_tasks(model: Ranker, observed: Sequence[str]) -> list[str]:
 def evaluate_ranker(
     model: Ranker, ds: RankerDataset, observed: Sequence[str], batch_size: int = 256
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """The per-action report (`models.ranker_metrics.ranking_report`) of the model on ds, and its (N, K) predictions.
+    """The per-action report (`models.ranker.metrics.ranking_report`) of the model on ds, and its (N, K) predictions.
 
     Only recorded actions are reported; NDCG@10 uses the report's default +1/-1 blend of them.
     """
@@ -149,7 +150,8 @@ def train_ranker(
 
     Args:
         config: the model.
-        train_df, valid_df: ranker training-set rows (`models.data.temporal_split` of one), whole requests each.
+        train_df, valid_df: ranker training-set rows (`models.retrieval.data.temporal_split` of one), whole
+            requests each.
         observed: the actions the dataset records; the others are masked out of the loss and the metrics.
         out: config.json, checkpoint.pt (every epoch) and best/ (`save_ranker` of the best epoch); None = memory.
         resume: continue from out/checkpoint.pt.

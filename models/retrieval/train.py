@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import UserError
-from models.data import RetrievalBatch, RetrievalDataset, candidate_features, epoch_ms
+from models.retrieval.data import RetrievalBatch, RetrievalDataset, candidate_features, epoch_ms
+from models.retrieval.model import CandidateFeatures, TwoTower, TwoTowerConfig, load_two_tower, save
 from models.training import (
     TRAIN_THREADS,
     DistContext,
@@ -40,7 +41,6 @@ from models.training import (
     run_epochs,
     settings_json,
 )
-from models.two_tower import CandidateFeatures, TwoTower, TwoTowerConfig, load_two_tower, save
 
 RECALL_KS = (10, 50, 200, 1000)
 NDCG_KS = (10, 50)
@@ -235,11 +235,11 @@ def train(
 
     Args:
         config: the model.
-        train_df, valid_df: retrieval training sets (models.data.temporal_split of one).
-        corpus_df: one row per post to retrieve from (models.data.corpus_from_rows); post age is measured at the
-            newest validation time, as an index built then would see it.
+        train_df, valid_df: retrieval training sets (models.retrieval.data.temporal_split of one).
+        corpus_df: one row per post to retrieve from (models.retrieval.data.corpus_from_rows); post age is measured
+            at the newest validation time, as an index built then would see it.
         out: where `checkpoint.pt` (model + optimizer + progress, every epoch), `config.json` and `best/`
-            (models.two_tower.save of the best epoch) go; None keeps everything in memory.
+            (models.retrieval.model.save of the best epoch) go; None keeps everything in memory.
         resume: continue from `out/checkpoint.pt` at the epoch after the saved one.
         evaluate_fn: replaces `evaluate` (tests).
         log: receives one line per epoch.

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.actions import ACTION_NAMES, DWELL_TIME, prob_column
-from models.ranker_metrics import auc
+from models.ranker.metrics import auc
 
 ID_COLUMNS: tuple[str, ...] = ("impression_id", "request_id", "user_id", "post_id", "author_id", "post_author_id")
 # Known when the row is built but not when it is scored, or not a feature at all.

@@ -1,5 +1,6 @@
 """Per-user engagement sequences from a canonical dataset, the sequential-recommendation splits (leave-one-out and
-temporal) and retrieval rows in the format models.data reads, so the two-tower and the baselines see one protocol.
+temporal) and retrieval rows in the format models.retrieval.data reads, so the two-tower and the baselines see one
+protocol.
 
 An *events* frame has one row per positive impression: user_id, post_id, author_id, actions (int64 bitmask over
 core.actions), surface, ts_ms (int64 epoch ms), impression_id; sorted by (user_id, ts_ms, impression_id).
@@ -173,7 +174,8 @@ def user_histories(history_events: pd.DataFrame, targets: pd.DataFrame) -> list[
 def retrieval_rows(
     history_events: pd.DataFrame, targets: pd.DataFrame, dataset: Path, max_history: int | None = None
 ) -> pd.DataFrame:
-    """One retrieval training-set row per target (the format of models.data.user_features / candidate_features).
+    """One retrieval training-set row per target (the format of models.retrieval.data.user_features /
+    candidate_features).
 
     Row = the target's user as of the target (request time = its ts) and its post as the positive candidate:
     user_id, post_id, author_id, event_timestamp (UTC), hist_* arrays (np int64, oldest first, ms timestamps; None
@@ -182,7 +184,7 @@ def retrieval_rows(
     positive events only, impressions = engagements seen) and post_created_at_ms (posts table; NaN when unknown).
 
     Args:
-        max_history: keep only the newest events per row. None (default) keeps all: models.data cuts the model
+        max_history: keep only the newest events per row. None (default) keeps all: models.retrieval.data cuts the model
             input itself, and evaluation filters seen items using the whole hist_post_ids.
     """
     T = len(targets)

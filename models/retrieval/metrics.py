@@ -4,7 +4,7 @@ One query has one relevant item (its target). Every corpus item is scored; the q
 except the target itself (a re-engagement stays retrievable); ties rank the target LAST, so a model that scores
 everything the same cannot score well; a target missing from the corpus counts as a miss (rank N). Recall@k is
 P(rank < k) and NDCG@k is the mean of 1 / log2(rank + 2) over ranks < k (one relevant item, so IDCG = 1): the
-definitions of models.train_retrieval.evaluate.
+definitions of models.retrieval.train.evaluate.
 """
 
 from __future__ import annotations

@@ -20,11 +20,11 @@ import torch
 
 from core.actions import ACTION_NAMES
 from core.errors import UserError
-from models.data import POST_CREATED, epoch_ms, user_features
 from models.layers import string_ids
-from models.ranker import CandidateBatch, Ranker, RankerConfig
-from models.tasks import Task, blend_loss, label_tensor, loss_mask, pairwise_loss, ranker_loss
-from models.two_tower import UserFeatures
+from models.ranker.model import CandidateBatch, Ranker, RankerConfig
+from models.ranker.tasks import Task, blend_loss, label_tensor, loss_mask, pairwise_loss, ranker_loss
+from models.retrieval.data import POST_CREATED, epoch_ms, user_features
+from models.retrieval.model import UserFeatures
 
 TRAINING_SET_FILE = "training_set.parquet"
 META_FILE = "meta.json"  # written by features.store.training_set: dataset, observed_actions, window

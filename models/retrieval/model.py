@@ -2,9 +2,8 @@
 MLP candidate tower, both L2-normalised, scored by cosine / temperature.
 
 Inputs are plain tensors in two dataclasses, `UserFeatures` and `CandidateFeatures` (built from a training set by
-`models.data`, from online features by serving). History is right-padded: the events of a user sit in positions
-0..n-1, oldest first, and post id 0 marks padding after them.
-"""
+`models.retrieval.data`, from online features by serving). History is right-padded: the events of a user sit in
+positions 0..n-1, oldest first, and post id 0 marks padding after them."""
 
 from __future__ import annotations
 
@@ -81,16 +80,18 @@ class TwoTowerConfig(ModelConfig):
     learn_temperature: bool = True
     # The user embedding: "mean" of the hidden states of the user token and every history event, or "last": the
     # hidden state of the newest event (the user token's with no history), as SASRec reads a causal tower. With
-    # causal attention "last" still sees every event; ML-100K next-item, nano: see models.evaluate_retrieval.
+    # causal attention "last" still sees every event; ML-100K next-item, nano: see models.retrieval.evaluate.
     pooling: str = "mean"
     # Training only: dropout on the user tower's input tokens and on its final hidden states (as SASRec's).
     dropout: float = 0.0
-    # How a history event's time gap is measured: "request" = request time - event time (models.data.user_features:
-    # the Feast training set's rows), "predecessor" = the time since the user's previous event (what one-pass
-    # sequence training can compute, models.train_sequences). Serving builds whichever the model was trained with.
+    # How a history event's time gap is measured: "request" = request time - event time
+    # (models.retrieval.data.user_features: the Feast training set's rows), "predecessor" = the time since the user's
+    # previous event (what one-pass sequence training can compute, models.retrieval.train_sequences). Serving builds
+    # whichever the model was trained with.
     history_gaps: str = "request"
     # The history events the tower reads: "" = every engagement of the user_history view; an action name (e.g.
-    # "click") = only events with that action, as sequence training's events are (models.sequences.positive_events).
+    # "click") = only events with that action, as sequence training's events are
+    # (models.retrieval.sequences.positive_events).
     history_action: str = ""
 
     def __post_init__(self) -> None:
@@ -414,7 +415,7 @@ class CandidateTower(nn.Module):
 
 
 class TwoTower(nn.Module):
-    """The retrieval model: returns embeddings only; the loss lives in models.train_retrieval."""
+    """The retrieval model: returns embeddings only; the loss lives in models.retrieval.train."""
 
     def __init__(self, cfg: TwoTowerConfig) -> None:
         super().__init__()

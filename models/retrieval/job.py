@@ -5,13 +5,13 @@ The served path (dvc.yaml), the model `ember evaluate retrieval --protocol tempo
 dataset (data/synth: click events, posts, users)
     -> train_retrieval_events: the causal two-tower trained one pass per user sequence on the temporal split's
        train events, early-stopped on validation Recall@200, scored on the test targets by the evaluation's own
-       function (models.evaluate_retrieval.two_tower_metrics); out/best/{model.pt,config.json}, out/metrics.json
+       function (models.retrieval.evaluate.two_tower_metrics); out/best/{model.pt,config.json}, out/metrics.json
     -> build_event_index: every post of the dataset embedded by that candidate tower from the same post table
        training used (counts over click events, ages at the newest event), checked against exact search on the
        users' newest requests, out/index.faiss
 
 The Feast path (`--training-set`): a point-in-time retrieval training set (features.store.training_set)
-    -> train_retrieval: temporal split, two-tower training (models.train_retrieval)
+    -> train_retrieval: temporal split, two-tower training (models.retrieval.train)
     -> build_retrieval_index: post features from the offline store's post_stats as of the index-build time
 """
 
@@ -31,8 +31,8 @@ import pandas as pd
 from core.errors import UserError
 from core.io import atomic_write_text
 from models.config_overrides import coerce
-from models.index import IndexConfig
-from models.two_tower import TwoTowerConfig
+from models.retrieval.index import IndexConfig
+from models.retrieval.model import TwoTowerConfig
 
 TRAINING_SET_FILE = "training_set.parquet"
 
@@ -75,8 +75,8 @@ def train_retrieval(
     atomically each epoch), `config.json`, `best/` (the model to serve) and `metrics.json` (written last: its
     presence means the run finished).
     """
-    from models.data import corpus_from_rows, temporal_split
-    from models.train_retrieval import TrainConfig, train
+    from models.retrieval.data import corpus_from_rows, temporal_split
+    from models.retrieval.train import TrainConfig, train
     from models.training import input_fingerprint, prepare_work_dir, publish_run
 
     cfg = model_config(preset, model_overrides or {})
@@ -139,10 +139,10 @@ def train_retrieval_events(
     cut-off), by engagement before the cut-off, seconds, best epoch; NaN entries are left out.
     """
     from core.io import atomic_dir
-    from models.baselines import make_corpus
-    from models.evaluate_retrieval import make_split, two_tower_configs, two_tower_metrics
-    from models.sequences import positive_events
-    from models.two_tower import save
+    from models.retrieval.baselines import make_corpus
+    from models.retrieval.evaluate import make_split, two_tower_configs, two_tower_metrics
+    from models.retrieval.model import save
+    from models.retrieval.sequences import positive_events
 
     cfg, tc = two_tower_configs(preset, budget_s, seed, model_overrides or {}, train_overrides or {}, "temporal")
     if tc.context != "full":
@@ -172,11 +172,11 @@ def compare_retrievers(data: Path, models: dict[str, Path]) -> dict[str, Any]:
         {"window": {"data", "cutoff_ms", "targets", "corpus"}, "<name>": {"recall@200", "ndcg@10", ...,
         "recall@200_engaged", "recall@200_new"}} (NaN entries left out).
     """
-    from models.baselines import make_corpus
-    from models.evaluate_retrieval import _two_tower_scored, make_split
-    from models.sequences import positive_events
-    from models.train_sequences import SequenceRetriever, post_table
-    from models.two_tower import load_two_tower
+    from models.retrieval.baselines import make_corpus
+    from models.retrieval.evaluate import _two_tower_scored, make_split
+    from models.retrieval.model import load_two_tower
+    from models.retrieval.sequences import positive_events
+    from models.retrieval.train_sequences import SequenceRetriever, post_table
 
     events = positive_events(Path(data))
     split = make_split(events, "temporal")
@@ -248,9 +248,9 @@ def index_inputs(
     """
     import torch
 
-    from models.data import candidate_features, epoch_ms, temporal_split, user_features
-    from models.train_retrieval import embed_corpus
-    from models.two_tower import load_two_tower
+    from models.retrieval.data import candidate_features, epoch_ms, temporal_split, user_features
+    from models.retrieval.model import load_two_tower
+    from models.retrieval.train import embed_corpus
 
     model = load_two_tower(Path(model_dir))
     if model.cfg.history_gaps == "predecessor":
@@ -275,15 +275,14 @@ def event_index_inputs(
     """What the index of an event-trained two-tower is built and checked on: (post ids (N,), candidate-tower
     embeddings (N, D), user embeddings (Q, D)).
 
-    Every post of the dataset, with the post table training used (models.train_sequences.post_table: counts over
-    the click events, ages at the newest one); the queries are the newest click of up to `max_queries` users, each
-    embedded from the events before it (the request a user makes after their history).
-    """
+    Every post of the dataset, with the post table training used (models.retrieval.train_sequences.post_table:
+    counts over the click events, ages at the newest one); the queries are the newest click of up to `max_queries`
+    users, each embedded from the events before it (the request a user makes after their history)."""
     from core.schema import read_table
-    from models.sequences import positive_events
-    from models.train_retrieval import embed_corpus
-    from models.train_sequences import SequenceRetriever, post_table
-    from models.two_tower import load_two_tower
+    from models.retrieval.model import load_two_tower
+    from models.retrieval.sequences import positive_events
+    from models.retrieval.train import embed_corpus
+    from models.retrieval.train_sequences import SequenceRetriever, post_table
 
     model = load_two_tower(Path(model_dir))
     if model.cfg.history_gaps != "predecessor":
@@ -303,7 +302,7 @@ def build_event_index(
     model_dir: Path, data: Path, out: Path, index_cfg: IndexConfig | None = None, max_queries: int = 2_000
 ) -> dict[str, Any]:
     """`build_retrieval_index` for a two-tower trained on event sequences (`event_index_inputs`)."""
-    from models.index import publish
+    from models.retrieval.index import publish
 
     ids, item_emb, queries = event_index_inputs(model_dir, data, max_queries)
     return publish(Path(out), ids, item_emb, queries, index_cfg or IndexConfig(), model_version(model_dir))
@@ -318,9 +317,9 @@ def build_retrieval_index(
     valid_fraction: float = 0.2,
     max_queries: int = 2_000,
 ) -> dict[str, Any]:
-    """Embeds every post with the candidate tower and publishes a faiss index (models.index.publish) that passes
-    the recall gate on held-out users (`index_inputs`)."""
-    from models.index import publish
+    """Embeds every post with the candidate tower and publishes a faiss index (models.retrieval.index.publish) that
+    passes the recall gate on held-out users (`index_inputs`)."""
+    from models.retrieval.index import publish
 
     ids, item_emb, queries = index_inputs(model_dir, features, training_set, valid_fraction, max_queries)
     return publish(Path(out), ids, item_emb, queries, index_cfg or IndexConfig(), model_version(model_dir))

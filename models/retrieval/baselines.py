@@ -1,11 +1,11 @@
-"""Sequential-retrieval baselines under the models.sequences protocol: MostPopular, ItemKNN and SASRec.
+"""Sequential-retrieval baselines under the models.retrieval.sequences protocol: MostPopular, ItemKNN and SASRec.
 
 All three share one interface over a fixed corpus (a sorted array of unique post ids, N = len(corpus)):
 
-    model.fit(train_events)            # an events frame (models.sequences)
+    model.fit(train_events)            # an events frame (models.retrieval.sequences)
     model.score(histories)             # Q arrays of history post ids, oldest first -> (Q, N) float32 scores
 
-and are evaluated by full ranking with models.metrics (seen items removed, ties rank the target last).
+and are evaluated by full ranking with models.retrieval.metrics (seen items removed, ties rank the target last).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from torch import nn
 
 from core.errors import UserError
 from models.layers import Block, RMSNorm, Rotary
-from models.metrics import corpus_columns, ranking_metrics, target_ranks
-from models.sequences import user_histories
+from models.retrieval.metrics import corpus_columns, ranking_metrics, target_ranks
+from models.retrieval.sequences import user_histories
 
 
 class Retriever(Protocol):
@@ -390,7 +390,7 @@ def evaluate_baselines(
     SASRec "seconds" of training and "best_epoch").
 
     Args:
-        valid, test: target events (models.sequences.Split); SASRec early-stops on valid.
+        valid, test: target events (models.retrieval.sequences.Split); SASRec early-stops on valid.
         corpus: (N,) sorted unique post ids ranked for every query (make_corpus).
         test_history: the events test targets' histories come from (Split.test_history); None = train + valid.
         sasrec: its config (default SASRecConfig()); item_knn: ItemKNN keyword arguments.

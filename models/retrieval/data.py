@@ -18,7 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from core.errors import UserError
 from models.layers import string_ids
-from models.two_tower import CandidateFeatures, TwoTowerConfig, UserFeatures
+from models.retrieval.model import CandidateFeatures, TwoTowerConfig, UserFeatures
 
 HISTORY = ("hist_post_ids", "hist_author_ids", "hist_actions", "hist_surfaces", "hist_timestamps")
 POST_CREATED = "post_created_at_ms"
@@ -115,7 +115,7 @@ def user_tensors(
         attribute_ids: (n, A) `string_id`s of the user attributes.
         max_history: S; the newest S events are kept, oldest first.
         gaps: "request": gap = request time - event time (>= 0); "predecessor": the time since the user's previous
-            event in the (filtered) history, GAP_UNKNOWN for its first (models.train_sequences).
+            event in the (filtered) history, GAP_UNKNOWN for its first (models.retrieval.train_sequences).
         action_bit: keep only events whose action mask has this bit (None: every event); applied first.
         history_attributes: per user, (len(history), P) attribute ids aligned with its history arrays, or None;
             None for all: no hist_attributes (the tower reads them as unknown).

@@ -5,9 +5,8 @@ corpus (every post with an event in the split) for the same test targets, with t
 synthetic dataset the oracle (ranking by the true click logit, features.oracle) is reported too, and every model as
 a fraction of it.
 
-Protocols (models.sequences): `leave-one-out` (per user: last event test, second-last validation) and `temporal`
-(global cutoffs at 80% and 90% of the time range: each user's first new post after a cutoff is a target).
-"""
+Protocols (models.retrieval.sequences): `leave-one-out` (per user: last event test, second-last validation) and
+`temporal` (global cutoffs at 80% and 90% of the time range: each user's first new post after a cutoff is a target)."""
 
 from __future__ import annotations
 
@@ -23,17 +22,17 @@ import torch
 
 from core.errors import UserError
 from core.schema import Manifest
-from models.baselines import SASRecConfig, evaluate_baselines, make_corpus
-from models.metrics import corpus_columns, mask_seen, ranking_metrics, target_ranks
-from models.sequences import Split, leave_one_out, positive_events, temporal_targets, user_histories
-from models.train_sequences import (
+from models.retrieval.baselines import SASRecConfig, evaluate_baselines, make_corpus
+from models.retrieval.metrics import corpus_columns, mask_seen, ranking_metrics, target_ranks
+from models.retrieval.model import TwoTowerConfig
+from models.retrieval.sequences import Split, leave_one_out, positive_events, temporal_targets, user_histories
+from models.retrieval.train_sequences import (
     SequenceRetriever,
     SequenceTrainConfig,
     post_table,
     sequence_target_ranks,
     train_sequences,
 )
-from models.two_tower import TwoTowerConfig
 
 PROTOCOLS = ("leave-one-out", "temporal")
 
@@ -375,13 +374,13 @@ def two_tower_configs(
     the epoch of the best validation Recall@200, the depth this protocol judges a candidate generator at.
     Leave-one-out has no global cut-off and keeps the one end-of-training table."""
     from models.config_overrides import coerce
-    from models.retrieval_job import model_config
+    from models.retrieval.job import model_config
 
     loo = LEAVE_ONE_OUT_TWO_TOWER if protocol == "leave-one-out" else {}
     sequence = {"causal": True, "history_attributes": True, "history_gaps": "predecessor", "history_action": "click"}
     cfg = model_config(preset, {**sequence, **loo, **model_overrides})
     # context "full": the tower reads user id and attributes and its history's actions, surfaces and predecessor
-    # gaps too (models.train_sequences); nothing of the target event but its user.
+    # gaps too (models.retrieval.train_sequences); nothing of the target event but its user.
     defaults: dict[str, Any] = {"budget_seconds": budget_s, "seed": seed, "context": "full", "patience": 8}
     if protocol == "leave-one-out":
         defaults |= {"patience": 5, **LEAVE_ONE_OUT_TRAIN}
@@ -399,8 +398,8 @@ def two_tower_metrics(
     log: Callable[[str], None] | None,
     reach: float | None = None,
 ) -> tuple[dict[str, float], SequenceRetriever]:
-    """The two-tower trained one pass per user sequence (models.train_sequences) within the budget, then scored with
-    the baselines' protocol (same targets, corpus, seen filtering and tie rule).
+    """The two-tower trained one pass per user sequence (models.retrieval.train_sequences) within the budget, then
+    scored with the baselines' protocol (same targets, corpus, seen filtering and tie rule).
 
     With `reach` (SASRec's best validation NDCG@10), "seconds_to_reach" is the wall-clock time since training began
     (evaluations included) of the first evaluation at or above it; NaN if none was. Also returns the retriever the

@@ -13,7 +13,7 @@ other candidates, their order or count, nor on how much history padding the batc
 scores cacheable: `encode_user` runs user + history once and keeps each layer's keys and values, and
 `score_candidates` scores any number of candidates against them in chunks.
 
-The model returns logits (`RankerOutput`); the loss is `models.tasks.ranker_loss`, and probabilities and blending
+The model returns logits (`RankerOutput`); the loss is `models.ranker.tasks.ranker_loss`, and probabilities and blending
 (`Ranker.predictions`, `Ranker.blend`) belong to serving.
 """
 
@@ -53,8 +53,8 @@ from models.layers import (
     weight_np,
 )
 from models.model_config import ModelConfig
-from models.tasks import TASK_NAMES, Task, TaskKind, select_tasks
-from models.two_tower import UserFeatures, time_bucket, time_bucket_np
+from models.ranker.tasks import TASK_NAMES, Task, TaskKind, select_tasks
+from models.retrieval.model import UserFeatures, time_bucket, time_bucket_np
 
 HEAD_MODES = ("independent", "funnel")
 MAX_LOG_SECONDS = math.log1p(86_400.0)  # a predicted dwell is at most a day (finite for any head output)
@@ -68,7 +68,7 @@ DENSE_FEATURES: frozenset[str] = frozenset(
     if dtype in (Dtype.INT32, Dtype.FLOAT32) and name not in ("post_topic",)
 )
 
-# Dataset-specific numeric columns (the importers' extras, protocol tables such as models.kuairand_protocol) are
+# Dataset-specific numeric columns (the importers' extras, protocol tables such as models.ranker.kuairand) are
 # named x_<name>: a model may read them from its training frame; the served pipeline has no such columns and refuses
 # to load a ranker that reads them (serving.recommender_pipeline).
 EXTRA_PREFIX = "x_"
@@ -131,7 +131,7 @@ class RankerConfig(ModelConfig):
     n_actions: int = len(ACTIONS)  # bits of the history action mask read
     n_surfaces: int = N_SURFACES
     n_time_buckets: int = 40  # two_tower.time_bucket: history time gaps and candidate post ages
-    tasks: tuple[str, ...] = TASK_NAMES  # heads, a subset of models.tasks.TASKS (kept in TASKS order)
+    tasks: tuple[str, ...] = TASK_NAMES  # heads, a subset of models.ranker.tasks.TASKS (kept in TASKS order)
     head_mode: str = "independent"  # independent sigmoids (Phoenix) | funnel: P(child) = P(parent) P(child | parent)
     learn_blend: bool = False  # a combination MLP scales each blend weight per user (`BlendCombiner`)
     # The user token is also added to every candidate token, so each layer's FFN sees user x candidate crosses
@@ -501,7 +501,7 @@ class BlendCombiner(nn.Module):
     The blended score is sum_k m_k(user) * w_k * p_k. A multiplier is non-negative, so it rescales a blend weight
     but never flips its sign: a negative action stays a penalty (the `ScoringWeights` sign rule). The last layer
     starts at zero, so every multiplier starts at exactly 1 and the blend starts as the fixed Phoenix weights.
-    It learns from `models.tasks.blend_loss` (pairs of a request's candidates ordered by observed engagement
+    It learns from `models.ranker.tasks.blend_loss` (pairs of a request's candidates ordered by observed engagement
     value), which `RankerTrainTask` adds when the config has `learn_blend`.
     """
 

@@ -20,10 +20,10 @@ import pandas as pd
 from core.errors import UserError
 from core.io import atomic_write_text
 from models.config_overrides import coerce
-from models.ranker import HEAD_MODES, RankerConfig
-from models.ranker_data import RankerDataset, read_ranker_set
-from models.tasks import availability
-from models.train_ranker import (
+from models.ranker.data import RankerDataset, read_ranker_set
+from models.ranker.model import HEAD_MODES, RankerConfig
+from models.ranker.tasks import availability
+from models.ranker.train import (
     RankerTrainConfig,
     binary_tasks,
     evaluate_ranker,
@@ -168,7 +168,7 @@ def compare_rankers(
     Returns:
         {"window": {...}, "<name>": summary metrics (auc_mean, gauc_mean, logloss_mean, ndcg@10, per action)}.
     """
-    from models.ranker import load_ranker
+    from models.ranker.model import load_ranker
 
     df, observed = read_ranker_set(training_set)
     _, valid_df = split_by_request(df, fraction=valid_fraction)
@@ -269,8 +269,8 @@ def _baseline_reports(
     log: Callable[[str], None],
 ) -> dict[str, dict[str, Any]]:
     """Fits each baseline on (train, valid) and reports it on test: {name: {"seconds", "report"}}."""
-    from models.ranker_baselines import run_baselines
-    from models.ranker_metrics import ranking_report
+    from models.ranker.baselines import run_baselines
+    from models.ranker.metrics import ranking_report
 
     train_df, valid_df, test_df = splits
     labels = test_df[actions].astype(np.float64)
@@ -285,7 +285,7 @@ def _baseline_reports(
 def _oracle_reports(training_set: Path, test_df: pd.DataFrame, actions: list[str]) -> dict[str, dict[str, Any]]:
     """The true probabilities' report ("oracle") when the test rows carry them (synthetic data), and the informed
     oracle's when the training set names its source dataset; {} on other data."""
-    from models.ranker_metrics import ranking_report
+    from models.ranker.metrics import ranking_report
 
     if not all(f"p_{a}" in test_df.columns for a in actions):
         return {}
