@@ -158,36 +158,11 @@ def evaluate_compare_cmd(
 ) -> None:
     """Score the challenger and the champion ranker on the same validation window, and with --data their two-towers
     on the same test window (what the promotion gate uses)."""
-    from core.errors import UserError
-    from core.io import atomic_write_text
-    from models.ranker.job import compare_rankers
+    from release.compare import compare_models, summary_lines
 
-    for option, path in (("--challenger", challenger), ("--champion", champion)):
-        if not (path / "config.json").is_file():
-            raise UserError(f"{option}: {path} is not a saved ranker (no config.json)")
-    towers = {"--data": data, "--challenger-retrieval": challenger_retrieval,
-              "--champion-retrieval": champion_retrieval}  # fmt: skip
-    given = [option for option, value in towers.items() if value is not None]
-    if given and len(given) < len(towers):
-        missing = next(option for option, value in towers.items() if value is None)
-        raise UserError(f"{missing}: needed with {', '.join(given)} (the two-towers are compared on --data)")
-    for option in ("--challenger-retrieval", "--champion-retrieval"):
-        tower = towers[option]
-        if tower is not None and not (tower / "config.json").is_file():
-            raise UserError(f"{option}: {tower} is not a saved two-tower model (no config.json)")
-    result = compare_rankers({"challenger": challenger, "champion": champion}, training_set, valid_fraction, features)
-    if data is not None:
-        from models.retrieval.job import compare_retrievers
-
-        assert challenger_retrieval is not None and champion_retrieval is not None
-        towers_out = compare_retrievers(data, {"challenger": challenger_retrieval, "champion": champion_retrieval})
-        result["retrieval"] = towers_out
-    atomic_write_text(out, json.dumps(result, indent=2, sort_keys=True) + "\n")
-    for name in ("challenger", "champion"):
-        m = result[name]
-        line = f"{name}: auc_mean {m['auc_mean']:.4f}, gauc_mean {m['gauc_mean']:.4f}, ndcg@10 {m['ndcg@10']:.4f}"
-        if "retrieval" in result:
-            line += f"; retrieval recall@200 {result['retrieval'][name].get('recall@200', float('nan')):.4f}"
+    result = compare_models(challenger, champion, training_set, out, features, valid_fraction, data,
+                            challenger_retrieval, champion_retrieval)  # fmt: skip
+    for line in summary_lines(result):
         typer.echo(line)
 
 

@@ -124,17 +124,9 @@ def drift(
 
 
 def _iso(value: str | None, option: str) -> Any:
-    from datetime import UTC, datetime
+    from core.io import parse_iso
 
-    from core.errors import UserError
-
-    if value is None:
-        return None
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        raise UserError(f"{option}: not an ISO time: {value!r}") from None
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+    return parse_iso(value, option)
 
 
 @app.command("run")

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,20 @@ def read_yaml(path: Path, what: str) -> Any:
     except (OSError, yaml.YAMLError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: cannot read {what}: {first}") from None
+
+
+def parse_iso(value: str | None, where: str) -> datetime | None:
+    """An ISO time (UTC when it names no zone), or None for None.
+
+    Raises:
+        UserError: not an ISO time; the message names `where` (an option or a field).
+    """
+    from core.errors import UserError
+
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"{where}: not an ISO time: {value!r}") from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

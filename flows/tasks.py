@@ -7,12 +7,14 @@ import os
 import re
 import subprocess
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+
+from flows.isolated import run_isolated
 
 
 def _env() -> dict[str, str]:
@@ -101,21 +103,17 @@ def dvc_changed(project: Path) -> set[str] | None:
 def materialize_online(project: Path, online_store: str, redis: str) -> dict[str, Any]:
     """Loads the newest feature rows into the online store (store I/O: retried with backoff).
 
-    Runs `ember features materialize` in its own process: Feast's DuckDB offline store leaves native objects that
-    only a process exit cleans up, and the flow's process must stay clean to shut its Prefect API down.
+    `features.store.materialize` (what `ember features materialize` calls) in its own process (flows.isolated):
+    Feast's DuckDB offline store leaves native objects that only a process exit cleans up, and the flow's process
+    must stay clean to shut its Prefect API down.
     """
-    from features.store import StoreConfig, materialized_through
+    from features.store import StoreConfig, materialize, materialized_through
 
     cfg = StoreConfig(repo=project / "features" / "repo", online_store=online_store, redis=redis)
     if materialized_through(cfg):
         get_run_logger().info("online store already holds the newest snapshot: nothing to materialize")
         return {"views": {}, "seconds": 0.0, "skipped": True}
-    argv = [sys.executable, "-m", "cli.main", "features", "materialize", "--json", "--repo", str(cfg.repo)]
-    argv += ["--online-store", online_store, "--redis", redis]
-    proc = subprocess.run(argv, cwd=project, env=_env(), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"materialize failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_isolated(project, materialize, cfg)
     get_run_logger().info("materialized %d views in %.1f s", len(result["views"]), result["seconds"])
     return result
 
@@ -150,18 +148,18 @@ def evaluate_against_champion(project: Path, challenger: str) -> Path | None:
     champion = champion_key(project)
     if champion is None or champion == challenger:
         return None
-    out = Path("metrics") / "compare.json"
-    argv = [sys.executable, "-m", "cli.main", "evaluate", "compare", "--training-set", "data/training/ranker"]
-    argv += ["--features", "data/features", "--out", str(out)]
-    argv += ["--challenger", str(MODEL_STORE / challenger / "ranker")]
-    argv += ["--champion", str(MODEL_STORE / champion / "ranker")]
-    argv += ["--data", "data/synth", "--challenger-retrieval", str(MODEL_STORE / challenger / "retrieval")]
-    argv += ["--champion-retrieval", str(MODEL_STORE / champion / "retrieval")]
-    proc = subprocess.run(argv, cwd=project, env=_env(), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ember evaluate compare failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    get_run_logger().info("same window: %s", " | ".join(proc.stdout.strip().splitlines()))
-    return project / out
+    from release.compare import compare_models, summary_lines
+
+    store = project / MODEL_STORE
+    out = project / "metrics" / "compare.json"
+    result = run_isolated(
+        project, compare_models, store / challenger / "ranker", store / champion / "ranker",
+        project / "data" / "training" / "ranker", out, features=project / "data" / "features",
+        data=project / "data" / "synth", challenger_retrieval=store / challenger / "retrieval",
+        champion_retrieval=store / champion / "retrieval",
+    )  # fmt: skip
+    get_run_logger().info("same window: %s", " | ".join(summary_lines(result)))
+    return out
 
 
 @task
@@ -219,27 +217,27 @@ def monitor_window(
 ) -> dict:
     """Every monitoring check (`ember monitor run`: drift, target drift, quality, skew, embedding drift) of the served
     window (`current` from `start` on) against the ranker training set and the champion's `baseline` window; returns
-    the summary with the exit verdict. Its own process, like the DVC stages: Evidently and torch stay out of the
-    flow's process. Feature lookups, outcomes and post ages are taken at the champion's fixed `as_of` when it has
-    one, unless `request_time` says each request was served at its logged time. Outcomes: the outcome log
-    `outcomes` when given, else drawn from data/synth's truth."""
+    the summary with the exit verdict. `monitoring.monitor.run_monitor` (what `ember monitor run` calls) in its own
+    process (flows.isolated): Evidently and torch stay out of the flow's process. Feature lookups, outcomes and post
+    ages are taken at the champion's fixed `as_of` when it has one, unless `request_time` says each request was served
+    at its logged time. Outcomes: the outcome log `outcomes` when given, else drawn from data/synth's truth."""
+    from core.io import parse_iso
+    from monitoring.monitor import monitor_summary
+
     params = _champion_params(project, variants)
-    argv = [sys.executable, "-m", "cli.main", "monitor", "run", "--reference", "data/training/ranker"]
-    argv += ["--current", str(current), "--out", str(out), "--features", "data/features"]
-    argv += ["--outcomes", str(outcomes)] if outcomes is not None else ["--synthetic", "data/synth"]
-    argv += ["--retrieval-model", str(params.get("retrieval_model", "artifacts/retrieval/best"))]
+    as_of = None
     if params.get("as_of") and not request_time:
         from features.windows import resolve_as_of
 
-        argv += ["--as-of", str(resolve_as_of(str(params["as_of"]), params.get("features"), project))]
-    if start is not None:
-        argv += ["--start", start.isoformat()]
-    if baseline is not None:
-        argv += ["--baseline", str(baseline)]
-    proc = subprocess.run(argv, cwd=project, env=_env(), capture_output=True, text=True)
-    if proc.returncode not in (0, 1):  # 1 = the checks failed: a verdict, not an error
-        raise RuntimeError(f"ember monitor run failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    summary = json.loads((project / out / "summary.json").read_text())
+        as_of = parse_iso(resolve_as_of(str(params["as_of"]), params.get("features"), project), "recommender.as_of")
+    synthetic = project / "data" / "synth" if outcomes is None else None
+    summary = run_isolated(
+        project, monitor_summary, project / "data" / "training" / "ranker", project / current, project / out,
+        baseline=None if baseline is None else project / baseline, outcomes=outcomes, synthetic=synthetic,
+        features=project / "data" / "features",
+        retrieval_model=project / str(params.get("retrieval_model", "artifacts/retrieval/best")),
+        as_of=as_of, window_start=start if start is None or start.tzinfo else start.replace(tzinfo=UTC),
+    )  # fmt: skip
     get_run_logger().info(
         "monitor: %s (%s)", summary["status"], ", ".join(f"{k} {v}" for k, v in summary["tests"].items())
     )

@@ -674,3 +674,12 @@ def run_monitor(
         atomic_write_text(log.out / "result.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
         atomic_write_text(log.out / "summary.json", json.dumps(result.summary(), indent=2, default=str) + "\n")
     return result
+
+
+def monitor_summary(reference: Path, current: Path, out: Path, **kwargs: Any) -> dict[str, Any]:
+    """`run_monitor` with the default thresholds, writing its reports to `out`; returns the summary (what a
+    process boundary carries back: the flows run this in a process of their own, flows.isolated)."""
+    from monitoring.config import load_config
+
+    summary = run_monitor(reference, current, out, load_config(), **kwargs).summary()
+    return dict(json.loads(json.dumps(summary, default=str)))  # as summary.json holds it

@@ -406,6 +406,12 @@ def peer_metrics(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> dict[str, f
 #   dropout 0.1: 0.7045 / 0.6994 (0.6186 / 0.6124); dropout 0.2, <= 6 epochs: 0.7037 / 0.7006 (0.6219 / 0.6134)
 #   mean of two seeds' predictions 0.7034 (click AUC +0.0020, GAUC 0.6180): seed variance is not what keeps the
 #   click GAUC below the PLE peer's
+# Table sizes, seeds 0/1/2, mean select (click GAUC, like GAUC), AVX2 2 cores (nano's tables: 2,048 user rows,
+# 4,096 post rows, 1,024 author rows for 27k users, 7.6k posts):
+#   this configuration 0.7013 (0.6141, 0.6637), 101-103 s a seed
+#   post 16,384 + author 8,192 rows 0.6991 (0.6181, 0.6470): click GAUC +0.004 and dwell +0.001, like -0.017
+#   user 32,768 rows 0.6988 (0.6147, 0.6496); all three 32k/16k/8k with dropout 0.2 0.6979 (0.6178, 0.6460)
+#   the small preset: over 10 minutes a seed (the 120 s budget), stopped
 PROTOCOL_MODEL: dict[str, object] = {"dense_bins": 16, "wide": True, "max_position": 0}
 PROTOCOL_TRAIN: dict[str, object] = {
     "epochs": 4,
