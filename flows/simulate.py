@@ -163,6 +163,76 @@ def serve_day(rec: Any, requests: Any, k: int) -> tuple[list[list[dict[str, Any]
     return slates, features
 
 
+def _prepare_project(source: Path, project: Path, synth: dict[str, Any], overrides: dict[str, Any],
+                     explore_slots: int) -> None:  # fmt: skip
+    """The run's own project: a copy of `source` with the params that reproduce the dataset (and `overrides`) and
+    the deployment's variants exploring `explore_slots` slots, committed."""
+    project.mkdir()
+    copy_project(source, project)
+    params = run_params(project / "params.yaml", synth, overrides)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    explore_variants(project / "serving" / "variants.yaml", explore_slots)
+    subprocess.run(["git", "-c", "user.name=ember-simulate", "-c", "user.email=simulate@localhost", "commit",
+                    "-qam", "simulation params"], cwd=project, check=True, capture_output=True)  # fmt: skip
+
+
+def _serve_policies(project: Path, sim: Any, day: int, requests: Any, policies: tuple[str, ...], frozen: str | None,
+                    k: int, seed: int) -> tuple[Any, list, list, dict[str, list[list[int]]]]:  # fmt: skip
+    """One day's slates of every policy for the same requests: (the loop's recommender, its exposure-log items, the
+    features it read, {policy: slates of post ids}). The loop is served whether or not its reward is reported:
+    what it serves is the next day's data."""
+    from features.synth import DAY_S, EPOCH
+    from monitoring import simulate as simulated
+
+    day_start = EPOCH + timedelta(days=day)
+    loop = load_recommender(deployed_params(project, day_start), sim, day * DAY_S)
+    loop_items, loop_features = serve_day(loop, requests, k)
+    served = {"loop": [[i["post_id"] for i in s] for s in loop_items]}
+    for policy in policies:
+        if policy == "frozen":
+            rec = load_recommender(deployed_params(project, day_start, frozen), sim, day * DAY_S)
+            served[policy] = [[i["post_id"] for i in s] for s in serve_day(rec, requests, k)[0]]
+        elif policy != "loop":
+            served[policy] = simulated.reference_slates(sim, requests, policy, k, seed)
+    return loop, loop_items, loop_features, served
+
+
+def _loop_day_to_data(project: Path, tmp: Path, sim: Any, n: int, day: int, requests: Any, loop: Any,
+                      loop_items: list, loop_features: list, loop_outcomes: Any, seed: int) -> Path:  # fmt: skip
+    """What the loop served and what users did with it become the run's logs and the next day's DVC-tracked data
+    (exposure log -> impressions with drawn outcomes -> data/synth); returns the day's exposure log."""
+    from features.synth import DAY_S
+    from monitoring import simulate as simulated
+    from monitoring.replay import write_records
+
+    simulated.append_outcomes(loop_outcomes, project / OUTCOMES)
+    log_file = LOGS / f"day-{n:02d}.jsonl"
+    records = simulated.exposure_records(requests, loop_items, "ranker", loop.version, loop_features)
+    write_records(records, project / log_file)
+    work = tmp / "work" / f"day-{n:02d}"
+    data_dir = project / "data" / "synth"
+    simulated.write_day(data_dir, sim, project / log_file, data_dir, (day + 1) * DAY_S, seed + day, work)
+    shutil.rmtree(work, ignore_errors=True)
+    subprocess.run(["dvc", "commit", "-f", "-q", "synth"], cwd=project, env=_env(), check=True,
+                   capture_output=True)  # fmt: skip
+    return log_file
+
+
+def _deployed_flows(project: Path, log_file: Path, day_start: datetime, n: int, retrain_every: int) -> tuple[bool, Any]:
+    """The deployed flows' steps after a served day: features, materialize, the monitor on the day's log (a failing
+    check retrains), and the scheduled retrain; returns (alarm, the retrain's result or None)."""
+    dvc_repro(project, "features_build")
+    materialize_flow(project=str(project))
+    hours = (datetime.now(UTC) - day_start).total_seconds() / 3600 + 1
+    monitored = monitor_flow(project=str(project), current=str(log_file), window_hours=hours,
+                             retrain_on_fail=True, dashboards=False, request_time=True,
+                             outcomes=str(OUTCOMES))  # fmt: skip
+    retrained = monitored["retrained"]
+    if retrained is None and retrain_every and n % retrain_every == 0:
+        retrained = retrain_flow(project=str(project), reason=f"scheduled (every {retrain_every} days)")
+    return monitored["summary"]["status"] == "fail", retrained
+
+
 @flow(name="simulate", log_prints=True)
 def simulate_flow(
     data: str,
@@ -181,9 +251,8 @@ def simulate_flow(
 ) -> dict[str, Any]:
     """Runs the simulation (see the module doc) and returns {"rows", "summary", "out"}."""
     from core.io import atomic_dir
-    from features.synth import DAY_S, EPOCH
+    from features.synth import EPOCH
     from monitoring import simulate as simulated
-    from monitoring.replay import write_records
 
     log = get_run_logger()
     simulated.check_args(days, requests_per_day, drift, drift_day, seed, k, retrain_every, explore_slots)
@@ -193,13 +262,7 @@ def simulate_flow(
     requests_per_day = requests_per_day or simulated.world_requests_per_day(world)
     with atomic_dir(Path(out)) as tmp:
         project = tmp / "project"
-        project.mkdir()
-        copy_project(Path(source), project)
-        params = run_params(project / "params.yaml", synth, overrides or {})
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        explore_variants(project / "serving" / "variants.yaml", explore_slots)
-        subprocess.run(["git", "-c", "user.name=ember-simulate", "-c", "user.email=simulate@localhost", "commit",
-                        "-qam", "simulation params"], cwd=project, check=True, capture_output=True)  # fmt: skip
+        _prepare_project(Path(source), project, synth, overrides or {}, explore_slots)
         start = time.perf_counter()
         initial = ember_pipeline(project=str(project))
         frozen = champion_key(project)
@@ -211,44 +274,19 @@ def simulate_flow(
             day_start = EPOCH + timedelta(days=day)
             requests = simulated.day_requests(sim, day, requests_per_day, seed)
             champion = champion_key(project)
-            # The loop is served whether or not its reward is reported: what it serves is the next day's data.
-            loop = load_recommender(deployed_params(project, day_start), sim, day * DAY_S)
-            loop_items, loop_features = serve_day(loop, requests, k)
-            served = {"loop": [[i["post_id"] for i in s] for s in loop_items]}
-            for policy in policies:
-                if policy == "frozen":
-                    rec = load_recommender(deployed_params(project, day_start, frozen), sim, day * DAY_S)
-                    served[policy] = [[i["post_id"] for i in s] for s in serve_day(rec, requests, k)[0]]
-                elif policy != "loop":
-                    served[policy] = simulated.reference_slates(sim, requests, policy, k, seed)
-            others = [p for p in policies if p != "loop"]
-            reward = {p: simulated.mean_true_reward(sim, requests, served[p], seed + day) for p in others}
+            loop, loop_items, loop_features, served = _serve_policies(
+                project, sim, day, requests, policies, frozen, k, seed
+            )
+            reward = {p: simulated.mean_true_reward(sim, requests, served[p], seed + day)
+                      for p in policies if p != "loop"}  # fmt: skip
             # What users did with the loop's slates: its reward, and the outcome log the monitor joins with exposures.
             loop_outcomes = simulated.slate_outcomes(sim, simulated.served_frame(requests, served["loop"]), seed + day)
             if "loop" in policies:
                 reward["loop"] = float(simulated.true_rewards(loop_outcomes, requests).mean())
             reward = {p: reward[p] for p in policies}
-            simulated.append_outcomes(loop_outcomes, project / OUTCOMES)
-            # The loop's day becomes data: exposure log -> impressions with drawn outcomes -> data/synth (DVC).
-            log_file = LOGS / f"day-{n:02d}.jsonl"
-            records = simulated.exposure_records(requests, loop_items, "ranker", loop.version, loop_features)
-            write_records(records, project / log_file)
-            work = tmp / "work" / f"day-{n:02d}"
-            data_dir = project / "data" / "synth"
-            simulated.write_day(data_dir, sim, project / log_file, data_dir, (day + 1) * DAY_S, seed + day, work)
-            shutil.rmtree(work, ignore_errors=True)
-            subprocess.run(["dvc", "commit", "-f", "-q", "synth"], cwd=project, env=_env(), check=True,
-                           capture_output=True)  # fmt: skip
-            dvc_repro(project, "features_build")
-            materialize_flow(project=str(project))
-            hours = (datetime.now(UTC) - day_start).total_seconds() / 3600 + 1
-            monitored = monitor_flow(project=str(project), current=str(log_file), window_hours=hours,
-                                     retrain_on_fail=True, dashboards=False, request_time=True,
-                                     outcomes=str(OUTCOMES))  # fmt: skip
-            alarm = monitored["summary"]["status"] == "fail"
-            retrained = monitored["retrained"]
-            if retrained is None and retrain_every and n % retrain_every == 0:
-                retrained = retrain_flow(project=str(project), reason=f"scheduled (every {retrain_every} days)")
+            log_file = _loop_day_to_data(project, tmp, sim, n, day, requests, loop, loop_items, loop_features,
+                                         loop_outcomes, seed)  # fmt: skip
+            alarm, retrained = _deployed_flows(project, log_file, day_start, n, retrain_every)
             after = champion_key(project)
             for policy in policies:
                 rows.append({
@@ -256,15 +294,9 @@ def simulate_flow(
                     "requests": len(requests), "alarm": alarm, "retrained": retrained is not None,
                     "promoted": after != champion, "champion": champion,
                 })  # fmt: skip
-            log.info(
-                "day %d (%s): %s; alarm %s, retrained %s, champion %s",
-                n,
-                day_start.date(),
-                ", ".join(f"{p} {v:.4f}" for p, v in reward.items()),
-                alarm,
-                retrained is not None,
-                after,
-            )
+            log.info("day %d (%s): %s; alarm %s, retrained %s, champion %s", n, day_start.date(),
+                     ", ".join(f"{p} {v:.4f}" for p, v in reward.items()), alarm, retrained is not None,
+                     after)  # fmt: skip
         meta = {
             "data": str(data), "days": days, "first_date": (EPOCH + timedelta(days=first_day)).date().isoformat(),
             "policies": list(policies), "requests_per_day": requests_per_day, "k": k, "seed": seed,
