@@ -569,7 +569,7 @@ def served(world: World, store: str, tmp: Path) -> Iterator[tuple[int, Any, str]
 
 def as_of_ms(world: World, params: dict[str, Any]) -> int:
     """The served world's clock (the champion's as_of) in epoch milliseconds; the wall clock when it has none."""
-    from serving.recommender_pipeline import RecommenderConfig
+    from serving.recommender_config import RecommenderConfig
 
     now = RecommenderConfig.from_dict(params).now_at()
     return int((now or datetime.now().astimezone()).timestamp() * 1000)
@@ -636,7 +636,7 @@ def main() -> None:
 
 def served_models_at(world: World, describe: Callable[[Any], str]) -> str:
     """bench.serving's description of the champion's models, for the world served."""
-    from serving.recommender_pipeline import RecommenderConfig
+    from serving.recommender_config import RecommenderConfig
 
     _, params = champion_params(world.served_config, world.root)
     cfg = RecommenderConfig.from_dict(params)

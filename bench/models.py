@@ -511,7 +511,8 @@ def bench_ann_served(
     from core.schema import read_table
     from models.retrieval.job import model_version
     from serving.ab import load_config
-    from serving.recommender_pipeline import PipelineRecommender, RecommenderConfig
+    from serving.recommender_config import RecommenderConfig
+    from serving.recommender_pipeline import PipelineRecommender
 
     os.chdir(REPO)  # the variants file's paths are relative to the repository root
     variants = load_config(SERVING_CONFIG)

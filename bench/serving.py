@@ -49,7 +49,7 @@ TARGET_P99_MS = 30.0
 def champion_config() -> Any:
     """The RecommenderConfig of the champion variant of the served config (CONFIG)."""
     from serving.ab import load_config
-    from serving.recommender_pipeline import RecommenderConfig
+    from serving.recommender_config import RecommenderConfig
 
     cfg = load_config(CONFIG)
     variant = next(v for v in cfg.variants if v.name == cfg.champion)

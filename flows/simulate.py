@@ -129,7 +129,8 @@ def load_recommender(params: dict[str, Any], world: Any, day_start_s: int) -> An
 
     from features.synth import DAY_S, EPOCH_MS
     from serving.recent_posts import RecentPost
-    from serving.recommender_pipeline import PipelineRecommender, RecommenderConfig
+    from serving.recommender_config import RecommenderConfig
+    from serving.recommender_pipeline import PipelineRecommender
 
     rec = PipelineRecommender.load(RecommenderConfig.from_dict(params))
     lo = int(np.searchsorted(world.post_created_s, day_start_s - 2 * DAY_S))

@@ -54,7 +54,8 @@ class PopularSpec(_Strict):
 
 
 class PipelineSpec(_Strict):
-    """The full pipeline (serving/recommender_pipeline.py); params are its RecommenderConfig keys."""
+    """The full pipeline (serving/recommender_pipeline.py); params are the keys of its RecommenderConfig
+    (serving/recommender_config.py)."""
 
     kind: Literal["pipeline"] = "pipeline"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -202,7 +203,8 @@ def _build_popular(variant: Variant) -> Recommender:
 
 
 def _build_pipeline(variant: Variant) -> Recommender:
-    from serving.recommender_pipeline import PipelineRecommender, RecommenderConfig
+    from serving.recommender_config import RecommenderConfig
+    from serving.recommender_pipeline import PipelineRecommender
 
     spec = variant.recommender
     assert isinstance(spec, PipelineSpec)

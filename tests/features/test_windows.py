@@ -11,7 +11,7 @@ import pytest
 
 from core.errors import UserError
 from features.windows import day_after, features_end, resolve_as_of, training_window
-from serving.recommender_pipeline import RecommenderConfig
+from serving.recommender_config import RecommenderConfig
 from tests.features.tiny import ts, write_tiny
 
 

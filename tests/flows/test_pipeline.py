@@ -132,7 +132,8 @@ def test_monitor_keeps_the_champions_first_window_as_its_baseline_then_compares(
     from flows.pipeline import ember_pipeline
     from monitoring.replay import replay, request_sample, write_records
     from serving.ab import load_config
-    from serving.recommender_pipeline import PipelineRecommender, RecommenderConfig
+    from serving.recommender_config import RecommenderConfig
+    from serving.recommender_pipeline import PipelineRecommender
 
     deployed = ember_pipeline(project=str(project))["deployment"]
     cfg = load_config(project / deployed["file"])

@@ -271,7 +271,7 @@ def test_shared_config_files_are_embedded_verbatim() -> None:
 
 def test_deployed_variants_config_loads_with_redis() -> None:
     from serving.ab import load_config
-    from serving.recommender_pipeline import RecommenderConfig
+    from serving.recommender_config import RecommenderConfig
 
     config = load_config(INFRA / "config" / "variants.yaml")
     pipelines = [v.recommender for v in config.variants if v.recommender.kind == "pipeline"]

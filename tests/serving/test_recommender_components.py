@@ -123,7 +123,8 @@ def test_user_hydrators_fill_the_readers_defaults_for_an_unknown_user() -> None:
 def test_the_fallback_filters_are_the_pipelines_without_core_data() -> None:
     from pathlib import Path
 
-    from serving.recommender_pipeline import RecommenderConfig, eligibility_filters
+    from serving.recommender_config import RecommenderConfig
+    from serving.recommender_pipeline import eligibility_filters
 
     cfg = RecommenderConfig(Path("r"), Path("i"), Path("k"), max_age_hours=12.0)
     names = [f.name for f in eligibility_filters(cfg, hydrated=True)]

@@ -30,7 +30,8 @@ from models.ranker.data import RankerDataset, predict
 from models.ranker.tasks import TaskKind, availability
 from models.retrieval.data import HISTORY
 from serving.recommender import Recommender
-from serving.recommender_pipeline import PipelineRecommender, RecommenderConfig
+from serving.recommender_config import RecommenderConfig
+from serving.recommender_pipeline import PipelineRecommender
 from serving.scorers.ranker import RankerScorer, ranker_inputs
 from serving.types import Query
 from tests.project import nano_project
