@@ -412,6 +412,13 @@ def peer_metrics(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> dict[str, f
 #   post 16,384 + author 8,192 rows 0.6991 (0.6181, 0.6470): click GAUC +0.004 and dwell +0.001, like -0.017
 #   user 32,768 rows 0.6988 (0.6147, 0.6496); all three 32k/16k/8k with dropout 0.2 0.6979 (0.6178, 0.6460)
 #   the small preset: over 10 minutes a seed (the 120 s budget), stopped
+# Seeds 0/1/2 on AMD EPYC avx512f, 2 threads, mean select (click GAUC, like GAUC):
+#   attribute_rows 1,024 (nano 64) 0.6996 (0.6170, 0.6518)
+#   DCN-v2 cross part (RankerConfig.cross_layers), field embeddings at torch's N(0, 1): 2 layers 0.6832 (0.6053,
+#   0.6190), best epoch 1-2; without the ids best epoch 1 too (stopped after one seed). At std 0.05: 2 layers,
+#   no ids 0.7024 (0.6147, 0.6600) at 132 s a seed (over the budget); 1 layer with ids 0.6996 (0.6130, 0.6453),
+#   69 s, best epoch 1: the explicit crosses add no within-user ranking the transformer lacks here
+#   max_history 32 (nano 16) 0.7013 (0.6146, 0.6607), 133-179 s a seed beside other work: no gain for the time
 PROTOCOL_MODEL: dict[str, object] = {"dense_bins": 16, "wide": True, "max_position": 0}
 PROTOCOL_TRAIN: dict[str, object] = {
     "epochs": 4,

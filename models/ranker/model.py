@@ -145,6 +145,14 @@ class RankerConfig(ModelConfig):
     # A wide part beside the transformer: per task, a linear logit over the same (feature, bin) one-hots and the
     # hashed candidate attributes, added to the heads' output (Wide & Deep). Needs dense_bins > 0.
     wide: bool = False
+    # A DCN-v2 cross part beside the transformer (0 = off): the user's id and attributes and the candidate's id,
+    # author, attributes, surface and (feature, bin) one-hots, each a `cross_dim` field embedding, concatenated and
+    # crossed `cross_layers` times (x_{l+1} = x0 * (W x_l + b) + x_l), then a linear logit per task added to the
+    # heads' output like the wide part: explicit user x candidate crosses that the peers' MLP towers get from their
+    # concatenated input, which one summed token cannot hold. Needs dense_bins > 0.
+    cross_layers: int = 0
+    cross_dim: int = 8
+    cross_ids: bool = True  # the user, post and author ids among the crossed fields (False: attributes only)
     # Training only: dropout on the tokens entering the first block and on the candidates' final hidden states
     # (the peers' towers use 0.1). Serving and evaluation run without it, so the scoring paths are unchanged.
     dropout: float = 0.0
@@ -166,6 +174,12 @@ class RankerConfig(ModelConfig):
             raise ValueError(f"RankerConfig: dense_bins must be 0 (off) or >= 2, got {self.dense_bins}")
         if self.wide and self.dense_bins == 0:
             raise ValueError("RankerConfig: wide needs dense_bins >= 2")
+        if self.cross_layers < 0 or self.cross_dim < 1:
+            raise ValueError(
+                f"RankerConfig: cross_layers must be >= 0 and cross_dim >= 1, got {self.cross_layers}, {self.cross_dim}"
+            )
+        if self.cross_layers and self.dense_bins == 0:
+            raise ValueError("RankerConfig: cross_layers needs dense_bins >= 2")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"RankerConfig: dropout must be in [0, 1), got {self.dropout}")
         tasks = select_tasks(self.tasks)  # ValueError on unknown names
@@ -256,6 +270,7 @@ class UserCache:
     valid: torch.Tensor  # (B, T0) bool: user token and valid history events
     user_hidden: torch.Tensor  # (B, D) final-norm hidden state of the user token
     user_input: torch.Tensor | None = None  # (B, D) the user token itself, with cfg.user_in_candidate
+    cross_user: torch.Tensor | None = None  # (B, U) the user's cross-part fields, with cfg.cross_layers
 
 
 class TokenEmbedder(nn.Module):
@@ -495,6 +510,72 @@ class WidePart(nn.Module):
         return out
 
 
+class CrossPart(nn.Module):
+    """DCN-v2's cross network over concatenated field embeddings, one logit per task (see RankerConfig.cross_layers).
+
+    The user's fields are embedded once per request (`user_fields`) and broadcast over its candidates, so a
+    candidate's output still depends on the user and itself only. The output layer starts at zero: the model starts
+    as the transformer (and wide part) alone."""
+
+    def __init__(self, cfg: RankerConfig, n_tasks: int) -> None:
+        super().__init__()
+        d, H, F_ = cfg.cross_dim, cfg.n_hashes, len(cfg.candidate_features)
+        seed = cfg.hash_seed
+        self.user = MultiHashEmbedding(cfg.user_rows, d, H, entity_seed(seed, "cross_user"))
+        self.user_attributes = nn.ModuleList(
+            MultiHashEmbedding(cfg.attribute_rows, d, H, entity_seed(seed, f"cross_user_{a}"))
+            for a in cfg.user_attributes
+        )
+        self.post = MultiHashEmbedding(cfg.post_rows, d, H, entity_seed(seed, "cross_post"))
+        self.author = MultiHashEmbedding(cfg.author_rows, d, H, entity_seed(seed, "cross_author"))
+        self.attributes = nn.ModuleList(
+            MultiHashEmbedding(cfg.attribute_rows, d, H, entity_seed(seed, f"cross_{a}"))
+            for a in cfg.candidate_attributes
+        )
+        self.surface = nn.Embedding(cfg.n_surfaces, d)
+        self.bins = nn.Embedding(F_ * cfg.dense_bins, d)
+        self.ids = cfg.cross_ids
+        width = d * (len(cfg.user_attributes) + 1 + len(cfg.candidate_attributes) + F_ + (3 if self.ids else 0))
+        # Small field embeddings (the peers' towers: 8-dim, near zero), so the products x0 * (W x) start small.
+        hashed = cast(list[MultiHashEmbedding], [self.user, *self.user_attributes, self.post, self.author])
+        for table in hashed + cast(list[MultiHashEmbedding], list(self.attributes)):
+            nn.init.normal_(table.table.weight, std=0.05)
+            table.table.weight.data[0] = 0  # the padding row
+        nn.init.normal_(self.surface.weight, std=0.05)
+        nn.init.normal_(self.bins.weight, std=0.05)
+        layers = [nn.Linear(width, width) for _ in range(cfg.cross_layers)]
+        for layer in layers:
+            nn.init.normal_(layer.weight, std=width**-0.5)
+            nn.init.zeros_(layer.bias)
+        self.cross = nn.ModuleList(layers)
+        self.out = nn.Linear(width, n_tasks)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def user_fields(self, user_ids: torch.Tensor, attribute_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) user ids and (B, A) attribute ids -> (B, (1 + A) d) the user's field embeddings."""
+        parts = [self.user(user_ids).sum(-2)] if self.ids else []
+        parts += [table(attribute_ids[:, k]).sum(-2) for k, table in enumerate(self.user_attributes)]
+        return torch.cat(parts, -1) if parts else self.surface.weight.new_zeros(len(user_ids), 0)
+
+    def forward(self, user_fields: torch.Tensor, bins: torch.Tensor, c: CandidateBatch) -> torch.Tensor:
+        """user_fields (B, U) from `user_fields`, bins (B, C, F) from `TokenEmbedder.dense_bins` -> (B, C, K)."""
+        B, C = bins.shape[:2]
+        ids = [self.post(c.post_ids).sum(-2), self.author(c.author_ids).sum(-2)] if self.ids else []
+        parts = [
+            user_fields.unsqueeze(1).expand(B, C, -1),
+            *ids,
+            self.surface(c.surfaces.clamp(0, self.surface.num_embeddings - 1)),
+            *(table(c.attributes[..., k]).sum(-2) for k, table in enumerate(self.attributes)),
+            self.bins(bins).flatten(-2),
+        ]
+        x0 = torch.cat([p.to(user_fields.dtype) for p in parts], -1)  # (B, C, W)
+        x = x0
+        for layer in self.cross:
+            x = x0 * layer(x) + x
+        return self.out(x)
+
+
 class BlendCombiner(nn.Module):
     """The combination module: a small MLP from the user representation to one multiplier per task in [0, 2].
 
@@ -546,6 +627,7 @@ class Ranker(nn.Module):
         self.heads = TaskHeads(D, self.tasks, funnel=cfg.head_mode == "funnel")
         self.combiner = BlendCombiner(D, len(self.tasks)) if cfg.learn_blend else None
         self.wide = WidePart(cfg, len(self.tasks)) if cfg.wide else None
+        self.cross = CrossPart(cfg, len(self.tasks)) if cfg.cross_layers else None
         self.drop = nn.Dropout(cfg.dropout)
         # Row 0 = position unknown: zero and never trained, so serving (positions -1) gets no offset.
         self.position_bias = (
@@ -654,28 +736,45 @@ class Ranker(nn.Module):
         """
         h = self.hidden_states(user, candidates, history_attributes)  # (B, T, D)
         T0 = user.hist_post_ids.shape[1] + 1
-        logits = self.heads(self.drop(h[:, T0:]), self._offset(candidates))  # (B, C, K)
+        logits = self.heads(self.drop(h[:, T0:]), self._offset(candidates, self._cross_user(user)))  # (B, C, K)
         multipliers = self.combiner(h[:, 0]) if self.combiner is not None else None
         return RankerOutput(logits.float(), None if multipliers is None else multipliers.float())
 
-    def _offset(self, candidates: CandidateBatch) -> torch.Tensor | None:
-        """(B, C, K) what is added to the heads' raw outputs: the position-bias tower and the wide part."""
+    def _cross_user(self, user: UserFeatures) -> torch.Tensor | None:
+        """(B, U) the user's cross-part fields; None without a cross part."""
+        return None if self.cross is None else self.cross.user_fields(user.user_ids, user.attribute_ids)
+
+    def _offset(self, candidates: CandidateBatch, cross_user: torch.Tensor | None = None) -> torch.Tensor | None:
+        """(B, C, K) what is added to the heads' raw outputs: the position-bias tower, the wide and cross parts."""
         offset = self._position_offset(candidates)
-        if self.wide is not None:
-            wide = self.wide(self.embedder.dense_bins(candidates.dense), candidates)
-            offset = wide if offset is None else offset + wide
+        return self._add_parts(offset, candidates, cross_user)
+
+    def _add_parts(
+        self, offset: torch.Tensor | None, candidates: CandidateBatch, cross_user: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """`offset` plus the wide and cross parts' logits (each only where the config has it)."""
+        if self.wide is None and self.cross is None:
+            return offset
+        bins = self.embedder.dense_bins(candidates.dense)
+        for part in (
+            None if self.wide is None else self.wide(bins, candidates),
+            None if self.cross is None or cross_user is None else self.cross(cross_user, bins, candidates),
+        ):
+            if part is not None:
+                offset = part if offset is None else offset + part
         return offset
 
-    def _served_offset(self, candidates: CandidateBatch, on_cpu: bool) -> torch.Tensor | None:
+    def _served_offset(
+        self, candidates: CandidateBatch, on_cpu: bool, cross_user: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """`_offset`, without the position-bias lookup when every position is unknown (serving) and the unknown
         position's row 0 is zero (as training leaves it: padding_idx): it would add exactly nothing."""
         bias = self.position_bias
         if bias is not None and on_cpu and not (candidates.positions.numpy() >= 0).any():
             zero = derived(bias, "row0_is_zero", (bias.weight,), lambda: bool((bias.weight[0] == 0).all()))
             if zero:
-                wide = self.wide
-                return wide(self.embedder.dense_bins(candidates.dense), candidates) if wide is not None else None
-        return self._offset(candidates)
+                return self._add_parts(None, candidates, cross_user)
+        return self._offset(candidates, cross_user)
 
     def _position_offset(self, candidates: CandidateBatch) -> torch.Tensor | None:
         """(B, C, K) position-bias offsets of logged slots (unknown positions, -1, get 0); None without the tower."""
@@ -724,7 +823,7 @@ class Ranker(nn.Module):
             keys = tuple(torch.from_numpy(k) for k, _ in kv_np)
             values = tuple(torch.from_numpy(v) for _, v in kv_np)
             hidden = torch.from_numpy(self.norm.infer_np(x[:, 0]))
-            return UserCache(keys, values, torch.from_numpy(valid_np), hidden, user_input)
+            return UserCache(keys, values, torch.from_numpy(valid_np), hidden, user_input, self._cross_user(user))
         h, valid, positions_t = self._context(user, history_attributes)
         user_input_t = h[:, 0] if self.cfg.user_in_candidate else None
         cos_t, sin_t = self.rotary.cos[positions_t].unsqueeze(2), self.rotary.sin[positions_t].unsqueeze(2)
@@ -733,7 +832,12 @@ class Ranker(nn.Module):
         for block in self.layers:
             h = block.infer(h, cos_t, sin_t, mask, kv)
         return UserCache(
-            tuple(k for k, _ in kv), tuple(v for _, v in kv), valid, self.norm.infer(h[:, 0]), user_input_t
+            tuple(k for k, _ in kv),
+            tuple(v for _, v in kv),
+            valid,
+            self.norm.infer(h[:, 0]),
+            user_input_t,
+            self._cross_user(user),
         )
 
     def _candidate_qkv_weight(self, block: Block) -> torch.Tensor:
@@ -807,7 +911,7 @@ class Ranker(nn.Module):
             if cache.user_input is not None:
                 tokens = tokens + cache.user_input.unsqueeze(1)
             h = self._score_layers(cache, tokens)
-            parts.append(self.heads(h, self._served_offset(part, on_cpu)))
+            parts.append(self.heads(h, self._served_offset(part, on_cpu, cache.cross_user)))
         B, K = cache.valid.shape[0], len(self.tasks)
         logits = torch.cat(parts, 1) if parts else cache.user_hidden.new_zeros(B, 0, K)
         multipliers = self.combiner(cache.user_hidden) if self.combiner is not None else None

@@ -101,8 +101,12 @@ def test_isolation_replacing_other_candidates_leaves_outputs_unchanged(cfg: Rank
         assert max_diff(model(u, c).logits[:, 0], model(u, swapped).logits[:, 0]) <= TOL
 
 
-def test_isolation_scoring_together_equals_scoring_alone() -> None:
-    model, u, c = build(), users(CFG, [6, 4]), candidates(CFG, 2, 5)
+@pytest.mark.parametrize("cross", [False, True], ids=["plain", "cross"])
+def test_isolation_scoring_together_equals_scoring_alone(cross: bool) -> None:
+    cfg = replace(CFG, dense_bins=4, wide=True, cross_layers=2) if cross else CFG
+    model, u, c = build(cfg), users(cfg, [6, 4]), candidates(cfg, 2, 5)
+    if model.cross is not None:
+        torch.nn.init.normal_(model.cross.out.weight, std=0.02)
     with torch.no_grad():
         together = model(u, c).logits
         alone = torch.cat([model(u, c.slice(i, i + 1)).logits for i in range(5)], 1)
@@ -134,9 +138,19 @@ def test_history_padding_width_invariance() -> None:
         assert max_diff(model(u, c).logits, model(narrow, c).logits) <= TOL
 
 
-@pytest.mark.parametrize("cfg", [*MODES, replace(CFG, n_layers=2, n_heads=4, n_kv_heads=2)], ids=["ind", "fun", "gqa"])
+CROSS = replace(CFG, dense_bins=4, wide=True, cross_layers=2)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [*MODES, replace(CFG, n_layers=2, n_heads=4, n_kv_heads=2), CROSS],
+    ids=["ind", "fun", "gqa", "cross"],
+)
 def test_cached_serving_matches_forward(cfg: RankerConfig) -> None:
     model, u, c = build(cfg), users(cfg, [6, 2, 0]), candidates(cfg, 3, 7)
+    if cfg.cross_layers:  # the cross part's output starts at zero: give it weights, so the test can see it
+        assert model.cross is not None
+        torch.nn.init.normal_(model.cross.out.weight, std=0.02)
     with torch.no_grad():
         plain = model(u, c)
     cache = model.encode_user(u)
@@ -304,3 +318,25 @@ def test_dropout_acts_in_training_only() -> None:
     assert max_diff(served.logits, plain) <= TOL  # evaluation and serving: no dropout, one scoring path
     with pytest.raises(ValueError, match="dropout"):
         RankerConfig(dropout=1.0)
+
+
+def test_cross_part_needs_bins_and_a_positive_width() -> None:
+    with pytest.raises(ValueError, match="cross_layers needs dense_bins"):
+        RankerConfig(cross_layers=1)
+    with pytest.raises(ValueError, match="cross_dim"):
+        RankerConfig(dense_bins=4, cross_layers=1, cross_dim=0)
+
+
+def test_cross_part_without_ids_ignores_the_ids() -> None:
+    """cross_ids=False: two candidates that differ only in post and author ids get the same cross logits."""
+    cfg = replace(CFG, dense_bins=4, cross_layers=1, cross_ids=False)
+    model, u, c = build(cfg), users(cfg, [3]), candidates(cfg, 1, 2)
+    assert model.cross is not None
+    torch.nn.init.normal_(model.cross.out.weight, std=0.1)
+    same = replace(c, post_ids=c.post_ids[:, :1].expand(1, 2), author_ids=c.author_ids[:, :1].expand(1, 2))
+    with torch.no_grad():
+        fields = model.cross.user_fields(u.user_ids, u.attribute_ids)
+        bins = model.embedder.dense_bins(c.dense)
+        assert max_diff(model.cross(fields, bins, c), model.cross(fields, bins, same)) == 0.0
+        other_user = model.cross.user_fields(u.user_ids + 1, u.attribute_ids)
+        assert max_diff(fields, other_user) == 0.0
