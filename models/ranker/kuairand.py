@@ -419,6 +419,7 @@ def peer_metrics(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> dict[str, f
 #   no ids 0.7024 (0.6147, 0.6600) at 132 s a seed (over the budget); 1 layer with ids 0.6996 (0.6130, 0.6453),
 #   69 s, best epoch 1: the explicit crosses add no within-user ranking the transformer lacks here
 #   max_history 32 (nano 16) 0.7013 (0.6146, 0.6607), 133-179 s a seed beside other work: no gain for the time
+#   user token added to candidates (user_in_candidate) 0.7015 (0.6166, 0.6611), 98-120 s beside other work: a tie
 PROTOCOL_MODEL: dict[str, object] = {"dense_bins": 16, "wide": True, "max_position": 0}
 PROTOCOL_TRAIN: dict[str, object] = {
     "epochs": 4,
