@@ -41,12 +41,15 @@ def first_error(err: Any) -> tuple[str, dict[str, Any]]:
     return dotted_key(first["loc"]) or "<root>", first
 
 
-def config_error(where: str, err: Any) -> UserError:
+def config_error(where: str, err: Any, nested: bool = False) -> UserError:
     """The one-line UserError of every typed config: "<where>: <dotted key>: <why>[, got <value>]" from a pydantic
-    ValidationError's first error (an unknown key says so; a missing one shows no value)."""
+    ValidationError's first error (an unknown key says so; a missing one shows no value). `nested`: `where` is the
+    config's own key in a larger file, and the message names "<where>.<dotted key>" ("recommender.top_k")."""
     key, first = first_error(err)
+    head = f"{where}.{key}" if nested and key != "<root>" else f"{where}: {key}"
     if first["type"] == "extra_forbidden":
-        return UserError(f"{where}: {key}: unknown key")
-    got = "" if first["type"] == "missing" else f", got {first.get('input')!r}"
+        return UserError(f"{head}: unknown key")
     why = first["msg"].removeprefix("Value error, ")
-    return UserError(f"{where}: {key}: {why[:1].lower()}{why[1:]}{got}")
+    shown = first["type"] == "missing" or ", got " in why or repr(first.get("input")) in why  # said already
+    got = "" if shown else f", got {first.get('input')!r}"
+    return UserError(f"{head}: {why[:1].lower()}{why[1:]}{got}")

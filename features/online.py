@@ -268,6 +268,31 @@ class RedisBackend:
         self._call(lambda: self.client.set(META_KEY, stamp))
 
 
+class MemoryBackend:
+    """An online store held in the process, {view name: {entity id: row}}, rows as the stores decode them (Python
+    scalars, tuples for lists). The fake pipeline's store (serving/fake.py) for wiring tests; no deployment's."""
+
+    def __init__(self, rows: dict[str, dict[int, dict[str, Any]]], stamp: str | None = None) -> None:
+        self.rows, self.stamp = rows, stamp
+
+    def read(self, view: View, ids: Sequence[int]) -> list[dict[str, Any] | None]:
+        table = self.rows.get(view.name, {})
+        return [dict(table[int(i)]) if int(i) in table else None for i in ids]
+
+    def check(self, view: View) -> None:
+        if view.name not in self.rows:
+            raise FeatureSchemaError(f"feature view '{view.name}': not in the in-memory store")
+        for key, row in self.rows[view.name].items():
+            if lacking := [n for n in view.names if n not in row]:
+                raise FeatureSchemaError(f"feature view '{view.name}': row {key} lacks {lacking[0]!r}")
+
+    def materialized_at(self) -> str | None:
+        return self.stamp
+
+    def mark_materialized(self, stamp: str) -> None:
+        self.stamp = stamp
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The reader the service uses.
 # ---------------------------------------------------------------------------------------------------------------

@@ -110,15 +110,17 @@ def deployed_params(project: Path, as_of: datetime, models: str | None = None) -
     from serving.ab import load_config
 
     cfg = load_config(project / DEPLOY_FILE)
-    params = dict(cfg.variant(cfg.champion).recommender.params)  # type: ignore[union-attr]
+    params = cfg.variant(cfg.champion).recommender.params.model_dump(exclude_unset=True)  # type: ignore[union-attr]
     if models is not None:
         params.update({p: str(MODEL_STORE / models / d) for p, d in MODEL_PATHS.items()})
     for key in ("retrieval_model", "index", "ranker", "features"):
-        params[key] = str(project / params[key])
+        if params.get(key) is not None:
+            params[key] = str(project / params[key])
     params["sqlite_path"] = str(sqlite_path(project / "data"))
     params["as_of"] = as_of.isoformat()
-    if params.get("explore_slots") or params.get("explore_temperature"):
-        params.setdefault("explore_seed", int(as_of.timestamp()) // 86_400)  # reproducible draws, new each day
+    explores = params.get("explore_slots") or params.get("explore_temperature")
+    if explores and params.get("explore_seed") is None:
+        params["explore_seed"] = int(as_of.timestamp()) // 86_400  # reproducible draws, new each day
     return params
 
 
@@ -235,6 +237,49 @@ def _deployed_flows(project: Path, log_file: Path, day_start: datetime, n: int, 
 
 
 @flow(name="simulate", log_prints=True)
+def _simulate_day(
+    project: Path,
+    tmp: Path,
+    sim: Any,
+    n: int,
+    day: int,
+    requests_per_day: int,
+    policies: tuple[str, ...],
+    frozen: str | None,
+    k: int,
+    seed: int,
+    retrain_every: int,
+) -> list[dict[str, Any]]:
+    """Simulated day `n` (world day `day`): every policy serves the day's requests, the loop's day becomes data, the
+    deployed flows run; one row per policy (true reward, alarm, retrain, promotion)."""
+    from features.synth import EPOCH
+    from monitoring import simulate as simulated
+
+    log = get_run_logger()
+    day_start = EPOCH + timedelta(days=day)
+    requests = simulated.day_requests(sim, day, requests_per_day, seed)
+    champion = champion_key(project)
+    loop, loop_items, loop_features, served = _serve_policies(project, sim, day, requests, policies, frozen, k, seed)
+    reward = {p: simulated.mean_true_reward(sim, requests, served[p], seed + day) for p in policies if p != "loop"}
+    # What users did with the loop's slates: its reward, and the outcome log the monitor joins with exposures.
+    loop_outcomes = simulated.slate_outcomes(sim, simulated.served_frame(requests, served["loop"]), seed + day)
+    if "loop" in policies:
+        reward["loop"] = float(simulated.true_rewards(loop_outcomes, requests).mean())
+    reward = {p: reward[p] for p in policies}
+    log_file = _loop_day_to_data(project, tmp, sim, n, day, requests, loop, loop_items, loop_features, loop_outcomes,
+                                 seed)  # fmt: skip
+    alarm, retrained = _deployed_flows(project, log_file, day_start, n, retrain_every)
+    after = champion_key(project)
+    log.info("day %d (%s): %s; alarm %s, retrained %s, champion %s", n, day_start.date(),
+             ", ".join(f"{p} {v:.4f}" for p, v in reward.items()), alarm, retrained is not None, after)  # fmt: skip
+    return [
+        {"day": n, "date": day_start.date().isoformat(), "policy": policy, "true_reward": reward[policy],
+         "requests": len(requests), "alarm": alarm, "retrained": retrained is not None, "promoted": after != champion,
+         "champion": champion}
+        for policy in policies
+    ]  # fmt: skip
+
+
 def simulate_flow(
     data: str,
     out: str,
@@ -271,33 +316,8 @@ def simulate_flow(
         sim = simulated.extend_world(world, days, drift, drift_day, seed)
         rows: list[dict[str, Any]] = []
         for n in range(1, days + 1):
-            day = first_day + n - 1
-            day_start = EPOCH + timedelta(days=day)
-            requests = simulated.day_requests(sim, day, requests_per_day, seed)
-            champion = champion_key(project)
-            loop, loop_items, loop_features, served = _serve_policies(
-                project, sim, day, requests, policies, frozen, k, seed
-            )
-            reward = {p: simulated.mean_true_reward(sim, requests, served[p], seed + day)
-                      for p in policies if p != "loop"}  # fmt: skip
-            # What users did with the loop's slates: its reward, and the outcome log the monitor joins with exposures.
-            loop_outcomes = simulated.slate_outcomes(sim, simulated.served_frame(requests, served["loop"]), seed + day)
-            if "loop" in policies:
-                reward["loop"] = float(simulated.true_rewards(loop_outcomes, requests).mean())
-            reward = {p: reward[p] for p in policies}
-            log_file = _loop_day_to_data(project, tmp, sim, n, day, requests, loop, loop_items, loop_features,
-                                         loop_outcomes, seed)  # fmt: skip
-            alarm, retrained = _deployed_flows(project, log_file, day_start, n, retrain_every)
-            after = champion_key(project)
-            for policy in policies:
-                rows.append({
-                    "day": n, "date": day_start.date().isoformat(), "policy": policy, "true_reward": reward[policy],
-                    "requests": len(requests), "alarm": alarm, "retrained": retrained is not None,
-                    "promoted": after != champion, "champion": champion,
-                })  # fmt: skip
-            log.info("day %d (%s): %s; alarm %s, retrained %s, champion %s", n, day_start.date(),
-                     ", ".join(f"{p} {v:.4f}" for p, v in reward.items()), alarm, retrained is not None,
-                     after)  # fmt: skip
+            rows += _simulate_day(project, tmp, sim, n, first_day + n - 1, requests_per_day, policies, frozen, k, seed,
+                                  retrain_every)  # fmt: skip
         meta = {
             "data": str(data), "days": days, "first_date": (EPOCH + timedelta(days=first_day)).date().isoformat(),
             "policies": list(policies), "requests_per_day": requests_per_day, "k": k, "seed": seed,

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import types
+import functools
 import typing
 from collections.abc import Iterable
 from typing import Any
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from core.errors import UserError
 
@@ -47,32 +48,27 @@ def coerce(cls: type, values: dict[str, Any], prefix: str = "") -> dict[str, Any
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
+    """`value` (as YAML read it from the command line) checked against the field's type by pydantic, strictly: no
+    bool for a number, no number for a bool. Two spellings a command line needs are read first: "a,b" for a tuple,
+    and "1e-3" for a float (YAML 1.1 reads an exponent without a dot as a string)."""
     origin = typing.get_origin(hint)
     if origin is tuple:
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, list | tuple):
-            raise UserError(f"{where}: expected a list, got {value!r}")
-        return tuple(value)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        return str(value)
-    return value
+            value = tuple(v for v in value.split(",") if v)
+        elif isinstance(value, list):
+            value = tuple(value)
+    elif hint is str or (str in typing.get_args(hint) and value is not None):  # str, or str | None
+        value = str(value)
+    elif float in (hint, *typing.get_args(hint)) and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    try:
+        return _adapter(hint).validate_python(value, strict=True)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UserError(f"{where}: {first['msg'][:1].lower()}{first['msg'][1:]}, got {value!r}") from None
+
+
+@functools.cache
+def _adapter(hint: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(hint)

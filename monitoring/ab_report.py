@@ -31,7 +31,7 @@ from scipy import stats
 
 from core.actions import prob_column
 from core.errors import UserError
-from models.ranker.tasks import TASKS, TaskKind
+from models.ranker.task_table import TASKS, TaskKind
 
 SRM_ALPHA = 0.001
 BLEND: dict[str, float] = {t.name: t.blend_weight for t in TASKS if t.kind is TaskKind.BINARY}

@@ -179,6 +179,19 @@ def _save_html(snapshot: Any, path: Path) -> None:
     atomic_write_text(Path(path), snapshot.get_html_str(as_iframe=False))
 
 
+def _judged_share(
+    per_feature: dict[str, dict[str, Any]], judged: set[str], reasons: list[str]
+) -> tuple[float, None, dict[str, dict[str, Any]]]:
+    """(the drifted share of the judged features, no test verdict, those features); a note in `reasons` says how
+    many of the others drifted (reported, not judged)."""
+    counted = {c: v for c, v in per_feature.items() if c in judged}
+    others = [c for c in per_feature if c not in counted]
+    if others:
+        moved = [c for c in others if per_feature[c]["drifted"]]
+        reasons.append(f"reported, not judged: {len(moved)} of {len(others)} other features drifted")
+    return sum(v["drifted"] for v in counted.values()) / max(len(counted), 1), None, counted
+
+
 def data_drift(
     reference: pd.DataFrame | None,
     current: pd.DataFrame | None,
@@ -230,17 +243,12 @@ def data_drift(
         return result
     result.per_feature = per_feature
     blocking = bool(reasons)  # the reasons so far name input that stops a verdict; the notes below do not
-    if share is None:
-        share = sum(v["drifted"] for v in per_feature.values()) / max(len(per_feature), 1)
-    counted_features = per_feature
-    if judged is not None:
-        counted_features = {c: v for c, v in per_feature.items() if c in set(judged)}
-        others = [c for c in per_feature if c not in counted_features]
-        share = sum(v["drifted"] for v in counted_features.values()) / max(len(counted_features), 1)
-        share_failed = None
-        if others:
-            moved = [c for c in others if per_feature[c]["drifted"]]
-            result.reasons.append(f"reported, not judged: {len(moved)} of {len(others)} other features drifted")
+    if judged is not None:  # the share is recounted over the judged features; Evidently's verdict is not theirs
+        share, share_failed, counted_features = _judged_share(per_feature, set(judged), result.reasons)
+    else:
+        counted_features = per_feature
+        if share is None:
+            share = sum(v["drifted"] for v in per_feature.values()) / max(len(per_feature), 1)
     result.share_drifted = share
     if html is not None:
         _save_html(snapshot, html)

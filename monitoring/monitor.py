@@ -636,13 +636,7 @@ def run_monitor(
 
     dd = _check_data_drift(ref, cur, base, cfg, log)
     pdr, prediction_mean = _check_prediction_drift(cur, base, cfg)
-    outcome_set = _outcomes(cur, given, given_detail, world, cfg.seed, as_of)
-    log.notes.append(f"outcomes: {outcome_set.source}: {outcome_set.detail}")
-    base_served: pd.DataFrame | None = None
-    if base is not None:
-        base_set = _outcomes(base, given, given_detail, world, cfg.seed + 1, as_of)
-        log.notes.append(f"baseline outcomes: {base_set.source}: {base_set.detail}")
-        base_served = _sample_slates(base_set.frame, cfg.max_rows, cfg.seed) if base_set.actions else None
+    outcome_set, base_served = _window_outcomes(cur, base, (given, given_detail, world), cfg, as_of, log)
     td = _check_target_drift(outcome_set, base, base_served, cfg, log)
     catalogue = _post_catalogue(features, ref, end)
     quality = _check_quality(outcome_set, base, base_served, catalogue, ref, cfg, log)
@@ -670,10 +664,37 @@ def run_monitor(
         alarm_checks=tuple(cfg.alarm_checks),
     )
     if log.out is not None:
-        result.reports = [str(p) for p in [*log.reports, log.out / "result.json", log.out / "summary.json"]]
-        atomic_write_text(log.out / "result.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
-        atomic_write_text(log.out / "summary.json", json.dumps(result.summary(), indent=2, default=str) + "\n")
+        _write_result(result, log)
     return result
+
+
+def _window_outcomes(
+    cur: pd.DataFrame,
+    base: pd.DataFrame | None,
+    source: tuple[Any, str, Any],
+    cfg: MonitorConfig,
+    as_of: datetime | None,
+    log: _RunLog,
+) -> tuple[OutcomeSet, pd.DataFrame | None]:
+    """The current window's outcomes and a sample of the baseline's served slates with theirs (None without a
+    baseline or baseline outcomes); the baseline's simulated draws use another seed, so the two are independent.
+    `source`: (given outcomes, their description, the synthetic world) of `_outcome_source`."""
+    given, detail, world = source
+    outcome_set = _outcomes(cur, given, detail, world, cfg.seed, as_of)
+    log.notes.append(f"outcomes: {outcome_set.source}: {outcome_set.detail}")
+    if base is None:
+        return outcome_set, None
+    base_set = _outcomes(base, given, detail, world, cfg.seed + 1, as_of)
+    log.notes.append(f"baseline outcomes: {base_set.source}: {base_set.detail}")
+    return outcome_set, _sample_slates(base_set.frame, cfg.max_rows, cfg.seed) if base_set.actions else None
+
+
+def _write_result(result: MonitorResult, log: _RunLog) -> None:
+    """result.json and summary.json beside the reports, each written whole (atomically)."""
+    assert log.out is not None
+    result.reports = [str(p) for p in [*log.reports, log.out / "result.json", log.out / "summary.json"]]
+    atomic_write_text(log.out / "result.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    atomic_write_text(log.out / "summary.json", json.dumps(result.summary(), indent=2, default=str) + "\n")
 
 
 def monitor_summary(reference: Path, current: Path, out: Path, **kwargs: Any) -> dict[str, Any]:

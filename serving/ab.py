@@ -29,6 +29,7 @@ from features.live import EventsSettings
 from features.served import FreshFeedSettings
 from serving.exposure import ExposureSettings
 from serving.recommender import Recommender
+from serving.recommender_config import RecommenderConfig
 
 # Shares are floats from YAML or an admin request: 0.1 + 0.2 + 0.7 is 1 only to within rounding.
 SHARE_TOLERANCE = 1e-9
@@ -54,11 +55,11 @@ class PopularSpec(_Strict):
 
 
 class PipelineSpec(_Strict):
-    """The full pipeline (serving/recommender_pipeline.py); params are the keys of its RecommenderConfig
-    (serving/recommender_config.py)."""
+    """The full pipeline (serving/recommender_pipeline.py), configured by its typed `RecommenderConfig`
+    (serving/recommender_config.py): a bad value fails the variants config, naming the key."""
 
     kind: Literal["pipeline"] = "pipeline"
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: RecommenderConfig
 
 
 RecommenderSpec = Annotated[PopularSpec | PipelineSpec, Field(discriminator="kind")]
@@ -203,15 +204,14 @@ def _build_popular(variant: Variant) -> Recommender:
 
 
 def _build_pipeline(variant: Variant) -> Recommender:
-    from serving.recommender_config import RecommenderConfig
     from serving.recommender_pipeline import PipelineRecommender
 
     spec = variant.recommender
     assert isinstance(spec, PipelineSpec)
-    params = dict(spec.params)
-    if variant.blend_weights is not None:
-        params["weights"] = dict(variant.blend_weights)
-    return PipelineRecommender.load(RecommenderConfig.from_dict(params))
+    params = spec.params
+    if variant.blend_weights is not None:  # checked by the same rule as params.weights
+        params = RecommenderConfig(**(params.model_dump() | {"weights": dict(variant.blend_weights)}))
+    return PipelineRecommender.load(params)
 
 
 FACTORIES: dict[str, Factory] = {"popular": _build_popular, "pipeline": _build_pipeline}

@@ -4,21 +4,24 @@ serving/recommender_pipeline.py assembles and runs the pipeline it describes."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from core.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from core.errors import UserError, config_error
 from core.io import parse_iso, read_yaml
 from core.online_store import REDIS_ADDRESS, check_store
 from features.windows import AS_OF_DATA, features_end
 from serving.scorers.weighted import ScoringWeights
 
+WHERE = "recommender"  # every message names recommender.<field>
+Positive = Annotated[int, Field(ge=1)]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
-@dataclass(frozen=True)
-class RecommenderConfig:
+
+class RecommenderConfig(BaseModel):
     """One variant: model directories, the stores, blend weights and pipeline parameters.
 
     Attributes:
@@ -57,6 +60,8 @@ class RecommenderConfig:
         log_seed: fixes which requests are sampled (tests); None = fresh entropy.
     """
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     retrieval_model: Path
     index: Path
     ranker: Path
@@ -66,88 +71,80 @@ class RecommenderConfig:
     redis: str = REDIS_ADDRESS
     as_of: str | None = None
     weights: dict[str, float] | None = None
-    retrieval_max_results: int = 500
+    retrieval_max_results: Positive = 500
     in_network: bool = True
-    in_network_max_results: int = 1200
-    in_network_per_author: int = 50
-    popular_max_results: int = 200
+    in_network_max_results: Positive = 1200
+    in_network_per_author: Positive = 50
+    popular_max_results: Annotated[int, Field(ge=0)] = 200
     popular_posts: tuple[int, ...] = ()
-    fresh_max_results: int = 100
-    max_age_hours: float = 48.0
-    top_k: int = 50
-    author_cap: int = 2
-    diversity_decay: float = 0.5
-    diversity_floor: float = 0.25
-    oon_factor: float = 0.75
-    warm_posts: int = 200_000  # ~20 s and ~250 MB per million posts: the small world's 100k load in about 1 s
+    fresh_max_results: Positive = 100
+    max_age_hours: Annotated[float, Field(gt=0)] = 48.0
+    top_k: Positive = 50
+    author_cap: Positive = 2
+    diversity_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    diversity_floor: Share = 0.25
+    oon_factor: Share = 0.75
+    warm_posts: Annotated[int, Field(ge=0)] = (
+        200_000  # ~20 s and ~250 MB per million posts: the small world's 100k in ~1 s
+    )
     device: str = "cpu"
-    explore_temperature: float = 0.0
-    explore_samples: int = 2000
+    explore_temperature: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+    explore_samples: Positive = 2000
     explore_seed: int | None = None
-    explore_slots: int = 0
-    log_candidate_features: float = 0.0
+    explore_slots: Annotated[int, Field(ge=0)] = 0
+    log_candidate_features: Share = 0.0  # a share of requests
     log_seed: int | None = None
 
-    def __post_init__(self) -> None:
-        for name in ("retrieval_model", "index", "ranker", "features", "sqlite_path"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, Path(value))
-        object.__setattr__(self, "popular_posts", tuple(int(p) for p in self.popular_posts))
-        check_store(self.online_store, "recommender.online_store")
-        positive = (
-            "retrieval_max_results",
-            "in_network_max_results",
-            "in_network_per_author",
-            "fresh_max_results",
-            "top_k",
-            "author_cap",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UserError(f"recommender.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.warm_posts < 0:
-            raise UserError(f"recommender.warm_posts: must be >= 0, got {self.warm_posts}")
-        if self.popular_max_results < 0 or self.max_age_hours <= 0:
-            raise UserError("recommender.popular_max_results must be >= 0 and max_age_hours > 0")
-        if not 0.0 < self.diversity_decay <= 1.0 or not 0.0 <= self.diversity_floor <= 1.0:
-            raise UserError("recommender.diversity_decay must be in (0, 1] and diversity_floor in [0, 1]")
-        if not 0.0 <= self.oon_factor <= 1.0:
-            raise UserError(f"recommender.oon_factor: must be in [0, 1], got {self.oon_factor}")
-        if not (self.explore_temperature >= 0 and math.isfinite(self.explore_temperature)):
-            raise UserError(f"recommender.explore_temperature: must be >= 0 (0 = off), got {self.explore_temperature}")
-        if self.explore_samples < 1:
-            raise UserError(f"recommender.explore_samples: must be >= 1, got {self.explore_samples}")
-        if self.explore_slots < 0:
-            raise UserError(f"recommender.explore_slots: must be >= 0 (0 = off), got {self.explore_slots}")
-        if self.explore_slots and self.explore_temperature > 0:
-            raise UserError("recommender.explore_slots: give either explore_slots or explore_temperature, not both")
-        if not 0.0 <= self.log_candidate_features <= 1.0:
-            raise UserError(
-                f"recommender.log_candidate_features: must be in [0, 1] (a share of requests), got "
-                f"{self.log_candidate_features}"
-            )
-        if self.as_of == AS_OF_DATA:
-            if self.features is None:
-                raise UserError(f"recommender.as_of: {AS_OF_DATA!r} needs recommender.features (the snapshot it reads)")
-        elif self.as_of is not None:
-            self.now_at()  # a bad time is a load error, not a request error
-        if self.weights is not None:
-            ScoringWeights(dict(self.weights))  # checks names and signs at load
+    def __init__(self, **values: Any) -> None:
+        """Checks every value; the first bad one is a one-line UserError "recommender.<field>: <why>"."""
+        try:
+            super().__init__(**values)
+        except ValidationError as err:
+            raise config_error(WHERE, err, nested=True) from None
+
+    @field_validator("online_store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        try:
+            check_store(value, f"{WHERE}.online_store")
+        except UserError as err:
+            raise ValueError(str(err).removeprefix(f"{WHERE}.online_store: ")) from None
+        return value
+
+    @field_validator("as_of")
+    @classmethod
+    def _as_of(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value == AS_OF_DATA:
+            if info.data.get("features") is None:
+                raise ValueError(f"{AS_OF_DATA!r} needs recommender.features (the snapshot it reads)")
+        elif value is not None:
+            try:
+                parse_iso(value, f"{WHERE}.as_of")  # a bad time is a load error, not a request error
+            except UserError as err:
+                raise ValueError(str(err).removeprefix(f"{WHERE}.as_of: ")) from None
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            try:
+                ScoringWeights(dict(value))  # names and signs, by the task table's rule
+            except UserError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("explore_slots")
+    @classmethod
+    def _one_explorer(cls, value: int, info: ValidationInfo) -> int:
+        if value and info.data.get("explore_temperature", 0.0) > 0:
+            raise ValueError("give either explore_slots or explore_temperature, not both")
+        return value
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RecommenderConfig:
         """From a parsed JSON/YAML mapping; an unknown key or a wrong type is a UserError naming it."""
-        from models.config_overrides import coerce
-
-        known = {f.name for f in fields(cls)}
-        missing = [n for n in ("retrieval_model", "index", "ranker") if n not in values]
-        if missing:
-            raise UserError(f"recommender: missing {', '.join(missing)}")
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"recommender.{unknown[0]}: unknown config key (known: {', '.join(sorted(known))})")
-        return cls(**coerce(cls, values, prefix="recommender"))
+        return cls(**values)
 
     @classmethod
     def from_file(cls, path: Path) -> RecommenderConfig:
@@ -160,7 +157,7 @@ class RecommenderConfig:
         if self.as_of is None:
             return None
         if self.as_of == AS_OF_DATA:
-            assert self.features is not None  # __post_init__
+            assert self.features is not None  # checked by _as_of
             return features_end(self.features)
         return parse_iso(self.as_of, "recommender.as_of")
 

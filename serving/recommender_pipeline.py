@@ -51,7 +51,7 @@ from serving.filters.self_post import SelfPostFilter
 from serving.hydrators.post_features import PostFeaturesHydrator
 from serving.hydrators.user_features import UserFeaturesHydrator
 from serving.hydrators.user_graph import UserGraphHydrator
-from serving.pipeline import Filter, Pipeline, PipelineResult, QueryHydrator
+from serving.pipeline import Filter, Pipeline, PipelineResult, QueryHydrator, Source
 from serving.recent_posts import RecentPost, RecentPostStore
 from serving.recommender import Item, Recommendation
 from serving.recommender_config import RecommenderConfig
@@ -147,6 +147,71 @@ def eligibility_filters(cfg: RecommenderConfig, hydrated: bool) -> list[Filter]:
     ]
 
 
+def _load_models(cfg: RecommenderConfig) -> tuple[TwoTower, AnnIndex, Ranker, str]:
+    """The two-tower, its index and the ranker, and the variant's version "retrieval:<hash>+ranker:<hash>".
+
+    Raises:
+        UserError: a directory is missing or does not fit this code, the ranker reads dataset extras the served
+            pipeline has no values for, or the index was built from another two-tower than `retrieval_model`.
+    """
+    device = torch.device(cfg.device)
+    two_tower = load_two_tower(cfg.retrieval_model, map_location=device).to(device).eval()
+    ranker = load_ranker(cfg.ranker, map_location=device)
+    extras = [f for f in ranker.cfg.candidate_features if f.startswith(EXTRA_PREFIX)]
+    if extras:
+        raise UserError(f"{cfg.ranker}: reads dataset extras the served pipeline has no values for: {extras}")
+    if not (cfg.index / "index.json").is_file():
+        raise UserError(f"{cfg.index}: not an ANN index (no index.json; run `ember index build`)")
+    index = load_index(cfg.index)
+    retrieval_version = model_version(cfg.retrieval_model)
+    built_from = json.loads((cfg.index / "index.json").read_text()).get("model")
+    if built_from != retrieval_version:
+        raise UserError(
+            f"{cfg.index}: built from model {built_from}, not from {cfg.retrieval_model} ({retrieval_version})"
+        )
+    return two_tower, index, ranker, f"retrieval:{retrieval_version}+ranker:{model_version(cfg.ranker)}"
+
+
+def _popular_list(cfg: RecommenderConfig, corpus: pd.DataFrame | None) -> list[PopularPost]:
+    """The popular source's posts: `popular_posts` as given (authors and times from the corpus where it has them),
+    else the corpus ranked by engagement; none without either."""
+    if cfg.popular_posts:
+        n = len(cfg.popular_posts)
+        by_id = corpus.set_index("post_id") if corpus is not None else None
+        known = by_id.index if by_id is not None else ()
+        return [
+            PopularPost(
+                p,
+                int(by_id.at[p, "author_id"]) if by_id is not None and p in known else 0,
+                int(by_id.at[p, "post_created_at_ms"]) if by_id is not None and p in known else 0,
+                float(n - i),
+            )
+            for i, p in enumerate(cfg.popular_posts)
+        ]
+    return popular_posts(corpus) if corpus is not None else []
+
+
+def recent_post_store(corpus: pd.DataFrame, now: datetime) -> RecentPostStore:
+    """The in-network source's store: every post of the corpus with a known creation time, trimmed at `now`."""
+    recent = RecentPostStore()
+    recent.extend(
+        RecentPost(int(t), int(p), int(a))
+        for p, a, t in zip(corpus["post_id"], corpus["author_id"], corpus["post_created_at_ms"], strict=True)
+        if t == t  # NaN: creation time unknown
+    )
+    recent.trim(int(now.timestamp() * 1000))
+    return recent
+
+
+def _explorer(cfg: RecommenderConfig) -> PlackettLuceExplorer | SlotExplorer | None:
+    """The configured exploration of the served slate (RecommenderConfig.explore_*), or None: the ranked order."""
+    if cfg.explore_temperature > 0:
+        return PlackettLuceExplorer(cfg.explore_temperature, cfg.explore_samples, cfg.explore_seed)
+    if cfg.explore_slots:
+        return SlotExplorer(cfg.explore_slots, cfg.explore_seed)
+    return None
+
+
 @dataclass
 class GivenPostsSource(Component):
     """The posts a `rank` call asks about, in the order given."""
@@ -177,14 +242,10 @@ class PipelineRecommender:
         self.cfg, self.two_tower, self.index, self.ranker, self.online = cfg, two_tower, index, ranker, online
         self._version = version
         fixed = cfg.now_at()
-        if clock is not None:
-            self.clock = clock
-        elif fixed is not None:
-            self.clock = lambda: fixed
-        else:
-            self.clock = lambda: datetime.now(UTC)
         self._fixed_time = clock is not None or fixed is not None  # responses then say which time they served
-        weights = ScoringWeights(cfg.weights) if cfg.weights is not None else ScoringWeights()
+        if clock is None:
+            clock = (lambda: fixed) if fixed is not None else (lambda: datetime.now(UTC))
+        self.clock = clock
         history = max(two_tower.cfg.max_history, ranker.cfg.max_history)
         if two_tower.cfg.history_action:  # its newest S events of one action lie further back: look up all of them
             history = max(history, FILTERED_HISTORY_LOOKUP)
@@ -200,22 +261,12 @@ class PipelineRecommender:
             dict.fromkeys(("post_author_id", *ranker.cfg.candidate_features, *ranker.cfg.candidate_attributes))
         )
         self._log_draw = random.Random(cfg.log_seed)
-        self.weighted = WeightedScorer(weights)
+        self.weighted = WeightedScorer(ScoringWeights(cfg.weights) if cfg.weights is not None else ScoringWeights())
         self.recent = recent
         self.fresh = FreshSource(cfg.max_age, cfg.fresh_max_results)
-        sources: list[Any] = []
-        if recent is not None and cfg.in_network:
-            sources.append(
-                InNetworkSource(recent, cfg.max_age, cfg.in_network_per_author, max_results=cfg.in_network_max_results)
-            )
-        sources += [
-            TwoTowerSource(two_tower, index, cfg.retrieval_max_results),
-            self.fresh,
-            PopularSource(popular, cfg.popular_max_results, cfg.max_age),
-        ]
         self.pipeline = Pipeline(
             query_hydrators=list(self.query_hydrators),
-            sources=sources,
+            sources=self._sources(popular),
             hydrators=[self.post_hydrator],
             filters=eligibility_filters(cfg, hydrated=True),
             scorers=[
@@ -226,13 +277,7 @@ class PipelineRecommender:
             ],
             selector=TopKSelector(cfg.top_k),
             post_filters=[AuthorCapFilter(cfg.author_cap)],
-            explorer=(
-                PlackettLuceExplorer(cfg.explore_temperature, cfg.explore_samples, cfg.explore_seed)
-                if cfg.explore_temperature > 0
-                else SlotExplorer(cfg.explore_slots, cfg.explore_seed)
-                if cfg.explore_slots
-                else None
-            ),
+            explorer=_explorer(cfg),
         )
         # No store needed: the popular list by popularity (the source sets each candidate's score).
         self.fallback = Pipeline(
@@ -241,6 +286,21 @@ class PipelineRecommender:
             selector=TopKSelector(cfg.top_k),
             post_filters=[AuthorCapFilter(cfg.author_cap)],
         )
+
+    def _sources(self, popular: list[PopularPost]) -> list[Source]:
+        """In-network (with a recent-post store), the two-tower's ANN, posts added live, popular (cold start only)."""
+        cfg = self.cfg
+        sources: list[Source] = []
+        if self.recent is not None and cfg.in_network:
+            sources.append(
+                InNetworkSource(self.recent, cfg.max_age, cfg.in_network_per_author, cfg.in_network_max_results)
+            )
+        return [
+            *sources,
+            TwoTowerSource(self.two_tower, self.index, cfg.retrieval_max_results),
+            self.fresh,
+            PopularSource(popular, cfg.popular_max_results, cfg.max_age),
+        ]
 
     @classmethod
     def load(
@@ -252,51 +312,13 @@ class PipelineRecommender:
             UserError: a model or index directory is missing or does not fit this code, or the index was built from
                 another two-tower than `retrieval_model`.
         """
-        device = torch.device(cfg.device)
-        two_tower = load_two_tower(cfg.retrieval_model, map_location=device).to(device).eval()
-        ranker = load_ranker(cfg.ranker, map_location=device)
-        extras = [f for f in ranker.cfg.candidate_features if f.startswith(EXTRA_PREFIX)]
-        if extras:
-            raise UserError(f"{cfg.ranker}: reads dataset extras the served pipeline has no values for: {extras}")
-        if not (cfg.index / "index.json").is_file():
-            raise UserError(f"{cfg.index}: not an ANN index (no index.json; run `ember index build`)")
-        index = load_index(cfg.index)
-        retrieval_version = model_version(cfg.retrieval_model)
-        built_from = json.loads((cfg.index / "index.json").read_text()).get("model")
-        if built_from != retrieval_version:
-            raise UserError(
-                f"{cfg.index}: built from model {built_from}, not from {cfg.retrieval_model} ({retrieval_version})"
-            )
-        version = f"retrieval:{retrieval_version}+ranker:{model_version(cfg.ranker)}"
+        two_tower, index, ranker, version = _load_models(cfg)
         now = cfg.now_at()
-        popular: list[PopularPost] = []
-        recent: RecentPostStore | None = None
-        corpus: pd.DataFrame | None = None
+        corpus = None
         if cfg.features is not None:
             corpus = post_corpus(cfg.features, None if now is None else int(now.timestamp() * 1000))
-            if cfg.popular_posts:
-                by_id = corpus.set_index("post_id")
-                popular = [
-                    PopularPost(
-                        p,
-                        int(by_id.at[p, "author_id"]) if p in by_id.index else 0,
-                        int(by_id.at[p, "post_created_at_ms"]) if p in by_id.index else 0,
-                        float(len(cfg.popular_posts) - i),
-                    )
-                    for i, p in enumerate(cfg.popular_posts)
-                ]
-            else:
-                popular = popular_posts(corpus)
-            recent = RecentPostStore()
-            recent.extend(
-                RecentPost(int(t), int(p), int(a))
-                for p, a, t in zip(corpus["post_id"], corpus["author_id"], corpus["post_created_at_ms"], strict=True)
-                if t == t  # NaN: creation time unknown
-            )
-            recent.trim(int((now or datetime.now(UTC)).timestamp() * 1000))
-        elif cfg.popular_posts:
-            n = len(cfg.popular_posts)
-            popular = [PopularPost(p, 0, 0, float(n - i)) for i, p in enumerate(cfg.popular_posts)]
+        popular = _popular_list(cfg, corpus)
+        recent = None if corpus is None else recent_post_store(corpus, now or datetime.now(UTC))
         if online is None:
             online = OnlineFeatures(reopening_backend(cfg))
         if cfg.warm_posts:

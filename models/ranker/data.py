@@ -22,7 +22,8 @@ from core.actions import ACTION_NAMES
 from core.errors import UserError
 from models.layers import string_ids
 from models.ranker.model import CandidateBatch, Ranker, RankerConfig
-from models.ranker.tasks import Task, blend_loss, label_tensor, loss_mask, pairwise_loss, ranker_loss
+from models.ranker.task_table import Task
+from models.ranker.tasks import blend_loss, label_tensor, loss_mask, pairwise_loss, ranker_loss
 from models.retrieval.data import POST_CREATED, epoch_ms, user_features
 from models.retrieval.model import UserFeatures
 

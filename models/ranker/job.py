@@ -353,14 +353,7 @@ def evaluate_ranker_job(
     posts = read_posts(features, cfg)
     fit_df, test_df = split_by_request(df, fraction=test_fraction, days=test_days)
     train_df, valid_df = split_by_request(fit_df, fraction=valid_fraction)
-    split = {
-        "train": len(train_df),
-        "valid": len(valid_df),
-        "test": len(test_df),
-        "test_requests": int(test_df["request_id"].nunique()),
-        "test_start": str(request_start(test_df).min()),
-        "test_end": str(test_df["event_timestamp"].max()),
-    }
+    split = _split_summary(train_df, valid_df, test_df)
     log(f"split: {split}")
     models, actions = _train_rankers(cfg, head_modes, (train_df, valid_df, test_df), observed, tc, posts, log)
     models |= _baseline_reports(baselines, (train_df, valid_df, test_df), actions, seed, log)
@@ -377,9 +370,26 @@ def evaluate_ranker_job(
         "wins": _wins(table, baselines),
     }
     if "oracle" in models:
-        report_out["oracle_ratio"] = {
-            n: {a: round(row[n]["auc"] / row["oracle"]["auc"], 4) for a, row in table.items()}
-            for n in models
-            if n != "oracle"
-        }
+        report_out["oracle_ratio"] = _oracle_ratios(models, table)
     return report_out
+
+
+def _split_summary(train_df: pd.DataFrame, valid_df: pd.DataFrame, test_df: pd.DataFrame) -> dict[str, Any]:
+    """Rows per part and the test window (its first request's start, its last impression)."""
+    return {
+        "train": len(train_df),
+        "valid": len(valid_df),
+        "test": len(test_df),
+        "test_requests": int(test_df["request_id"].nunique()),
+        "test_start": str(request_start(test_df).min()),
+        "test_end": str(test_df["event_timestamp"].max()),
+    }
+
+
+def _oracle_ratios(models: dict[str, Any], table: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """{model: {action: its AUC / the oracle's}} for every model but the oracle."""
+    return {
+        n: {a: round(row[n]["auc"] / row["oracle"]["auc"], 4) for a, row in table.items()}
+        for n in models
+        if n != "oracle"
+    }

@@ -52,8 +52,8 @@ from models.layers import (
     sum_hashes,
     weight_np,
 )
-from models.model_config import ModelConfig
-from models.ranker.tasks import TASK_NAMES, Task, TaskKind, select_tasks
+from models.model_config import ModelConfig, config_dataclass
+from models.ranker.task_table import TASK_NAMES, Task, TaskKind, select_tasks
 from models.retrieval.model import UserFeatures, time_bucket, time_bucket_np
 
 HEAD_MODES = ("independent", "funnel")
@@ -90,7 +90,7 @@ DEFAULT_DENSE: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class RankerConfig(ModelConfig):
     """Every hyperparameter of the ranker; written as config.json beside model.pt and used to rebuild it.
 

@@ -5,7 +5,6 @@ AdamW, early stopping on the validation mean AUC of the recorded actions, resuma
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,12 @@ import torch
 import torch.distributed as dist
 
 from core.errors import UserError
+from models.model_config import config_dataclass
 from models.ranker.data import RankerBatch, RankerDataset, RankerTrainTask, predict
 from models.ranker.metrics import ranking_report
 from models.ranker.model import Ranker, RankerConfig, load_ranker, save_ranker
-from models.ranker.tasks import TaskKind, availability
+from models.ranker.task_table import TaskKind
+from models.ranker.tasks import availability
 from models.training import (
     TRAIN_THREADS,
     DistContext,
@@ -58,7 +59,7 @@ def user_batches(keys: np.ndarray, batch_size: int, generator: torch.Generator, 
     return batches
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class RankerTrainConfig:
     """Optimisation and evaluation settings (the model's own settings are in RankerConfig)."""
 

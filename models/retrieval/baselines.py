@@ -25,6 +25,7 @@ from torch import nn
 
 from core.errors import UserError
 from models.layers import Block, RMSNorm, Rotary
+from models.model_config import config_dataclass
 from models.retrieval.metrics import corpus_columns, ranking_metrics, target_ranks
 from models.retrieval.sequences import user_histories
 
@@ -134,7 +135,7 @@ def _top_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
 # SASRec
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class SASRecConfig:
     """SASRec (Kang & McAuley 2018) with the losses of Klenitskiy & Vasilev 2023 (full-softmax cross-entropy)."""
 

@@ -35,14 +35,14 @@ from models.layers import (
     projected_actions_np,
     weight_np,
 )
-from models.model_config import ModelConfig
+from models.model_config import ModelConfig, config_dataclass
 
 MIN_TEMPERATURE = 0.01  # a learned temperature below this blows the logits up (CLIP caps 1/T at 100 too)
 POOLINGS = ("mean", "last")
 HISTORY_GAPS = ("request", "predecessor")
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class TwoTowerConfig(ModelConfig):
     """Every hyperparameter of the model; written as config.json beside model.pt and used to rebuild it."""
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import UserError
+from models.model_config import config_dataclass
 from models.retrieval.data import RetrievalBatch, RetrievalDataset, candidate_features, epoch_ms
 from models.retrieval.model import CandidateFeatures, TwoTower, TwoTowerConfig, load_two_tower, save
 from models.training import (
@@ -46,7 +46,7 @@ RECALL_KS = (10, 50, 200, 1000)
 NDCG_KS = (10, 50)
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class TrainConfig:
     """Optimisation and evaluation settings (the model's own settings are in TwoTowerConfig)."""
 

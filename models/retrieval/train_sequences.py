@@ -45,6 +45,7 @@ from core.actions import BY_NAME
 from core.errors import UserError
 from core.schema import read_table
 from models.layers import string_ids
+from models.model_config import config_dataclass
 from models.retrieval.baselines import evaluate_retriever
 from models.retrieval.data import GAP_UNKNOWN, epoch_ms, predecessor_gaps
 from models.retrieval.metrics import (
@@ -63,7 +64,7 @@ CONTEXTS = ("items", "full")
 SELECT_METRICS = tuple(f"recall@{k}" for k in RECALL_KS) + tuple(f"ndcg@{k}" for k in NDCG_KS)
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class SequenceTrainConfig:
     """Optimisation, loss and early-stopping settings of `train_sequences`."""
 

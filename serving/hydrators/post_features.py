@@ -27,6 +27,13 @@ class FeatureTable:
         self.columns = {**post, **author}
         self.present = {name: ~post_missing for name in post} | {name: ~author_missing for name in author}
 
+    @classmethod
+    def of_columns(cls, columns: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> FeatureTable:
+        """A table of given columns, each with its own (C,) bool mask of the rows that hold a value."""
+        table = cls.__new__(cls)
+        table.columns, table.present = dict(columns), dict(present)
+        return table
+
     def has(self, name: str, row: int) -> bool:
         return name in self.columns and bool(self.present[name][row])
 

@@ -14,6 +14,7 @@ weighted scorer.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter
@@ -63,18 +64,10 @@ def candidate_batch(model: Ranker, query: Query, candidates: list[Candidate]) ->
     rows = list(map(_FEATURES, candidates))
     tables = set(map(_TABLE, rows)) if n and set(map(type, rows)) == {FeatureRow} else set()
     if len(tables) == 1 and not any(map(_EXTRA, rows)):  # every candidate a plain row of one hydration's table
-        at = np.fromiter(map(_ROW, rows), np.int64, n)
-        dense, attributes, age = _from_columns(cfg, tables.pop(), at, user_dense, now_ms)
-    else:
-        dense = np.zeros((n, len(cfg.candidate_features)), dtype=np.float32)
-        attributes = np.zeros((n, len(cfg.candidate_attributes)), dtype=np.int64)
-        age = np.full(n, -1, dtype=np.int64)
-        for i, f in enumerate(rows):
-            dense[i] = [_number(user_dense[k] if k in user_dense else f.get(k)) for k in cfg.candidate_features]
-            attributes[i] = [string_id(f.get(a)) for a in cfg.candidate_attributes]
-            created = f.get("post_created_at_ms")
-            if created is not None:
-                age[i] = max(now_ms - int(created), 0)
+        table, at = tables.pop(), np.fromiter(map(_ROW, rows), np.int64, n)
+    else:  # features given per candidate (posts a caller named, rows of several hydrations): their own table
+        table, at = _rows_table(cfg, rows), np.arange(n)
+    dense, attributes, age = _from_columns(cfg, table, at, user_dense, now_ms)
     return CandidateBatch(
         post_ids=torch.from_numpy(post_ids).reshape(1, n),
         author_ids=torch.from_numpy(author_ids).reshape(1, n),
@@ -138,6 +131,22 @@ def _from_columns(
         ok = known[at]
         age[ok] = np.maximum(now_ms - np.asarray(values_ms, dtype=np.int64)[at][ok], 0)
     return dense, attributes, age
+
+
+def _rows_table(cfg: RankerConfig, rows: list[Mapping[str, object]]) -> FeatureTable:
+    """A `FeatureTable` of the features the ranker reads, from per-candidate mappings (a feature a row lacks, or
+    holds as None, is not present): the one input path then reads it as it reads a hydration's columns."""
+    columns: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    numeric = [f for f in cfg.candidate_features if not f.startswith("user_")] + ["post_created_at_ms"]
+    for name in dict.fromkeys([*numeric, *cfg.candidate_attributes]):
+        values = [row.get(name) for row in rows]
+        present[name] = np.array([v is not None for v in values], dtype=bool)
+        if name in cfg.candidate_attributes:
+            columns[name] = np.array(values, dtype=object)
+        else:  # float64 holds every int32 / float32 value and millisecond time exactly, as float(value) does
+            columns[name] = np.array([0.0 if v is None else float(v) for v in values], dtype=np.float64)  # type: ignore[arg-type]
+    return FeatureTable.of_columns(columns, present)
 
 
 @functools.lru_cache(maxsize=64)

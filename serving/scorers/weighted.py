@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from core.errors import UserError
-from models.ranker.tasks import TASKS_BY_NAME, blend_weight_problem, default_blend_weights
+from models.ranker.task_table import TASKS_BY_NAME, blend_weight_problem, default_blend_weights
 from serving.component import Component
 from serving.types import ActionRow, ActionTable, Candidate, Query
 
@@ -55,25 +54,24 @@ def scaled(weights: ScoringWeights, scales: Mapping[str, float] | None) -> Scori
 
 
 def blend(actions: Mapping[str, float], weights: ScoringWeights) -> float:
-    """The offset weighted score: x = sum(w_i * p_i), then negative x is squeezed into [0, offset).
-
-    Args:
-        actions: per-action probability (and the expected `dwell_time` in seconds); missing actions count as 0.
-    """
+    """One candidate's offset weighted score: `blend_table` over its row (missing actions count as 0; NaN where a
+    prediction is not finite)."""
     if isinstance(actions, ActionRow):
-        weights = scaled(weights, actions.table.weight_scales)
-    x = sum(w * actions.get(name, 0.0) for name, w in weights.weights.items())
-    total = weights.positive_total + weights.negative_total
-    if total == 0:
-        return max(x, 0.0)
-    if x >= 0:
-        return x + NEGATIVE_SCORES_OFFSET
-    return (x + weights.negative_total) / total * NEGATIVE_SCORES_OFFSET
+        return float(blend_table(actions.table, np.array([actions.row]), weights)[0])
+    return float(blend_table(action_table([actions]), np.zeros(1, dtype=np.int64), weights)[0])
+
+
+def action_table(rows: Sequence[Mapping[str, float]]) -> ActionTable:
+    """An `ActionTable` of per-candidate {action: prediction} mappings (an action a row lacks reads 0)."""
+    names = tuple(dict.fromkeys(name for row in rows for name in row))
+    values = np.array([[row.get(name, 0.0) for name in names] for row in rows], dtype=np.float64)
+    return ActionTable(names, values.reshape(len(rows), len(names)))
 
 
 def blend_table(table: ActionTable, rows: np.ndarray, weights: ScoringWeights) -> np.ndarray:
-    """`blend` over whole columns: (R,) float64 scores of `rows` of the table, NaN where a prediction is not finite
-    (the per-candidate path's None). The same arithmetic as `blend`, so both paths give the same scores."""
+    """The offset weighted score of `rows` of the table, the one scoring rule: x = sum(w_i * p_i) with the weights
+    times the table's learned multipliers, then negative x squeezed into [0, offset). (R,) float64, NaN where a
+    prediction is not finite."""
     weights = scaled(weights, table.weight_scales)
     values = table.values[rows].astype(np.float64)  # (R, K)
     x = np.zeros(len(rows), dtype=np.float64)
@@ -94,14 +92,24 @@ class WeightedScorer(Component):
     weights: ScoringWeights = field(default_factory=ScoringWeights)
 
     def score(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
-        rows = [c.actions for c in candidates if isinstance(c.actions, ActionRow)]
-        if rows and len(rows) == len(candidates) and all(r.table is rows[0].table for r in rows):
-            at = np.array([r.row for r in rows], dtype=np.int64)
-            for c, s in zip(candidates, blend_table(rows[0].table, at, self.weights).tolist(), strict=True):
-                c.score = None if s != s else s  # NaN: a non-finite prediction
-            return candidates
-        for c in candidates:
-            # Non-finite probabilities (a broken model) sink to the bottom instead of winning a slot.
-            finite = all(math.isfinite(v) for v in c.actions.values())
-            c.score = blend(c.actions, self.weights) if c.actions and finite else None
+        """Blends each candidate's predictions (None: no predictions, or a non-finite one, which then sinks below
+        every scored candidate instead of winning a slot). Candidates the ranker scored in one call share its table;
+        predictions given per candidate are blended as one table of their own: the same rule either way."""
+        scores = np.full(len(candidates), np.nan)
+        shared: dict[int, list[int]] = {}
+        loose: list[int] = []
+        for i, c in enumerate(candidates):
+            if isinstance(c.actions, ActionRow):
+                shared.setdefault(id(c.actions.table), []).append(i)
+            elif c.actions:
+                loose.append(i)
+        for at in shared.values():
+            rows = [candidates[i].actions for i in at]
+            table = rows[0].table  # type: ignore[attr-defined]
+            scores[at] = blend_table(table, np.array([r.row for r in rows]), self.weights)  # type: ignore[attr-defined]
+        if loose:
+            table = action_table([candidates[i].actions for i in loose])
+            scores[loose] = blend_table(table, np.arange(len(loose)), self.weights)
+        for c, s in zip(candidates, scores.tolist(), strict=True):
+            c.score = None if s != s else s  # NaN: no or a non-finite prediction
         return candidates

@@ -54,10 +54,14 @@ def test_the_served_as_of_is_the_newest_feature_snapshot(tmp_path: Path) -> None
     assert resolve_as_of("data", "features", tmp_path) == "2026-01-05T00:00:00+00:00"
     assert resolve_as_of("2026-01-01T00:00:00+00:00", None) == "2026-01-01T00:00:00+00:00"
     assert resolve_as_of(None, None) is None
-    cfg = RecommenderConfig(Path("r"), Path("i"), Path("k"), features=features, as_of="data")
+    cfg = RecommenderConfig(
+        retrieval_model=Path("r"), index=Path("i"), ranker=Path("k"), features=features, as_of="data"
+    )
     assert cfg.now_at() == datetime(2026, 1, 5, tzinfo=UTC)
     with pytest.raises(UserError, match="recommender.as_of"):
-        RecommenderConfig(Path("r"), Path("i"), Path("k"), as_of="data")  # nothing to read it from
+        RecommenderConfig(
+            retrieval_model=Path("r"), index=Path("i"), ranker=Path("k"), as_of="data"
+        )  # nothing to read it from
     with pytest.raises(UserError, match="user_stats.parquet"):
         features_end(tmp_path)
 

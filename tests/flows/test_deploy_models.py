@@ -57,8 +57,8 @@ def test_the_challenger_shadows_the_champion_until_promoted(project: Path) -> No
     cfg = load_config(project / DEPLOY_FILE)  # the service reads it as it is
     champion = cfg.variant(cfg.champion).recommender
     challenger = cfg.variant(CHALLENGER)
-    assert str(MODEL_STORE / first) in str(champion.params["ranker"])  # type: ignore[union-attr]
-    assert str(MODEL_STORE / second) in str(challenger.recommender.params["ranker"])  # type: ignore[union-attr]
+    assert str(MODEL_STORE / first) in str(champion.params.ranker)  # type: ignore[union-attr]
+    assert str(MODEL_STORE / second) in str(challenger.recommender.params.ranker)  # type: ignore[union-attr]
     assert challenger.share == 0.0 and cfg.shadow is not None
     assert (cfg.shadow.variant, cfg.shadow.share) == (CHALLENGER, 0.25)
 

@@ -13,7 +13,8 @@ import torch
 
 from core.errors import UserError
 from models.ranker.model import CandidateBatch, Ranker, RankerConfig, load_ranker, save_ranker
-from models.ranker.tasks import TASK_NAMES, TASKS, availability, label_tensor, loss_mask, ranker_loss
+from models.ranker.task_table import TASK_NAMES, TASKS
+from models.ranker.tasks import availability, label_tensor, loss_mask, ranker_loss
 from models.retrieval.model import UserFeatures
 
 CFG = RankerConfig.preset("nano", max_history=6, max_candidates=8)

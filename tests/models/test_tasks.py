@@ -1,4 +1,4 @@
-"""The task table's blend rule (models/ranker/tasks.py): one sign check for the table and for serving's weights."""
+"""The task table's blend rule (models/ranker/task_table.py): one sign check for the table and for serving's weights."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from core.actions import ACTION_NAMES, DWELL_TIME
-from models.ranker.tasks import (
+from models.ranker.task_table import (
     TASK_NAMES,
     TASKS,
     Task,

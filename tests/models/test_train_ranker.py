@@ -29,7 +29,8 @@ from models.ranker.data import (
 from models.ranker.job import split_by_request
 from models.ranker.metrics import auc
 from models.ranker.model import RankerConfig, load_ranker
-from models.ranker.tasks import TASKS, availability, blend_loss, loss_mask
+from models.ranker.task_table import TASKS
+from models.ranker.tasks import availability, blend_loss, loss_mask
 from models.ranker.train import RankerTrainConfig, train_ranker
 from tests.conftest import CliResult
 
@@ -342,7 +343,8 @@ def test_a_run_killed_midway_resumes_from_its_work_dir_and_publishes_what_an_unb
 
 
 def test_pairwise_loss_compares_a_groups_positives_with_its_negatives_only() -> None:
-    from models.ranker.tasks import pairwise_loss, select_tasks
+    from models.ranker.task_table import select_tasks
+    from models.ranker.tasks import pairwise_loss
 
     tasks = select_tasks(("click", "like"))
     z = torch.tensor([[[2.0, 0.0], [0.5, 0.0], [9.0, 0.0]], [[-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]])  # (2, 3, 2)
@@ -356,7 +358,8 @@ def test_pairwise_loss_compares_a_groups_positives_with_its_negatives_only() -> 
 
 
 def test_user_scoped_pairwise_loss_pairs_across_one_users_groups_only() -> None:
-    from models.ranker.tasks import pairwise_loss, select_tasks
+    from models.ranker.task_table import select_tasks
+    from models.ranker.tasks import pairwise_loss
 
     tasks = select_tasks(("click",))
     z = torch.tensor([[[2.0], [0.5]], [[-1.0], [9.0]], [[3.0], [0.0]]])  # (3 groups, 2 slots, 1 task)

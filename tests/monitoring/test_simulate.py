@@ -135,7 +135,7 @@ def test_the_oracle_earns_the_most_true_reward_and_random_the_least_every_day(wo
 
 
 def test_true_reward_is_the_blend_of_the_truths_probabilities_with_position(world) -> None:
-    from models.ranker.tasks import TASKS, TaskKind
+    from models.ranker.task_table import TASKS, TaskKind
 
     sim = extend_world(world, 1, seed=0)
     requests = day_requests(sim, DAYS, 3, seed=0)

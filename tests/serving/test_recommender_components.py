@@ -126,7 +126,7 @@ def test_the_fallback_filters_are_the_pipelines_without_core_data() -> None:
     from serving.recommender_config import RecommenderConfig
     from serving.recommender_pipeline import eligibility_filters
 
-    cfg = RecommenderConfig(Path("r"), Path("i"), Path("k"), max_age_hours=12.0)
+    cfg = RecommenderConfig(retrieval_model=Path("r"), index=Path("i"), ranker=Path("k"), max_age_hours=12.0)
     names = [f.name for f in eligibility_filters(cfg, hydrated=True)]
     assert names == [
         "DropDuplicatesFilter",

@@ -27,7 +27,8 @@ from core.errors import UserError
 from features.catalog import View
 from features.online import OnlineFeatures, SqliteBackend
 from models.ranker.data import RankerDataset, predict
-from models.ranker.tasks import TaskKind, availability
+from models.ranker.task_table import TaskKind
+from models.ranker.tasks import availability
 from models.retrieval.data import HISTORY
 from serving.recommender import Recommender
 from serving.recommender_config import RecommenderConfig

@@ -46,7 +46,7 @@ def test_weights_are_checked_at_load(weights: dict[str, float], field: str) -> N
 
 
 def test_default_weights_are_the_task_table() -> None:
-    from models.ranker.tasks import TASKS
+    from models.ranker.task_table import TASKS
 
     assert ScoringWeights().weights == {t.name: t.blend_weight for t in TASKS}
     with pytest.raises(UserError, match=r"^weights\.report: a negative action needs a weight <= 0, got 1\.0$"):
