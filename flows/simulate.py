@@ -236,7 +236,6 @@ def _deployed_flows(project: Path, log_file: Path, day_start: datetime, n: int, 
     return monitored["summary"]["status"] == "fail", retrained
 
 
-@flow(name="simulate", log_prints=True)
 def _simulate_day(
     project: Path,
     tmp: Path,
@@ -280,6 +279,7 @@ def _simulate_day(
     ]  # fmt: skip
 
 
+@flow(name="simulate", log_prints=True)
 def simulate_flow(
     data: str,
     out: str,

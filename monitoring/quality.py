@@ -178,14 +178,8 @@ def slate_quality(
         result.reasons = reasons + ([NO_REFERENCE] if reference is None else [])
         return result
     assert current is not None
-    cur = current.dropna(subset=[SLATE, "post_id", "position"]).assign(
-        relevant=relevance(current, cfg.relevant_actions)
-    )
-    ref = cur.iloc[:0]
-    if reference is not None:
-        ref = reference.dropna(subset=[SLATE, "post_id", "position"]).assign(
-            relevant=relevance(reference, cfg.relevant_actions)
-        )
+    cur = _slates(current, cfg)
+    ref = _slates(reference, cfg) if reference is not None else cur.iloc[:0]
     result.n_slates = int(cur[SLATE].nunique())
     result.n_reference_slates = int(ref[SLATE].nunique())
     checked = [("current", result.n_slates)] + (
@@ -201,7 +195,7 @@ def slate_quality(
         counted = popularity_from[["user_id", "post_id"]].assign(
             relevant=relevance(popularity_from, cfg.relevant_actions)
         )
-    popularity, n_users = item_popularity(counted)
+    popularity, n_users = item_popularity(counted)  # novelty and popularity bias are counted on these rows
     size = catalogue_size if catalogue_size is not None else int(pd.concat([cur["post_id"], ref["post_id"]]).nunique())
     result.metrics = {**ranking_metrics(cur, k), **beyond_accuracy(cur, k, popularity, n_users, topics, size)}
     if result.n_reference_slates:
@@ -219,6 +213,11 @@ def slate_quality(
         result.status = "fail"
         result.reasons.extend(failures)
     return result
+
+
+def _slates(served: pd.DataFrame, cfg: QualityConfig) -> pd.DataFrame:
+    """The served items that belong to a slate (request, post and position known), each marked relevant or not."""
+    return served.dropna(subset=[SLATE, "post_id", "position"]).assign(relevant=relevance(served, cfg.relevant_actions))
 
 
 def _failures(result: QualityResult, cfg: QualityConfig) -> list[str]:

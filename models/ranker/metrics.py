@@ -192,6 +192,30 @@ def blend_weights(tasks: Sequence[str]) -> dict[str, float]:
     return {t: (1.0 if BY_NAME[t].polarity is Polarity.POSITIVE else -1.0) for t in tasks}
 
 
+def _action_metrics(
+    y_all: np.ndarray, p_all: np.ndarray, users: np.ndarray, min_positives: int
+) -> dict[str, Any] | str:
+    """One action's metrics over its available rows (label not NaN), or why it is skipped (one class only)."""
+    avail = ~np.isnan(y_all)
+    y, p = y_all[avail], p_all[avail]
+    positives = int(y.sum())
+    negatives = int(len(y) - positives)
+    if positives == 0 or negatives == 0:
+        return f"one class among {len(y)} available rows ({positives} positives)"
+    g, g_users = gauc_users(y, p, users[avail])
+    return {
+        "auc": auc(y, p),
+        "gauc": g,
+        "gauc_users": g_users,
+        "logloss": logloss(y, p),
+        "calibration": calibration(y, p),
+        "positives": positives,
+        "impressions": len(y),
+        "rate": positives / len(y),
+        "noisy": min(positives, negatives) < min_positives,
+    }
+
+
 def ranking_report(
     labels: pd.DataFrame,
     probs: Mapping[str, Any],
@@ -230,29 +254,14 @@ def ranking_report(
     per_action: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     for task in tasks:
-        y_all = labels[task].to_numpy(dtype=np.float64)
         p_all = _as_1d(probs[task])
         if len(p_all) != n:
             raise ValueError(f"ranking_report: {task}: {len(p_all)} probabilities for {n} rows")
-        avail = ~np.isnan(y_all)
-        y, p = y_all[avail], p_all[avail]
-        positives = int(y.sum())
-        negatives = int(len(y) - positives)
-        if positives == 0 or negatives == 0:
-            skipped[task] = f"one class among {len(y)} available rows ({positives} positives)"
-            continue
-        g, g_users = gauc_users(y, p, uu[avail])
-        per_action[task] = {
-            "auc": auc(y, p),
-            "gauc": g,
-            "gauc_users": g_users,
-            "logloss": logloss(y, p),
-            "calibration": calibration(y, p),
-            "positives": positives,
-            "impressions": len(y),
-            "rate": positives / len(y),
-            "noisy": min(positives, negatives) < min_positives,
-        }
+        row = _action_metrics(labels[task].to_numpy(dtype=np.float64), p_all, uu, min_positives)
+        if isinstance(row, str):
+            skipped[task] = row
+        else:
+            per_action[task] = row
     w = dict(weights) if weights is not None else blend_weights(tasks)
     score = np.zeros(n)
     gain = np.zeros(n)
