@@ -277,6 +277,23 @@ def ranker(section: str) -> list[Row]:
     return rows
 
 
+# What each section reads, and the DVC stage that writes it (`make bench` runs `dvc repro` first).
+INPUTS = {
+    "retrieval-movielens": (("data/movielens/manifest.json", "import_movielens"),),
+    "retrieval-synthetic": (("data/synth/manifest.json", "synth"),),
+    "ranker-synthetic": (("data/training/ranker", "training_set_ranker"), ("data/synth/manifest.json", "synth")),
+    "ranker-kuairand": (),
+}
+
+
+def _check_inputs(sections: list[str]) -> None:
+    """Stops before measuring anything when a section's input is missing, naming the stage that builds it."""
+    for section in sections:
+        for path, stage in INPUTS[section]:
+            if not (REPO / path).exists():
+                sys.exit(f"bench.quality: {section} reads {path}, missing: run `dvc repro {stage}` (or `make bench`)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated of: " + ", ".join(SECTIONS))
@@ -285,6 +302,7 @@ def main() -> None:
     only = [s for s in args.only.split(",") if s]
     if unknown := set(only) - set(SECTIONS):
         parser.error(f"--only: unknown sections {sorted(unknown)}")
+    _check_inputs(only)
     TMP.mkdir(parents=True, exist_ok=True)
     measure: dict[str, Callable[[], list[Row]]] = {
         "retrieval-movielens": lambda: retrieval("retrieval-movielens", args.budget_s),

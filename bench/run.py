@@ -88,6 +88,49 @@ def headline(bodies: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def code_changes(old: str, new: str) -> list[str]:
+    """The changed lines between two commits that are code: every added or removed line of a file that is not
+    Markdown or a benchmark result, unless it is blank or a comment (`#`). [] = the same code. Raises
+    CalledProcessError when a commit is unknown to this clone."""
+    diff = subprocess.run(
+        ["git", "diff", "--unified=0", old, new, "--", ".", ":(exclude)*.md", ":(exclude)bench/results"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    out = []
+    for line in diff.splitlines():
+        if line.startswith(("+++", "---")) or not line.startswith(("+", "-")):
+            continue
+        text = line[1:].strip()
+        if text and not text.startswith("#"):
+            out.append(line)
+    return out
+
+
+def same_code(commits: list[str]) -> str:
+    """One sentence on the commits the rows were measured at: whether any of them holds other code than the first
+    (comments, Markdown and results aside), checked with git when this file is written."""
+    if len(commits) == 1:
+        return f"Every row was measured at one commit, `{commits[0]}`."
+    names = ", ".join(f"`{c}`" for c in commits)
+    try:
+        ordered = sorted(commits, key=_commit_time)
+        changed = [line for c in ordered[1:] for line in code_changes(ordered[0], c)]
+    except (subprocess.CalledProcessError, ValueError):
+        return f"Rows were measured at {len(commits)} commits ({names}); not all of them are in this clone."
+    if changed:
+        return (f"Rows were measured at {len(commits)} commits ({names}) whose code differs ({len(changed)} changed "
+                "code lines against the first): compare rows of one commit only.")  # fmt: skip
+    return (f"Every row was measured on the same code: the {len(commits)} commits ({names}) differ only in comments, "
+            "Markdown and benchmark results (`git diff` checked when this file was written).")  # fmt: skip
+
+
+def _commit_time(commit: str) -> int:
+    out = subprocess.run(["git", "show", "-s", "--format=%ct", commit], cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise ValueError(commit)
+    return int(out.stdout.strip())
+
+
 def render() -> str:
     lines = [
         "# Benchmarks",
@@ -100,6 +143,7 @@ def render() -> str:
         "",
     ]
     bodies = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))]
+    lines += [same_code(sorted({measured(b, r)[1] for b in bodies for r in b["rows"]})), ""]
     lines += headline(bodies)
     for body in bodies:
         m = body["machine"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +31,31 @@ def test_a_headline_row_missing_from_the_results_is_an_error() -> None:
     bodies = [b for b in _bodies() if b["group"] != "pipeline"]
     with pytest.raises(KeyError, match="bench/results/pipeline.json"):
         headline(bodies)
+
+
+def _commit(repo: Path, files: dict[str, str], message: str) -> str:
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-q", "-m", message], cwd=repo, check=True, capture_output=True)
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def test_the_header_says_whether_the_rows_share_their_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.run as run
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    monkeypatch.setattr(run, "REPO", tmp_path)
+    first = _commit(tmp_path, {"a.py": "x = 1  # one\n", "README.md": "old\n"}, "first")
+    time.sleep(1.1)  # commit times order the commits
+    notes = _commit(tmp_path, {"a.py": "x = 1  # one\n# a new comment\n\n", "README.md": "new\n"}, "notes")
+    time.sleep(1.1)
+    code = _commit(tmp_path, {"a.py": "x = 2\n"}, "code")
+    assert run.code_changes(first, notes) == []
+    assert run.code_changes(first, code) == ["-x = 1  # one", "+x = 2"]
+    assert run.same_code([first]).startswith("Every row was measured at one commit")
+    assert run.same_code([notes, first]).startswith("Every row was measured on the same code: the 2 commits")
+    assert "whose code differs (2 changed code lines" in run.same_code([first, notes, code])
+    assert "not all of them are in this clone" in run.same_code([first, "0123abc"])
