@@ -189,9 +189,18 @@ def run(
         window_start=_iso(start, "--start"),
         window_end=_iso(end, "--end"),
     )
+    summary = result.summary()
+    _print_result(result, summary, out)
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(summary, indent=2, default=str) + "\n")
+    if result.status == "fail":
+        raise typer.Exit(1)
+
+
+def _print_result(result: Any, summary: dict[str, Any], out: Path) -> None:
+    """The run's notes, one line per check (its status and first reasons), the quality numbers and the verdict."""
     for note in result.notes:
         typer.echo(note)
-    summary = result.summary()
     reasons = result.reasons()
     for name, status in summary["tests"].items():
         label = "insufficient data" if status == "insufficient_data" else status.upper()
@@ -202,7 +211,3 @@ def run(
         typer.echo(f"quality: {quality}")
     verdict = "insufficient data" if result.status == "insufficient_data" else result.status.upper()
     typer.echo(f"monitor: {verdict}; reports in {out}")
-    if json_out is not None:
-        atomic_write_text(json_out, json.dumps(summary, indent=2, default=str) + "\n")
-    if result.status == "fail":
-        raise typer.Exit(1)

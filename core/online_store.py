@@ -9,10 +9,11 @@ nearly half to `ember --help`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from core.config import config_dataclass
 from core.errors import UserError
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def redis_client(address: str, timeout_s: float) -> redis.Redis:
     )
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class OnlineStoreConfig:
     """The store Feast writes and the service reads: `store` picks it, `sqlite_path` or `redis` says where."""
 

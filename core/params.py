@@ -12,19 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from core.config import StrictConfig
 from core.errors import UserError, config_error
 from core.io import read_yaml
 
 Positive = Annotated[int, Field(ge=1)]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class Synth(_Section):
+class Synth(StrictConfig):
     scale: str
     seed: int
     drift: str
@@ -32,28 +29,28 @@ class Synth(_Section):
     days: Positive
 
 
-class ImportSource(_Section):
+class ImportSource(StrictConfig):
     src: str
 
 
-class FeaturesBuild(_Section):
+class FeaturesBuild(StrictConfig):
     history_length: Positive
     memory_limit: str
 
 
-class TrainRetrieval(_Section):
+class TrainRetrieval(StrictConfig):
     preset: str
     budget_s: Annotated[float, Field(gt=0)]
     epochs: Positive
     seed: int
 
 
-class TrainingSetRanker(_Section):
+class TrainingSetRanker(StrictConfig):
     data: str
     days: Positive
 
 
-class TrainRanker(_Section):
+class TrainRanker(StrictConfig):
     preset: str
     max_history: Positive
     epochs: Positive
@@ -63,12 +60,12 @@ class TrainRanker(_Section):
     valid_fraction: Annotated[float, Field(gt=0, lt=1)]
 
 
-class BuildIndex(_Section):
+class BuildIndex(StrictConfig):
     min_recall: Annotated[float, Field(gt=0, le=1)]
     exact_below: Annotated[int, Field(ge=0)]
 
 
-class Params(_Section):
+class Params(StrictConfig):
     synth: Synth
     import_kuairand: ImportSource
     import_movielens: ImportSource

@@ -26,9 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from core.actions import ACTION_NAMES
+from core.config import Config
 from core.online_store import REDIS_ADDRESS, redis_client
 from features.catalog import AUTHOR_STATS, POST_STATS, USER_GRAPH, Dtype
 
@@ -41,10 +42,8 @@ log = logging.getLogger(__name__)
 REDIS_PREFIX = "ember:event:"
 
 
-class EventsSettings(BaseModel):
+class EventsSettings(Config):
     """`events:` of the service config. store off = POST /events is refused (503)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     store: Literal["off", "sqlite", "redis"] = "off"  # the online store the Feast repo writes to
     feast_repo: Path = Path("features/repo")

@@ -43,23 +43,9 @@ def merge_datasets(base: Path, extras: list[Path], out: Path) -> dict[str, Any]:
     for extra in map(Path, extras):
         other = Manifest.load(extra)
         table = read_table(extra, "impressions")
-        for column, known, what in (("post_id", posts, "posts"), ("user_id", users, "users")):
-            values = table.column(column).to_numpy()
-            unknown = values[~np.isin(values, known)]
-            if len(unknown):
-                raise UserError(f"{extra}: {column} {int(unknown[0])} is not one of the {what} of {base}")
-        ids = table.column("impression_id").to_numpy()
-        clash = ids[np.isin(ids, base_ids)]
-        if len(clash) or len(np.unique(ids)) != len(ids):
-            raise UserError(f"{extra}: impression_id {int(clash[0]) if len(clash) else 'duplicated'} is also in {base}")
-        base_ids = np.concatenate([base_ids, ids])
-        columns = []
-        for field in schema:
-            if field.name in table.column_names:
-                columns.append(table.column(field.name).cast(field.type))
-            else:
-                columns.append(pa.nulls(table.num_rows, field.type))
-        added.append((extra, pa.Table.from_arrays(columns, schema=schema)))
+        _check_extra(extra, base, table, {"posts": posts, "users": users}, base_ids)
+        base_ids = np.concatenate([base_ids, table.column("impression_id").to_numpy()])
+        added.append((extra, _conformed(table, schema)))
         if table.num_rows:  # an empty extra observes nothing, and restricts nothing
             observed = [a for a in observed if a in other.observed_actions]
 
@@ -84,3 +70,30 @@ def merge_datasets(base: Path, extras: list[Path], out: Path) -> dict[str, Any]:
         out_manifest = Manifest(manifest.dataset, manifest.schema_version, rows, files, tuple(observed), params)
         (tmp / "manifest.json").write_text(out_manifest.to_json())
     return {"rows": rows, "parts": merged}
+
+
+def _check_extra(extra: Path, base: Path, table: Any, known: dict[str, Any], base_ids: Any) -> None:
+    """An extra's impressions may name only the base's posts and users, and no impression id twice (with the base's
+    or its own). UserError naming the first offender."""
+    import numpy as np
+
+    for column, what in (("post_id", "posts"), ("user_id", "users")):
+        values = table.column(column).to_numpy()
+        unknown = values[~np.isin(values, known[what])]
+        if len(unknown):
+            raise UserError(f"{extra}: {column} {int(unknown[0])} is not one of the {what} of {base}")
+    ids = table.column("impression_id").to_numpy()
+    clash = ids[np.isin(ids, base_ids)]
+    if len(clash) or len(np.unique(ids)) != len(ids):
+        raise UserError(f"{extra}: impression_id {int(clash[0]) if len(clash) else 'duplicated'} is also in {base}")
+
+
+def _conformed(table: Any, schema: Any) -> Any:
+    """`table` with the base's impression schema: its columns cast to the base's types, missing ones null."""
+    import pyarrow as pa
+
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)

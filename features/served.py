@@ -21,18 +21,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from core.config import Config
 from core.online_store import REDIS_ADDRESS, redis_client
 
 log = logging.getLogger(__name__)
 REDIS_PREFIX = "ember:served:"
 
 
-class FreshFeedSettings(BaseModel):
+class FreshFeedSettings(Config):
     """`fresh_feed:` of the service config. store off = no served-set filtering."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     store: Literal["off", "sqlite", "redis"] = "off"
     ttl_s: Annotated[float, Field(gt=0)] = 86_400.0  # a post served within this window is not served again

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.actions import ACTION_NAMES, DWELL_TIME, prob_column
+from core.config import config_dataclass
 from core.errors import UserError
 from core.io import atomic_dir, atomic_write_text
 from core.online_store import REDIS_ADDRESS, OnlineStoreConfig, check_store, parse_redis, sqlite_path
@@ -50,7 +51,7 @@ def check_engine(engine: str, name: str = "--engine") -> str:
     return engine
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class StoreConfig:
     """Where the Feast repo is, which online store it uses (params.yaml `feast`) and which engine computes training
     sets and materializations (`duckdb`, or `ray`: the offline store and batch engine of feature_store.ray.yaml)."""

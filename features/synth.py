@@ -48,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 
 from core.actions import ACTION_NAMES, DWELL_TIME, prob_column
+from core.config import config_dataclass
 from core.errors import UserError
 from core.io import atomic_dir, atomic_write_text
 from core.schema import (
@@ -110,7 +111,7 @@ class TruthModel:
     )
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class SynthConfig:
     """Everything that determines a synthetic dataset; saved in its manifest."""
 

@@ -1,48 +1,17 @@
 """What every model config shares: named presets, a frozen JSON form written beside the weights, and the attention
-shape check. A config is a `config_dataclass` (a frozen pydantic dataclass: every field's type is checked when it is
-built, from a preset, `--set` overrides or a saved config.json; an unknown field is refused) that subclasses
-`ModelConfig` and sets `PRESETS`. Training settings are `config_dataclass`es too."""
+shape check. A config is a `config_dataclass` (core/config.py) that subclasses `ModelConfig` and sets `PRESETS`:
+every field's type is checked when it is built, from a preset, `--set` overrides or a saved config.json, and an
+unknown field is refused. Training settings are `config_dataclass`es too."""
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import asdict, fields
-from typing import Any, ClassVar, Self, TypeVar, dataclass_transform
+from typing import Any, ClassVar, Self
 
-from pydantic import ConfigDict, ValidationError
-from pydantic.dataclasses import dataclass
+from core.config import config_dataclass
 
-T = TypeVar("T")
-
-
-@dataclass_transform(frozen_default=True)
-def config_dataclass(cls: type[T]) -> type[T]:
-    """A frozen dataclass whose fields pydantic checks at construction (numbers and lists are converted as JSON
-    gives them: 64.0 to 64, a list to a tuple; a string for a number, or an unknown field, is refused). A bad value is
-    a one-line ValueError "<Config>: <field>: <why>, got <value>" (or the config's own check's message)."""
-    built = dataclass(frozen=True, config=ConfigDict(extra="forbid", strict=False))(cls)
-    validate = built.__init__
-
-    @functools.wraps(validate)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            validate(self, *args, **kwargs)
-        except ValidationError as err:
-            raise ValueError(_one_line(cls.__name__, err)) from None
-
-    built.__init__ = __init__  # type: ignore[method-assign]
-    return built  # type: ignore[return-value]
-
-
-def _one_line(name: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    if first["type"] == "value_error":  # the config's own __post_init__ check names the config already
-        return str(first["ctx"]["error"]) if "ctx" in first else first["msg"].removeprefix("Value error, ")
-    where = ".".join(str(part) for part in first["loc"])
-    why = "unknown field" if first["type"] == "unexpected_keyword_argument" else first["msg"]
-    got = "" if first["type"] == "missing" or ", got " in why else f", got {first.get('input')!r}"
-    return f"{name}: {where}: {why}{got}"
+__all__ = ["ModelConfig", "config_dataclass"]
 
 
 class ModelConfig:

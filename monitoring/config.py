@@ -8,27 +8,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from core.actions import ACTION_NAMES
+from core.config import Config
 from core.errors import UserError, config_error
 from core.io import read_yaml
 
 DEFAULT_PATH = Path(__file__).with_name("thresholds.yaml")
 
 
-class DataDriftConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class DataDriftConfig(Config):
     method: str | None = None  # None: Evidently's default per column type and size
     threshold: float | None = None  # None: the method's default threshold
     per_feature_method: dict[str, str] = Field(default_factory=dict)
     drift_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
 
 
-class PredictionDriftConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class PredictionDriftConfig(Config):
     method: str = "wasserstein"
     threshold: Annotated[float, Field(gt=0.0)] = 0.1
     per_action_threshold: dict[str, Annotated[float, Field(gt=0.0)]] = Field(default_factory=dict)
@@ -37,10 +34,8 @@ class PredictionDriftConfig(BaseModel):
         return self.per_action_threshold.get(action, self.threshold)
 
 
-class TargetDriftConfig(BaseModel):
+class TargetDriftConfig(Config):
     """Drift of each action's outcome rate (training labels vs outcomes of what was served)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # PSI of the 0/1 labels, as calibrated in thresholds.yaml (bench/drift_detection.py): a p-value test's verdict
     # depends on the window size, and Jensen-Shannon >= 0.1 needs click rates to move by two thirds.
@@ -54,10 +49,8 @@ class TargetDriftConfig(BaseModel):
         return self.per_action_threshold.get(action, self.threshold)
 
 
-class QualityConfig(BaseModel):
+class QualityConfig(Config):
     """Recommendation quality of the served slates, with outcomes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     k: Annotated[int, Field(ge=1)] = 10
     # An item is relevant when any of these actions happened (binary relevance for NDCG, precision, recall).
@@ -80,10 +73,8 @@ class QualityConfig(BaseModel):
         return value
 
 
-class EmbeddingDriftConfig(BaseModel):
+class EmbeddingDriftConfig(Config):
     """Drift of the two-tower outputs, per principal component of the reference embeddings."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     n_components: Annotated[int, Field(ge=1)] = 8
     method: str = "wasserstein"  # normed Wasserstein: the shift in reference standard deviations
@@ -94,10 +85,8 @@ class EmbeddingDriftConfig(BaseModel):
     max_entities: Annotated[int, Field(ge=1)] = 5_000
 
 
-class SkewConfig(BaseModel):
+class SkewConfig(Config):
     """Train/serve skew: served feature values vs the offline point-in-time recompute."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Numbers match when |served - offline| <= atol + rtol * |offline| (the log holds JSON floats of float32 values).
     rtol: Annotated[float, Field(ge=0.0)] = 1e-5
@@ -114,9 +103,7 @@ class SkewConfig(BaseModel):
 CheckName = Literal["data_drift", "prediction_drift", "target_drift", "quality", "embedding_drift", "skew"]
 
 
-class MonitorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class MonitorConfig(Config):
     data_drift: DataDriftConfig = Field(default_factory=DataDriftConfig)
     prediction_drift: PredictionDriftConfig = Field(default_factory=PredictionDriftConfig)
     target_drift: TargetDriftConfig = Field(default_factory=TargetDriftConfig)

@@ -179,6 +179,24 @@ def _save_html(snapshot: Any, path: Path) -> None:
     atomic_write_text(Path(path), snapshot.get_html_str(as_iframe=False))
 
 
+def _drift_report(reference: pd.DataFrame, current: pd.DataFrame, usable: list[str], cfg: MonitorConfig) -> Any:
+    """Evidently's DataDriftPreset (with its tests) over the usable columns, by cfg.data_drift's method and
+    thresholds (a per-feature method where one is set)."""
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    dd = cfg.data_drift
+    preset = DataDriftPreset(
+        columns=usable,
+        drift_share=dd.drift_share,
+        method=dd.method,
+        threshold=dd.threshold,
+        per_column_method={c: m for c, m in dd.per_feature_method.items() if c in usable} or None,
+    )
+    ref_ds, cur_ds = _datasets(reference, current, usable, cfg)
+    return Report([preset], include_tests=True).run(current_data=cur_ds, reference_data=ref_ds)
+
+
 def _judged_share(
     per_feature: dict[str, dict[str, Any]], judged: set[str], reasons: list[str]
 ) -> tuple[float, None, dict[str, dict[str, Any]]]:
@@ -205,9 +223,6 @@ def data_drift(
 
     `judged`: the features the verdict counts (None = all); the others are measured and reported (per_feature, the
     HTML report, a reason line) but neither drifted nor missing ones decide the status."""
-    from evidently import Report
-    from evidently.presets import DataDriftPreset
-
     features = list(dict.fromkeys(features))
     dd = cfg.data_drift
     reasons, usable = _check_inputs(reference, current, features, cfg.min_rows)
@@ -227,16 +242,8 @@ def data_drift(
     if not usable or any("window" in r and "column" not in r for r in reasons):
         return result  # nothing Evidently could compare
     assert reference is not None and current is not None
-    preset = DataDriftPreset(
-        columns=usable,
-        drift_share=dd.drift_share,
-        method=dd.method,
-        threshold=dd.threshold,
-        per_column_method={c: m for c, m in dd.per_feature_method.items() if c in usable} or None,
-    )
     try:
-        ref_ds, cur_ds = _datasets(reference, current, usable, cfg)
-        snapshot = Report([preset], include_tests=True).run(current_data=cur_ds, reference_data=ref_ds)
+        snapshot = _drift_report(reference, current, usable, cfg)
         share, share_failed, per_feature = _extract(snapshot)
     except Exception as err:  # an Evidently failure on odd data is no verdict, not a crash of the monitor
         result.reasons.append(f"Evidently could not compute drift: {type(err).__name__}: {err}".splitlines()[0])

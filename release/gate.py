@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from core.config import StrictConfig
 from core.errors import UserError, config_error
 from core.io import read_yaml
 
@@ -25,18 +26,14 @@ EPSILON = 1e-12  # 0.75 - 0.005 is 0.74499999... in floats: a challenger exactly
 Number = Annotated[float, Field(allow_inf_nan=False)]
 
 
-class _Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class MetricRule(_Rule):
+class MetricRule(StrictConfig):
     """`better` higher: the challenger needs >= champion - tolerance; lower: <= champion + tolerance."""
 
     better: Literal["higher", "lower"]
     tolerance: Annotated[Number, Field(ge=0)]
 
 
-class Bound(_Rule):
+class Bound(StrictConfig):
     """Limits of one shadow-agreement value: min, max or both."""
 
     min: Number | None = None
@@ -51,17 +48,17 @@ class Bound(_Rule):
         return self
 
 
-class DriftRule(_Rule):
+class DriftRule(StrictConfig):
     must_pass: bool = True
     block_when_unmeasured: bool = False
 
 
-class ShadowRule(_Rule):
+class ShadowRule(StrictConfig):
     bounds: dict[str, Bound] = Field(default_factory=dict)
     block_when_unmeasured: bool = False
 
 
-class GateConfig(_Rule):
+class GateConfig(StrictConfig):
     metrics: dict[Literal["retrieval", "ranker"], dict[str, MetricRule]] = Field(default_factory=dict)
     drift: DriftRule = Field(default_factory=DriftRule)
     shadow: ShadowRule = Field(default_factory=ShadowRule)

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from core.config import Config
 from core.errors import UserError, dotted_key
 from core.io import read_yaml
 from features.live import EventsSettings
@@ -35,11 +36,7 @@ from serving.recommender_config import RecommenderConfig
 SHARE_TOLERANCE = 1e-9
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PopularSpec(_Strict):
+class PopularSpec(Config):
     """The most-popular baseline (serving/static_recommender.py): from a parquet, or a table given inline."""
 
     kind: Literal["popular"] = "popular"
@@ -54,7 +51,7 @@ class PopularSpec(_Strict):
         return self
 
 
-class PipelineSpec(_Strict):
+class PipelineSpec(Config):
     """The full pipeline (serving/recommender_pipeline.py), configured by its typed `RecommenderConfig`
     (serving/recommender_config.py): a bad value fails the variants config, naming the key."""
 
@@ -65,21 +62,21 @@ class PipelineSpec(_Strict):
 RecommenderSpec = Annotated[PopularSpec | PipelineSpec, Field(discriminator="kind")]
 
 
-class Variant(_Strict):
+class Variant(Config):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     share: float = Field(ge=0.0, le=1.0)
     recommender: RecommenderSpec
     blend_weights: dict[str, float] | None = None  # signed per-action weights (pipeline variants)
 
 
-class Shadow(_Strict):
+class Shadow(Config):
     """A variant run off the response path on `share` of requests, compared with the served slate."""
 
     variant: str
     share: float = Field(ge=0.0, le=1.0)
 
 
-class LimitSettings(_Strict):
+class LimitSettings(Config):
     """Load shedding (serving/shedding.py): API requests in flight past `max_concurrency` (per worker) get a 503 with
     `Retry-After: retry_after_s`. One worker ranks one request at a time on a core; 32 in flight is ~0.5 s of queue
     at the measured ~70 req/s, past which an answer comes too late to be shown anyway."""
@@ -88,7 +85,7 @@ class LimitSettings(_Strict):
     retry_after_s: int = Field(default=1, ge=1)
 
 
-class VariantsConfig(_Strict):
+class VariantsConfig(Config):
     salt: str = Field(min_length=1)
     variants: tuple[Variant, ...] = Field(min_length=1)
     shadow: Shadow | None = None

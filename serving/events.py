@@ -35,6 +35,7 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
 
 from core.actions import ACTION_NAMES, BY_NAME
+from core.config import Config
 from core.errors import UserError, dotted_key
 from core.schema import N_SURFACES
 from features.live import EventsSettings, Follow, LiveStore, NewPost, SeenEvents, open_seen
@@ -60,9 +61,7 @@ def _action(name: str) -> str:
 ActionName = Annotated[StrictStr, AfterValidator(_action)]
 
 
-class _Event(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _Event(Config):
     event_id: EventId
     ts_ms: Millis | None = None
 

@@ -17,17 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from core.config import Config
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
 
 
-class ExposureSettings(BaseModel):
+class ExposureSettings(Config):
     """Where and how much to log (read once when the service starts)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: Path = Path("logs/exposure.jsonl")
     # 64 MiB x 8 files bounds the disk the log can take to half a GiB.

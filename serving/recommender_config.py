@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
+from core.config import Config
 from core.errors import UserError, config_error
 from core.io import parse_iso, read_yaml
 from core.online_store import REDIS_ADDRESS, check_store
@@ -21,7 +22,7 @@ Positive = Annotated[int, Field(ge=1)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class RecommenderConfig(BaseModel):
+class RecommenderConfig(Config):
     """One variant: model directories, the stores, blend weights and pipeline parameters.
 
     Attributes:
@@ -59,8 +60,6 @@ class RecommenderConfig(BaseModel):
             exposure log, so the train/serve skew check covers them (monitoring/skew.py); 0 = never, 1 = always.
         log_seed: fixes which requests are sampled (tests); None = fresh entropy.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     retrieval_model: Path
     index: Path

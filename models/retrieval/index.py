@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from core.config import config_dataclass
 from core.errors import UserError
 from core.io import atomic_dir
 
@@ -24,7 +25,7 @@ class IndexQualityError(UserError):
     """The approximate index loses too many true neighbours to be published."""
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class IndexConfig:
     exact_below: int = 50_000  # exact search is fast enough (and perfect) for corpora this small
     approximate: str = "ivf"  # above exact_below: ivf (IndexIVFFlat) or hnsw (IndexHNSWFlat)

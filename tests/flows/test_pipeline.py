@@ -42,7 +42,7 @@ def test_pipeline_runs_every_stage_then_reruns_as_a_no_op(prefect_api: None, pro
     from serving.ab import load_config
 
     served = load_config(project / deployed["file"])
-    assert deployed["champion"] in str(served.variant(served.champion).recommender.params["ranker"])  # type: ignore[union-attr]
+    assert deployed["champion"] in str(served.variant(served.champion).recommender.params.ranker)  # type: ignore[union-attr]
     reader = OnlineFeatures(SqliteBackend(project / "data" / "feast" / "online.db"))
     reader.check_schema()
     assert reader.user(1).missing == ()

@@ -1,0 +1,58 @@
+"""The one config style. Every settings file and section is a `Config` (a frozen pydantic model that refuses unknown
+keys; `StrictConfig` also refuses a string for a number, for files a person writes by hand), and the model and
+training hyperparameters that travel beside their weights are `config_dataclass`es (frozen pydantic dataclasses).
+A bad value becomes one line naming its key: core.errors.config_error for a `Config`, the dataclass's own ValueError
+for a `config_dataclass`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, TypeVar, dataclass_transform
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.dataclasses import dataclass
+
+
+class Config(BaseModel):
+    """A typed settings section: frozen, no unknown key; numbers and paths read as YAML and JSON give them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StrictConfig(Config):
+    """A `Config` that converts nothing: no string for a number, no number for a bool (params.yaml, the gate)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+T = TypeVar("T")
+
+
+@dataclass_transform(frozen_default=True)
+def config_dataclass(cls: type[T]) -> type[T]:
+    """A frozen dataclass whose fields pydantic checks at construction (numbers and lists are converted as JSON
+    gives them: 64.0 to 64, a list to a tuple; a string for a number, or an unknown field, is refused). A bad value is
+    a one-line ValueError "<Config>: <field>: <why>, got <value>" (or the config's own check's message)."""
+    built = dataclass(frozen=True, config=ConfigDict(extra="forbid", strict=False))(cls)
+    validate = built.__init__
+
+    @functools.wraps(validate)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            validate(self, *args, **kwargs)
+        except ValidationError as err:
+            raise ValueError(_one_line(cls.__name__, err)) from None
+
+    built.__init__ = __init__  # type: ignore[method-assign]
+    return built  # type: ignore[return-value]
+
+
+def _one_line(name: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    if first["type"] == "value_error":  # the config's own __post_init__ check names the config already
+        return str(first["ctx"]["error"]) if "ctx" in first else first["msg"].removeprefix("Value error, ")
+    where = ".".join(str(part) for part in first["loc"])
+    why = "unknown field" if first["type"] == "unexpected_keyword_argument" else first["msg"]
+    got = "" if first["type"] == "missing" or ", got " in why else f", got {first.get('input')!r}"
+    return f"{name}: {where}: {why}{got}"
