@@ -70,15 +70,15 @@ def no_drift_row(result: dict[str, Any], command: str, wall: float, rss: float) 
 
 
 def _back(name: str, policy: dict[str, Any], share: float) -> str:
-    """When a policy's normalised reward was back at `share` of its pre-drift level: "loop back on onset day +N" (+0:
-    the onset day itself), "loop never back at 90% of its pre-drift 0.15 (4 days from the onset)", or, without a
-    positive pre-drift level to get back to, says so."""
-    day, before, after = policy.get("first_day_back"), policy.get("pre_drift"), policy.get("after", {})
-    if day is not None:
-        return f"{name} back on onset day +{day}"
+    """Whether a policy held `share` of its pre-drift level to the end of the run: "loop at >= 90% of its pre-drift
+    0.28 from onset day +2 on" (+0: the onset day itself), "frozen below 90% of its pre-drift 0.27 on the last day
+    (4 days from the onset)", or, without a positive pre-drift level to get back to, says so."""
+    day, before, after = policy.get("back_from"), policy.get("pre_drift"), policy.get("after", {})
     if before is None or before <= 0:
         return f"{name}: no positive pre-drift level to get back to ({before})"
-    return f"{name} never back at {share:.0%} of its pre-drift {before:.2f} ({len(after)} days from the onset)"
+    if day is not None:
+        return f"{name} at >= {share:.0%} of its pre-drift {before:.2f} from onset day +{day} on"
+    return f"{name} below {share:.0%} of its pre-drift {before:.2f} on the last day ({len(after)} days from the onset)"
 
 
 def shift_row(result: dict[str, Any], command: str, wall: float, rss: float) -> Row:

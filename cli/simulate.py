@@ -22,7 +22,10 @@ def simulate(
     k: int = typer.Option(10, "--k", help="Slate size."),
     seed: int = typer.Option(0, "--seed", help="Seed of requests, new posts, reference slates and outcomes."),
     retrain_every: int = typer.Option(
-        0, "--retrain-every", help="Also retrain every N days (0: only when the daily monitor alarms)."
+        1,
+        "--retrain-every",
+        help="Retrain (both models, gated) every N days, besides the monitor's alarms: 1, as the deployed main job "
+        "retrains daily (flows/prefect.yaml); 0: only when the daily monitor alarms.",
     ),
     explore_slots: int | None = typer.Option(
         None,

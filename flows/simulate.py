@@ -23,7 +23,7 @@ and deploys the models from the dataset. Then, for each simulated day after the 
    manifest nor take the deployment's fixed `as_of`); drift and quality; a failing check starts `retrain` (the main
    job with the training stages forced, its promotion gate and deployment), and the monitor flow's follow-up
    retrains on the days after (flows/monitor.py); `retrain_every` > 0 also retrains on that cadence (`retrain` with
-   reason "scheduled").
+   reason "scheduled"): every day by default, as the deployed main job does (flows/prefect.yaml, daily at 03:00).
 
 `<out>/simulate.json` and `<out>/simulate.csv` hold one row per day and policy (true reward per request, requests,
 alarm, retrain, promotion, the loop's champion); the days also go to the run project's Evidently workspace, project
@@ -290,7 +290,7 @@ def simulate_flow(
     drift: str = "none",
     drift_day: int | None = None,
     k: int = 10,
-    retrain_every: int = 0,
+    retrain_every: int = 1,  # the deployed main job retrains daily (flows/prefect.yaml)
     overrides: dict[str, Any] | None = None,
     source: str = str(PROJECT),
     explore_slots: int = EXPLORE_SLOTS,

@@ -386,9 +386,13 @@ def normalised_rewards(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def recovery(rows: list[dict[str, Any]], drift_day: int | None, share: float = 0.9, within: int = 2
              ) -> dict[str, Any]:  # fmt: skip
     """Issue 18's recovery test on the normalised true reward (`normalised_rewards`): for the loop and the frozen
-    model, the mean over the days before `drift_day`, each day from it on, and the first day (counted from the onset,
-    0 = the onset day) back at >= `share` of the pre-drift level; `recovered` when that is within `within` days.
-    None entries where the run cannot say (no drift, no day before it, no oracle/random)."""
+    model, the mean over the days before `drift_day` and each day from it on; `back_from` = the first day (counted
+    from the onset, 0 = the onset day) from which the policy stays at >= `share` of its pre-drift level to the end of
+    the run (None: below it on the last day); `recovered` when that is within `within` days of the onset.
+
+    "Stays" is the point: a model the drift has not reached yet on the onset day is not back, it has not left, and
+    one that falls later has not recovered. None entries where the run cannot say (no drift, no day before it, no
+    oracle/random)."""
     norm = normalised_rewards(rows)
     if drift_day is None or norm.empty or drift_day <= int(norm.index.min()):
         return {}
@@ -396,12 +400,17 @@ def recovery(rows: list[dict[str, Any]], drift_day: int | None, share: float = 0
     for policy in [p for p in ("loop", "frozen") if p in norm.columns]:
         before = float(norm.loc[norm.index < drift_day, policy].mean())
         after = norm.loc[norm.index >= drift_day, policy]
-        back = [int(d) - drift_day for d, v in after.items() if before > 0 and v >= share * before]
+        held = [before > 0 and v >= share * before for v in after.to_numpy()]
+        back_from = None
+        for i in range(len(held) - 1, -1, -1):  # the start of the last run of held days that reaches the end
+            if not held[i]:
+                break
+            back_from = int(after.index[i]) - drift_day
         out[policy] = {
             "pre_drift": round(before, 4),
             "after": {int(d): round(float(v), 4) for d, v in after.items()},
-            "first_day_back": back[0] if back else None,
-            "recovered": bool(back) and back[0] <= within,
+            "back_from": back_from,
+            "recovered": back_from is not None and back_from <= within,
         }
     return out
 

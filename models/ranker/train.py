@@ -198,6 +198,8 @@ def _train(
         valid_df = sample_requests(valid_df, tc.max_eval_requests, tc.seed)
         valid_ds = RankerDataset(valid_df, config, model.tasks, available, posts)
         model.fit_dense_stats(train_ds.train_dense())
+        if config.head_bias_init:
+            model.fit_head_bias(train_ds.labels[:-1], available)  # the last row is padding
         model = model.to(device)
         optimizer = adamw(model, tc.lr, tc.weight_decay)
         task = RankerTrainTask(model, available, tc.pair_weight, tc.pair_scope).to(device)

@@ -37,14 +37,18 @@ def test_shift_verdict_needs_the_loop_back_and_the_frozen_model_not() -> None:
     result = {"rows": _rows(days, alarms={3}, promoted={4}), "drift_day": 3, "days": 5, "requests_per_day": 510}
     row = shift_row(result, "c", 1.0, 1.0)
     assert row.verdict == (
-        "met: loop back on onset day +2; frozen never back at 90% of its pre-drift 0.50 (3 days from the onset)"
+        "met: loop at >= 90% of its pre-drift 0.50 from onset day +2 on; frozen below 90% of its pre-drift 0.50 on "
+        "the last day (3 days from the onset)"
     )
     assert "day 3: alarm retrain" in row.throughput and "day 4: promotion" in row.throughput
     days[5] = day(4.6, 4.6)
-    assert shift_row(result | {"rows": _rows(days)}, "c", 1.0, 1.0).verdict.startswith("missed: loop back on onset")
+    assert shift_row(result | {"rows": _rows(days)}, "c", 1.0, 1.0).verdict.startswith("missed: loop at >= 90%")
     days[5] = day(2, 2)
     never = shift_row(result | {"rows": _rows(days)}, "c", 1.0, 1.0).verdict
-    assert never.startswith("missed: loop never back at 90% of its pre-drift 0.50 (3 days from the onset); frozen")
+    assert never.startswith("missed: loop below 90% of its pre-drift 0.50 on the last day (3 days from the onset)")
+    days[3], days[4], days[5] = day(5, 5), day(5, 5), day(5, 2)  # the frozen model holds, then falls: not recovered
+    late = shift_row(result | {"rows": _rows(days)}, "c", 1.0, 1.0).verdict
+    assert late.startswith("met: loop at >= 90% of its pre-drift 0.50 from onset day +0 on; frozen below 90%")
     below = {d: day(-1, -1) for d in range(1, 6)}  # below random before the drift: nothing to get back to
     verdict = shift_row(result | {"rows": _rows(below)}, "c", 1.0, 1.0).verdict
     assert verdict == "missed: loop: no positive pre-drift level to get back to (-0.1); frozen: no positive " \

@@ -341,3 +341,32 @@ def test_cross_part_without_ids_ignores_the_ids() -> None:
         assert max_diff(model.cross(fields, bins, c), model.cross(fields, bins, same)) == 0.0
         other_user = model.cross.user_fields(u.user_ids + 1, u.attribute_ids)
         assert max_diff(fields, other_user) == 0.0
+
+
+def test_heads_start_at_the_training_base_rates() -> None:
+    import math
+
+    index = {name: k for k, name in enumerate(TASK_NAMES)}
+    n = 20_000
+    labels = torch.zeros(n, len(TASK_NAMES))
+    labels[:4_000, index["click"]] = 1.0  # click 20%
+    labels[:1_000, index["like"]] = 1.0  # like 5%: 25% of the clicks
+    labels[:10, index["report"]] = 1.0  # report 0.05%
+    labels[:, index["dwell_time"]] = 2.0
+    available = torch.ones(len(TASK_NAMES), dtype=torch.bool)
+    available[index["share"]] = False
+
+    def logit(p: float) -> float:
+        return math.log(p / (1 - p))
+
+    for mode, like_rate in (("independent", 0.05), ("funnel", 0.25)):
+        model = build(replace(CFG, head_mode=mode))
+        share_before = float(model.heads.proj.bias[index["share"]])
+        model.fit_head_bias(labels, available)
+        bias = model.heads.proj.bias
+        assert float(bias[index["click"]]) == pytest.approx(logit(0.2), abs=1e-6)
+        assert float(bias[index["like"]]) == pytest.approx(logit(like_rate), abs=1e-6)
+        assert float(bias[index["report"]]) == pytest.approx(logit(0.0005), abs=1e-6)
+        assert float(bias[index["block_author"]]) == pytest.approx(logit(1e-5), abs=1e-6), "no positive: the floor"
+        assert float(bias[index["dwell_time"]]) == pytest.approx(2.0)
+        assert float(bias[index["share"]]) == share_before, "an unavailable task keeps its bias"

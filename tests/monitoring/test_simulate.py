@@ -286,9 +286,16 @@ def test_recovery_reads_the_normalised_reward_against_the_pre_drift_level() -> N
     norm = normalised_rewards(rows)
     assert norm.loc[2, "loop"] == pytest.approx(0.5) and norm.loc[4, "loop"] == pytest.approx(2.5 / 7)
     out = recovery(rows, drift_day=3)
-    assert out["loop"]["pre_drift"] == 0.5 and out["loop"]["first_day_back"] == 2 and out["loop"]["recovered"]
-    assert out["frozen"]["first_day_back"] is None and not out["frozen"]["recovered"]
+    assert out["loop"]["pre_drift"] == 0.5 and out["loop"]["back_from"] == 2 and out["loop"]["recovered"]
+    assert out["frozen"]["back_from"] is None and not out["frozen"]["recovered"]
     assert not recovery(rows, drift_day=3, within=1)["loop"]["recovered"]
+    # Not reached by the drift on the onset day, then falling: it has not recovered (it never held).
+    late = {**days, 3: (5.0, 5.0, 10.0, 0.0)}
+    rows = [{"day": d, "policy": p, "true_reward": v} for d, values in late.items()
+            for p, v in zip(("loop", "frozen", "oracle", "random"), values, strict=True)]  # fmt: skip
+    out = recovery(rows, drift_day=3)
+    assert out["frozen"]["back_from"] is None and not out["frozen"]["recovered"]
+    assert out["loop"]["back_from"] == 2 and out["loop"]["recovered"]  # day 4 (0.36) below 0.45, day 5 back
     assert recovery(rows, None) == {} and recovery(rows, 1) == {}
     assert recovery([r for r in rows if r["policy"] != "random"], 3) == {}
 
