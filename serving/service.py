@@ -151,6 +151,11 @@ class Ember:
     def __is_ready__(self) -> bool:
         return all(r.ready() for r in self.router.routing.recommenders.values())
 
+    def flush_logs(self, timeout: float = 5.0) -> bool:
+        """Waits until the shadow runs submitted so far and every exposure record they and the requests queued are
+        written (tests, readers of a live log); False on timeout."""
+        return self.shadow.drain(timeout) and self.exposure.flush(timeout)
+
     @bentoml.on_shutdown
     def _close(self) -> None:
         self.shadow.close(wait=False)

@@ -79,5 +79,13 @@ class ShadowRunner:
         self._pool.submit(run)
         return True
 
+    def drain(self, timeout: float = 5.0) -> bool:
+        """Waits until every job submitted so far has finished (one worker: they run in order); False on timeout."""
+        try:
+            self._pool.submit(lambda: None).result(timeout)
+        except TimeoutError:
+            return False
+        return True
+
     def close(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait)

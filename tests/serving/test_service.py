@@ -389,7 +389,7 @@ def test_a_failing_variant_falls_back_to_popular_degraded(service: Any) -> None:
     ranked = service.rank(user_id=1, post_ids=[3, 1])
     assert ranked.degraded and [i.post_id for i in ranked.items] == [3, 1]
     assert 'ember_fallbacks_total{kind="error"} 2.0' in service.metrics.render()
-    service.exposure.flush()
+    assert service.flush_logs()
     lines = [json.loads(x) for x in (service.exposure.path).read_text().splitlines()]
     assert [(r["degraded"], r["fallback"]) for r in lines if r["kind"] == "exposure"] == [(True, "error")] * 2
 
@@ -417,7 +417,7 @@ def test_propensities_reach_the_response_and_the_exposure_log(service: Any) -> N
     service.router.routing = Routing(routing.config, {name: _Exploring() for name in routing.recommenders})
     out = service.recommend(user_id=4, k=3)
     assert [(i.post_id, i.propensity) for i in out.items] == [(3, pytest.approx(0.3)), (1, 0.1), (2, 0.2)]
-    service.exposure.flush()
+    assert service.flush_logs()
     frame = read_exposure(service.exposure.path).frame
     assert frame["propensity"].tolist() == pytest.approx([0.3, 0.1, 0.2])
     assert frame["inclusion"].tolist() == pytest.approx([0.6, 0.2, 0.4])
@@ -460,7 +460,7 @@ def test_ab_off_policy_estimates_the_ranked_order_from_the_log(
     service.router.routing = Routing(routing.config, {name: _Coin() for name in routing.recommenders})
     for u in range(1, 801):
         service.recommend(user_id=u, k=1)
-    service.exposure.flush()
+    assert service.flush_logs()
     records = [json.loads(x) for x in service.exposure.path.read_text().splitlines()]
     # Post 1 is always liked and clicked, post 2 never: the ranked order (always post 1) earns the blend of both.
     outcomes = tmp_path / "outcomes.jsonl"

@@ -59,3 +59,21 @@ def test_runner_skips_when_the_backlog_is_full_and_survives_a_failing_job() -> N
     runner2 = ShadowRunner(max_pending=1)
     assert runner2.submit(lambda: None)
     runner2.close()
+
+
+def test_drain_waits_for_every_job_submitted_before_it() -> None:
+    runner = ShadowRunner(max_pending=8)
+    release = threading.Event()
+    done: list[int] = []
+
+    def job(n: int) -> None:
+        release.wait(5)
+        done.append(n)
+
+    for n in range(3):
+        assert runner.submit(lambda n=n: job(n))
+    assert not runner.drain(timeout=0.05)  # the first job is still blocked: drain says so instead of returning early
+    release.set()
+    assert runner.drain(timeout=5)
+    assert done == [0, 1, 2]
+    runner.close()
