@@ -1,4 +1,4 @@
-"""`simulate`: days of production against a synthetic world's ground truth, the closed loop measured (issue 18).
+"""`simulate`: days of production against a synthetic world's ground truth, the closed loop measured.
 
 The run owns a project: a copy of this one (its code and configs, `params.yaml` with the synth section set to what
 reproduces `--data`, plus `overrides`) under `<out>/project`, where the main job (`ember-pipeline`) first builds

@@ -1,4 +1,4 @@
-"""Events in (issue 21.1): the event schema `POST /events` and `ember events import` share, and the one function that
+"""Events in: the event schema `POST /events` and `ember events import` share, and the one function that
 applies a validated batch.
 
     {"events": [

@@ -64,35 +64,39 @@ class ServiceMetrics:
         self.exposure_dropped = prom.Counter(
             "ember_exposure_records_dropped", "Exposure records dropped (queue full or write failed).", registry=r
         )
+        self._shadow_metrics(prom)
+        for kind in ("cold_start", "popular", "previous_model", "error"):
+            self.fallbacks.labels(kind)  # present (at 0) before the first one happens
+
+    def _shadow_metrics(self, prom: Any) -> None:
+        """How the shadow variant's slates compare with the served ones."""
         self.shadow_runs = prom.Counter(
             "ember_shadow_runs",
             "Shadow runs, by variant and outcome (compared, failed, skipped).",
             ["variant", "outcome"],
-            registry=r,
+            registry=self.registry,
         )
         self.shadow_overlap = prom.Histogram(
             "ember_shadow_overlap_at_k",
             "overlap@k of the shadow slate with the served one.",
             ["variant"],
             buckets=_UNIT_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
         self.shadow_spearman = prom.Histogram(
             "ember_shadow_spearman",
             "Spearman's rho on the posts both slates hold.",
             ["variant"],
             buckets=_CORRELATION_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
         self.shadow_kendall = prom.Histogram(
             "ember_shadow_kendall",
             "Kendall's tau on the posts both slates hold.",
             ["variant"],
             buckets=_CORRELATION_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
-        for kind in ("cold_start", "popular", "previous_model", "error"):
-            self.fallbacks.labels(kind)  # present (at 0) before the first one happens
 
     def observe(self, endpoint: str, variant: str, rec: Recommendation) -> None:
         """Counts one answered request and records its pipeline stages."""

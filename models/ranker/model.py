@@ -147,8 +147,8 @@ class RankerConfig(ModelConfig):
     wide: bool = False
     # Training starts each head at the training set's base rate (`Ranker.fit_head_bias`): without it, a short run on
     # a small set leaves rare negatives (report, block) 10-100x above their rate, and the served blend, whose negative
-    # weights are large, ranks by that error (issue 18's simulation: the loop's true reward 0.14 -> 0.29 of the way
-    # from random to the oracle before the shift). KuaiRand's valid day: 0.7004 with it, 0.7013 without: off there.
+    # weights are large, ranks by that error (`ember simulate`: the loop's true reward 0.14 -> 0.29 of the way from
+    # random to the oracle before the shift). KuaiRand's valid day: 0.7004 with it, 0.7013 without: off there.
     head_bias_init: bool = True
     # A DCN-v2 cross part beside the transformer (0 = off): the user's id and attributes and the candidate's id,
     # author, attributes, surface and (feature, bin) one-hots, each a `cross_dim` field embedding, concatenated and

@@ -464,6 +464,20 @@ class TwoTower(nn.Module):
         cpu = self.user_tower.user_proj.weight.device.type == "cpu" and x.hist_post_ids.device.type == "cpu"
         if self.training or not cpu:
             return self.user_embedding(x)
+        z, valid_all = self._user_tokens_np(x)
+        z = self._user_blocks_np(z, valid_all)
+        B = z.shape[0]
+        cfg = self.cfg
+        if cfg.pooling == "last":
+            pooled = z[np.arange(B), valid_all.sum(1) - 1]
+        else:
+            w = valid_all[..., None].astype(np.float32)
+            pooled = (z * w).sum(1) / w.sum(1)
+        norm = np.sqrt(np.add.reduce(pooled * pooled, -1, keepdims=True))  # F.normalize, in numpy
+        return torch.from_numpy(pooled / np.maximum(norm, np.float32(1e-12)))
+
+    def _user_tokens_np(self, x: UserFeatures) -> tuple[np.ndarray, np.ndarray]:
+        """The user tower's input in numpy: (B, T, D) tokens (the user token, then the history) and (B, T) valid."""
         cfg, tower = self.cfg, self.user_tower
         post_ids = x.hist_post_ids.numpy()
         B, S = post_ids.shape
@@ -498,11 +512,18 @@ class TwoTower(nn.Module):
             history = history + linear_np(tower.history_attribute_proj, rows)
         z = np.concatenate([token[:, None], history * valid[..., None]], 1)  # (B, T, D)
         valid_all = np.concatenate([np.ones((B, 1), dtype=bool), valid], 1)  # (B, T)
+        return z, valid_all
+
+    def _user_blocks_np(self, z: np.ndarray, valid_all: np.ndarray) -> np.ndarray:
+        """The user tower's blocks and final norm over `_user_tokens_np`'s tokens: numpy steps where every block is
+        small enough (far cheaper than torch operators here), else `Block.infer`."""
+        cfg, tower = self.cfg, self.user_tower
+        S = z.shape[1] - 1
         mask = valid_all[:, None, None, :]
         if cfg.causal:
             mask = mask & _lower_triangle(S + 1)
         blocks = cast(list[Block], list(tower.blocks))
-        if all(block.numpy_sized(S + 1) for block in blocks):  # numpy steps: far cheaper than torch operators here
+        if all(block.numpy_sized(S + 1) for block in blocks):
             cos, sin = tower.rotary.tables_np(S + 1)  # (T, 1, hd): the layout of Block.infer
             bias = attention_bias(mask)
             for block in blocks:
@@ -514,13 +535,7 @@ class TwoTower(nn.Module):
             for block in blocks:
                 h = block.infer(h, cos_t[:, None], sin_t[:, None], torch.from_numpy(mask))
             z = tower.norm.infer(h).float().numpy()
-        if cfg.pooling == "last":
-            pooled = z[np.arange(B), valid_all.sum(1) - 1]
-        else:
-            w = valid_all[..., None].astype(np.float32)
-            pooled = (z * w).sum(1) / w.sum(1)
-        norm = np.sqrt(np.add.reduce(pooled * pooled, -1, keepdims=True))  # F.normalize, in numpy
-        return torch.from_numpy(pooled / np.maximum(norm, np.float32(1e-12)))
+        return z
 
     def prefix_user_embeddings(self, x: UserFeatures) -> torch.Tensor:
         """(B, S, D) unit-norm user embedding after each history position (`UserTower.prefix_forward`); needs a

@@ -638,6 +638,55 @@ def _validate(
     return None
 
 
+@dataclass
+class _Best:
+    """The best evaluated weights so far and the epochs since (early stopping on `select_metric`)."""
+
+    state: dict[str, torch.Tensor]
+    epoch: int = 0
+    metric: float = -math.inf
+    bad: int = 0
+    ranks: torch.Tensor | None = None
+
+    def update(self, epoch: int, metric: float, model: nn.Module, ranks: torch.Tensor | None) -> bool:
+        """Keeps the weights when `metric` beats the best (True); else counts one more epoch without gain."""
+        if metric > self.metric:
+            self.epoch, self.metric, self.bad, self.ranks = epoch, metric, 0, ranks
+            self.state = _weights(model)
+            return True
+        self.bad += 1
+        return False
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _build(
+    config: TwoTowerConfig,
+    train_events: pd.DataFrame,
+    dataset: Path | None,
+    corpus: np.ndarray,
+    tc: SequenceTrainConfig,
+    gen: torch.Generator,
+    dev: torch.device,
+) -> tuple[TwoTower, SequenceRetriever, SequenceBatches, _Steps]:
+    """The model, its retriever, the training windows and the stepper (optimizer, candidate features, snapshots)."""
+    table = post_table(config, corpus, train_events, dataset)
+    data = sequence_windows(config, train_events, table, tc.context, tc.max_windows, dataset)
+    model = TwoTower(config).to(dev)
+    retriever = SequenceRetriever(model, table, tc.context, dataset, tc.mask_unborn)
+    if tc.sparse_tables:
+        sparse_tables(model)
+    optimizer = (
+        SparseTableAdam(model, tc.lr, tc.weight_decay, tc.table_lr_scale)
+        if tc.sparse_tables
+        else adamw(model, tc.lr, tc.weight_decay)
+    )
+    snaps = snapshots(config, table, tc.snapshot_hours) if tc.snapshot_hours > 0 else None
+    return model, retriever, data, _Steps(model, optimizer, table.features.to(dev), tc, gen, snaps, dev)
+
+
 def _train(
     config: TwoTowerConfig,
     train_events: pd.DataFrame,
@@ -652,28 +701,12 @@ def _train(
     torch.manual_seed(tc.seed)
     gen = torch.Generator().manual_seed(tc.seed)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    table = post_table(config, corpus, train_events, dataset)
-    data = sequence_windows(config, train_events, table, tc.context, tc.max_windows, dataset)
-    model = TwoTower(config).to(dev)
-    retriever = SequenceRetriever(model, table, tc.context, dataset, tc.mask_unborn)
-    if tc.sparse_tables:
-        sparse_tables(model)
-    optimizer = (
-        SparseTableAdam(model, tc.lr, tc.weight_decay, tc.table_lr_scale)
-        if tc.sparse_tables
-        else adamw(model, tc.lr, tc.weight_decay)
-    )
-    candidates = table.features.to(dev)
-    snaps = snapshots(config, table, tc.snapshot_hours) if tc.snapshot_hours > 0 else None
-    has_valid = valid is not None and len(valid) > 0
-
-    best_epoch, best, bad, steps = 0, -math.inf, 0, 0
+    model, retriever, data, step = _build(config, train_events, dataset, corpus, tc, gen, dev)
+    best = _Best(_weights(model))
     history: list[dict[str, float]] = []
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    best_ranks: torch.Tensor | None = None
     losses: list[float] = []  # the steps since the last evaluation
+    steps = 0
     epoch_steps = max(1, math.ceil(len(data) / tc.batch_size))
-    step = _Steps(model, optimizer, candidates, tc, gen, snaps, dev)
     for epoch in range(1, tc.epochs + 1):
         epoch_losses, over_budget = step.epoch(data, deadline=t0 + tc.budget_seconds)
         losses += epoch_losses
@@ -686,7 +719,7 @@ def _train(
             if log is not None:
                 log(f"budget reached {steps - int(history[-1]['steps'])} steps after the last evaluation: stop")
             break
-        lr = float(optimizer.param_groups[0]["lr"])
+        lr = float(step.optimizer.param_groups[0]["lr"])
         entry: dict[str, float] = {"epoch": epoch, "steps": steps, "lr": lr, "train_loss": float(np.mean(losses))}
         losses = []
         ranks = _validate(retriever, train_events, valid, entry)
@@ -694,21 +727,15 @@ def _train(
         history.append(entry)
         if log is not None:
             log(" ".join(f"{k}={v:.4f}" for k, v in entry.items()))
-        metric = entry.get(tc.select_metric, float(epoch))
-        if metric > best:
-            best_epoch, best, bad = epoch, metric, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best_ranks = ranks
-        else:
-            bad += 1
-            for group in optimizer.param_groups:
+        if not best.update(epoch, entry.get(tc.select_metric, float(epoch)), model, ranks):
+            for group in step.optimizer.param_groups:
                 group["lr"] *= tc.plateau_decay
-        if bad >= tc.patience or over_budget:
+        if best.bad >= tc.patience or over_budget:
             break
-    model.load_state_dict(best_state)
+    model.load_state_dict(best.state)
     sparse_tables(model, on=False)  # the model leaves as built
     model.eval()
     retriever.refresh()
-    return SequenceTrainResult(
-        model, retriever, best_epoch, best if has_valid else math.nan, time.perf_counter() - t0, history, best_ranks
-    )
+    has_valid = valid is not None and len(valid) > 0
+    metric = best.metric if has_valid else math.nan
+    return SequenceTrainResult(model, retriever, best.epoch, metric, time.perf_counter() - t0, history, best.ranks)
