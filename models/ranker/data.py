@@ -217,13 +217,21 @@ class RankerTrainTask(torch.nn.Module):
     available: torch.Tensor  # (K,) bool
 
     def __init__(
-        self, model: Ranker, available: torch.Tensor, pair_weight: float = 0.0, pair_scope: str = "group"
+        self,
+        model: Ranker,
+        available: torch.Tensor,
+        pair_weight: float = 0.0,
+        pair_scope: str = "group",
+        pair_actions: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.model = model
         self.pair_weight = pair_weight
         self.pair_scope = pair_scope
         self.register_buffer("available", available.clone(), persistent=False)
+        # The tasks the pairwise loss ranks (every binary one when `pair_actions` is empty).
+        paired = [not pair_actions or t.name in pair_actions for t in model.tasks]
+        self.register_buffer("paired", torch.tensor(paired, dtype=torch.bool), persistent=False)
 
     def forward(self, batch: RankerBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         out = self.model(batch.user, batch.candidates, batch.history_attributes)
@@ -231,7 +239,8 @@ class RankerTrainTask(torch.nn.Module):
         loss, _ = ranker_loss(out.logits, batch.labels, mask, self.model.tasks)
         if self.pair_weight > 0:
             keys = batch.user.user_ids if self.pair_scope == "user" else None
-            loss = loss + self.pair_weight * pairwise_loss(out.logits, batch.labels, mask, self.model.tasks, keys)
+            pair_mask = mask & self.paired
+            loss = loss + self.pair_weight * pairwise_loss(out.logits, batch.labels, pair_mask, self.model.tasks, keys)
         if out.blend_multipliers is not None:  # learn_blend: the combination module learns from pairs in a request
             probs = self.model.predictions(out)
             loss = loss + blend_loss(probs, out.blend_multipliers, batch.labels, mask, self.model.tasks)

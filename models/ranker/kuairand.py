@@ -422,6 +422,10 @@ def peer_metrics(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> dict[str, f
 #   user token added to candidates (user_in_candidate) 0.7015 (0.6166, 0.6611), 98-120 s beside other work: a tie
 #   heads started at the base rates (RankerConfig.head_bias_init, 2026-12-07, AMD EPYC) 0.7004 (click GAUC 0.6145,
 #   like GAUC 0.6586), 93-96 s a seed: not kept (the served synthetic ranker keeps it; see RankerConfig)
+#   within-request-group pairwise loss beside the pointwise one (seed 0; this configuration 0.7060, click GAUC 0.6168,
+#   dwell 0.6285, like 0.6863): weight 0.1 on every action 0.6991 (0.6169, 0.6329, 0.6552; like AUC 0.8318 -> 0.8203);
+#   weight 0.2 on click and dwell only (train.pair_actions) 0.7010 (click GAUC 0.6095, dwell 0.6325): ranking a
+#   user-day's items against each other does not raise click GAUC here
 PROTOCOL_MODEL: dict[str, object] = {"dense_bins": 16, "wide": True, "max_position": 0, "head_bias_init": False}
 PROTOCOL_TRAIN: dict[str, object] = {
     "epochs": 4,

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from core.actions import BY_NAME
 from core.errors import UserError
 from models.model_config import config_dataclass
 from models.ranker.data import RankerBatch, RankerDataset, RankerTrainTask, predict
@@ -81,6 +82,8 @@ class RankerTrainConfig:
     # Which candidates the pairwise loss compares: "group" = one request group's; "user" = every group of one user in
     # the batch, with batches built user by user (`user_batches`), so pairs span a user's requests as GAUC does.
     pair_scope: str = "group"
+    # The actions the pairwise loss ranks; empty = every binary action.
+    pair_actions: tuple[str, ...] = ()
     threads: int = TRAIN_THREADS  # torch intra-op threads while training (models.training.TRAIN_THREADS); 0 = torch's
 
     def __post_init__(self) -> None:
@@ -93,6 +96,9 @@ class RankerTrainConfig:
             raise UserError(f"train.threads: must be >= 0, got {self.threads}")
         if self.pair_scope not in PAIR_SCOPES:
             raise UserError(f"train.pair_scope: unknown {self.pair_scope!r} (choose from {', '.join(PAIR_SCOPES)})")
+        unknown = [a for a in self.pair_actions if a not in BY_NAME]
+        if unknown:
+            raise UserError(f"train.pair_actions: unknown action {unknown[0]!r} (choose from {', '.join(BY_NAME)})")
 
 
 RankerTrainResult = TrainResult[Ranker]
@@ -202,7 +208,7 @@ def _train(
             model.fit_head_bias(train_ds.labels[:-1], available)  # the last row is padding
         model = model.to(device)
         optimizer = adamw(model, tc.lr, tc.weight_decay)
-        task = RankerTrainTask(model, available, tc.pair_weight, tc.pair_scope).to(device)
+        task = RankerTrainTask(model, available, tc.pair_weight, tc.pair_scope, tc.pair_actions).to(device)
         group_users = train_ds.user.user_ids.numpy()
 
         def batches(generator: torch.Generator) -> Iterable[RankerBatch]:

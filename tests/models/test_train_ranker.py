@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from core.errors import UserError
 from models.layers import string_id
 from models.ranker.data import (
     RankerDataset,
+    RankerTrainTask,
     lookup_attributes,
     post_attributes,
     predict,
@@ -387,3 +389,31 @@ def test_user_batches_keep_a_users_groups_together_and_cover_every_group() -> No
     assert np.array_equal(order, again)  # seeded
     with pytest.raises(UserError, match="pair_scope"):
         RankerTrainConfig(pair_scope="request")
+
+
+def test_pairwise_loss_ranks_only_the_chosen_actions(frame: pd.DataFrame) -> None:
+    from models.ranker.model import Ranker
+    from models.ranker.tasks import pairwise_loss, ranker_loss
+
+    available = availability(OBSERVED)
+    batch = RankerDataset(frame, CFG, TASKS, available)[torch.arange(8)]
+    torch.manual_seed(0)
+    model = Ranker(CFG).eval()  # eval: no dropout, so the same batch gives the same logits every call
+    with torch.no_grad():
+        out = model(batch.user, batch.candidates, batch.history_attributes)
+        mask = loss_mask(available, batch.candidates.valid)
+        pointwise, _ = ranker_loss(out.logits, batch.labels, mask, model.tasks)
+        click_only = mask & torch.tensor([t.name == "click" for t in model.tasks])
+        assert pairwise_loss(out.logits, batch.labels, click_only, model.tasks) > 0  # the batch has click pairs
+
+        def loss(**pair: Any) -> torch.Tensor:
+            return RankerTrainTask(model, available, **pair)(batch)
+
+        torch.testing.assert_close(loss(pair_weight=0.0), pointwise)
+        expected = pointwise + 0.5 * pairwise_loss(out.logits, batch.labels, click_only, model.tasks)
+        torch.testing.assert_close(loss(pair_weight=0.5, pair_actions=("click",)), expected)
+        every = pointwise + 0.5 * pairwise_loss(out.logits, batch.labels, mask, model.tasks)
+        torch.testing.assert_close(loss(pair_weight=0.5), every)
+        assert not torch.allclose(every, expected)  # other actions' pairs counted only when not restricted
+    with pytest.raises(UserError, match="train.pair_actions: unknown action 'clicks'"):
+        RankerTrainConfig(pair_actions=("clicks",))
