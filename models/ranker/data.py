@@ -215,6 +215,7 @@ class RankerTrainTask(torch.nn.Module):
     """The ranker plus its multi-task loss; `forward(batch, generator)` returns the () loss of a batch."""
 
     available: torch.Tensor  # (K,) bool
+    paired: torch.Tensor  # (K,) bool: the tasks the pairwise loss ranks
 
     def __init__(
         self,
