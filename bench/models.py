@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +212,53 @@ def _rss_before_after(build: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, time.perf_counter() - start, rss_mb() - before
 
 
+@dataclass
+class _AnnRun:
+    """One ANN benchmark run: the vectors, the exact ground truth and anchor, and the rows written so far."""
+
+    s: AnnSettings
+    build_threads: int
+    data: str
+    queries: np.ndarray
+    truth: np.ndarray
+    exact_p99: float = 0.0
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def q_note(self) -> str:
+        s = self.s
+        return f"{s.n_queries} queries from the same mixture, top-{s.k}, 1 query per call, faiss.omp_set_num_threads(1)"
+
+    def sweep(self, kind: str, build_s: float, mem_mb: float, settings: str, points: list[tuple[str, Any]]) -> None:
+        """Sweeps one index's search knob: a row per setting, the best operating point marked (the lowest p99 at
+        Recall >= ANN_MIN_RECALL, else the highest recall)."""
+        s = self.s
+        measured = []
+        for label, search in points:
+            sec, got = per_query(search, self.queries, warmup=5)
+            measured.append((label, sec, recall_at(self.truth, got, s.recall_k), *percentiles_ms(sec)))
+        ok = [p for p in measured if p[2] >= ANN_MIN_RECALL]
+        best = min(ok, key=lambda p: p[4]) if ok else max(measured, key=lambda p: p[2])
+        for label, sec, rec, p50, p99 in measured:
+            met = rec >= ANN_MIN_RECALL and p99 <= ANN_TARGET_P99_MS
+            self.rows.append(
+                latency_row(
+                    f"top-1000 {kind}, {label}" + (" (operating point)" if label == best[0] else ""),
+                    f"{self.data}; {settings}; {self.q_note}; build {build_s:.1f} s on {self.build_threads} threads, "
+                    f"index memory +{mem_mb:.0f} MB RSS",
+                    f"{CMD} --only ann",
+                    sec,
+                    target=f"p99 <= {ANN_TARGET_P99_MS:g} ms at Recall@{s.recall_k} >= {ANN_MIN_RECALL} "
+                    f"(anchor: exact search p99 {self.exact_p99:.2f} ms)",
+                    verdict=f"{'met' if met else 'missed'}: Recall@{s.recall_k} {rec:.3f}, "
+                    f"{p99 / ANN_TARGET_P99_MS:.2f}x of target, {p99 / self.exact_p99:.3f}x exact p99 "
+                    f"({self.exact_p99 / p99:.0f}x faster)",
+                    extra={"section": "ann", "index": kind, "knob": label, "recall": rec, "p50_ms": p50,
+                           "p99_ms": p99, "build_s": build_s, "index_mb": mem_mb, "operating_point": label == best[0]},
+                )
+            )  # fmt: skip
+
+
 def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
     """The index as shipped (models.retrieval.index.build_index with IndexConfig's defaults: IVF-Flat, 4 sqrt(N) cells,
     nprobe swept around the default 32) and its HNSW option (build settings below the defaults, see AnnSettings),
@@ -231,57 +278,43 @@ def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
     exact = faiss.IndexFlatIP(s.dim)
     exact.add(items)
     _, truth = exact.search(queries, s.k)  # batched ground truth (multi-threaded)
-    rows: list[Row] = []
-    q_note = f"{s.n_queries} queries from the same mixture, top-{s.k}, 1 query per call, faiss.omp_set_num_threads(1)"
+    run = _AnnRun(s, build_threads, data, queries, truth)
+    _exact_anchor(run, exact)
+    _ivf_sweep(run, ids, items)
+    _hnsw_sweep(run, ids, items)
+    faiss.omp_set_num_threads(build_threads)
+    return run.rows
 
+
+def _exact_anchor(run: _AnnRun, exact: Any) -> None:
+    """Exact search one query at a time: the anchor every approximate row is set against."""
+    import faiss
+
+    s = run.s
     faiss.omp_set_num_threads(1)
-    exact_s, exact_ids = per_query(lambda q: exact.search(q, s.k)[::-1], queries, warmup=5)  # (ids, scores)
-    exact_p50, exact_p99 = percentiles_ms(exact_s)
-    exact_recall = recall_at(truth, exact_ids, s.recall_k)
-    rows.append(
+    exact_s, exact_ids = per_query(lambda q: exact.search(q, s.k)[::-1], run.queries, warmup=5)  # (ids, scores)
+    exact_p50, run.exact_p99 = percentiles_ms(exact_s)
+    exact_recall = recall_at(run.truth, exact_ids, s.recall_k)
+    run.rows.append(
         latency_row(
             "top-1000 exact search (IndexFlatIP), anchor",
-            f"{data}; {q_note}",
+            f"{run.data}; {run.q_note}",
             f"{CMD} --only ann",
             exact_s,
             target="side-by-side anchor",
             verdict=f"Recall@{s.recall_k} {exact_recall:.3f}",
             extra={"section": "ann", "index": "flat", "recall": exact_recall, "p50_ms": exact_p50,
-                   "p99_ms": exact_p99},
+                   "p99_ms": run.exact_p99},
         )
     )  # fmt: skip
 
-    def candidates(kind: str, build_s: float, mem_mb: float, settings: str, sweep: list[tuple[str, Any]]) -> None:
-        """Sweeps the search knob; keeps one row per setting, marks the best operating point."""
-        points = []
-        for label, search in sweep:
-            sec, got = per_query(search, queries, warmup=5)
-            rec = recall_at(truth, got, s.recall_k)
-            p50, p99 = percentiles_ms(sec)
-            points.append((label, sec, rec, p50, p99))
-        ok = [p for p in points if p[2] >= ANN_MIN_RECALL]
-        best = min(ok, key=lambda p: p[4]) if ok else max(points, key=lambda p: p[2])
-        for label, sec, rec, p50, p99 in points:
-            met = rec >= ANN_MIN_RECALL and p99 <= ANN_TARGET_P99_MS
-            rows.append(
-                latency_row(
-                    f"top-1000 {kind}, {label}" + (" (operating point)" if label == best[0] else ""),
-                    f"{data}; {settings}; {q_note}; build {build_s:.1f} s on {build_threads} threads, "
-                    f"index memory +{mem_mb:.0f} MB RSS",
-                    f"{CMD} --only ann",
-                    sec,
-                    target=f"p99 <= {ANN_TARGET_P99_MS:g} ms at Recall@{s.recall_k} >= {ANN_MIN_RECALL} "
-                    f"(anchor: exact search p99 {exact_p99:.2f} ms)",
-                    verdict=f"{'met' if met else 'missed'}: Recall@{s.recall_k} {rec:.3f}, "
-                    f"{p99 / ANN_TARGET_P99_MS:.2f}x of target, {p99 / exact_p99:.3f}x exact p99 "
-                    f"({exact_p99 / p99:.0f}x faster)",
-                    extra={"section": "ann", "index": kind, "knob": label, "recall": rec, "p50_ms": p50,
-                           "p99_ms": p99, "build_s": build_s, "index_mb": mem_mb, "operating_point": label == best[0]},
-                )
-            )  # fmt: skip
 
-    # The shipped default: IVF-Flat through models.retrieval.index, its cell rule and k-means sample.
-    faiss.omp_set_num_threads(build_threads)
+def _ivf_sweep(run: _AnnRun, ids: np.ndarray, items: np.ndarray) -> None:
+    """The shipped default: IVF-Flat through models.retrieval.index, its cell rule and k-means sample."""
+    import faiss
+
+    s = run.s
+    faiss.omp_set_num_threads(run.build_threads)
     shipped = IndexConfig(exact_below=0, ivf_lists=s.ivf_lists, ivf_train=s.ivf_train, k=s.recall_k)
     ivf: AnnIndex
     ivf, ivf_build_s, ivf_mem = _rss_before_after(lambda: build_index(ids, items, shipped))
@@ -295,7 +328,7 @@ def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
 
         return search
 
-    candidates(
+    run.sweep(
         "IVF-Flat (models.retrieval.index, shipped)",
         ivf_build_s,
         ivf_mem,
@@ -305,8 +338,13 @@ def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
     )
     ivf.index.reset()  # frees the vectors before the HNSW build is measured
 
-    # The HNSW option (approximate="hnsw"), at build settings 2 shared cores can afford on 1M vectors.
-    faiss.omp_set_num_threads(build_threads)
+
+def _hnsw_sweep(run: _AnnRun, ids: np.ndarray, items: np.ndarray) -> None:
+    """The HNSW option (approximate="hnsw"), at build settings 2 shared cores can afford on 1M vectors."""
+    import faiss
+
+    s = run.s
+    faiss.omp_set_num_threads(run.build_threads)
     cfg = IndexConfig(
         exact_below=0, approximate="hnsw", hnsw_m=s.hnsw_m, ef_construction=s.ef_construction, k=s.recall_k
     )
@@ -321,7 +359,7 @@ def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
 
         return search
 
-    candidates(
+    run.sweep(
         "HNSW (models.retrieval.index, option)",
         build_s,
         mem,
@@ -329,8 +367,6 @@ def bench_ann(s: AnnSettings, build_threads: int) -> list[Row]:
         f"{IndexConfig.hnsw_m} and efConstruction={IndexConfig.ef_construction}, build too slowly on 2 cores)",
         [(f"efSearch {ef}", hnsw_at(ef)) for ef in s.ef_search],
     )
-    faiss.omp_set_num_threads(build_threads)
-    return rows
 
 
 SERVING_CONFIG = REPO / "serving" / "variants.yaml"
