@@ -48,7 +48,7 @@ def _inputs(np: Any, hist: int, cand: int, emb: int, seed: int = 0) -> tuple[dic
     return batch, embeddings
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--emb", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
@@ -62,11 +62,12 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--cpus", default="", help="comma-separated CPU ids to pin to (before jax starts its threads)")
-    a = p.parse_args()
-    if a.cpus:
-        os.sched_setaffinity(0, {int(c) for c in a.cpus.split(",")})
+    return p.parse_args()
 
-    sys.path.insert(0, os.environ["PHX"])
+
+def _model(a: argparse.Namespace, cand: int, dtype: str) -> tuple[Any, Any, Any, Any]:
+    """Phoenix's ranker at the benchmark's shape and dtype, with its inputs and seeded weights: (jitted call, params,
+    batch, embedding arrays)."""
     import haiku as hk
     import jax
     import jax.numpy as jnp
@@ -74,65 +75,86 @@ def main() -> None:
     from grok import TransformerConfig
     from recsys_model import HashConfig, PhoenixModelConfig, RecsysBatch, RecsysEmbeddings
 
-    results = []
+    cfg = PhoenixModelConfig(
+        emb_size=a.emb,
+        num_actions=N_ACTIONS,
+        history_seq_len=a.hist,
+        candidate_seq_len=cand,
+        hash_config=HashConfig(2, 2, 2),
+        product_surface_vocab_size=16,
+        model=TransformerConfig(emb_size=a.emb, widening_factor=a.wf, key_size=a.key, num_q_heads=a.heads,
+                                num_kv_heads=a.kv, num_layers=a.layers, attn_output_multiplier=0.125),
+    )  # fmt: skip
+    cfg.initialize()
+    cfg.fprop_dtype = getattr(jnp, dtype)
+
+    def rank(batch: Any, embeddings: Any, cfg: Any = cfg) -> Any:
+        probs = jax.nn.sigmoid(cfg.make()(batch, embeddings).logits)
+        return probs, jnp.argsort(-probs[:, :, 0], axis=-1)
+
+    model = hk.without_apply_rng(hk.transform(rank))
+    raw_batch, emb_arrays = _inputs(np, a.hist, cand, a.emb)
+    batch = RecsysBatch(**raw_batch)
+    params = model.init(jax.random.PRNGKey(42), batch, RecsysEmbeddings(*emb_arrays))
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
+    params = jax.tree_util.tree_unflatten(
+        treedef,
+        [
+            1.0 + 0.1 * jax.random.normal(k, x.shape) if x.ndim == 1 else 0.02 * jax.random.normal(k, x.shape)
+            for k, x in zip(keys, leaves, strict=True)
+        ],
+    )
+    # RecsysEmbeddings is a plain dataclass, not a pytree: it crosses jit as a tuple.
+    call = jax.jit(lambda pr, b, e, model=model: model.apply(pr, b, RecsysEmbeddings(*e)))
+    return call, params, batch, emb_arrays
+
+
+def _measure(a: argparse.Namespace, cand: int, dtype: str) -> tuple[dict[str, Any], int]:
+    """One (candidates, dtype) point: the first call, `a.warmup` calls, then `a.runs` timed calls; with the number of
+    parameters."""
+    import jax
+    import numpy as np
+
+    call, params, batch, emb_arrays = _model(a, cand, dtype)
+    start = time.perf_counter()
+    out = jax.block_until_ready(call(params, batch, emb_arrays))
+    first = time.perf_counter() - start
+    cost = call.lower(params, batch, emb_arrays).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    for _ in range(a.warmup):
+        jax.block_until_ready(call(params, batch, emb_arrays))
+    seconds = []
+    for _ in range(a.runs):
+        start = time.perf_counter()
+        out = jax.block_until_ready(call(params, batch, emb_arrays))
+        seconds.append(time.perf_counter() - start)
+    probs = np.asarray(out[0], dtype=np.float32)
+    assert probs.shape == (1, cand, N_ACTIONS) and np.isfinite(probs).all()
+    result = {
+        "candidates": cand,
+        "dtype": dtype,
+        "first_call_s": first,
+        "seconds": seconds,
+        "flops": float(cost.get("flops", 0.0)) if cost else 0.0,
+        "p_range": [float(probs.min()), float(probs.max())],
+    }
+    return result, int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+
+
+def main() -> None:
+    a = _args()
+    if a.cpus:
+        os.sched_setaffinity(0, {int(c) for c in a.cpus.split(",")})
+    sys.path.insert(0, os.environ["PHX"])
+    import haiku as hk
+    import jax
+
+    results, n_params = [], 0
     for cand in (int(c) for c in a.candidates.split(",") if c):
         for dtype in (d for d in a.dtypes.split(",") if d):
-            cfg = PhoenixModelConfig(
-                emb_size=a.emb,
-                num_actions=N_ACTIONS,
-                history_seq_len=a.hist,
-                candidate_seq_len=cand,
-                hash_config=HashConfig(2, 2, 2),
-                product_surface_vocab_size=16,
-                model=TransformerConfig(emb_size=a.emb, widening_factor=a.wf, key_size=a.key, num_q_heads=a.heads,
-                                        num_kv_heads=a.kv, num_layers=a.layers, attn_output_multiplier=0.125),
-            )  # fmt: skip
-            cfg.initialize()
-            cfg.fprop_dtype = getattr(jnp, dtype)
-
-            def rank(batch: Any, embeddings: Any, cfg: Any = cfg) -> Any:
-                probs = jax.nn.sigmoid(cfg.make()(batch, embeddings).logits)
-                return probs, jnp.argsort(-probs[:, :, 0], axis=-1)
-
-            model = hk.without_apply_rng(hk.transform(rank))
-            raw_batch, emb_arrays = _inputs(np, a.hist, cand, a.emb)
-            batch = RecsysBatch(**raw_batch)
-            params = model.init(jax.random.PRNGKey(42), batch, RecsysEmbeddings(*emb_arrays))
-            leaves, treedef = jax.tree_util.tree_flatten(params)
-            keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
-            params = jax.tree_util.tree_unflatten(
-                treedef,
-                [
-                    1.0 + 0.1 * jax.random.normal(k, x.shape) if x.ndim == 1 else 0.02 * jax.random.normal(k, x.shape)
-                    for k, x in zip(keys, leaves, strict=True)
-                ],
-            )
-            # RecsysEmbeddings is a plain dataclass, not a pytree: it crosses jit as a tuple.
-            call = jax.jit(lambda pr, b, e, model=model: model.apply(pr, b, RecsysEmbeddings(*e)))
-            start = time.perf_counter()
-            out = jax.block_until_ready(call(params, batch, emb_arrays))
-            first = time.perf_counter() - start
-            cost = call.lower(params, batch, emb_arrays).compile().cost_analysis()
-            cost = cost[0] if isinstance(cost, list | tuple) else cost
-            for _ in range(a.warmup):
-                jax.block_until_ready(call(params, batch, emb_arrays))
-            seconds = []
-            for _ in range(a.runs):
-                start = time.perf_counter()
-                out = jax.block_until_ready(call(params, batch, emb_arrays))
-                seconds.append(time.perf_counter() - start)
-            probs = np.asarray(out[0], dtype=np.float32)
-            assert probs.shape == (1, cand, N_ACTIONS) and np.isfinite(probs).all()
-            results.append(
-                {
-                    "candidates": cand,
-                    "dtype": dtype,
-                    "first_call_s": first,
-                    "seconds": seconds,
-                    "flops": float(cost.get("flops", 0.0)) if cost else 0.0,
-                    "p_range": [float(probs.min()), float(probs.max())],
-                }
-            )
+            result, n_params = _measure(a, cand, dtype)
+            results.append(result)
     print(
         json.dumps(
             {
@@ -140,7 +162,7 @@ def main() -> None:
                 "haiku": hk.__version__,
                 "platform": jax.devices()[0].platform,
                 "cpus": len(os.sched_getaffinity(0)),
-                "params": int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
+                "params": n_params,
                 "shape": f"D{a.emb}, {a.layers} layers, {a.heads}/{a.kv} heads of {a.key}, FFN x{a.wf:g}, "
                 f"history {a.hist}",
                 "results": results,
