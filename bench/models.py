@@ -532,7 +532,7 @@ def served_ann_rows(
 def bench_ann_served(
     threads: int, max_users: int = 1000, recall_k: int = 100, scale_copies: tuple[int, ...] = (10,)
 ) -> list[Row]:
-    """The index `make run` serves, measured as served (issue 17.4, 22.3): the champion of serving/variants.yaml
+    """The index `make run` serves, measured as served: the champion of serving/variants.yaml
     loaded as the service loads it (PipelineRecommender: artifacts/retrieval/best, artifacts/index, the online
     store at `as_of`), one request per user of the newest day of data/synth, each embedded by the two-tower
     source's own path (query hydrators, TwoTowerSource.embed); top-`retrieval_max_results` per request from the
@@ -593,39 +593,59 @@ def bench_ann_served(
                            base | {"shape": shape})  # fmt: skip
 
     if scale_copies:
-        from models.retrieval.sequences import positive_events
-        from models.retrieval.train import embed_corpus
-        from models.retrieval.train_sequences import post_table
-
-        model = rec.two_tower
-        events = positive_events(REPO / "data/synth")
-        table = post_table(model.cfg, served.item_ids, events, REPO / "data/synth")  # as the index build embeds them
-        for copies in scale_copies:
-            big = tiled_corpus(table.features, copies)
-            torch.set_num_threads(threads)
-            with torch.inference_mode():
-                emb = embed_corpus(model, big, batch_size=65_536).cpu().numpy()
-            ids = big.post_ids.numpy()
-            faiss.omp_set_num_threads(threads)
-            start = time.perf_counter()
-            ann = build_index(ids, emb, IndexConfig())
-            build_s = time.perf_counter() - start
-            torch.set_num_threads(1)
-            lists = faiss.extract_index_ivf(ann.index).nlist if ann.kind == "ivf" else 0
-            scale_shape = f"IVF{lists},Flat, nprobe {IndexConfig.nprobe}" if ann.kind == "ivf" else ann.kind
-            scale_data = (f"a larger world's corpus: {len(ids):,} posts x {emb.shape[1]} ({copies} x the small world's "
-                          f"posts with fresh post ids, bench.models.tiled_corpus), embedded by the served candidate "
-                          f"tower; models.retrieval.index.build_index with IndexConfig() defaults "
-                          f"({scale_shape}, k-means on "
-                          f"{min(IndexConfig.ivf_train, len(ids)):,} vectors; build {build_s:.1f} s on {threads} "
-                          f"thread(s)); the same {len(queries)} request vectors; top-{k}, 1 query per call, "
-                          "faiss.omp_set_num_threads(1), exact and index alternating per query")  # fmt: skip
-            label = f"models.retrieval.index defaults at {len(ids):,} posts ({scale_shape})"
-            rows += served_ann_rows(label, cmd, scale_data, ids, emb, ann, queries, k, recall_k,
-                                    base | {"n_items": len(ids), "shape": scale_shape, "build_s": build_s})  # fmt: skip
-            del ann, emb, big
+        rows += _scaled_index_rows(rec, queries, k, recall_k, base, threads, scale_copies)
     faiss.omp_set_num_threads(threads)
     torch.set_num_threads(threads)
+    return rows
+
+
+def _scaled_index_rows(
+    rec: Any,
+    queries: np.ndarray,
+    k: int,
+    recall_k: int,
+    base: dict[str, Any],
+    threads: int,
+    scale_copies: tuple[int, ...],
+) -> list[Row]:
+    """The index type models.retrieval.index builds with IndexConfig's defaults at `copies` x the small world's
+    corpus (tiled_corpus, embedded by the served candidate tower), searched with the served request vectors."""
+    import faiss
+
+    from models.retrieval.sequences import positive_events
+    from models.retrieval.train import embed_corpus
+    from models.retrieval.train_sequences import post_table
+
+    cmd = f"{CMD} --only ann-served"
+    served: AnnIndex = rec.index
+    rows: list[Row] = []
+    model = rec.two_tower
+    events = positive_events(REPO / "data/synth")
+    table = post_table(model.cfg, served.item_ids, events, REPO / "data/synth")  # as the index build embeds them
+    for copies in scale_copies:
+        big = tiled_corpus(table.features, copies)
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            emb = embed_corpus(model, big, batch_size=65_536).cpu().numpy()
+        ids = big.post_ids.numpy()
+        faiss.omp_set_num_threads(threads)
+        start = time.perf_counter()
+        ann = build_index(ids, emb, IndexConfig())
+        build_s = time.perf_counter() - start
+        torch.set_num_threads(1)
+        lists = faiss.extract_index_ivf(ann.index).nlist if ann.kind == "ivf" else 0
+        scale_shape = f"IVF{lists},Flat, nprobe {IndexConfig.nprobe}" if ann.kind == "ivf" else ann.kind
+        scale_data = (f"a larger world's corpus: {len(ids):,} posts x {emb.shape[1]} ({copies} x the small world's "
+                      f"posts with fresh post ids, bench.models.tiled_corpus), embedded by the served candidate "
+                      f"tower; models.retrieval.index.build_index with IndexConfig() defaults "
+                      f"({scale_shape}, k-means on "
+                      f"{min(IndexConfig.ivf_train, len(ids)):,} vectors; build {build_s:.1f} s on {threads} "
+                      f"thread(s)); the same {len(queries)} request vectors; top-{k}, 1 query per call, "
+                      "faiss.omp_set_num_threads(1), exact and index alternating per query")  # fmt: skip
+        label = f"models.retrieval.index defaults at {len(ids):,} posts ({scale_shape})"
+        rows += served_ann_rows(label, cmd, scale_data, ids, emb, ann, queries, k, recall_k,
+                                base | {"n_items": len(ids), "shape": scale_shape, "build_s": build_s})  # fmt: skip
+        del ann, emb, big
     return rows
 
 
