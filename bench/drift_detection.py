@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -318,7 +319,6 @@ def rows_for(outcomes: list[Outcome], setting: Setting, label: str, settings_tex
         if not runs:
             continue
         walls = [o.wall_s for o in runs]
-        seeds = ",".join(str(o.seed) for o in runs)
         base = dict(
             group=GROUP,
             command=command,
@@ -328,64 +328,74 @@ def rows_for(outcomes: list[Outcome], setting: Setting, label: str, settings_tex
             peak_rss_mb_max=0.0,
         )
         if scenario == "none":
-            days = [c for o in runs for c in o.checks]
-            alarms = [c for c in days if c.alarm]
-            rate = len(alarms) / len(days)
-            by = {k: sum(_which(c) == k for c in alarms) for k in ("data", "target", "data+target")}
-            rows.append(
-                Row(
-                    name=f"none: false-alarm rate ({label})",
-                    settings=f"{settings_text}; {len(days)} monitored days = {len(runs)} seeds ({seeds}) x "
-                    f"{setting.none_days} days",
-                    throughput=f"{rate:.1%} of days with an alarm ({len(alarms)}/{len(days)}: "
-                    + ", ".join(f"{k} {v}" for k, v in by.items() if v)
-                    + ")"
-                    if alarms
-                    else f"0.0% of days with an alarm (0/{len(days)})",
-                    target="<= 5% of days over >= 20 days",
-                    verdict=f"{'met' if rate <= 0.05 else 'missed'}: {rate:.1%}",
-                    extra={
-                        "alarm_days": {o.seed: [c.day for c in o.checks if c.alarm] for o in runs},
-                        "drifted_on_alarm_days": {
-                            f"{o.seed}/{c.day}": c.data_drifted + c.target_drifted
-                            for o in runs
-                            for c in o.checks
-                            if c.alarm
-                        },
-                    },
-                    **base,  # type: ignore[arg-type]
-                )
-            )
-            continue
-        delays = [first_alarm_delay(o.checks, setting.drift_day) for o in runs]
-        found = [d for d in delays if d is not None]
-        within = sum(d <= 1 for d in found)
-        first = [
-            next((_which(c) for c in o.checks if c.day == setting.drift_day + d), "none")
-            for o, d in zip(runs, delays, strict=True)
-            if d is not None
-        ]
-        # A world without an alarm in the monitored days counts as an infinite delay.
-        as_days = [np.inf if d is None else float(d) for d in delays]
-        never = f"none in {setting.days_after} d"
-        shown = "median {}, max {} (per seed: {})".format(
-            *(f"{v:g} d" if np.isfinite(v) else never for v in (np.median(as_days), max(as_days))),
-            ", ".join("-" if d is None else str(d) for d in delays),
-        )
-        rows.append(
-            Row(
-                name=f"{scenario}: detection delay ({label})",
-                settings=f"{settings_text}; seeds {seeds}, days {setting.drift_day}-"
-                f"{setting.drift_day + setting.days_after - 1} monitored",
-                throughput=f"delay {shown}; within 1 day: {within}/{len(runs)} seeds; first alarm by "
-                + (", ".join(sorted(set(first))) or "-"),
-                target="first alarm <= 1 day after onset",
-                verdict=f"{'met' if within == len(runs) else 'missed'}: {within}/{len(runs)} seeds within 1 day",
-                extra={"delays_days": dict(zip([o.seed for o in runs], delays, strict=True))},
-                **base,  # type: ignore[arg-type]
-            )
-        )
+            rows.append(_false_alarm_row(runs, setting, label, settings_text, base))
+        else:
+            rows.append(_delay_row(scenario, runs, setting, label, settings_text, base))
     return rows
+
+
+def _false_alarm_row(
+    runs: list[Outcome], setting: Setting, label: str, settings_text: str, base: dict[str, Any]
+) -> Row:
+    """The `none` scenario: the share of monitored days with an alarm, and which check raised each."""
+    seeds = ",".join(str(o.seed) for o in runs)
+    days = [c for o in runs for c in o.checks]
+    alarms = [c for c in days if c.alarm]
+    rate = len(alarms) / len(days)
+    by = {k: sum(_which(c) == k for c in alarms) for k in ("data", "target", "data+target")}
+    if alarms:
+        shown = f"{rate:.1%} of days with an alarm ({len(alarms)}/{len(days)}: "
+        shown += ", ".join(f"{k} {v}" for k, v in by.items() if v) + ")"
+    else:
+        shown = f"0.0% of days with an alarm (0/{len(days)})"
+    return Row(
+        name=f"none: false-alarm rate ({label})",
+        settings=f"{settings_text}; {len(days)} monitored days = {len(runs)} seeds ({seeds}) x "
+        f"{setting.none_days} days",
+        throughput=shown,
+        target="<= 5% of days over >= 20 days",
+        verdict=f"{'met' if rate <= 0.05 else 'missed'}: {rate:.1%}",
+        extra={
+            "alarm_days": {o.seed: [c.day for c in o.checks if c.alarm] for o in runs},
+            "drifted_on_alarm_days": {
+                f"{o.seed}/{c.day}": c.data_drifted + c.target_drifted for o in runs for c in o.checks if c.alarm
+            },
+        },
+        **base,
+    )
+
+
+def _delay_row(
+    scenario: str, runs: list[Outcome], setting: Setting, label: str, settings_text: str, base: dict[str, Any]
+) -> Row:
+    """A drift scenario: the days from its onset to the first alarm, per seed, and which check raised it."""
+    seeds = ",".join(str(o.seed) for o in runs)
+    delays = [first_alarm_delay(o.checks, setting.drift_day) for o in runs]
+    found = [d for d in delays if d is not None]
+    within = sum(d <= 1 for d in found)
+    first = [
+        next((_which(c) for c in o.checks if c.day == setting.drift_day + d), "none")
+        for o, d in zip(runs, delays, strict=True)
+        if d is not None
+    ]
+    # A world without an alarm in the monitored days counts as an infinite delay.
+    as_days = [np.inf if d is None else float(d) for d in delays]
+    never = f"none in {setting.days_after} d"
+    shown = "median {}, max {} (per seed: {})".format(
+        *(f"{v:g} d" if np.isfinite(v) else never for v in (np.median(as_days), max(as_days))),
+        ", ".join("-" if d is None else str(d) for d in delays),
+    )
+    return Row(
+        name=f"{scenario}: detection delay ({label})",
+        settings=f"{settings_text}; seeds {seeds}, days {setting.drift_day}-"
+        f"{setting.drift_day + setting.days_after - 1} monitored",
+        throughput=f"delay {shown}; within 1 day: {within}/{len(runs)} seeds; first alarm by "
+        + (", ".join(sorted(set(first))) or "-"),
+        target="first alarm <= 1 day after onset",
+        verdict=f"{'met' if within == len(runs) else 'missed'}: {within}/{len(runs)} seeds within 1 day",
+        extra={"delays_days": dict(zip([o.seed for o in runs], delays, strict=True))},
+        **base,
+    )
 
 
 def bench_drift(

@@ -20,7 +20,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 from bench.harness import Row, p99, save
 
@@ -33,75 +35,12 @@ def _steps(model_name: str, threads: int, steps: int) -> list[float]:
     """Seconds of each training step after the warm-up, in this process."""
     import torch
 
-    from models.ranker.model import CandidateBatch, Ranker, RankerConfig
-    from models.ranker.tasks import availability, ranker_loss
-    from models.retrieval.model import CandidateFeatures, TwoTower, TwoTowerConfig, UserFeatures
-    from models.retrieval.train import TwoTowerTrainTask
     from models.training import adamw
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-
-    def ints(high: int, *shape: int) -> torch.Tensor:
-        return torch.randint(1, high, shape, generator=g)
-
-    def user(cfg: TwoTowerConfig | RankerConfig, b: int) -> UserFeatures:
-        s = cfg.max_history
-        return UserFeatures(
-            user_ids=ints(10_000, b),
-            attribute_ids=ints(1_000, b, len(cfg.user_attributes)),
-            hist_post_ids=ints(100_000, b, s),
-            hist_author_ids=ints(1_000, b, s),
-            hist_actions=ints(8, b, s),
-            hist_surfaces=ints(2, b, s),
-            hist_gap_ms=ints(10**9, b, s),
-        )
-
-    if model_name == "two_tower":
-        tt_cfg = TwoTowerConfig.preset("nano")
-        model: torch.nn.Module = TwoTower(tt_cfg)
-
-        def posts(n: int) -> CandidateFeatures:
-            return CandidateFeatures(
-                post_ids=ints(100_000, n),
-                author_ids=ints(1_000, n),
-                dense=torch.rand(n, len(tt_cfg.post_features), generator=g) * 100,
-                age_ms=ints(10**9, n),
-                attributes=ints(1_000, n, len(tt_cfg.post_attributes)),
-            )
-
-        task = TwoTowerTrainTask(model, posts(20_000), n_negatives=128)  # type: ignore[arg-type]
-        batch = (user(tt_cfg, 512), posts(512))
-
-        def loss() -> torch.Tensor:
-            from models.retrieval.data import RetrievalBatch
-
-            return task(RetrievalBatch(batch[0], batch[1], torch.zeros(512)), g)
-    else:
-        rk_cfg = RankerConfig.preset("nano")
-        model = Ranker(rk_cfg)
-        b, c = 64, 10
-        cands = CandidateBatch(
-            post_ids=ints(100_000, b, c),
-            author_ids=ints(1_000, b, c),
-            surfaces=ints(2, b, c),
-            age_ms=ints(10**9, b, c),
-            dense=torch.rand(b, c, len(rk_cfg.candidate_features), generator=g),
-            attributes=ints(1_000, b, c, len(rk_cfg.candidate_attributes)),
-            in_network=torch.rand(b, c, generator=g) < 0.3,
-            positions=ints(10, b, c),
-            valid=torch.ones(b, c, dtype=torch.bool),
-        )
-        users = user(rk_cfg, b)
-        labels = (torch.rand(b, c, len(model.tasks), generator=g) < 0.2).float()
-        available = availability([t.name for t in model.tasks], model.tasks)
-
-        def loss() -> torch.Tensor:
-            out = model(users, cands)
-            mask = available[None, None, :] & cands.valid[..., None]
-            return ranker_loss(out.logits, labels, mask, model.tasks)[0]
-
+    model, loss = _two_tower_loss(g) if model_name == "two_tower" else _ranker_loss(g)
     opt = adamw(model, 2e-3, 0.01)
     seconds = []
     for i in range(WARMUP + steps):
@@ -113,6 +52,86 @@ def _steps(model_name: str, threads: int, steps: int) -> list[float]:
         if i >= WARMUP:
             seconds.append(time.perf_counter() - start)
     return seconds
+
+
+def _ints(g: Any, high: int, *shape: int) -> Any:
+    import torch
+
+    return torch.randint(1, high, shape, generator=g)
+
+
+def _user(g: Any, cfg: Any, b: int) -> Any:
+    """A batch of `b` random users with full histories, shaped for `cfg`."""
+    from models.retrieval.model import UserFeatures
+
+    s = cfg.max_history
+    return UserFeatures(
+        user_ids=_ints(g, 10_000, b),
+        attribute_ids=_ints(g, 1_000, b, len(cfg.user_attributes)),
+        hist_post_ids=_ints(g, 100_000, b, s),
+        hist_author_ids=_ints(g, 1_000, b, s),
+        hist_actions=_ints(g, 8, b, s),
+        hist_surfaces=_ints(g, 2, b, s),
+        hist_gap_ms=_ints(g, 10**9, b, s),
+    )
+
+
+def _two_tower_loss(g: Any) -> tuple[Any, Callable[[], Any]]:
+    """The nano two-tower and its training loss on one random batch of 512 (128 sampled negatives from 20,000 posts)."""
+    import torch
+
+    from models.retrieval.data import RetrievalBatch
+    from models.retrieval.model import CandidateFeatures, TwoTower, TwoTowerConfig
+    from models.retrieval.train import TwoTowerTrainTask
+
+    cfg = TwoTowerConfig.preset("nano")
+    model = TwoTower(cfg)
+
+    def posts(n: int) -> CandidateFeatures:
+        return CandidateFeatures(
+            post_ids=_ints(g, 100_000, n),
+            author_ids=_ints(g, 1_000, n),
+            dense=torch.rand(n, len(cfg.post_features), generator=g) * 100,
+            age_ms=_ints(g, 10**9, n),
+            attributes=_ints(g, 1_000, n, len(cfg.post_attributes)),
+        )
+
+    task = TwoTowerTrainTask(model, posts(20_000), n_negatives=128)
+    batch = (_user(g, cfg, 512), posts(512))
+    return model, lambda: task(RetrievalBatch(batch[0], batch[1], torch.zeros(512)), g)
+
+
+def _ranker_loss(g: Any) -> tuple[Any, Callable[[], Any]]:
+    """The nano ranker and its multi-task loss on one random batch of 64 requests x 10 candidates."""
+    import torch
+
+    from models.ranker.model import CandidateBatch, Ranker, RankerConfig
+    from models.ranker.tasks import availability, ranker_loss
+
+    cfg = RankerConfig.preset("nano")
+    model = Ranker(cfg)
+    b, c = 64, 10
+    cands = CandidateBatch(
+        post_ids=_ints(g, 100_000, b, c),
+        author_ids=_ints(g, 1_000, b, c),
+        surfaces=_ints(g, 2, b, c),
+        age_ms=_ints(g, 10**9, b, c),
+        dense=torch.rand(b, c, len(cfg.candidate_features), generator=g),
+        attributes=_ints(g, 1_000, b, c, len(cfg.candidate_attributes)),
+        in_network=torch.rand(b, c, generator=g) < 0.3,
+        positions=_ints(g, 10, b, c),
+        valid=torch.ones(b, c, dtype=torch.bool),
+    )
+    users = _user(g, cfg, b)
+    labels = (torch.rand(b, c, len(model.tasks), generator=g) < 0.2).float()
+    available = availability([t.name for t in model.tasks], model.tasks)
+
+    def loss() -> Any:
+        out = model(users, cands)
+        mask = available[None, None, :] & cands.valid[..., None]
+        return ranker_loss(out.logits, labels, mask, model.tasks)[0]
+
+    return model, loss
 
 
 def _case(model_name: str, threads: int, busy: bool, steps: int) -> list[float]:
