@@ -181,8 +181,6 @@ def kuairand_protocol() -> list[Row]:
     rows = []
     for mode, m in report["models"].items():
         test = m["test"]
-        # Training time per seed; the median judges it (one seed stalled by another job on the 2 cores would move a
-        # mean by minutes: 77.5, 885.6 s in one run).
         per_seed = [r["seconds"] for r in report["runs"] if r["head_mode"] == mode]
         median_s = float(np.median(per_seed))
         numbers = "; ".join(
@@ -190,18 +188,7 @@ def kuairand_protocol() -> list[Row]:
             f"GAUC {test[a]['gauc']['mean']:.4f}±{test[a]['gauc']['std']:.4f}"
             for a in ("click", "dwell", "like")
         )
-        target = verdict = ""
-        if mode == report["chosen_head_mode"]:
-            cells = report["verdict"]
-            met = sum(c["met"] for c in cells.values())
-            plus = sum(c["plus_0.01"] for c in cells.values())
-            ok = met == len(cells) and plus >= 4 and median_s <= 120
-            target = ">= best peer on 6/6 cells, >= best + 0.01 on >= 4, training <= 120 s (chosen on valid)"
-            detail = "; ".join(f"{k} {c['margin']:+.4f} vs {c['best_peer']}" for k, c in cells.items())
-            verdict = (
-                f"{'met' if ok else 'missed'}: {met}/6 cells >= best peer, {plus}/6 >= +0.01, "
-                f"training median {median_s:.0f} s (per seed {', '.join(f'{x:.0f}' for x in per_seed)}); {detail}"
-            )
+        target, verdict = _kuairand_verdict(report, per_seed) if mode == report["chosen_head_mode"] else ("", "")
         rows.append(
             _row(
                 f"ranker-kuairand: ranker_{mode}",
@@ -232,6 +219,24 @@ def kuairand_protocol() -> list[Row]:
         )
     rows.append(_row("ranker-kuairand: whole command", argv, wall, rss, settings, extra={"section": "ranker-kuairand"}))
     return rows
+
+
+def _kuairand_verdict(report: dict[str, Any], per_seed: list[float]) -> tuple[str, str]:
+    """(target, verdict) of the head mode the valid day chose: the six cells against the best peer and the training
+    time per seed (the median judges it: one seed stalled by another job on the 2 cores would move a mean by
+    minutes)."""
+    cells = report["verdict"]
+    median_s = float(np.median(per_seed))
+    met = sum(c["met"] for c in cells.values())
+    plus = sum(c["plus_0.01"] for c in cells.values())
+    ok = met == len(cells) and plus >= 4 and median_s <= 120
+    target = ">= best peer on 6/6 cells, >= best + 0.01 on >= 4, training <= 120 s (chosen on valid)"
+    detail = "; ".join(f"{k} {c['margin']:+.4f} vs {c['best_peer']}" for k, c in cells.items())
+    verdict = (
+        f"{'met' if ok else 'missed'}: {met}/6 cells >= best peer, {plus}/6 >= +0.01, "
+        f"training median {median_s:.0f} s (per seed {', '.join(f'{x:.0f}' for x in per_seed)}); {detail}"
+    )
+    return target, verdict
 
 
 def ranker(section: str) -> list[Row]:

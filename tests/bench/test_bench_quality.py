@@ -40,3 +40,17 @@ def test_retrieval_verdicts_follow_the_numbers() -> None:
                 "sasrec": [{"valid_ndcg@10": 0.12}, {"valid_ndcg@10": 0.11}]}  # fmt: skip
     row = _time_to_sasrec("retrieval-movielens", ["ember"], 100.0, "s", {"per_seed": per_seed})
     assert row.verdict == "missed: worst seed 61.0 s" and row.wall_s_median == pytest.approx(55.3)
+
+
+def test_kuairand_verdict_needs_every_cell_four_clear_wins_and_the_time() -> None:
+    from bench.quality import _kuairand_verdict
+
+    def cells(met: int, plus: int) -> dict[str, dict[str, object]]:
+        return {f"c{i}": {"met": i < met, "plus_0.01": i < plus, "margin": 0.01 if i < plus else -0.001,
+                          "best_peer": "lr"} for i in range(6)}  # fmt: skip
+
+    assert _kuairand_verdict({"verdict": cells(6, 4)}, [100.0, 119.0, 130.0])[1].startswith("met: 6/6")
+    assert _kuairand_verdict({"verdict": cells(6, 3)}, [100.0])[1].startswith("missed: 6/6 cells >= best peer, 3/6")
+    assert _kuairand_verdict({"verdict": cells(5, 5)}, [100.0])[1].startswith("missed: 5/6")
+    slow = _kuairand_verdict({"verdict": cells(6, 6)}, [121.0, 125.0, 90.0])[1]
+    assert slow.startswith("missed") and "training median 121 s" in slow
