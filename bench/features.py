@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -67,75 +68,84 @@ def row(name: str, settings: str, command: str, ms: list[float], target: float |
     return r
 
 
+CMD = "make bench  (python -m bench.features)"
+
+
 def online_rows(
     cfg: StoreConfig, label: str, users: np.ndarray, posts: np.ndarray, author_of: dict[int, int], reps: int
 ) -> list[Row]:
+    """Reads of one store: a user's features and 500 candidates' features, direct and through Feast, side by side."""
     backend = open_backend(cfg.online)
-    reader = OnlineFeatures(backend)
     store = open_store(cfg)
-    cmd = "make bench  (python -m bench.features)"
-    rows = []
+    return _user_rows(backend, store, label, users, reps) + _candidate_rows(
+        backend, store, label, posts, author_of, reps
+    )
+
+
+def _user_rows(backend: Any, store: Any, label: str, users: np.ndarray, reps: int) -> list[Row]:
+    """One user's features, history and graph: the direct reader against Feast's get_online_features."""
+    reader = OnlineFeatures(backend)
     direct_user = timed(lambda i: reader.user(int(users[i % len(users)])), reps)
-    rows.append(
-        row(f"user features + history + graph, direct ({label})", "1 user, 94 features", cmd, direct_user, 2.0,
-            f"cited, another machine: {FEAST_BLOG}; tuned REST API, 1 row: p99 4.61 ms")
-    )  # fmt: skip
+    direct = row(f"user features + history + graph, direct ({label})", "1 user, 94 features", CMD, direct_user, 2.0,
+                 f"cited, another machine: {FEAST_BLOG}; tuned REST API, 1 row: p99 4.61 ms")  # fmt: skip
     feast_user = timed(
         lambda i: store.get_online_features(USER_FEATURES, [{"user_id": int(users[i % len(users)])}]).to_dict(), reps
     )
-    rows.append(
-        row(
-            f"user features + history + graph, Feast get_online_features ({label})",
-            "1 user, 94 features",
-            cmd,
-            feast_user,
-            anchor="side-by-side anchor",
-        )
+    feast = row(
+        f"user features + history + graph, Feast get_online_features ({label})",
+        "1 user, 94 features",
+        CMD,
+        feast_user,
+        anchor="side-by-side anchor",
     )
+    direct.verdict += f"; {np.percentile(feast_user, 50) / np.percentile(direct_user, 50):.1f}x faster than Feast (p50)"
+    return [direct, feast]
+
+
+def _candidate_rows(
+    backend: Any, store: Any, label: str, posts: np.ndarray, author_of: dict[int, int], reps: int
+) -> list[Row]:
+    """500 candidates' post and author features: direct with a cold and a warm cache, and through Feast."""
+    reader = OnlineFeatures(backend)
     batches = [posts[(i * 500) % len(posts) : (i * 500) % len(posts) + 500] for i in range(max(1, len(posts) // 500))]
 
     def cold(i: int) -> None:
         OnlineFeatures(backend).candidates(batches[i % len(batches)])
 
     cold_ms = timed(cold, max(20, reps // 10))
-    rows.append(
-        row(
-            f"500 candidates, direct, cold cache ({label})",
-            "500 posts + authors, 54 features; a new reader per call, batches cycled: every row read from the store",
-            cmd,
-            cold_ms,
-        )
+    cold_row = row(
+        f"500 candidates, direct, cold cache ({label})",
+        "500 posts + authors, 54 features; a new reader per call, batches cycled: every row read from the store",
+        CMD,
+        cold_ms,
     )
-    cold_row = rows[-1]
     reader.candidates(batches[0])
     warm = timed(lambda i: reader.candidates(batches[0]), reps)
-    rows.append(
-        row(f"500 candidates, direct, warm cache ({label})",
-            "500 posts + authors, 54 features; the same 500 again: an in-process cache hit, no store read (what a "
-            "repeat of a request's candidates costs; not comparable with a store read)",
-            cmd, warm, 5.0, f"cited, another machine: {FEAST_BLOG}; regular read path, 500 rows: p99 424.91 ms")
-    )  # fmt: skip
+    warm_row = row(
+        f"500 candidates, direct, warm cache ({label})",
+        "500 posts + authors, 54 features; the same 500 again: an in-process cache hit, no store read (what a repeat "
+        "of a request's candidates costs; not comparable with a store read)",
+        CMD,
+        warm,
+        5.0,
+        f"cited, another machine: {FEAST_BLOG}; regular read path, 500 rows: p99 424.91 ms",
+    )
 
     def feast_cands(i: int) -> None:
         b = batches[i % len(batches)]
         store.get_online_features(CANDIDATE_FEATURES, [{"post_id": int(p), "author_id": author_of[int(p)]} for p in b])
 
     feast_ms = timed(feast_cands, max(20, reps // 10))
-    rows.append(
-        row(
-            f"500 candidates, Feast get_online_features ({label})",
-            "500 posts + authors, 54 features",
-            cmd,
-            feast_ms,
-            anchor="side-by-side anchor",
-        )
+    feast_row = row(
+        f"500 candidates, Feast get_online_features ({label})",
+        "500 posts + authors, 54 features",
+        CMD,
+        feast_ms,
+        anchor="side-by-side anchor",
     )
     # Like for like: both read every row from the store (the warm row reads none, so no ratio is drawn from it).
     cold_row.verdict = f"{np.percentile(feast_ms, 50) / np.percentile(cold_ms, 50):.1f}x faster than Feast (p50)"
-    rows[
-        0
-    ].verdict += f"; {np.percentile(feast_user, 50) / np.percentile(direct_user, 50):.1f}x faster than Feast (p50)"
-    return rows
+    return [cold_row, warm_row, feast_row]
 
 
 def materialize_row(cfg: StoreConfig, label: str) -> Row:
