@@ -34,6 +34,7 @@ from models.retrieval.train import embed_corpus
 from serving.recommender_config import RecommenderConfig
 from serving.recommender_pipeline import PipelineRecommender, recent_post_store
 from serving.sources.popular import popular_posts
+from serving.sources.two_tower import PostCatalog
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 HOUR_MS = 3_600_000
@@ -99,6 +100,7 @@ def fake_recommender(
         version=f"fake:{cat.seed}",
         clock=lambda: NOW,
         post_attributes=attributes,
+        catalog=PostCatalog.of_corpus(corpus),
     )
     return rec, store
 

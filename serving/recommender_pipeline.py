@@ -64,7 +64,7 @@ from serving.selectors.top_k import TopKSelector
 from serving.sources.fresh import FreshSource
 from serving.sources.in_network import InNetworkSource
 from serving.sources.popular import PopularPost, PopularSource, popular_posts
-from serving.sources.two_tower import TwoTowerSource
+from serving.sources.two_tower import PostCatalog, TwoTowerSource
 from serving.types import Candidate, Query
 
 log = logging.getLogger(__name__)
@@ -238,6 +238,7 @@ class PipelineRecommender:
         version: str,
         clock: Callable[[], datetime] | None = None,
         post_attributes: dict[int, dict[str, Any]] | None = None,
+        catalog: PostCatalog | None = None,
     ) -> None:
         self.cfg, self.two_tower, self.index, self.ranker, self.online = cfg, two_tower, index, ranker, online
         self._version = version
@@ -263,6 +264,7 @@ class PipelineRecommender:
         self._log_draw = random.Random(cfg.log_seed)
         self.weighted = WeightedScorer(ScoringWeights(cfg.weights) if cfg.weights is not None else ScoringWeights())
         self.recent = recent
+        self.catalog = catalog  # the indexed posts' authors and times: the ANN source drops aged posts itself
         self.fresh = FreshSource(cfg.max_age, cfg.fresh_max_results)
         self.pipeline = Pipeline(
             query_hydrators=list(self.query_hydrators),
@@ -297,7 +299,7 @@ class PipelineRecommender:
             )
         return [
             *sources,
-            TwoTowerSource(self.two_tower, self.index, cfg.retrieval_max_results),
+            TwoTowerSource(self.two_tower, self.index, cfg.retrieval_max_results, self.catalog, cfg.max_age),
             self.fresh,
             PopularSource(popular, cfg.popular_max_results, cfg.max_age),
         ]
@@ -329,7 +331,8 @@ class PipelineRecommender:
             ids = corpus["post_id"].to_numpy(dtype=np.int64).tolist()
             columns = [corpus[a].tolist() for a in names]
             attributes = {p: dict(zip(names, values, strict=True)) for p, *values in zip(ids, *columns, strict=True)}
-        return cls(cfg, two_tower, index, ranker, online, popular, recent, version, clock, attributes)
+        catalog = None if corpus is None else PostCatalog.of_corpus(corpus)
+        return cls(cfg, two_tower, index, ranker, online, popular, recent, version, clock, attributes, catalog)
 
     # The Recommender protocol -------------------------------------------------------------------------------------
 

@@ -149,3 +149,38 @@ def test_a_bad_config_value_is_one_line_naming_the_key() -> None:
 
     with pytest.raises(UserError, match=r"^recommender\.top_k: input should be greater than or equal to 1, got 0$"):
         fake_recommender(top_k=0)
+
+
+def test_the_ann_source_drops_aged_posts_itself_and_the_slates_stay_the_same() -> None:
+    """With the post catalogue the two-tower source drops posts past max_age (the age filter's rule) before they are
+    hydrated, and hands the rest on with their author and time; what is served is what the age filter alone gave."""
+    from serving.sources.two_tower import TwoTowerSource
+
+    rec, _ = fake_recommender(max_age_hours=20)  # the catalogue's posts span 40 hours: about half are aged
+    source = next(s for s in rec.pipeline.sources if isinstance(s, TwoTowerSource))
+    assert source.catalog is not None and source.max_age is not None
+    for user in (1, 7, 23):
+        with_catalog = rec.recommend(user, K)
+        fetched = {s["name"]: s for s in with_catalog.stages}
+        source.catalog = None  # ids only: the hydrator fills author and time, the age filter drops the aged
+        without = rec.recommend(user, K)
+        source.catalog = rec.catalog
+        assert [(i.post_id, i.score) for i in with_catalog.items] == [(i.post_id, i.score) for i in without.items]
+        before = {s["name"]: s for s in without.stages}
+        assert fetched["TwoTowerSource"]["out"] < before["TwoTowerSource"]["out"]  # aged posts never fetched
+        assert fetched["AgeFilter"]["out"] == before["AgeFilter"]["out"]  # the same candidates past the age filter
+
+
+def test_the_post_catalogue_looks_up_authors_and_times_by_post_id() -> None:
+    import pandas as pd
+
+    from serving.sources.two_tower import PostCatalog
+
+    corpus = pd.DataFrame({"post_id": [30, 10, 20, 40], "author_id": [3, 1, 2, 4],
+                           "post_created_at_ms": [300.0, 100.0, 200.0, float("nan")]})  # fmt: skip
+    catalog = PostCatalog.of_corpus(corpus)
+    found, authors, created = catalog.lookup(np.array([20, 40, 10, 99, 5, 30]))
+    assert found.tolist() == [True, False, True, False, False, True]  # 40: no known time; 99, 5: unknown
+    assert authors.tolist() == [2, 0, 1, 0, 0, 3] and created.tolist() == [200, 0, 100, 0, 0, 300]
+    empty = PostCatalog.of_corpus(corpus.iloc[:0])
+    assert not empty.lookup(np.array([1, 2]))[0].any()
