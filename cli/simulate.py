@@ -36,6 +36,12 @@ def simulate(
     overrides: list[str] = typer.Option(
         [], "--set", help="params.yaml of the run's project: stage.key=value (repeatable), e.g. train_ranker.epochs=1."
     ),
+    http: bool = typer.Option(
+        False,
+        "--http",
+        help="Serve the loop's requests through the real BentoML service (`ember serve` per day, POST /recommend, "
+        "its own exposure log) instead of in-process; each day is then served at its start (the service's as_of).",
+    ),
 ) -> None:
     """N simulated days of production: requests through the deployed pipeline, outcomes drawn from the truth, the
     served days as the next day's data, the deployed flows' daily steps (materialize, monitor, retrain on alarm,
@@ -67,7 +73,7 @@ def simulate(
         result = simulate_flow(
             data=str(data), out=str(out), days=days, policies=chosen, requests_per_day=requests_per_day, seed=seed,
             drift=drift, drift_day=drift_day, k=k, retrain_every=retrain_every, overrides=parsed,
-            explore_slots=EXPLORE_SLOTS if explore_slots is None else explore_slots,
+            explore_slots=EXPLORE_SLOTS if explore_slots is None else explore_slots, http=http,
         )  # fmt: skip
     typer.echo(result["summary"])
     typer.echo(f"per day: {Path(out) / 'simulate.csv'} (DVC plot), {Path(out) / 'simulate.json'}")

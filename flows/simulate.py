@@ -5,13 +5,15 @@ reproduces `--data`, plus `overrides`) under `<out>/project`, where the main job
 and deploys the models from the dataset. Then, for each simulated day after the dataset's last:
 
 1. the day's posts exist (monitoring/simulate.extend_world) and requests arrive (users in proportion to activity);
-2. every request goes through the deployed pipeline in-process (serving.recommender_pipeline.PipelineRecommender,
+2. every request goes through the deployed pipeline, in-process (serving.recommender_pipeline.PipelineRecommender,
    the deployment's champion: "loop"; the first champion's model set: "frozen"), served at the request's time with
    the day's posts (the corpus as of the day's start, posts newer than the variant's index through its fresh-post
    source, as POST /events adds them); the run's deployment explores the last `explore_slots` slots of every slate
    (uniform draws from the rest of the ranked pool, propensities logged: serving/selectors/explore.SlotExplorer),
    so that what the loop serves keeps showing what it under-rates; oracle, popular and random fill the same
-   requests' slates;
+   requests' slates. With `http` the loop's requests go through `ember serve` instead (monitoring/simulate_http.py:
+   the day's variants config, the posts the index lacks as POST /events, POST /recommend per request, the items
+   read back from the service's own exposure log), served at the day's start;
 3. each slate's true reward is read from the truth (expected weighted engagement under the blend's signed weights);
 4. what the loop served goes to an exposure log (logs/simulated/day-NN.jsonl, the service's format), what users
    did with it (drawn from the truth) to an outcome log (logs/simulated/outcomes.jsonl), and, with outcomes drawn
@@ -127,23 +129,51 @@ def deployed_params(project: Path, as_of: datetime, models: str | None = None) -
 def load_recommender(params: dict[str, Any], world: Any, day_start_s: int) -> Any:
     """The variant, with the posts of the 48 h before the day that its index lacks offered through its fresh-post
     source (PipelineRecommender.add_posts, what POST /events does for a new post)."""
-    import numpy as np
-
-    from features.synth import DAY_S, EPOCH_MS
+    from features.synth import EPOCH_MS
     from serving.recent_posts import RecentPost
     from serving.recommender_config import RecommenderConfig
     from serving.recommender_pipeline import PipelineRecommender
 
     rec = PipelineRecommender.load(RecommenderConfig.from_dict(params))
+    rec.add_posts([
+        RecentPost(int(EPOCH_MS + world.post_created_s[p] * 1000), int(p + 1), int(world.post_author[p] + 1))
+        for p in posts_lacking(world, day_start_s, rec.index.item_ids)
+    ])  # fmt: skip
+    return rec
+
+
+def posts_lacking(world: Any, day_start_s: int, index_ids: Any) -> Any:
+    """The world's posts (indexes) created in the 48 h before the day that the variant's index does not hold."""
+    import numpy as np
+
+    from features.synth import DAY_S
+
     lo = int(np.searchsorted(world.post_created_s, day_start_s - 2 * DAY_S))
     hi = int(np.searchsorted(world.post_created_s, day_start_s))
     recent = np.arange(lo, hi)
-    recent = recent[~np.isin(recent + 1, np.asarray(rec.index.item_ids, dtype=np.int64))]
-    rec.add_posts([
-        RecentPost(int(EPOCH_MS + world.post_created_s[p] * 1000), int(p + 1), int(world.post_author[p] + 1))
-        for p in recent
-    ])  # fmt: skip
-    return rec
+    return recent[~np.isin(recent + 1, np.asarray(index_ids, dtype=np.int64))]
+
+
+def serve_day_over_http(project: Path, params: dict[str, Any], world: Any, day: int, requests: Any, k: int,
+                        workdir: Path) -> Any:  # fmt: skip
+    """The loop's day through `ember serve` (monitoring/simulate_http.py): the deployment's variants with the
+    champion at the day's params, the posts its index lacks sent as POST /events, every request a POST /recommend."""
+    from core.schema import MEDIA_TYPES
+    from features.synth import DAY_S, EPOCH_MS
+    from models.retrieval.index import load_index
+    from monitoring.simulate_http import day_config, serve_day_http
+
+    lacking = posts_lacking(world, day * DAY_S, load_index(Path(params["index"])).item_ids)
+    posts = [
+        {"post_id": int(p + 1), "author_id": int(world.post_author[p] + 1), "topic": int(world.post_topic[p]),
+         "media_type": MEDIA_TYPES[int(world.post_media[p])],
+         "created_ms": int(EPOCH_MS + world.post_created_s[p] * 1000)}
+        for p in lacking
+    ]  # fmt: skip
+    config = day_config(
+        project, project / DEPLOY_FILE, params, workdir, project / "features" / "repo" if posts else None
+    )
+    return serve_day_http(config, requests, k, posts, workdir, project)
 
 
 def serve_day(rec: Any, requests: Any, k: int) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
@@ -179,17 +209,31 @@ def _prepare_project(source: Path, project: Path, synth: dict[str, Any], overrid
                     "-qam", "simulation params"], cwd=project, check=True, capture_output=True)  # fmt: skip
 
 
-def _serve_policies(project: Path, sim: Any, day: int, requests: Any, policies: tuple[str, ...], frozen: str | None,
-                    k: int, seed: int) -> tuple[Any, list, list, dict[str, list[list[int]]]]:  # fmt: skip
-    """One day's slates of every policy for the same requests: (the loop's recommender, its exposure-log items, the
+def _serve_policies(
+    project: Path,
+    sim: Any,
+    day: int,
+    requests: Any,
+    policies: tuple[str, ...],
+    frozen: str | None,
+    k: int,
+    seed: int,
+    http: Path | None,
+) -> tuple[str, list, list, dict[str, list[list[int]]]]:
+    """One day's slates of every policy for the same requests: (the loop's version, its exposure-log items, the
     features it read, {policy: slates of post ids}). The loop is served whether or not its reward is reported:
-    what it serves is the next day's data."""
+    what it serves is the next day's data; with `http` (a work folder) through `ember serve`, else in-process."""
     from features.synth import DAY_S, EPOCH
     from monitoring import simulate as simulated
 
     day_start = EPOCH + timedelta(days=day)
-    loop = load_recommender(deployed_params(project, day_start), sim, day * DAY_S)
-    loop_items, loop_features = serve_day(loop, requests, k)
+    if http is not None:
+        over_http = serve_day_over_http(project, deployed_params(project, day_start), sim, day, requests, k, http)
+        version, loop_items, loop_features = over_http.version, over_http.items, over_http.features
+    else:
+        loop = load_recommender(deployed_params(project, day_start), sim, day * DAY_S)
+        version = loop.version
+        loop_items, loop_features = serve_day(loop, requests, k)
     served = {"loop": [[i["post_id"] for i in s] for s in loop_items]}
     for policy in policies:
         if policy == "frozen":
@@ -197,10 +241,10 @@ def _serve_policies(project: Path, sim: Any, day: int, requests: Any, policies: 
             served[policy] = [[i["post_id"] for i in s] for s in serve_day(rec, requests, k)[0]]
         elif policy != "loop":
             served[policy] = simulated.reference_slates(sim, requests, policy, k, seed)
-    return loop, loop_items, loop_features, served
+    return version, loop_items, loop_features, served
 
 
-def _loop_day_to_data(project: Path, tmp: Path, sim: Any, n: int, day: int, requests: Any, loop: Any,
+def _loop_day_to_data(project: Path, tmp: Path, sim: Any, n: int, day: int, requests: Any, version: str,
                       loop_items: list, loop_features: list, loop_outcomes: Any, seed: int) -> Path:  # fmt: skip
     """What the loop served and what users did with it become the run's logs and the next day's DVC-tracked data
     (exposure log -> impressions with drawn outcomes -> data/synth); returns the day's exposure log."""
@@ -210,7 +254,7 @@ def _loop_day_to_data(project: Path, tmp: Path, sim: Any, n: int, day: int, requ
 
     simulated.append_outcomes(loop_outcomes, project / OUTCOMES)
     log_file = LOGS / f"day-{n:02d}.jsonl"
-    records = simulated.exposure_records(requests, loop_items, "ranker", loop.version, loop_features)
+    records = simulated.exposure_records(requests, loop_items, "ranker", version, loop_features)
     write_records(records, project / log_file)
     work = tmp / "work" / f"day-{n:02d}"
     data_dir = project / "data" / "synth"
@@ -248,9 +292,11 @@ def _simulate_day(
     k: int,
     seed: int,
     retrain_every: int,
+    http: bool = False,
 ) -> list[dict[str, Any]]:
-    """Simulated day `n` (world day `day`): every policy serves the day's requests, the loop's day becomes data, the
-    deployed flows run; one row per policy (true reward, alarm, retrain, promotion)."""
+    """Simulated day `n` (world day `day`): every policy serves the day's requests (the loop through `ember serve`
+    with `http`), the loop's day becomes data, the deployed flows run; one row per policy (true reward, alarm,
+    retrain, promotion)."""
     from features.synth import EPOCH
     from monitoring import simulate as simulated
 
@@ -258,14 +304,16 @@ def _simulate_day(
     day_start = EPOCH + timedelta(days=day)
     requests = simulated.day_requests(sim, day, requests_per_day, seed)
     champion = champion_key(project)
-    loop, loop_items, loop_features, served = _serve_policies(project, sim, day, requests, policies, frozen, k, seed)
+    served_http = tmp / "work" / f"http-{n:02d}" if http else None
+    version, loop_items, loop_features, served = _serve_policies(project, sim, day, requests, policies, frozen, k, seed,
+                                                                 served_http)  # fmt: skip
     reward = {p: simulated.mean_true_reward(sim, requests, served[p], seed + day) for p in policies if p != "loop"}
     # What users did with the loop's slates: its reward, and the outcome log the monitor joins with exposures.
     loop_outcomes = simulated.slate_outcomes(sim, simulated.served_frame(requests, served["loop"]), seed + day)
     if "loop" in policies:
         reward["loop"] = float(simulated.true_rewards(loop_outcomes, requests).mean())
     reward = {p: reward[p] for p in policies}
-    log_file = _loop_day_to_data(project, tmp, sim, n, day, requests, loop, loop_items, loop_features, loop_outcomes,
+    log_file = _loop_day_to_data(project, tmp, sim, n, day, requests, version, loop_items, loop_features, loop_outcomes,
                                  seed)  # fmt: skip
     alarm, retrained = _deployed_flows(project, log_file, day_start, n, retrain_every)
     after = champion_key(project)
@@ -294,8 +342,10 @@ def simulate_flow(
     overrides: dict[str, Any] | None = None,
     source: str = str(PROJECT),
     explore_slots: int = EXPLORE_SLOTS,
+    http: bool = False,
 ) -> dict[str, Any]:
-    """Runs the simulation (see the module doc) and returns {"rows", "summary", "out"}."""
+    """Runs the simulation (see the module doc) and returns {"rows", "summary", "out"}; `http`: the loop's requests
+    through the real BentoML service (monitoring/simulate_http.py)."""
     from core.io import atomic_dir
     from features.synth import EPOCH
     from monitoring import simulate as simulated
@@ -317,12 +367,12 @@ def simulate_flow(
         rows: list[dict[str, Any]] = []
         for n in range(1, days + 1):
             rows += _simulate_day(project, tmp, sim, n, first_day + n - 1, requests_per_day, policies, frozen, k, seed,
-                                  retrain_every)  # fmt: skip
+                                  retrain_every, http)  # fmt: skip
         meta = {
             "data": str(data), "days": days, "first_date": (EPOCH + timedelta(days=first_day)).date().isoformat(),
             "policies": list(policies), "requests_per_day": requests_per_day, "k": k, "seed": seed,
             "drift": drift, "drift_day": drift_day, "retrain_every": retrain_every, "overrides": overrides or {},
-            "explore_slots": explore_slots,
+            "explore_slots": explore_slots, "served": "http" if http else "in-process",
             "initial_champion": frozen, "initial_stages": initial["stages_run"],
             "posts_per_day": (len(sim.post_author) - len(world.post_author)) / days,
         }  # fmt: skip

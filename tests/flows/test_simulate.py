@@ -95,3 +95,36 @@ def test_what_the_loop_served_is_the_next_days_dvc_tracked_data(run: tuple[Path,
     # the daily monitor ran on each day's log
     reports = list((project / "monitoring" / "reports").glob("*/summary.json"))
     assert len(reports) >= 2
+
+
+def test_over_http_the_service_serves_the_loop_and_its_own_log_becomes_the_day(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`--http`: the loop's requests go through `ember serve` (POST /recommend); the day's log is what the service
+    logged, served at the day's start, and becomes the next day's data as in-process."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.simulate import simulate_flow
+
+    root = tmp_path_factory.mktemp("simulate-http")
+    data = root / "synth"
+    generate(SynthConfig.for_scale("nano", seed=7), data)
+    out = root / "run"
+    with prefect_test_harness(server_startup_timeout=120):
+        result = simulate_flow(
+            data=str(data), out=str(out), days=1, requests_per_day=30, seed=1, policies=("loop", "random"),
+            retrain_every=0, overrides=NANO_MODELS, source=str(REPO), http=True,
+        )  # fmt: skip
+    meta = json.loads((out / "simulate.json").read_text())
+    assert meta["served"] == "http"
+    project = out / "project"
+    records = [json.loads(line) for line in (project / "logs" / "simulated" / "day-01.jsonl").open()]
+    assert len(records) == 30 and all(r["variant"] == "ranker" and r["items"] for r in records)
+    full = [r["items"] for r in records if len(r["items"]) == 10]
+    assert full and all(i["propensity"] == 1.0 for items in full for i in items[:8])  # the deployment's explorer
+    assert all(item["actions"] for r in records for item in r["items"])  # the ranker's predictions, as logged
+    loop = [r for r in result["rows"] if r["policy"] == "loop"]
+    assert len(loop) == 1 and np.isfinite(loop[0]["true_reward"])
+    served = sum(len(r["items"]) for r in records)
+    synth = project / "data" / "synth"
+    assert Manifest.load(synth).rows["impressions"] == Manifest.load(data).rows["impressions"] + served
