@@ -22,6 +22,22 @@ def _overrides(items: list[str]) -> dict[str, dict[str, str]]:
     return split_overrides(items)
 
 
+RAY_WORKERS = typer.Option(
+    0, "--ray-workers", min=0, help="Train on Ray Train with N workers (RAY_ADDRESS, else a local Ray); 0 = here."
+)
+RAY_GPU = typer.Option(False, "--ray-gpu", help="With --ray-workers: one GPU per worker (nccl).")
+
+
+def _on_ray(model: str, workers: int, gpu: bool, resume: bool, work: Path | None, **job: object) -> dict[str, object]:
+    """The training job on Ray Train (`models.ray_train`); --resume and --work-dir are the local run's."""
+    from core.errors import UserError
+    from models.ray_train import RayTrainSpec, train_on_ray
+
+    if resume or work is not None:
+        raise UserError("--ray-workers: Ray resumes from its own checkpoints; drop --resume and --work-dir")
+    return train_on_ray(RayTrainSpec(model, workers=workers, use_gpu=gpu, **job))  # type: ignore[arg-type]
+
+
 WORK_HELP = (
     "Train here and replace --out whole when done; a killed run resumes from its checkpoint on the next call with "
     "the same settings and inputs (keep it outside DVC's outputs)."
@@ -45,6 +61,8 @@ def train_retrieval_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoint.pt."),
     metrics_out: Path | None = typer.Option(None, "--metrics", help="Also write the metrics JSON here (DVC)."),
     work: Path | None = typer.Option(None, "--work-dir", help=WORK_HELP),
+    ray_workers: int = RAY_WORKERS,
+    ray_gpu: bool = RAY_GPU,
     overrides: list[str] = SET,
 ) -> None:
     """Train the two-tower retrieval model: on a dataset's click sequences (--data: the temporal protocol of
@@ -58,6 +76,11 @@ def train_retrieval_cmd(
             data, out, preset, sets["model"], sets["train"], budget_s, seed, log=typer.echo
         )
         keys = ("valid_recall@200", "recall@200", "ndcg@10", "best_epoch", "seconds")
+    elif ray_workers:
+        job = dict(training_set=training_set, out=out, preset=preset, valid_fraction=valid_fraction)
+        metrics = _on_ray("retrieval", ray_workers, ray_gpu, resume, work, **job, model_overrides=sets["model"],
+                          train_overrides=sets["train"])  # fmt: skip
+        keys = ("recall@10", "recall@200", "ndcg@10", "best_epoch", "seconds")
     else:
         metrics = train_retrieval(
             training_set, out, preset, sets["model"], sets["train"], valid_fraction, resume, log=typer.echo, work=work
@@ -83,24 +106,23 @@ def train_ranker_cmd(
     metrics_out: Path | None = typer.Option(None, "--metrics", help="Also write the metrics JSON here (DVC)."),
     features: Path | None = typer.Option(None, "--features", help="Offline features: history posts' attributes."),
     work: Path | None = typer.Option(None, "--work-dir", help=WORK_HELP),
+    ray_workers: int = RAY_WORKERS,
+    ray_gpu: bool = RAY_GPU,
     overrides: list[str] = SET,
 ) -> None:
     """Train the multi-task ranker (early stopping on the validation mean AUC of the recorded actions)."""
     from models.ranker.job import train_ranker_job
 
     sets = _overrides(overrides)
-    metrics = train_ranker_job(
-        training_set,
-        out,
-        preset,
-        sets["model"],
-        sets["train"],
-        valid_fraction,
-        resume,
-        log=typer.echo,
-        features=features,
-        work=work,
-    )
+    if ray_workers:
+        job = dict(training_set=training_set, out=out, preset=preset, valid_fraction=valid_fraction, features=features)
+        metrics = _on_ray("ranker", ray_workers, ray_gpu, resume, work, **job, model_overrides=sets["model"],
+                          train_overrides=sets["train"])  # fmt: skip
+    else:
+        metrics = train_ranker_job(
+            training_set, out, preset, sets["model"], sets["train"], valid_fraction, resume, log=typer.echo,
+            features=features, work=work,
+        )  # fmt: skip
     if metrics_out is not None:
         from core.io import atomic_write_text
 

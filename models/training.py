@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -52,6 +53,23 @@ def intra_op_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+# Called on every rank after each epoch, once that epoch's checkpoint is written: (the epoch's history entry, the
+# directory holding checkpoint.pt, config.json and best/ on rank 0 when the run writes files, else None). A launcher
+# that must see each epoch (Ray Train's report, `models.ray_train`) sets it around a training call with `epoch_hook`.
+EpochHook = Callable[[dict[str, Any], Path | None], None]
+_EPOCH_HOOK: ContextVar[EpochHook | None] = ContextVar("epoch_hook", default=None)
+
+
+@contextmanager
+def epoch_hook(hook: EpochHook) -> Iterator[None]:
+    """Runs `hook` after every epoch of the training calls made inside the block (see EpochHook)."""
+    token = _EPOCH_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _EPOCH_HOOK.reset(token)
 
 
 @dataclass(frozen=True)
@@ -442,6 +460,8 @@ def run_epochs(
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
         if ckpt_path is not None and ctx.is_main:
             write_checkpoint(ckpt_path, progress.checkpoint(epoch, model, optimizer, loop.settings))
+        if (hook := _EPOCH_HOOK.get()) is not None:
+            hook(entry, out if ckpt_path is not None and ctx.is_main else None)
 
     if not progress.best_state:
         raise UserError(f"train: no epoch ran (epochs={loop.epochs}, resumed at {progress.start_epoch})")

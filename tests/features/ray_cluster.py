@@ -29,6 +29,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def auth_env() -> dict[str, str]:
+    """The environment for the head, `ray status` and the test's drivers: token authentication off unless the caller
+    chose. Without RAY_AUTH_MODE, Ray 2.60 turns token auth on for `ray start` whenever ~/.ray/auth_token exists (any
+    local `ray.init()` writes one), and `ray status` then cannot reach the head."""
+    return {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+
+
 @dataclass
 class RayCluster:
     """A running head node: its address (for RAY_ADDRESS), its temporary directory and the `ray start` process."""
@@ -49,7 +56,8 @@ class RayCluster:
             "--disable-usage-stats",
         ]  # fmt: skip
         log = (temp_dir / "head.log").open("wb")
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = auth_env()
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         log.close()
         cluster = cls(f"127.0.0.1:{port}", temp_dir, process)
         deadline = time.monotonic() + timeout
@@ -58,7 +66,7 @@ class RayCluster:
                 cluster.stop()
                 raise RuntimeError(f"ray start exited with {process.returncode}: {cluster.log_tail()}")
             status = [str(RAY), "status", "--address", cluster.address]
-            if subprocess.run(status, capture_output=True, timeout=60).returncode == 0:
+            if subprocess.run(status, capture_output=True, timeout=60, env=env).returncode == 0:
                 return cluster
             time.sleep(1.0)
         cluster.stop()

@@ -27,7 +27,7 @@ from features.build import build_features
 from features.catalog import VIEWS, Dtype
 from features.store import DEFAULT_WINDOW, StoreConfig, apply, materialize, offline_end, repo_config, training_set
 from features.synth import SynthConfig, generate
-from tests.features.ray_cluster import RayCluster
+from tests.features.ray_cluster import RayCluster, auth_env
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +61,7 @@ def cluster() -> Iterator[RayCluster]:
     head = RayCluster.start(num_cpus=2)
     patch = pytest.MonkeyPatch()
     patch.setenv("RAY_ADDRESS", head.address)
+    patch.setenv("RAY_AUTH_MODE", auth_env()["RAY_AUTH_MODE"])
     try:
         yield head
     finally:
