@@ -131,6 +131,46 @@ def train_ranker_cmd(
     typer.echo(f"wrote {out}: {shown}")
 
 
+@train_app.command("sweep")
+def train_sweep_cmd(
+    training_set: Path = typer.Option(Path("data/training/ranker"), "--training-set", help="Ranker training set."),
+    out: Path = typer.Option(Path("artifacts/sweep"), "--out", help="sweep.json and trials/<size>/ go here."),
+    preset: str = typer.Option("nano", "--preset", help="The preset each size overrides."),
+    sizes: list[str] = typer.Option(
+        [], "--size", help="A size as model overrides, e.g. d_model=64,n_layers=2 (repeatable; default: a 2x2 grid)."
+    ),
+    budget_mflops: float = typer.Option(60.0, "--budget-mflops", help="Most MFLOPs a serving request may cost."),
+    candidates: int = typer.Option(500, "--candidates", min=1, help="Candidates of the request the budget prices."),
+    select: str = typer.Option("auc_mean", "--select", help="Validation metric the best size is chosen by."),
+    features: Path | None = typer.Option(None, "--features", help="Offline features: history posts' attributes."),
+    overrides: list[str] = SET,
+) -> None:
+    """Ranker sizes under a FLOP budget as the `ranker-sweep` Prefect flow: trials side by side on Ray
+    (prefect-ray) when RAY_ADDRESS is set, else one at a time; the best chosen on validation (flows/sweep.py)."""
+    from core.errors import UserError
+    from flows.api import prefect_api
+    from flows.sweep import run_sweep
+
+    sets = _overrides(overrides)
+    if sets["model"]:
+        raise UserError("--set: a sweep takes train.<field> only; model fields go in --size")
+    parsed = []
+    for text in sizes:
+        pairs = [item.split("=", 1) for item in text.split(",") if item]
+        if not pairs or any(len(p) != 2 for p in pairs):
+            raise UserError(f"--size: expected field=value[,field=value...], got {text!r}")
+        parsed.append({k.strip(): v.strip() for k, v in pairs})
+    params = dict(training_set=str(training_set), out=str(out), sizes=parsed or None, preset=preset,
+                  budget_mflops=budget_mflops, candidates=candidates, train=sets["train"],
+                  features=str(features) if features else None, select=select)  # fmt: skip
+    with prefect_api():
+        report = run_sweep(**params)
+    for row in report["sizes"]:
+        shown = f"{select} {row['metrics'].get(select)}" if "metrics" in row else row["skipped"]
+        typer.echo(f"{row['name']:>24} {row['mflops']:>10.3f} MFLOPs  {shown}")
+    typer.echo(f"best: {report['best']['name']} ({report['best']['model']}); wrote {out / 'sweep.json'}")
+
+
 @index_app.command("build")
 def index_build_cmd(
     model: Path = typer.Option(Path("artifacts/retrieval/best"), "--model", help="Saved two-tower directory."),
