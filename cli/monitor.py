@@ -172,22 +172,24 @@ def run(
     """Every monitoring check over one window. Exit 0 pass, 1 fail, 0 with "insufficient data" (no verdict)."""
     from core.io import atomic_write_text
     from monitoring.config import load_config
-    from monitoring.monitor import run_monitor
+    from monitoring.monitor import MonitorInputs, run_monitor
 
     cfg = load_config(thresholds)
     result = run_monitor(
-        reference,
-        current,
+        MonitorInputs(
+            reference,
+            current,
+            baseline=baseline,
+            outcomes=outcomes,
+            synthetic=synthetic,
+            features=features,
+            retrieval_model=retrieval_model,
+            as_of=_iso(as_of, "--as-of"),
+            window_start=_iso(start, "--start"),
+            window_end=_iso(end, "--end"),
+        ),
         out,
         cfg,
-        baseline=baseline,
-        outcomes=outcomes,
-        synthetic=synthetic,
-        features=features,
-        retrieval_model=retrieval_model,
-        as_of=_iso(as_of, "--as-of"),
-        window_start=_iso(start, "--start"),
-        window_end=_iso(end, "--end"),
     )
     summary = result.summary()
     _print_result(result, summary, out)

@@ -587,25 +587,11 @@ def _check_embedding_drift(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_monitor(
-    reference: Path | pd.DataFrame,
-    current: Path | pd.DataFrame,
-    out: Path | None = None,
-    cfg: MonitorConfig | None = None,
-    *,
-    baseline: Path | pd.DataFrame | None = None,
-    outcomes: Path | pd.DataFrame | None = None,
-    synthetic: Path | None = None,
-    features: Path | None = None,
-    retrieval_model: Path | None = None,
-    as_of: datetime | None = None,
-    window_start: datetime | None = None,
-    window_end: datetime | None = None,
-    model: str = "ranker",
-) -> MonitorResult:
-    """Runs every check over one window and (when `out` is given) writes the reports there.
+@dataclass(frozen=True)
+class MonitorInputs:
+    """What one monitoring window reads (run_monitor).
 
-    Args:
+    Attributes:
         reference: the ranker training set (directory or parquet) or its frame: the request population's reference.
         current: the exposure log (file or directory of rotated files), a parquet of served items, or a frame.
         baseline: a served window of the same model (exposure log, parquet or frame; e.g. the champion's first
@@ -621,6 +607,25 @@ def run_monitor(
         as_of: the time the service ran at when it served a fixed-time world (variants.yaml's `as_of`): feature
             lookups, simulated outcomes and post ages use it instead of the log's wall-clock ts (both windows).
         window_start / window_end: keep served items with ts in [start, end); None = all, bounds from the data.
+        model: the monitored model's name in the result.
+    """
+
+    reference: Path | pd.DataFrame
+    current: Path | pd.DataFrame
+    baseline: Path | pd.DataFrame | None = None
+    outcomes: Path | pd.DataFrame | None = None
+    synthetic: Path | None = None
+    features: Path | None = None
+    retrieval_model: Path | None = None
+    as_of: datetime | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    model: str = "ranker"
+
+
+def run_monitor(inputs: MonitorInputs, out: Path | None = None, cfg: MonitorConfig | None = None) -> MonitorResult:
+    """Runs every check over one window of `inputs` (MonitorInputs) and (when `out` is given) writes the reports
+    there.
 
     Raises:
         UserError: a missing or unreadable input file (bad data inside readable files is insufficient_data).
@@ -628,8 +633,12 @@ def run_monitor(
     cfg = cfg or load_config()
     log = _RunLog(Path(out) if out is not None else None, notes=[])
     # Every input is read (and bad input reported) before the first report is written.
-    ref, cur, base, start, end = _read_windows(reference, current, baseline, window_start, window_end, log.notes)
-    given, given_detail, world = _outcome_source(outcomes, synthetic)
+    i = inputs
+    ref, cur, base, start, end = _read_windows(
+        i.reference, i.current, i.baseline, i.window_start, i.window_end, log.notes
+    )
+    given, given_detail, world = _outcome_source(i.outcomes, i.synthetic)
+    features, as_of, retrieval_model = i.features, i.as_of, i.retrieval_model
     tables = _skew_tables(features, cur)
     if retrieval_model is not None and not (Path(retrieval_model) / "config.json").is_file():
         raise UserError(f"{retrieval_model}: not a saved two-tower model (no config.json)")
@@ -646,7 +655,7 @@ def run_monitor(
     checks: dict[str, DriftResult | QualityResult | SkewResult] = {"data_drift": dd, "prediction_drift": pdr,
         "target_drift": td, "quality": quality, "embedding_drift": ed, "skew": sk}  # fmt: skip
     result = MonitorResult(
-        model=model,
+        model=i.model,
         window_start=start,
         window_end=end,
         status=overall_status(
@@ -702,5 +711,5 @@ def monitor_summary(reference: Path, current: Path, out: Path, **kwargs: Any) ->
     process boundary carries back: the flows run this in a process of their own, flows.isolated)."""
     from monitoring.config import load_config
 
-    summary = run_monitor(reference, current, out, load_config(), **kwargs).summary()
+    summary = run_monitor(MonitorInputs(reference, current, **kwargs), out, load_config()).summary()
     return dict(json.loads(json.dumps(summary, default=str)))  # as summary.json holds it

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from core.config import Config
+from core.config import StrictConfig
 from core.errors import UserError, config_error
 from core.io import parse_iso, read_yaml
 from core.online_store import REDIS_ADDRESS, check_store
@@ -20,9 +20,11 @@ from serving.scorers.weighted import ScoringWeights
 WHERE = "recommender"  # every message names recommender.<field>
 Positive = Annotated[int, Field(ge=1)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
+# Strict but for what a YAML or JSON file can only give as a string or a list: a path, the popular list.
+FilePath = Annotated[Path, Field(strict=False)]
 
 
-class RecommenderConfig(Config):
+class RecommenderConfig(StrictConfig):
     """One variant: model directories, the stores, blend weights and pipeline parameters.
 
     Attributes:
@@ -61,12 +63,12 @@ class RecommenderConfig(Config):
         log_seed: fixes which requests are sampled (tests); None = fresh entropy.
     """
 
-    retrieval_model: Path
-    index: Path
-    ranker: Path
-    features: Path | None = None
+    retrieval_model: FilePath
+    index: FilePath
+    ranker: FilePath
+    features: FilePath | None = None
     online_store: str = "sqlite"
-    sqlite_path: Path | None = None
+    sqlite_path: FilePath | None = None
     redis: str = REDIS_ADDRESS
     as_of: str | None = None
     weights: dict[str, float] | None = None
@@ -75,7 +77,7 @@ class RecommenderConfig(Config):
     in_network_max_results: Positive = 1200
     in_network_per_author: Positive = 50
     popular_max_results: Annotated[int, Field(ge=0)] = 200
-    popular_posts: tuple[int, ...] = ()
+    popular_posts: Annotated[tuple[int, ...], Field(strict=False)] = ()
     fresh_max_results: Positive = 100
     max_age_hours: Annotated[float, Field(gt=0)] = 48.0
     top_k: Positive = 50

@@ -16,7 +16,7 @@ import pytest
 
 from core.errors import UserError
 from monitoring.config import MonitorConfig, parse_config
-from monitoring.monitor import NO_BASELINE, TEST_NAMES, run_monitor
+from monitoring.monitor import NO_BASELINE, TEST_NAMES, MonitorInputs, run_monitor
 from monitoring.replay import request_sample
 
 N_USERS, N_POSTS, SLATE = 300, 3000, 5
@@ -198,7 +198,9 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 def run_good(w: World, cfg: MonitorConfig, out: Path | None = None, **kwargs: Any) -> Any:
     return run_monitor(
-        w.reference, w.exposure, out, cfg, baseline=w.baseline, outcomes=w.outcomes, features=w.features, **kwargs
+        MonitorInputs(w.reference, w.exposure, baseline=w.baseline, outcomes=w.outcomes, features=w.features, **kwargs),
+        out,
+        cfg,
     )
 
 
@@ -256,7 +258,9 @@ def test_requests_drawn_like_the_logging_policy_follow_activity() -> None:
 def test_without_a_baseline_policy_checks_have_no_verdict_but_quality_is_reported(
     good: World, cfg: MonitorConfig
 ) -> None:
-    res = run_monitor(good.reference, good.exposure, None, cfg, outcomes=good.outcomes, features=good.features)
+    res = run_monitor(
+        MonitorInputs(good.reference, good.exposure, outcomes=good.outcomes, features=good.features), None, cfg
+    )
     tests = res.tests()
     assert tests["data_drift"] == "pass" and tests["skew"] == "pass" and res.status == "pass"
     for name in POLICY_TESTS:
@@ -268,7 +272,9 @@ def test_without_a_baseline_policy_checks_have_no_verdict_but_quality_is_reporte
 
 def test_without_a_baseline_a_worse_policy_never_fails(cfg: MonitorConfig, tmp_path: Path) -> None:
     worse = build(tmp_path / "worse", seed=2, policy="worse")
-    res = run_monitor(worse.reference, worse.exposure, None, cfg, outcomes=worse.outcomes, features=worse.features)
+    res = run_monitor(
+        MonitorInputs(worse.reference, worse.exposure, outcomes=worse.outcomes, features=worse.features), None, cfg
+    )
     assert res.status == "pass" and all(res.tests()[name] == "insufficient_data" for name in POLICY_TESTS)
 
 
@@ -304,11 +310,11 @@ def test_simulated_outcomes_on_a_synthetic_dataset(good: World, cfg: MonitorConf
     synth = tmp_path / "synth"
     generate(SynthConfig.for_scale("nano", seed=5), synth)
     kwargs: dict[str, Any] = {"baseline": good.baseline, "synthetic": synth, "features": good.features}
-    res = run_monitor(good.reference, good.exposure, None, cfg, **kwargs)
+    res = run_monitor(MonitorInputs(good.reference, good.exposure, **kwargs), None, cfg)
     assert res.outcomes["source"] == "simulated" and res.outcomes["n_with_outcome"] == N_SERVED * SLATE
     assert any(n.startswith("baseline outcomes: simulated") for n in res.notes)
     assert res.quality.status != "insufficient_data" and res.target_drift.share_drifted is not None
-    again = run_monitor(good.reference, good.exposure, None, cfg, **kwargs)
+    again = run_monitor(MonitorInputs(good.reference, good.exposure, **kwargs), None, cfg)
     assert again.summary() == res.summary()  # seeded
 
 
@@ -318,11 +324,13 @@ def test_prediction_columns_give_means_and_drift(good: World, cfg: MonitorConfig
     frame = read_exposure(good.exposure).frame
     frame["pred_click"] = np.linspace(0.1, 0.3, len(frame))
     base = frame.assign(pred_click=np.linspace(0.1, 0.3, len(frame))[::-1])
-    res = run_monitor(good.reference, frame, None, cfg, baseline=base)
+    res = run_monitor(MonitorInputs(good.reference, frame, baseline=base), None, cfg)
     means = res.summary()["prediction_mean"]
     assert set(means) == {"click", "like"} and means["click"] == pytest.approx(0.2)
     assert res.prediction_drift.status == "pass"
-    shifted = run_monitor(good.reference, frame, None, cfg, baseline=base.assign(pred_click=base["pred_click"] + 0.1))
+    shifted = run_monitor(
+        MonitorInputs(good.reference, frame, baseline=base.assign(pred_click=base["pred_click"] + 0.1)), None, cfg
+    )
     assert shifted.prediction_drift.status == "fail" and shifted.prediction_drift.per_feature["click"]["drifted"]
     assert res.skew.status == "insufficient_data" and "--features" in res.skew.reasons[0]
 
@@ -339,11 +347,13 @@ def test_served_item_features_are_compared_with_the_baseline_not_the_training_wi
     base["post_click_rate"] = rng.beta(2, 8, len(base))
     # The training window's posts were picked by another policy: far more clicked. Not the comparison.
     ref = pd.read_parquet(good.reference).assign(post_click_rate=0.9)
-    same = run_monitor(ref, cur, None, cfg, baseline=base)
+    same = run_monitor(MonitorInputs(ref, cur, baseline=base), None, cfg)
     assert same.data_drift.status == "pass" and "post_click_rate" in same.data_drift.per_feature
-    shifted = run_monitor(ref, cur, None, cfg, baseline=base.assign(post_click_rate=base["post_click_rate"] + 0.2))
+    shifted = run_monitor(
+        MonitorInputs(ref, cur, baseline=base.assign(post_click_rate=base["post_click_rate"] + 0.2)), None, cfg
+    )
     assert shifted.data_drift.status == "fail" and shifted.data_drift.per_feature["post_click_rate"]["drifted"]
-    alone = run_monitor(ref, cur, None, cfg)
+    alone = run_monitor(MonitorInputs(ref, cur), None, cfg)
     assert alone.data_drift.status == "pass" and "post_click_rate" not in alone.data_drift.per_feature
     assert alone.data_drift.reasons == [
         "reported, not judged: 0 of 2 other features drifted",
@@ -359,7 +369,7 @@ def test_user_counters_are_reported_beside_the_population_but_not_judged(good: W
     cur = read_exposure(good.exposure).frame
     counters = cur.assign(user_click_rate_7d=cur["user_click_rate_7d"] + 0.3,
                           user_impressions_7d=cur["user_impressions_7d"] * 3)  # fmt: skip
-    res = run_monitor(good.reference, counters, None, cfg)
+    res = run_monitor(MonitorInputs(good.reference, counters), None, cfg)
     assert res.data_drift.status == "pass", res.data_drift.reasons
     assert res.data_drift.per_feature["user_click_rate_7d"]["drifted"]
     assert res.data_drift.per_feature["user_impressions_7d"]["drifted"]
@@ -367,7 +377,7 @@ def test_user_counters_are_reported_beside_the_population_but_not_judged(good: W
     assert not res.data_drift.per_feature["user_account_age_days"]["drifted"]
     assert res.data_drift.share_drifted == 0.0  # of the judged features (the training set has no country here)
     older = cur.assign(user_account_age_days=cur["user_account_age_days"] + 500)
-    res = run_monitor(good.reference, older, None, cfg)
+    res = run_monitor(MonitorInputs(good.reference, older), None, cfg)
     assert res.data_drift.status == "fail" and res.data_drift.share_drifted == 1.0
     assert "user_account_age_days" in res.data_drift.reasons[-1]
 
@@ -397,7 +407,9 @@ def test_embedding_drift_compares_both_towers_with_the_baseline(
     assert {c.split("_")[0] for c in res.embedding_drift.per_feature} == {"user", "post"}
     # current (users and posts), then the baseline (users and posts); the training window is not encoded
     assert calls == [(N_SERVED, N_SERVED * SLATE), (N_SERVED, N_SERVED * SLATE)]
-    alone = run_monitor(good.reference, good.exposure, None, cfg, features=good.features, retrieval_model=model)
+    alone = run_monitor(
+        MonitorInputs(good.reference, good.exposure, features=good.features, retrieval_model=model), None, cfg
+    )
     assert alone.embedding_drift.status == "insufficient_data"
     assert alone.embedding_drift.reasons == [f"towers not compared: {NO_BASELINE}"]
     young = build(tmp_path / "young", seed=3, young_only=True)
@@ -409,7 +421,9 @@ def test_embedding_drift_compares_both_towers_with_the_baseline(
 def test_empty_window_is_insufficient_not_a_crash(good: World, cfg: MonitorConfig, tmp_path: Path) -> None:
     empty = tmp_path / "exposure.jsonl"
     empty.write_text("")
-    res = run_monitor(good.reference, empty, tmp_path / "out", cfg, outcomes=good.outcomes, features=good.features)
+    res = run_monitor(
+        MonitorInputs(good.reference, empty, outcomes=good.outcomes, features=good.features), tmp_path / "out", cfg
+    )
     summary = res.summary()
     assert summary["status"] == "insufficient_data" and set(summary) == SUMMARY_KEYS
     assert all(s == "insufficient_data" for s in summary["tests"].values())
@@ -419,7 +433,7 @@ def test_empty_window_is_insufficient_not_a_crash(good: World, cfg: MonitorConfi
 
 def test_window_bounds_filter_the_log(good: World, cfg: MonitorConfig) -> None:
     before = (SERVED_AT - pd.Timedelta(hours=1)).to_pydatetime()
-    res = run_monitor(good.reference, good.exposure, None, cfg, window_end=before)
+    res = run_monitor(MonitorInputs(good.reference, good.exposure, window_end=before), None, cfg)
     assert res.status == "insufficient_data" and res.summary()["window_end"] == before.isoformat()
 
 
@@ -551,11 +565,13 @@ def test_only_the_alarm_checks_fail_the_run(good: World, cfg: MonitorConfig) -> 
 
     cur = read_exposure(good.exposure).frame
     moved = cur.assign(pred_click=cur["pred_click"] * 3, pred_like=cur["pred_like"] * 3)
-    res = run_monitor(good.reference, moved, None, cfg, baseline=good.baseline, outcomes=good.outcomes)
+    res = run_monitor(MonitorInputs(good.reference, moved, baseline=good.baseline, outcomes=good.outcomes), None, cfg)
     assert res.prediction_drift.status == "fail" and res.status == "pass"
     assert res.summary()["alarms"] == [] and res.summary()["tests"]["prediction_drift"] == "fail"
     strict = parse_config({"quality": {"k": 10}, "alarm_checks": ["prediction_drift", "target_drift"]})
-    res = run_monitor(good.reference, moved, None, strict, baseline=good.baseline, outcomes=good.outcomes)
+    res = run_monitor(
+        MonitorInputs(good.reference, moved, baseline=good.baseline, outcomes=good.outcomes), None, strict
+    )
     assert res.status == "fail" and res.summary()["alarms"] == ["prediction_drift"]
     with pytest.raises(UserError, match="alarm_checks"):
         parse_config({"alarm_checks": ["drift"]})
