@@ -1,16 +1,18 @@
-"""The one config style. Every settings file and section is a `Config` (a frozen pydantic model that refuses unknown
-keys; `StrictConfig` also refuses a string for a number, for files a person writes by hand), and the model and
-training hyperparameters that travel beside their weights are `config_dataclass`es (frozen pydantic dataclasses).
-A bad value becomes one line naming its key: core.errors.config_error for a `Config`, the dataclass's own ValueError
-for a `config_dataclass`.
+"""The one config style. Every settings file and section is a `StrictConfig`: a frozen pydantic model that refuses
+unknown keys and converts nothing (no string for a number, no number for a bool), but for what a YAML or JSON file
+can only give as text or a list (`FilePath`, `Items`). `Config`, its lax parent, takes numbers and times as JSON
+gives them: it is for request bodies (serving/events.py). The model and training hyperparameters that travel beside
+their weights are `config_dataclass`es (frozen pydantic dataclasses). A bad value becomes one line naming its key:
+core.errors.config_error for a `Config`, the dataclass's own ValueError for a `config_dataclass`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, TypeVar, dataclass_transform
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, dataclass_transform
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
 
@@ -27,6 +29,10 @@ class StrictConfig(Config):
 
 
 T = TypeVar("T")
+# The two things a YAML or JSON file can only give as a string or a list, for a StrictConfig's fields: a path, and a
+# fixed sequence (a tuple, so the config stays hashable and frozen). The items keep their own strictness.
+FilePath = Annotated[Path, Field(strict=False)]
+Items = Annotated[tuple[T, ...], Field(strict=False)]
 
 
 @dataclass_transform(frozen_default=True)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, Protocol
 from pydantic import Field
 
 from core.actions import ACTION_NAMES
-from core.config import Config
+from core.config import FilePath, StrictConfig
 from core.online_store import REDIS_ADDRESS, redis_client
 from features.catalog import AUTHOR_STATS, POST_STATS, USER_GRAPH, Dtype
 
@@ -42,13 +42,13 @@ log = logging.getLogger(__name__)
 REDIS_PREFIX = "ember:event:"
 
 
-class EventsSettings(Config):
+class EventsSettings(StrictConfig):
     """`events:` of the service config. store off = POST /events is refused (503)."""
 
     store: Literal["off", "sqlite", "redis"] = "off"  # the online store the Feast repo writes to
-    feast_repo: Path = Path("features/repo")
+    feast_repo: FilePath = Path("features/repo")
     redis: str = REDIS_ADDRESS  # the Feast Redis store and the applied event ids (store: redis)
-    seen_path: Path = Path("data/feast/events.db")  # applied event ids (store: sqlite)
+    seen_path: FilePath = Path("data/feast/events.db")  # applied event ids (store: sqlite)
     seen_ttl_s: Annotated[float, Field(gt=0)] = 7 * 86_400.0  # a replay later than this is applied again
     history_length: Annotated[int, Field(ge=1, le=1024)] = 128
 

@@ -23,19 +23,19 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import Field
 
-from core.config import Config
+from core.config import FilePath, StrictConfig
 from core.online_store import REDIS_ADDRESS, redis_client
 
 log = logging.getLogger(__name__)
 REDIS_PREFIX = "ember:served:"
 
 
-class FreshFeedSettings(Config):
+class FreshFeedSettings(StrictConfig):
     """`fresh_feed:` of the service config. store off = no served-set filtering."""
 
     store: Literal["off", "sqlite", "redis"] = "off"
     ttl_s: Annotated[float, Field(gt=0)] = 86_400.0  # a post served within this window is not served again
-    sqlite_path: Path = Path("data/feast/served.db")
+    sqlite_path: FilePath = Path("data/feast/served.db")
     redis: str = REDIS_ADDRESS
 
 

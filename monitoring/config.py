@@ -11,21 +11,21 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from core.actions import ACTION_NAMES
-from core.config import Config
+from core.config import Items, StrictConfig
 from core.errors import UserError, config_error
 from core.io import read_yaml
 
 DEFAULT_PATH = Path(__file__).with_name("thresholds.yaml")
 
 
-class DataDriftConfig(Config):
+class DataDriftConfig(StrictConfig):
     method: str | None = None  # None: Evidently's default per column type and size
     threshold: float | None = None  # None: the method's default threshold
     per_feature_method: dict[str, str] = Field(default_factory=dict)
     drift_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
 
 
-class PredictionDriftConfig(Config):
+class PredictionDriftConfig(StrictConfig):
     method: str = "wasserstein"
     threshold: Annotated[float, Field(gt=0.0)] = 0.1
     per_action_threshold: dict[str, Annotated[float, Field(gt=0.0)]] = Field(default_factory=dict)
@@ -34,7 +34,7 @@ class PredictionDriftConfig(Config):
         return self.per_action_threshold.get(action, self.threshold)
 
 
-class TargetDriftConfig(Config):
+class TargetDriftConfig(StrictConfig):
     """Drift of each action's outcome rate (training labels vs outcomes of what was served)."""
 
     # PSI of the 0/1 labels, as calibrated in thresholds.yaml (bench/drift_detection.py): a p-value test's verdict
@@ -49,12 +49,12 @@ class TargetDriftConfig(Config):
         return self.per_action_threshold.get(action, self.threshold)
 
 
-class QualityConfig(Config):
+class QualityConfig(StrictConfig):
     """Recommendation quality of the served slates, with outcomes."""
 
     k: Annotated[int, Field(ge=1)] = 10
     # An item is relevant when any of these actions happened (binary relevance for NDCG, precision, recall).
-    relevant_actions: tuple[str, ...] = ("click",)
+    relevant_actions: Items[str] = ("click",)
     # Fewer slates with outcomes than this in either window: no verdict.
     min_slates: Annotated[int, Field(ge=1)] = 20
     # Fails when NDCG@k of the served slates is this much (absolute) below the reference slates' (the logging
@@ -73,7 +73,7 @@ class QualityConfig(Config):
         return value
 
 
-class EmbeddingDriftConfig(Config):
+class EmbeddingDriftConfig(StrictConfig):
     """Drift of the two-tower outputs, per principal component of the reference embeddings."""
 
     n_components: Annotated[int, Field(ge=1)] = 8
@@ -85,7 +85,7 @@ class EmbeddingDriftConfig(Config):
     max_entities: Annotated[int, Field(ge=1)] = 5_000
 
 
-class SkewConfig(Config):
+class SkewConfig(StrictConfig):
     """Train/serve skew: served feature values vs the offline point-in-time recompute."""
 
     # Numbers match when |served - offline| <= atol + rtol * |offline| (the log holds JSON floats of float32 values).
@@ -97,13 +97,13 @@ class SkewConfig(Config):
     # Fewer served rows with an offline row than this: no verdict.
     min_rows: Annotated[int, Field(ge=1)] = 50
     # Features not compared (e.g. one that is updated online by design).
-    ignore: tuple[str, ...] = ()
+    ignore: Items[str] = ()
 
 
 CheckName = Literal["data_drift", "prediction_drift", "target_drift", "quality", "embedding_drift", "skew"]
 
 
-class MonitorConfig(Config):
+class MonitorConfig(StrictConfig):
     data_drift: DataDriftConfig = Field(default_factory=DataDriftConfig)
     prediction_drift: PredictionDriftConfig = Field(default_factory=PredictionDriftConfig)
     target_drift: TargetDriftConfig = Field(default_factory=TargetDriftConfig)
@@ -111,7 +111,7 @@ class MonitorConfig(Config):
     embedding_drift: EmbeddingDriftConfig = Field(default_factory=EmbeddingDriftConfig)
     skew: SkewConfig = Field(default_factory=SkewConfig)
     # The checks whose failure fails the run (and so starts a retrain); the others are measured and reported only.
-    alarm_checks: tuple[CheckName, ...] = ("data_drift", "target_drift", "quality", "skew")
+    alarm_checks: Items[CheckName] = ("data_drift", "target_drift", "quality", "skew")
     min_rows: Annotated[int, Field(ge=1)] = 200
     # Larger windows are down-sampled (seeded) to this many rows: Evidently on 500k rows x 130 features takes ~5 min.
     max_rows: Annotated[int, Field(ge=1)] = 50_000

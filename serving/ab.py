@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from core.config import Config
+from core.config import FilePath, StrictConfig
 from core.errors import UserError, dotted_key
 from core.io import read_yaml
 from features.live import EventsSettings
@@ -36,12 +36,14 @@ from serving.recommender_config import RecommenderConfig
 SHARE_TOLERANCE = 1e-9
 
 
-class PopularSpec(Config):
+class PopularSpec(StrictConfig):
     """The most-popular baseline (serving/static_recommender.py): from a parquet, or a table given inline."""
 
     kind: Literal["popular"] = "popular"
-    stats: Path | None = None  # parquet: (post_id, author_id, score) or the post_stats view
-    table: dict[int, tuple[int, float]] | None = None  # post_id -> [author_id, score] (tests, tiny demos)
+    stats: FilePath | None = None  # parquet: (post_id, author_id, score) or the post_stats view
+    table: dict[int, Annotated[tuple[int, float], Field(strict=False)]] | None = (
+        None  # post_id -> [author_id, score] (tests, tiny demos)
+    )
     limit: Annotated[int, Field(ge=1)] = 5_000
 
     @model_validator(mode="after")
@@ -51,7 +53,7 @@ class PopularSpec(Config):
         return self
 
 
-class PipelineSpec(Config):
+class PipelineSpec(StrictConfig):
     """The full pipeline (serving/recommender_pipeline.py), configured by its typed `RecommenderConfig`
     (serving/recommender_config.py): a bad value fails the variants config, naming the key."""
 
@@ -62,21 +64,25 @@ class PipelineSpec(Config):
 RecommenderSpec = Annotated[PopularSpec | PipelineSpec, Field(discriminator="kind")]
 
 
-class Variant(Config):
+class Variant(StrictConfig):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     share: float = Field(ge=0.0, le=1.0)
     recommender: RecommenderSpec
     blend_weights: dict[str, float] | None = None  # signed per-action weights (pipeline variants)
 
 
-class Shadow(Config):
-    """A variant run off the response path on `share` of requests, compared with the served slate."""
+class Shadow(StrictConfig):
+    """A variant run off the response path on `share` of requests, compared with the served slate.
+
+    isolation: "process" runs it in a process of its own (serving/shadow_process.py), so it never holds the GIL
+    or the request's core while a request is served; "thread" on a thread of the serving process (less memory)."""
 
     variant: str
     share: float = Field(ge=0.0, le=1.0)
+    isolation: Literal["process", "thread"] = "process"
 
 
-class LimitSettings(Config):
+class LimitSettings(StrictConfig):
     """Load shedding (serving/shedding.py): API requests in flight past `max_concurrency` (per worker) get a 503 with
     `Retry-After: retry_after_s`. One worker ranks one request at a time on a core; 32 in flight is ~0.5 s of queue
     at the measured ~70 req/s, past which an answer comes too late to be shown anyway."""
@@ -85,9 +91,9 @@ class LimitSettings(Config):
     retry_after_s: int = Field(default=1, ge=1)
 
 
-class VariantsConfig(Config):
+class VariantsConfig(StrictConfig):
     salt: str = Field(min_length=1)
-    variants: tuple[Variant, ...] = Field(min_length=1)
+    variants: Annotated[tuple[Variant, ...], Field(min_length=1, strict=False)]
     shadow: Shadow | None = None
     exposure: ExposureSettings = Field(default_factory=ExposureSettings)
     fresh_feed: FreshFeedSettings = Field(default_factory=FreshFeedSettings)  # features/served.py

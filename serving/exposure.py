@@ -19,17 +19,17 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from core.config import Config
+from core.config import FilePath, StrictConfig
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
 
 
-class ExposureSettings(Config):
+class ExposureSettings(StrictConfig):
     """Where and how much to log (read once when the service starts)."""
 
-    path: Path = Path("logs/exposure.jsonl")
+    path: FilePath = Path("logs/exposure.jsonl")
     # 64 MiB x 8 files bounds the disk the log can take to half a GiB.
     max_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
     max_files: Annotated[int, Field(ge=1)] = 8

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from core.config import StrictConfig
+from core.config import FilePath, Items, StrictConfig
 from core.errors import UserError, config_error
 from core.io import parse_iso, read_yaml
 from core.online_store import REDIS_ADDRESS, check_store
@@ -20,8 +20,6 @@ from serving.scorers.weighted import ScoringWeights
 WHERE = "recommender"  # every message names recommender.<field>
 Positive = Annotated[int, Field(ge=1)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
-# Strict but for what a YAML or JSON file can only give as a string or a list: a path, the popular list.
-FilePath = Annotated[Path, Field(strict=False)]
 
 
 class RecommenderConfig(StrictConfig):
@@ -77,7 +75,7 @@ class RecommenderConfig(StrictConfig):
     in_network_max_results: Positive = 1200
     in_network_per_author: Positive = 50
     popular_max_results: Annotated[int, Field(ge=0)] = 200
-    popular_posts: Annotated[tuple[int, ...], Field(strict=False)] = ()
+    popular_posts: Items[int] = ()
     fresh_max_results: Positive = 100
     max_age_hours: Annotated[float, Field(gt=0)] = 48.0
     top_k: Positive = 50

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -37,14 +38,15 @@ from core.errors import UserError
 from core.schema import N_SURFACES
 from features.served import open_served
 from serving import shedding
-from serving.ab import PopularSpec, Router, Routing, in_shadow, load_config
+from serving.ab import PopularSpec, Router, Routing, Variant, in_shadow, load_config
 from serving.admin import AdminError, PromoteRequest, admin, require_admin
 from serving.events import MAX_EVENTS, Event, EventSinks, EventsUnavailable, apply_events
 from serving.exposure import ExposureLog
 from serving.http_errors import MAX_BODY_BYTES, RequestGuard
 from serving.metrics import ServiceMetrics
 from serving.recommender import Item, Recommendation, Recommender
-from serving.shadow import ShadowRunner, compare
+from serving.shadow import ShadowContext, ShadowRunner, ShadowSlate, compare
+from serving.shadow_process import ShadowProcess
 from serving.static_recommender import PopularRecommender
 
 log = logging.getLogger(__name__)
@@ -136,10 +138,14 @@ class Ember:
                            lambda path: self.metrics.shed.labels(path).inc())  # fmt: skip
         self.exposure = ExposureLog(config.exposure, on_drop=self.metrics.exposure_dropped.inc)
         self.served = open_served(config.fresh_feed)  # what each user was served lately: not served again
-        self.shadow = ShadowRunner()
+        self.shadow = ShadowRunner()  # shadow.isolation: thread
+        self._shadow_proc: ShadowProcess | None = None  # shadow.isolation: process (started now, reused)
+        self._shadow_lock = threading.Lock()
         self.router = Router.build(config)
-        # POST /events: into the online store and every loaded variant; None when `events.store` is off
-        self.events = EventSinks.open(config.events, self.served, lambda: self.router.routing.recommenders.values())
+        if config.shadow is not None and config.shadow.isolation == "process":
+            self._shadow_process(config.variant(config.shadow.variant))
+        # POST /events: into the online store, every loaded variant and the shadow process; None when events are off
+        self.events = EventSinks.open(config.events, self.served, self._post_sinks)
         if self.events is not None:
             try:
                 self.events.live.open()  # imports feast now (seconds), not on the first batch
@@ -154,11 +160,18 @@ class Ember:
     def flush_logs(self, timeout: float = 5.0) -> bool:
         """Waits until the shadow runs submitted so far and every exposure record they and the requests queued are
         written (tests, readers of a live log); False on timeout."""
-        return self.shadow.drain(timeout) and self.exposure.flush(timeout)
+        proc = self._shadow_proc
+        drained = self.shadow.drain(timeout) and (proc is None or proc.drain(timeout))
+        return drained and self.exposure.flush(timeout)
+
+    def _post_sinks(self) -> list[object]:
+        return [*self.router.routing.recommenders.values(), *([self._shadow_proc] if self._shadow_proc else [])]
 
     @bentoml.on_shutdown
     def _close(self) -> None:
         self.shadow.close(wait=False)
+        if self._shadow_proc is not None:
+            self._shadow_proc.close()
         self.exposure.close()
 
     @bentoml.api(route="/recommend")
@@ -308,40 +321,66 @@ class Ember:
         served_variant: str,
         served: Recommendation,
     ) -> None:
-        assert routing.config.shadow is not None
-        name = routing.config.shadow.variant
+        spec = routing.config.shadow
+        assert spec is not None
+        name = spec.variant
         if name == served_variant:
             return  # the user already gets the shadow's slate: nothing to compare
+        context = ShadowContext(name, request_id, user_id, served_variant, [i.post_id for i in served.items], k)
+        if spec.isolation == "process":
+            self._shadow_process(routing.config.variant(name)).submit(context, user_id, k, seen, surface)
+            return
         shadow = routing.recommenders[name]
-        served_ids = [i.post_id for i in served.items]
 
         def job() -> None:
             try:
                 rec = shadow.recommend(user_id, k, seen, surface)
-            except Exception:
-                self.metrics.shadow_runs.labels(name, "failed").inc()
-                log.exception("shadow variant %s failed", name)
+            except Exception as err:
+                self._record_shadow(context, None, f"{type(err).__name__}: {err}")
                 return
-            result = compare(served_ids, [i.post_id for i in rec.items], k)
-            self.metrics.observe_shadow(name, result)
-            self.exposure.log(
-                {
-                    "kind": "shadow",
-                    "request_id": request_id,
-                    "ts": time.time(),
-                    "user_id": user_id,
-                    "variant": name,
-                    "served_variant": served_variant,
-                    "version": shadow.version,
-                    "degraded": rec.degraded,
-                    "items": [{"post_id": i.post_id, "position": n, "score": i.score} for n, i in enumerate(rec.items)],
-                    "comparison": result.as_dict(),
-                    **({"as_of": rec.as_of.timestamp()} if rec.as_of is not None else {}),
-                }
-            )
+            as_of = rec.as_of.timestamp() if rec.as_of is not None else None
+            slate = ShadowSlate([(i.post_id, i.score) for i in rec.items], rec.degraded, as_of, shadow.version)
+            self._record_shadow(context, slate, None)
 
         if not self.shadow.submit(job):
             self.metrics.shadow_runs.labels(name, "skipped").inc()
+
+    def _shadow_process(self, variant: Variant) -> ShadowProcess:
+        """The process serving `variant` as the shadow: the running one, or a new one when the spec changed."""
+        with self._shadow_lock:
+            old = self._shadow_proc
+            if old is not None and old.variant == variant:
+                return old
+            on_skip = self.metrics.shadow_runs.labels(variant.name, "skipped").inc
+            self._shadow_proc = ShadowProcess(variant, self._record_shadow, on_skip, threads=inference_threads())
+        if old is not None:
+            threading.Thread(target=old.close, name="shadow-close", daemon=True).start()
+        return self._shadow_proc
+
+    def _record_shadow(self, context: ShadowContext, slate: ShadowSlate | None, error: str | None) -> None:
+        """A shadow run's comparison with the served slate: metrics and a "shadow" record in the exposure log."""
+        name = context.variant
+        if slate is None:
+            self.metrics.shadow_runs.labels(name, "failed").inc()
+            log.error("shadow variant %s failed: %s", name, error)
+            return
+        result = compare(context.served_ids, [post_id for post_id, _ in slate.items], context.k)
+        self.metrics.observe_shadow(name, result)
+        self.exposure.log(
+            {
+                "kind": "shadow",
+                "request_id": context.request_id,
+                "ts": time.time(),
+                "user_id": context.user_id,
+                "variant": name,
+                "served_variant": context.served_variant,
+                "version": slate.version,
+                "degraded": slate.degraded,
+                "items": [{"post_id": p, "position": n, "score": sc} for n, (p, sc) in enumerate(slate.items)],
+                "comparison": result.as_dict(),
+                **({"as_of": slate.as_of} if slate.as_of is not None else {}),
+            }
+        )
 
     # The admin API (routes of `admin`, bound to this instance by BentoML) -----------------------------------------
 

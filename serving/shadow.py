@@ -17,6 +17,28 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class ShadowContext:
+    """What the service keeps of a request while its shadow run is out."""
+
+    variant: str  # the shadow variant
+    request_id: str
+    user_id: int
+    served_variant: str
+    served_ids: list[int]  # the served slate, best first
+    k: int
+
+
+@dataclass(frozen=True)
+class ShadowSlate:
+    """The shadow variant's slate for one request."""
+
+    items: list[tuple[int, float]]  # (post id, score), best first
+    degraded: bool
+    as_of: float | None  # epoch seconds of the time the pipeline served at, when fixed
+    version: str
+
+
+@dataclass(frozen=True)
 class ShadowComparison:
     k: int
     common: int
