@@ -155,7 +155,8 @@ class Ember:
         log.info("ember service: %s, variants %s", self.config_path, [v.name for v in config.variants])
 
     def __is_ready__(self) -> bool:
-        return all(r.ready() for r in self.router.routing.recommenders.values())
+        shadow = self._shadow_proc  # a shadow process still loading would skip or queue the first requests' runs
+        return all(r.ready() for r in self.router.routing.recommenders.values()) and (shadow is None or shadow.settled)
 
     def flush_logs(self, timeout: float = 5.0) -> bool:
         """Waits until the shadow runs submitted so far and every exposure record they and the requests queued are

@@ -50,6 +50,7 @@ def _child(variant: Variant, jobs: Any, results: Any, threads: int) -> None:
     except Exception as err:  # the parent fails what it holds and skips the rest
         results.put(("dead", -1, f"{type(err).__name__}: {err}"))
         return
+    results.put(("ready", -1, rec.version))
     while (msg := jobs.get()) is not None:
         if msg[0] == "posts":
             if isinstance(rec, TakesPosts):
@@ -83,6 +84,7 @@ class ShadowProcess:
         self._pending: dict[int, Any] = {}
         self._next_id = 0
         self._dead: str | None = None
+        self._ready = False
         self._cond = threading.Condition()
         self._process = ctx.Process(
             target=_child, args=(variant, self._jobs, self._results, threads), name=f"ember-shadow-{variant.name}"
@@ -95,6 +97,11 @@ class ShadowProcess:
     @property
     def alive(self) -> bool:
         return self._dead is None and self._process.is_alive()
+
+    @property
+    def settled(self) -> bool:
+        """The child has built its variant, or failed to: the service's readiness waits for this."""
+        return self._ready or self._dead is not None
 
     def submit(self, context: Any, user_id: int, k: int, seen: frozenset[int], surface: int) -> bool:
         """Queues one job; False (and on_skip) when max_pending jobs are out or the child is gone."""
@@ -127,6 +134,9 @@ class ShadowProcess:
             if msg is None:
                 return
             kind, job_id, payload = msg
+            if kind == "ready":
+                self._ready = True
+                continue
             if kind == "dead":
                 self._fail_all(payload)
                 continue

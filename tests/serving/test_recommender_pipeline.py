@@ -404,8 +404,12 @@ def test_bad_configs_are_one_line_errors_naming_the_key(world: Path) -> None:
         RecommenderConfig.from_dict({**base, "weights": {"report": 5.0}})
     with pytest.raises(UserError, match="as_of"):
         RecommenderConfig.from_dict({**base, "as_of": "yesterday"})
-    cfg = RecommenderConfig.from_dict({**base, "author_cap": "3", "max_age_hours": 24})
-    assert cfg.author_cap == 3 and cfg.ranker == Path("c")
+    with pytest.raises(UserError, match="recommender.author_cap: input should be a valid integer, got '3'"):
+        RecommenderConfig.from_dict({**base, "author_cap": "3"})  # strict: a quoted number is a mistake
+    with pytest.raises(UserError, match="recommender.in_network"):
+        RecommenderConfig.from_dict({**base, "in_network": "yes"})
+    cfg = RecommenderConfig.from_dict({**base, "author_cap": 3, "max_age_hours": 24, "popular_posts": [5, 4]})
+    assert cfg.author_cap == 3 and cfg.ranker == Path("c") and cfg.popular_posts == (5, 4)  # paths, lists as YAML
     other = _config(world, index=world / "artifacts" / "ranker")
     with pytest.raises(UserError, match="not an ANN index"):
         PipelineRecommender.load(other)

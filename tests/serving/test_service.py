@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,26 +301,36 @@ def test_exposure_log_is_written_and_rotated(server: Server) -> None:
     # The log is written off the request path (on a loaded box it lagged past 20 s), and shadow records may still be
     # rotating the files when the exposures are in: a rotation deletes the oldest file before it renames the others,
     # so a listing at that instant sees two. Wait for both the newest exposures and a settled directory.
-    deadline, names = time.monotonic() + 60, []
-    while time.monotonic() < deadline:
-        with contextlib.suppress(FileNotFoundError):  # a file renamed between the glob and the read
-            ids = {r["request_id"] for r in _log_records(server) if r["kind"] == "exposure"}
-            names = sorted(p.name for p in server.exposure.parent.iterdir())
-            if {s["request_id"] for s in served[-5:]} <= ids and names == rotated:
-                break
-        time.sleep(0.2)
+    # The shadow runs in a process of its own, so its records trail the exposures (after a burst they can fill every
+    # kept file): wait for the last control request's shadow record, then serve one more request and check its
+    # exposure record.
+    last_control = next(s["request_id"] for s in reversed(served) if s["variant"] == "control")
+
+    def settle(done: Callable[[list[dict[str, Any]]], bool]) -> tuple[list[dict[str, Any]], list[str]]:
+        deadline, names, records = time.monotonic() + 60, [], []
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError):  # a file renamed between the glob and the read
+                records = _log_records(server)
+                names = sorted(p.name for p in server.exposure.parent.iterdir())
+                if done(records) and names == rotated:
+                    break
+            time.sleep(0.2)
+        return records, names
+
+    records, names = settle(lambda rs: any(r["kind"] == "shadow" and r["request_id"] == last_control for r in rs))
     assert names == rotated
-    records = _log_records(server)
-    exposure = next(r for r in records if r["request_id"] == served[-1]["request_id"] and r["kind"] == "exposure")
+    shadows = [r for r in records if r["kind"] == "shadow"]
+    newest = _post(server, "/recommend", {"user_id": 160, "k": 10}).json()
+    records, names = settle(lambda rs: any(r["request_id"] == newest["request_id"] for r in rs))
+    exposure = next(r for r in records if r["request_id"] == newest["request_id"] and r["kind"] == "exposure")
     for key in ("request_id", "user_id", "variant", "version", "items", "ts", "features", "degraded"):
         assert key in exposure
-    assert exposure["variant"] == served[-1]["variant"]
-    assert [i["post_id"] for i in exposure["items"]] == [i["post_id"] for i in served[-1]["items"]]
+    assert exposure["variant"] == newest["variant"]
+    assert [i["post_id"] for i in exposure["items"]] == [i["post_id"] for i in newest["items"]]
     assert set(exposure["items"][0]) >= {"post_id", "position", "score", "actions"}
     assert [i["actions"] for i in exposure["items"]] == [  # the served predictions, as logged for drift
-        {a: round(p, 6) for a, p in i["actions"].items()} for i in served[-1]["items"]
+        {a: round(p, 6) for a, p in i["actions"].items()} for i in newest["items"]
     ]
-    shadows = [r for r in records if r["kind"] == "shadow"]
     assert shadows and all(r["served_variant"] == "control" for r in shadows)
     at_10 = [r["comparison"] for r in shadows if r["comparison"]["k"] == 10]
     assert at_10 and all(c["overlap"] == 1.0 and c["kendall"] == -1.0 and c["spearman"] == -1.0 for c in at_10)
@@ -375,8 +385,11 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     config.write_text(yaml.safe_dump(_config(tmp_path / "logs" / "exposure.jsonl")))
     monkeypatch.setenv("EMBER_VARIANTS_CONFIG", str(config))
     instance = Ember()
+    deadline = time.monotonic() + 60
+    while not instance.__is_ready__() and time.monotonic() < deadline:  # the shadow process loads its variant
+        time.sleep(0.1)
     yield instance
-    instance.exposure.close()
+    instance._close()  # the shadow process and the exposure log
 
 
 def test_a_failing_variant_falls_back_to_popular_degraded(service: Any) -> None:

@@ -97,7 +97,7 @@ def test_a_shadow_process_serves_its_variant_from_the_spec_and_hands_each_slate_
         assert proc.submit("b", user_id=1, k=3, seen=frozenset({101}), surface=0)
         assert proc.submit("c", user_id=9, k=4, seen=frozenset(), surface=0)  # user 9 wrote post 103
         assert proc.drain(timeout=60.0)
-        assert proc.alive
+        assert proc.alive and proc.settled
     finally:
         proc.close()
     by = {ctx: (slate, err) for ctx, slate, err in got}
@@ -122,7 +122,7 @@ def test_a_shadow_process_that_cannot_build_its_variant_fails_what_it_held_and_s
         assert proc.submit("first", user_id=1, k=2, seen=frozenset(), surface=0)
         assert not proc.submit("second", user_id=1, k=2, seen=frozenset(), surface=0)  # one out: the bound
         assert proc.drain(timeout=60.0)
-        assert not proc.alive
+        assert not proc.alive and proc.settled
         assert not proc.submit("third", user_id=1, k=2, seen=frozenset(), surface=0)  # the child is gone
     finally:
         proc.close()
