@@ -1,9 +1,11 @@
 """The shadow variant in a process of its own (`shadow.isolation: process`, the default).
 
 Run on a thread of the serving process, the shadow's whole pipeline competes with the served request for the GIL
-and for the same cores: on a 2-core machine, 10% of requests in shadow lifted the c=1 p99 from 22.6 to 36.1 ms
-(`python -m bench.serving`, ANN 1,000). In a process of its own it holds no lock the service needs; it only takes
-a core when the machine has one free.
+and for the same cores. Measured on `make run`'s deployment with the champion's own pipeline added as a 10% shadow
+(what a deployment with a previous model in shadow runs; `python -m bench.serving --config <that file>`, 2-core AMD
+EPYC with AVX-512, ~392 candidates ranked, runs alternated thread / process / thread / process): c=1 keep-alive p99
+38.8 and 45.1 ms on a thread, 22.8 and 28.5 ms in a process; a new connection per request 38.9 and 36.8 against 27.4
+and 29.2 ms. In a process of its own it holds no lock the service needs and takes the core the request is not on.
 
 The child builds the variant with the service's own factory (`serving.ab.FACTORIES`) from its spec, so it serves
 what the variant would serve, and keeps it current with the posts POST /events adds. The service sends it
