@@ -63,6 +63,11 @@ Id = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
 Surface = Annotated[StrictInt, Field(ge=0, le=N_SURFACES - 1)]  # the ranker would clamp another code silently
 
 
+def _serves_the_same(a: Variant, b: Variant) -> bool:
+    """Whether two specs of a variant build the same recommender (serving.ab._build_all's rule, and the name)."""
+    return a.name == b.name and a.recommender == b.recommender and a.blend_weights == b.blend_weights
+
+
 def inference_threads() -> int:
     """Intra-op threads of torch and faiss in the worker: EMBER_TORCH_THREADS, default 1.
 
@@ -142,8 +147,11 @@ class Ember:
         self._shadow_proc: ShadowProcess | None = None  # shadow.isolation: process (started now, reused)
         self._shadow_lock = threading.Lock()
         self.router = Router.build(config)
+        # /readyz waits for the shadow process started with the service (not for one restarted by an admin change,
+        # which must not take a serving pod out of rotation)
+        self._startup_shadow: ShadowProcess | None = None
         if config.shadow is not None and config.shadow.isolation == "process":
-            self._shadow_process(config.variant(config.shadow.variant))
+            self._startup_shadow = self._shadow_process(config.variant(config.shadow.variant))
         # POST /events: into the online store, every loaded variant and the shadow process; None when events are off
         self.events = EventSinks.open(config.events, self.served, self._post_sinks)
         if self.events is not None:
@@ -155,7 +163,7 @@ class Ember:
         log.info("ember service: %s, variants %s", self.config_path, [v.name for v in config.variants])
 
     def __is_ready__(self) -> bool:
-        shadow = self._shadow_proc  # a shadow process still loading would skip or queue the first requests' runs
+        shadow = self._startup_shadow  # still loading, it would skip or queue the first requests' runs
         return all(r.ready() for r in self.router.routing.recommenders.values()) and (shadow is None or shadow.settled)
 
     def flush_logs(self, timeout: float = 5.0) -> bool:
@@ -347,11 +355,14 @@ class Ember:
             self.metrics.shadow_runs.labels(name, "skipped").inc()
 
     def _shadow_process(self, variant: Variant) -> ShadowProcess:
-        """The process serving `variant` as the shadow: the running one, or a new one when the spec changed."""
+        """The process serving `variant` as the shadow: the running one, or a new one when what it serves changed
+        (its name, recommender or blend weights; not its share: the admin API moves shares without a reload)."""
         with self._shadow_lock:
             old = self._shadow_proc
-            if old is not None and old.variant == variant:
+            if old is not None and _serves_the_same(old.variant, variant):
                 return old
+            if old is self._startup_shadow:
+                self._startup_shadow = None
             on_skip = self.metrics.shadow_runs.labels(variant.name, "skipped").inc
             self._shadow_proc = ShadowProcess(variant, self._record_shadow, on_skip, threads=inference_threads())
         if old is not None:

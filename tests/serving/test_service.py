@@ -501,6 +501,17 @@ def test_ab_off_policy_estimates_the_ranked_order_from_the_log(
     service.exposure.close()
 
 
+def test_an_admin_share_change_keeps_the_shadow_process_and_a_new_spec_replaces_it(service: Any) -> None:
+    proc = service._shadow_proc
+    assert proc is not None and proc.alive and service.__is_ready__()
+    treatment = service.router.routing.config.variant("treatment")
+    assert service._shadow_process(treatment.model_copy(update={"share": 0.25})) is proc  # no reload for a share
+    other = treatment.model_copy(update={"blend_weights": {"click": 2.0}})
+    replaced = service._shadow_process(other)
+    assert replaced is not proc and replaced.variant == other
+    assert service.__is_ready__()  # a restart behind an admin change never takes the pod out of rotation
+
+
 def test_not_ready_until_every_variant_is(service: Any) -> None:
     from serving.ab import Routing
 
