@@ -143,10 +143,17 @@ def train_sweep_cmd(
     candidates: int = typer.Option(500, "--candidates", min=1, help="Candidates of the request the budget prices."),
     select: str = typer.Option("auc_mean", "--select", help="Validation metric the best size is chosen by."),
     features: Path | None = typer.Option(None, "--features", help="Offline features: history posts' attributes."),
+    engine: str = typer.Option(
+        "prefect", "--engine", help="prefect: one Prefect task per size; tune: Ray Tune trials, ASHA stops laggards."
+    ),
+    grace_epochs: int = typer.Option(1, "--grace-epochs", help="tune: epochs before ASHA may stop a size."),
+    reduction: int = typer.Option(2, "--reduction", help="tune: ASHA keeps the best 1/reduction at each rung."),
+    concurrent: int | None = typer.Option(None, "--concurrent", help="tune: trials at once (default: CPUs allow)."),
     overrides: list[str] = SET,
 ) -> None:
     """Ranker sizes under a FLOP budget as the `ranker-sweep` Prefect flow: trials side by side on Ray
-    (prefect-ray) when RAY_ADDRESS is set, else one at a time; the best chosen on validation (flows/sweep.py)."""
+    (prefect-ray) when RAY_ADDRESS is set, else one at a time, or as Ray Tune trials under ASHA (--engine tune);
+    the best chosen on validation (flows/sweep.py)."""
     from core.errors import UserError
     from flows.api import prefect_api
     from flows.sweep import run_sweep
@@ -162,11 +169,16 @@ def train_sweep_cmd(
         parsed.append({k.strip(): v.strip() for k, v in pairs})
     params = dict(training_set=str(training_set), out=str(out), sizes=parsed or None, preset=preset,
                   budget_mflops=budget_mflops, candidates=candidates, train=sets["train"],
-                  features=str(features) if features else None, select=select)  # fmt: skip
+                  features=str(features) if features else None, select=select, engine=engine,
+                  grace_epochs=grace_epochs, reduction=reduction, concurrent=concurrent)  # fmt: skip
     with prefect_api():
         report = run_sweep(**params)
     for row in report["sizes"]:
-        shown = f"{select} {row['metrics'].get(select)}" if "metrics" in row else row["skipped"]
+        shown = (
+            f"{select} {row['metrics'].get(select)}"
+            if "metrics" in row
+            else row.get("skipped") or row.get("stopped_early")
+        )
         typer.echo(f"{row['name']:>24} {row['mflops']:>10.3f} MFLOPs  {shown}")
     typer.echo(f"best: {report['best']['name']} ({report['best']['model']}); wrote {out / 'sweep.json'}")
 

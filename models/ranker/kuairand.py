@@ -428,6 +428,8 @@ def peer_metrics(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> dict[str, f
 #   user-day's items against each other does not raise click GAUC here
 #   an exponential moving average of the weights evaluated and kept instead of the raw ones (2026-12-07, AMD EPYC
 #   avx512f, seed 0, 509 steps an epoch): decay 0.99 0.7045 (click GAUC 0.6133), 0.998 0.7036 (0.6147): below 0.7060
+#   heads only for the protocol's seven labels and play time (model.tasks without profile_click; 2026-12-07, AMD
+#   EPYC avx512f, seed 0): 0.7051 (click GAUC 0.6175, dwell 0.6333, like 0.6722 vs 0.6863): the auxiliary head stays
 PROTOCOL_MODEL: dict[str, object] = {"dense_bins": 16, "wide": True, "max_position": 0, "head_bias_init": False}
 PROTOCOL_TRAIN: dict[str, object] = {
     "epochs": 4,

@@ -102,3 +102,45 @@ def test_the_sweep_trains_the_sizes_within_the_budget_on_ray_and_keeps_the_best_
     with get_client(sync_client=True) as client:  # the trials are task runs of the flow, as the API recorded them
         runs = [r for r in client.read_task_runs() if r.name.startswith("train-trial")]
     assert len(runs) == 2 and all(r.state is not None and r.state.is_completed() for r in runs)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_tune_engine_stops_a_size_that_falls_behind_as_asha_rules_and_keeps_the_best_finished_one(
+    ray_and_prefect: RayCluster, ranker_set: Path, tmp_path: Path
+) -> None:
+    """Two sizes, one trial at a time, 3 epochs, ASHA with grace 1 and reduction 2 (rungs at epochs 1 and 2): the
+    first trial always finishes; the second stops at the first rung where its metric is below the first's there."""
+    sizes = [SIZES[1], SIZES[0]]  # the deeper one first: on this set the shallower one falls behind at epoch 1
+    out = tmp_path / "sweep"
+    train: dict[str, Any] = {"epochs": 3, "batch_size": 16, "lr": 5e-3, "patience": 3}
+    report = run_sweep(training_set=str(ranker_set), out=str(out), sizes=sizes, budget_mflops=1e6, candidates=16,
+                       train=train, engine="tune", grace_epochs=1, reduction=2, concurrent=1)  # fmt: skip
+
+    first, second = report["sizes"]
+    assert report["engine"] == "tune"
+    assert [h["epoch"] for h in first["history"]] == [1, 2, 3] and "metrics" in first
+    assert (out / "trials" / first["name"] / "best").is_dir()
+    assert first["ran_in"]["pid"] != os.getpid()  # in a Ray trial actor
+    a = [h["auc_mean"] for h in first["history"]]
+    b = [h["auc_mean"] for h in second["history"]]
+    expected = next((rung + 1 for rung in (0, 1) if b[rung] < a[rung]), 3)
+    assert len(b) == expected
+    assert ("stopped_early" in second) == (expected < 3)
+    assert ("metrics" in second) == (expected == 3)
+    assert (out / "trials" / second["name"] / "best").is_dir() == (expected == 3)
+    assert not (out / "work").exists()  # a stopped trial's unfinished run is not left behind
+    finished = [r for r in report["sizes"] if "metrics" in r]
+    assert report["best"]["name"] == max(finished, key=lambda r: r["metrics"]["auc_mean"])["name"]
+    saved = json.loads((out / "trials" / first["name"] / "metrics.json").read_text())
+    assert saved["auc_mean"] == pytest.approx(first["metrics"]["auc_mean"], abs=1e-9)
+
+
+def test_an_unknown_engine_or_bad_asha_setting_is_named(ranker_set: Path, tmp_path: Path) -> None:
+    from flows.sweep import ranker_sweep
+
+    with pytest.raises(UserError, match="engine 'dask'"):
+        ranker_sweep.fn(training_set=str(ranker_set), out=str(tmp_path / "s"), engine="dask")
+    with pytest.raises(UserError, match="reduction"):
+        ranker_sweep.fn(training_set=str(ranker_set), out=str(tmp_path / "s"), engine="tune", reduction=1)
+    assert not (tmp_path / "s").exists()
