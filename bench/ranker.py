@@ -4,8 +4,10 @@ C = 64 and C = 512 candidates with the `base` preset (Phoenix's ranking shape: D
 For each thread count, back to back in one run: the CPU's fp32 matmul peak (torch.mm, the reference for GFLOP/s), the
 Phoenix ranker (xai-org/x-algorithm's JAX code, bench/phoenix_anchor.py: its own venv, pinned to as many cores, bf16
 as its runner sets and fp32 as Ember runs), then Ember by the plain forward pass and by the serving path (encode the
-user once, score candidates against the cached keys and values). Ember's FLOPs are counted by torch's
-FlopCounterMode on the same call, Phoenix's by XLA's cost analysis of the compiled call; GFLOP/s = FLOPs / median.
+user once, score candidates against the cached keys and values), and the plain forward pass through torch.compile
+(inductor, one graph per C; Phoenix's anchor is jit-compiled by XLA too; the served scorer runs eager). Ember's FLOPs
+are counted by torch's FlopCounterMode on the same call (the compiled call: the eager forward's), Phoenix's by XLA's
+cost analysis of the compiled call; GFLOP/s = FLOPs / median.
 Target at C = 64: Ember's median <= 0.33x Phoenix's (the faster of its two dtypes); where the anchor cannot run here
 the rows say why instead of comparing with a number from elsewhere.
 
@@ -19,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -39,6 +42,7 @@ CANDIDATES = (64, 512)
 PHOENIX_RATIO = 0.33  # target at C = 64: Ember's median <= this x Phoenix's, both measured in the same run
 TARGET_P99_MS = {512: 25.0}  # C = 512: an absolute budget
 Prepared = tuple[int, str, Callable[[], object], int]  # candidates, path, the call, its FLOPs
+COMPILE_S: dict[int, float] = {}  # seconds the compiled path's first call took at each C (the compile)
 
 
 def candidates(cfg: RankerConfig, C: int, seed: int = 1) -> CandidateBatch:
@@ -56,12 +60,18 @@ def candidates(cfg: RankerConfig, C: int, seed: int = 1) -> CandidateBatch:
     )
 
 
-def paths(model: Ranker, user: UserFeatures, cands: CandidateBatch) -> dict[str, Callable[[], object]]:
-    """The two ways of scoring one request; both return (1, C, K) logits."""
-    return {
+def paths(
+    model: Ranker, user: UserFeatures, cands: CandidateBatch, compiled: Callable[..., Any] | None = None
+) -> dict[str, Callable[[], object]]:
+    """The ways of scoring one request; each returns (1, C, K) logits. `compiled`: the model through torch.compile
+    (the same forward, its graph fused by inductor into C++ kernels), as Phoenix's anchor runs jit-compiled by XLA."""
+    out = {
         "forward": lambda: model(user, cands).logits,
         "cached": lambda: model.score_candidates(model.encode_user(user), cands).logits,
     }
+    if compiled is not None:
+        out["compiled forward"] = lambda: compiled(user, cands).logits
+    return out
 
 
 def _ignore_index(call: Callable[[], object]) -> Callable[[int], object]:
@@ -150,22 +160,28 @@ def ember_verdict(C: int, p50: float, p99: float, phoenix: dict | None, reason: 
     return target, f"{'met' if ratio <= PHOENIX_RATIO else 'missed'}: {vs}", ratio
 
 
-def bench_ranker(quick: bool, thread_counts: tuple[int, ...], phoenix: bool = True) -> list[Row]:
+def bench_ranker(quick: bool, thread_counts: tuple[int, ...], phoenix: bool = True, compile: bool = True) -> list[Row]:
     reps, warmup = (5, 1) if quick else (200, 20)
     cfg = RankerConfig.preset("base")
     if quick:  # tiny tables: latency does not depend on table size, building them does
         cfg = RankerConfig.preset("base", user_rows=1000, post_rows=1000, author_rows=1000)
     torch.manual_seed(0)
     model = Ranker(cfg).eval()
+    compiled = torch.compile(model, dynamic=False) if compile else None  # one graph per C, compiled by its first call
     user = one_user(cfg, HISTORY)  # type: ignore[arg-type]  # reads max_history, user_attributes, n_actions, ...
     prepared: list[Prepared] = []
     with torch.inference_mode():
         for C in CANDIDATES:
-            calls = paths(model, user, candidates(cfg, C))
+            calls = paths(model, user, candidates(cfg, C), compiled)
             ref = calls["forward"]()
+            flops = {}
             for kind, call in calls.items():
+                start = time.perf_counter()
                 assert torch.allclose(call(), ref, atol=1e-4), f"{kind} path differs from forward"  # type: ignore[arg-type]
-                prepared.append((C, kind, call, count_flops(call)))
+                COMPILE_S[C] = time.perf_counter() - start if kind == "compiled forward" else COMPILE_S.get(C, 0.0)
+                # inductor's kernels bypass the op counter: the compiled call does the eager forward's arithmetic
+                flops[kind] = flops["forward"] if kind == "compiled forward" else count_flops(call)
+                prepared.append((C, kind, call, flops[kind]))
     rows: list[Row] = []
     allowed = sorted(os.sched_getaffinity(0))
     try:
@@ -223,7 +239,10 @@ def _measure_at(
                 f"ranker {kind}, 1 user, S={HISTORY}, C={C}, {_plural(threads, 'thread')}",
                 f"preset base (D{cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads}/{cfg.n_kv_heads} heads, "
                 f"{n_tasks} heads out), CPU fp32, torch.inference_mode, {threads} torch threads, "
-                f"{warmup} warm-up calls; {flops / 1e9:.2f} GFLOP per call (FlopCounterMode)",
+                + (f"torch.compile (inductor, dynamic=False; the first call compiled it in {COMPILE_S[C]:.1f} s), "
+                   if kind == "compiled forward" else "")
+                + f"{warmup} warm-up calls; {flops / 1e9:.2f} GFLOP per call (FlopCounterMode"
+                + (" of the eager forward)" if kind == "compiled forward" else ")"),
                 CMD,
                 seconds,
                 target=target,

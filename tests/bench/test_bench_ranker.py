@@ -20,7 +20,7 @@ def test_ranker_bench_rows_cover_both_paths_sizes_and_threads() -> None:
     rows = bench_ranker(quick=True, thread_counts=(1,), phoenix=False)
     ember = [r for r in rows if r.extra["section"] == "ranker"]
     keys = {(r.extra["path"], r.extra["candidates"]) for r in ember}
-    assert keys == {("forward", 64), ("cached", 64), ("forward", 512), ("cached", 512)}
+    assert keys == {(p, c) for p in ("forward", "cached", "compiled forward") for c in (64, 512)}
     for r in ember:
         assert r.group == "ranker" and r.command == "python -m bench.ranker"
         assert r.extra["flops"] > 0 and r.extra["gflops_per_s"] > 0 and r.extra["peak_gflops_per_s"] > 0
@@ -28,6 +28,10 @@ def test_ranker_bench_rows_cover_both_paths_sizes_and_threads() -> None:
         assert "matmul peak" in r.verdict
     flops = {(r.extra["path"], r.extra["candidates"]): r.extra["flops"] for r in ember}
     assert flops[("forward", 512)] > 2 * flops[("forward", 64)]  # candidate tokens dominate at C = 512
+    for c in (64, 512):  # the compiled call does the eager forward's arithmetic, and says it was compiled
+        assert flops[("compiled forward", c)] == flops[("forward", c)]
+        (row,) = [r for r in ember if r.extra["path"] == "compiled forward" and r.extra["candidates"] == c]
+        assert "torch.compile (inductor" in row.settings and "compiled it in" in row.settings
     (peak,) = [r for r in rows if r.extra["section"] == "peak"]
     assert peak.extra["peak_flops"] > 0
     # Without the anchor: a row that says so, and no ratio drawn from a number measured elsewhere.
@@ -67,7 +71,7 @@ def test_the_c64_verdict_is_the_median_ratio_to_phoenix_faster_dtype(
     monkeypatch.setattr(
         phoenix_anchor, "measure", lambda *a, **kw: _fake_anchor({"bfloat16": 2 * phoenix_ms, "float32": phoenix_ms})
     )
-    rows = bench_ranker(quick=True, thread_counts=(1,))
+    rows = bench_ranker(quick=True, thread_counts=(1,), compile=False)
     anchors = [r for r in rows if r.extra["section"] == "phoenix"]
     assert {(r.extra["candidates"], r.extra["dtype"]) for r in anchors} == {
         (c, d) for c in (64, 512) for d in ("bfloat16", "float32")
