@@ -55,7 +55,7 @@ def no_drift_row(result: dict[str, Any], command: str, wall: float, rss: float) 
         name="no drift: days with an alarm",
         command=command,
         settings=f"nano world (seed {NANO_SEED}), {len(rows)} simulated days of {result['requests_per_day']} requests, "
-        "loop only, monitor alarm checks as thresholds.yaml, 2 cores",
+        f"loop only, monitor alarm checks as thresholds.yaml, {_retrain_cadence(result)}, 2 cores",
         repeats=1,
         wall_s_median=round(wall, 1),
         wall_s_p99=round(wall, 1),
@@ -67,6 +67,13 @@ def no_drift_row(result: dict[str, Any], command: str, wall: float, rss: float) 
         verdict=f"{'met' if share <= 0.05 and len(rows) >= 20 else 'missed'}: {share:.1%} of {len(rows)} days",
         extra={"alarm_days": alarms, "alarm_share": share},
     )
+
+
+def _retrain_cadence(result: dict[str, Any]) -> str:
+    every = result.get("retrain_every")
+    if every is None:
+        return "retrain cadence not recorded"
+    return f"retrained every {every} day(s) besides alarms" if every else "retrained on alarms only"
 
 
 def _back(name: str, policy: dict[str, Any], share: float) -> str:
