@@ -174,7 +174,7 @@ def bench_ranker(quick: bool, thread_counts: tuple[int, ...], phoenix: bool = Tr
         for C in CANDIDATES:
             calls = paths(model, user, candidates(cfg, C), compiled)
             ref = calls["forward"]()
-            flops = {}
+            flops: dict[str, int] = {}
             for kind, call in calls.items():
                 start = time.perf_counter()
                 assert torch.allclose(call(), ref, atol=1e-4), f"{kind} path differs from forward"  # type: ignore[arg-type]

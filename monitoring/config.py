@@ -98,6 +98,10 @@ class SkewConfig(StrictConfig):
     min_rows: Annotated[int, Field(ge=1)] = 50
     # Features not compared (e.g. one that is updated online by design).
     ignore: Items[str] = ()
+    # The online history's length cap (params.yaml features_build.history_length, the events store's
+    # history_length): a served history is the offline one frozen at the day's start plus the events pushed since
+    # (logged as hist_live), cut to this many.
+    history_length: Annotated[int, Field(ge=1)] = 128
 
 
 CheckName = Literal["data_drift", "prediction_drift", "target_drift", "quality", "embedding_drift", "skew"]

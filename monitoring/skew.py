@@ -1,7 +1,9 @@
 """Train/serve skew: the user feature values the service logged with each request (the exposure log's `features`)
 against the offline recompute at the same time, a point-in-time lookup of the same user's rows in the offline
 feature tables (data/features: user_stats, user_history -> hist_length, user_graph -> n_followees), each keyed by
-(user_id, event_timestamp) and valid from its event_timestamp on.
+(user_id, event_timestamp) and valid from its event_timestamp on. The history is the one feature serving updates in
+real time by design (engagements through the push source): its served length is compared with the offline length
+plus the events the request logged as pushed since the day began (`hist_live`), capped at the history length.
 
 Reported as a mismatch rate: over all compared (request, feature) values and per feature. Numbers match within
 atol + rtol * |offline|; text must be equal; a value missing on exactly one side is a mismatch. Requests served
@@ -23,6 +25,9 @@ from monitoring.config import SkewConfig
 from monitoring.drift import Status
 
 TIME = "_lookup_ms"
+# Logged with the user features: history events from the request's own day, which the offline snapshot (at the
+# day's start) cannot hold and the push source added online (serving/recommender_pipeline.py).
+LIVE = "hist_live"
 CANDIDATE_PREFIX = "cand_"  # monitoring.exposure_frame: a served item's logged candidate input
 AUTHOR_COLUMN = CANDIDATE_PREFIX + "post_author_id"
 # Logged with the request but not a feature value of an offline table.
@@ -228,7 +233,17 @@ def _user_comparisons(
     keep = hydrated & has_row
     result.n_compared = int(keep.sum())
     cur, off = requests.loc[keep].reset_index(drop=True), offline.loc[keep].reset_index(drop=True)
+    if "hist_length" in features and LIVE in cur.columns:
+        off["hist_length"] = _with_live_events(off["hist_length"], cur[LIVE], cfg.history_length)
     return [(f, cur, off) for f in features]
+
+
+def _with_live_events(offline: pd.Series, live: pd.Series, cap: int) -> pd.Series:
+    """The history length a consistent service serves: the offline length (frozen at the day's start) plus the
+    events pushed since (a request logged without the count: none), at most `cap`."""
+    pushed = pd.to_numeric(live, errors="coerce").fillna(0).to_numpy(np.float64)
+    length = pd.to_numeric(offline, errors="coerce").to_numpy(np.float64)
+    return pd.Series(np.minimum(length + pushed, cap), index=offline.index)
 
 
 def _candidate_comparisons(

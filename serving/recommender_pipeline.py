@@ -452,13 +452,21 @@ def _stages(result: PipelineResult) -> list[dict[str, Any]]:
 
 
 def _user_features(query: Query) -> dict[str, Any]:
-    """What the models saw of the user: the user_stats values, the history length and the views found missing."""
+    """What the models saw of the user: the user_stats values, the history length, how many of its events are from
+    the request's own (UTC) day, and the views found missing.
+
+    The offline history is frozen at each day boundary and serving extends it in real time (the push source), so
+    `hist_live`, the events since the day began, is what the skew check adds to the offline length to know what a
+    consistent service must have served (monitoring/skew.py)."""
     if not query.hydrated:
         return {}
     history = query.history or {}
+    day_start_ms = int(query.now.timestamp() // 86_400) * 86_400_000
+    times = history.get("hist_timestamps", ())
     return {
         **(query.user_stats or {}),
         "hist_length": len(history.get("hist_post_ids", ())),
+        "hist_live": sum(1 for t in times if t is not None and int(t) >= day_start_ms),
         "n_followees": len(query.followee_ids),
         "missing_views": sorted(query.missing_views),
     }

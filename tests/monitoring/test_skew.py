@@ -168,3 +168,28 @@ def test_read_candidate_tables_reads_only_the_logged_posts_and_authors(tmp_path:
     tables = read_candidate_tables(tmp_path, served.drop(columns="cand_post_author_id"))
     assert set(tables) == {"post_stats"}
     assert read_candidate_tables(tmp_path, served.drop(columns=["cand_post_click_rate", "cand_post_author_id"])) == {}
+
+
+def test_history_grown_by_the_events_pushed_since_the_day_began_is_not_skew() -> None:
+    """Serving extends the history in real time (the push source); the offline one is frozen at the day's start.
+    A request that logs how many of its history events are from its own day (hist_live) is compared with the
+    offline length plus those, capped at the history length; one whose history grew by more is still skew."""
+    tabs = tables()
+    served = served_from(tabs, 0)
+    offline_length = served["user_id"] % 7
+    live = served["user_id"] % 3  # 0..2 events pushed today
+    served["hist_length"] = offline_length + live
+    without_count = train_serve_skew(served, tabs, CFG)
+    assert without_count.per_feature["hist_length"]["rate"] > 0.5  # without the count: every grown history
+    served["hist_live"] = live
+    res = train_serve_skew(served, tabs, CFG)
+    assert res.per_feature["hist_length"]["rate"] == 0.0 and res.status == "pass", res.reasons
+    assert "hist_live" not in res.per_feature  # a count about the history, not a feature of an offline table
+    capped = CFG.model_copy(update={"history_length": 6})
+    served["hist_length"] = np.minimum(offline_length + live, 6)  # the push cut the history to its length
+    assert train_serve_skew(served, tabs, capped).per_feature["hist_length"]["rate"] == 0.0
+    assert train_serve_skew(served, tabs, CFG).per_feature["hist_length"]["rate"] > 0.0  # at 128 it is skew
+    grew_more = served["request_id"].isin([f"req{i}" for i in range(8)])
+    served["hist_length"] = offline_length + live + grew_more.astype(int)  # one event more than was pushed
+    res = train_serve_skew(served, tabs, CFG)
+    assert res.per_feature["hist_length"]["mismatched"] == 8

@@ -458,3 +458,22 @@ def test_sampled_requests_log_the_candidate_inputs_and_the_skew_check_covers_the
 
 def rec_items(rec: PipelineRecommender) -> list[Any]:
     return [i for u in USERS[:3] for i in rec.recommend(u, K).items]
+
+
+def test_the_logged_user_features_count_the_history_events_of_the_requests_own_day() -> None:
+    """hist_live: the events the push source added since the (UTC) day began, which the offline history frozen at
+    the day's start cannot hold; the skew check adds them to the offline length (monitoring/skew.py)."""
+    from datetime import UTC, datetime
+
+    from serving.recommender_pipeline import _user_features
+    from serving.types import Query
+
+    now = datetime(2026, 3, 5, 14, 30, tzinfo=UTC)
+    day_start_ms = int(datetime(2026, 3, 5, tzinfo=UTC).timestamp() * 1000)
+    times = (day_start_ms - 3_600_000, day_start_ms - 1, day_start_ms, day_start_ms + 40_000_000)
+    history = {"hist_post_ids": (1, 2, 3, 4), "hist_timestamps": times}
+    logged = _user_features(Query(user_id=1, now=now, user_stats={"user_click_1d": 2}, history=history))
+    assert logged["hist_length"] == 4 and logged["hist_live"] == 2 and logged["user_click_1d"] == 2
+    empty = _user_features(Query(user_id=1, now=now, user_stats={}, history={}))
+    assert empty["hist_length"] == 0 and empty["hist_live"] == 0
+    assert _user_features(Query(user_id=1, now=now)) == {}  # not hydrated: nothing logged
