@@ -219,29 +219,42 @@ def _serve_policies(
     k: int,
     seed: int,
     http: Path | None,
-) -> tuple[str, list, list, dict[str, list[list[int]]]]:
+    live_hours: int = 0,
+) -> tuple[str, list, list, dict[str, list[list[int]]], Any]:
     """One day's slates of every policy for the same requests: (the loop's version, its exposure-log items, the
-    features it read, {policy: slates of post ids}). The loop is served whether or not its reward is reported:
-    what it serves is the next day's data; with `http` (a work folder) through `ember serve`, else in-process."""
+    features it read, {policy: slates of post ids}, the loop's drawn outcomes or None). The loop is served whether
+    or not its reward is reported: what it serves is the next day's data; with `http` (a work folder) through
+    `ember serve`, else in-process, `live_hours` at a time (`LiveHours`: the outcomes drawn as the day goes)."""
     from features.synth import DAY_S, EPOCH
     from monitoring import simulate as simulated
+    from monitoring.simulate_live import LiveHours
 
     day_start = EPOCH + timedelta(days=day)
+    outcomes = None
     if http is not None:
         over_http = serve_day_over_http(project, deployed_params(project, day_start), sim, day, requests, k, http)
         version, loop_items, loop_features = over_http.version, over_http.items, over_http.features
+        frozen_slates = None
     else:
         loop = load_recommender(deployed_params(project, day_start), sim, day * DAY_S)
         version = loop.version
-        loop_items, loop_features = serve_day(loop, requests, k)
+        frozen_rec = None
+        if "frozen" in policies:
+            frozen_rec = load_recommender(deployed_params(project, day_start, frozen), sim, day * DAY_S)
+        hours = LiveHours(project, sim, day, live_hours, seed, lambda: materialize_flow(project=str(project)))
+        loop_items, loop_features, frozen_slates, outcomes = hours.serve(loop, frozen_rec, requests, k)
+        get_run_logger().info("day %d: %d engagements pushed live, %d hourly materializations", day,
+                              hours.pushed, hours.materializations)  # fmt: skip
     served = {"loop": [[i["post_id"] for i in s] for s in loop_items]}
     for policy in policies:
-        if policy == "frozen":
+        if policy == "frozen" and frozen_slates is not None:
+            served[policy] = frozen_slates
+        elif policy == "frozen":
             rec = load_recommender(deployed_params(project, day_start, frozen), sim, day * DAY_S)
             served[policy] = [[i["post_id"] for i in s] for s in serve_day(rec, requests, k)[0]]
         elif policy != "loop":
             served[policy] = simulated.reference_slates(sim, requests, policy, k, seed)
-    return version, loop_items, loop_features, served
+    return version, loop_items, loop_features, served, outcomes
 
 
 def _loop_day_to_data(project: Path, tmp: Path, sim: Any, n: int, day: int, requests: Any, version: str,
@@ -293,6 +306,7 @@ def _simulate_day(
     seed: int,
     retrain_every: int,
     http: bool = False,
+    live_hours: int = 0,
 ) -> list[dict[str, Any]]:
     """Simulated day `n` (world day `day`): every policy serves the day's requests (the loop through `ember serve`
     with `http`), the loop's day becomes data, the deployed flows run; one row per policy (true reward, alarm,
@@ -305,11 +319,13 @@ def _simulate_day(
     requests = simulated.day_requests(sim, day, requests_per_day, seed)
     champion = champion_key(project)
     served_http = tmp / "work" / f"http-{n:02d}" if http else None
-    version, loop_items, loop_features, served = _serve_policies(project, sim, day, requests, policies, frozen, k, seed,
-                                                                 served_http)  # fmt: skip
+    version, loop_items, loop_features, served, loop_outcomes = _serve_policies(
+        project, sim, day, requests, policies, frozen, k, seed, served_http, live_hours
+    )
     reward = {p: simulated.mean_true_reward(sim, requests, served[p], seed + day) for p in policies if p != "loop"}
     # What users did with the loop's slates: its reward, and the outcome log the monitor joins with exposures.
-    loop_outcomes = simulated.slate_outcomes(sim, simulated.served_frame(requests, served["loop"]), seed + day)
+    if loop_outcomes is None:
+        loop_outcomes = simulated.slate_outcomes(sim, simulated.served_frame(requests, served["loop"]), seed + day)
     if "loop" in policies:
         reward["loop"] = float(simulated.true_rewards(loop_outcomes, requests).mean())
     reward = {p: reward[p] for p in policies}
@@ -343,15 +359,19 @@ def simulate_flow(
     source: str = str(PROJECT),
     explore_slots: int = EXPLORE_SLOTS,
     http: bool = False,
+    live_hours: int | None = None,  # None: 1 in-process, 0 with http (monitoring/simulate_live.py)
 ) -> dict[str, Any]:
     """Runs the simulation (see the module doc) and returns {"rows", "summary", "out"}; `http`: the loop's requests
     through the real BentoML service (monitoring/simulate_http.py)."""
     from core.io import atomic_dir
     from features.synth import EPOCH
     from monitoring import simulate as simulated
+    from monitoring.simulate_live import check_live_hours
 
     log = get_run_logger()
     simulated.check_args(days, requests_per_day, drift, drift_day, seed, k, retrain_every, explore_slots)
+    live_hours = (0 if http else 1) if live_hours is None else live_hours
+    check_live_hours(live_hours, http)
     world = simulated.load_synthetic(Path(data))
     synth = simulated.synth_params(Path(data))
     first_day = world.cfg.days
@@ -367,12 +387,12 @@ def simulate_flow(
         rows: list[dict[str, Any]] = []
         for n in range(1, days + 1):
             rows += _simulate_day(project, tmp, sim, n, first_day + n - 1, requests_per_day, policies, frozen, k, seed,
-                                  retrain_every, http)  # fmt: skip
+                                  retrain_every, http, live_hours)  # fmt: skip
         meta = {
             "data": str(data), "days": days, "first_date": (EPOCH + timedelta(days=first_day)).date().isoformat(),
             "policies": list(policies), "requests_per_day": requests_per_day, "k": k, "seed": seed,
             "drift": drift, "drift_day": drift_day, "retrain_every": retrain_every, "overrides": overrides or {},
-            "explore_slots": explore_slots, "served": "http" if http else "in-process",
+            "explore_slots": explore_slots, "served": "http" if http else "in-process", "live_hours": live_hours,
             "initial_champion": frozen, "initial_stages": initial["stages_run"],
             "posts_per_day": (len(sim.post_author) - len(world.post_author)) / days,
         }  # fmt: skip

@@ -97,6 +97,42 @@ def test_what_the_loop_served_is_the_next_days_dvc_tracked_data(run: tuple[Path,
     assert len(reports) >= 2
 
 
+def test_within_a_day_a_users_engagements_reach_their_next_requests_history_hour_by_hour(
+    run: tuple[Path, Path, dict],
+) -> None:
+    """The live path (monitoring/simulate_live.py, one hour at a time): each request's history holds exactly the
+    engagements its user made in the day's earlier hours (hist_live, as the service logs it), none of the same hour;
+    and the monitor's skew check, which adds those to the offline history frozen at the day's start, finds no
+    history skew."""
+    from core.actions import ACTION_NAMES
+
+    _, out, _ = run
+    project = out / "project"
+    outcomes = pd.read_json(project / "logs" / "simulated" / "outcomes.jsonl", lines=True, dtype={"request_id": str})
+    engaged = outcomes.assign(n=(outcomes[[a for a in ACTION_NAMES if a in outcomes]] > 0).any(axis=1).astype(int))
+    per_request = engaged.groupby("request_id")["n"].sum()
+    live_seen = 0
+    for n in (1, 2):
+        records = [json.loads(line) for line in (project / "logs" / "simulated" / f"day-{n:02d}.jsonl").open()]
+        frame = pd.DataFrame({"request_id": [r["request_id"] for r in records],
+                              "user_id": [r["user_id"] for r in records], "ts": [r["ts"] for r in records],
+                              "live": [r["features"].get("hist_live") for r in records]})  # fmt: skip
+        frame["hour"] = (frame["ts"] // 3600).astype(int)
+        frame["engaged"] = frame["request_id"].map(per_request).fillna(0).astype(int)
+        for row in frame.itertuples():
+            earlier = frame[(frame["user_id"] == row.user_id) & (frame["hour"] < row.hour)]
+            assert row.live == int(earlier["engaged"].sum()), (n, row.request_id)
+        live_seen += int((frame["live"] > 0).sum())
+    assert live_seen > 0  # some users came back later the same day after engaging
+    compared = 0
+    for result in (project / "monitoring" / "reports").glob("*/result.json"):
+        history = json.loads(result.read_text())["checks"]["skew"]["per_feature"].get("hist_length")
+        if history is not None:
+            assert history["mismatched"] == 0, result
+            compared += history["compared"]
+    assert compared > 0
+
+
 def test_over_http_the_service_serves_the_loop_and_its_own_log_becomes_the_day(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from core.actions import ACTION_NAMES, prob_column
+from core.errors import UserError
 from core.schema import Manifest, read_table
 from features.synth import DAY_S, EPOCH, SynthConfig, generate, relevance
 from features.windows import data_end
@@ -314,3 +315,15 @@ def test_appended_outcomes_are_what_the_monitor_reads_back(tmp_path: Path) -> No
     assert list(back["request_id"]) == ["sim-d4-0", "sim-d4-0", "sim-d5-0", "sim-d5-0"]
     assert list(back["click"]) == [1, 0, 0, 1] and list(back["post_id"]) == [5, 9, 5, 9]
     assert "true_reward" not in back.columns and "user_id" not in back.columns
+
+
+@pytest.mark.parametrize(
+    "hours, http, message",
+    [(-1, False, "must be in \\[0, 24\\]"), (25, False, "must be in \\[0, 24\\]"), (1, True, "--live-hours 0 with it")],
+)
+def test_bad_live_hours_are_named_before_anything_runs(hours: int, http: bool, message: str) -> None:
+    from monitoring.simulate_live import check_live_hours
+
+    with pytest.raises(UserError, match=message):
+        check_live_hours(hours, http)
+    check_live_hours(0, http)  # the day served from its start: always fine
