@@ -270,12 +270,7 @@ def ranker(section: str) -> list[Row]:
                 f"{word}: {met}/{len(ratios)} actions >= 0.95x; lowest {worst} {ratios[worst]:.3f}x, click "
                 f"{ratios['click']:.3f}x"
             )
-            informed = report["oracle_ratio"].get("oracle_informed")
-            if informed:  # the reference: the truth with each user's topic preference estimated from earlier clicks
-                verdict += (
-                    f" (the informed oracle, preference estimated from earlier clicks: click {informed['click']:.3f}x,"
-                    f" {sum(r >= 0.95 for r in informed.values())}/{len(informed)} actions >= 0.95x)"
-                )
+            verdict += _references(report["oracle_ratio"])
         rows.append(
             _row(
                 f"{section}: {name}",
@@ -291,6 +286,23 @@ def ranker(section: str) -> list[Row]:
         )
     rows.append(_row(f"{section}: whole command", argv, wall, rss, settings, extra={"section": section}))
     return rows
+
+
+def _references(ratios: dict[str, dict[str, float]]) -> str:
+    """The references beside the ranker's oracle ratio: the truth with only each user's topic preference estimated,
+    from all earlier clicks (the informed oracle) and from the clicks of the history the ranker reads and of the
+    whole history the row holds (oracle_history_<n>, oracle_history_all)."""
+    named = [("oracle_informed", "preference from all earlier clicks")]
+    named += [(n, f"from the clicks of the newest {n.rsplit('_', 1)[1]} history events")
+              for n in ratios if n.startswith("oracle_history_") and n != "oracle_history_all"]  # fmt: skip
+    named.append(("oracle_history_all", "from the clicks of the whole history"))
+    parts = [
+        f"{what}: click {ratios[n]['click']:.3f}x, dwell {ratios[n]['dwell']:.3f}x, "
+        f"{sum(r >= 0.95 for r in ratios[n].values())}/{len(ratios[n])} actions >= 0.95x"
+        for n, what in named
+        if n in ratios and "click" in ratios[n] and "dwell" in ratios[n]
+    ]
+    return f" (the truth with only the preference estimated, {'; '.join(parts)})" if parts else ""
 
 
 # What each section reads, and the DVC stage that writes it (`make bench` runs `dvc repro` first).

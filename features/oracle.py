@@ -74,6 +74,54 @@ def _topic_weights(world: World, post: np.ndarray) -> np.ndarray:
     return out
 
 
+def history_informed_probabilities(
+    world: World, frame: Any, last: int, clicks_only: bool = True, strength: float = INFORMED_STRENGTH
+) -> dict[str, np.ndarray] | None:
+    """The ground truth with each user's topic preference estimated from the history the ranker reads: the topic
+    mix of the newest `last` events of the row's history (hist_post_ids / hist_actions, frozen at the day's start),
+    only those with a click when `clicks_only`, smoothed towards the uniform mix with `strength` pseudo-events.
+    Everything else stays true, as in `informed_probabilities`: the AUC it reaches is what a model that knew the
+    rest exactly could reach from that history, a reference for how far the ranker's history can take it.
+
+    Args:
+        frame: training-set rows with user_id, post_id, event_timestamp, position, in_network, hist_post_ids and
+            hist_actions.
+
+    Returns:
+        {action: (n,) probability}, or None for a world whose topic preference drifts (topic_shift).
+    """
+    import pandas as pd
+
+    from core.actions import ACTION_NAMES
+    from features.synth import action_probabilities, relevance
+
+    if world.cfg.drift == "topic_shift":
+        return None
+    k, w_topic = world.cfg.n_topics, world.cfg.truth.w_topic
+    click_bit = np.int64(1) << ACTION_NAMES.index("click")
+    counts = np.zeros((len(frame), k))
+    for i, (posts, actions) in enumerate(zip(frame["hist_post_ids"], frame["hist_actions"], strict=True)):
+        if posts is None or len(posts) == 0:
+            continue
+        ids = np.asarray(posts, dtype=np.int64)[-last:]
+        if clicks_only:
+            ids = ids[(np.asarray(actions, dtype=np.int64)[-last:] & click_bit) != 0]
+        if len(ids):
+            counts[i] = _topic_weights(world, ids - 1).sum(axis=0)
+    pref = (counts + strength / k) / (counts.sum(axis=1, keepdims=True) + strength)
+    u = frame["user_id"].to_numpy(np.int64) - 1
+    p = frame["post_id"].to_numpy(np.int64) - 1
+    ts_ms = pd.to_datetime(frame["event_timestamp"], utc=True).to_numpy("datetime64[ms]").astype(np.int64)
+    t = (ts_ms - EPOCH_MS) // 1000
+    in_network = frame["in_network"].to_numpy().astype(np.float64)
+    topics = _topic_weights(world, p)
+    true_match = (topics * world.user_pref[u].astype(np.float64)).sum(axis=1)
+    rel = relevance(world, u, p, t, in_network) - w_topic * np.log(k * true_match + 0.05)
+    rel = rel + w_topic * np.log(k * (topics * pref).sum(axis=1) + 0.05)
+    probs, _ = action_probabilities(world, rel, p, t, frame["position"].to_numpy(np.int64), in_network)
+    return probs
+
+
 def informed_probabilities(
     world: World, dataset: Path, frame: Any, strength: float = INFORMED_STRENGTH
 ) -> dict[str, np.ndarray] | None:

@@ -282,9 +282,13 @@ def _baseline_reports(
     return out
 
 
-def _oracle_reports(training_set: Path, test_df: pd.DataFrame, actions: list[str]) -> dict[str, dict[str, Any]]:
-    """The true probabilities' report ("oracle") when the test rows carry them (synthetic data), and the informed
-    oracle's when the training set names its source dataset; {} on other data."""
+def _oracle_reports(
+    training_set: Path, test_df: pd.DataFrame, actions: list[str], max_history: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """The true probabilities' report ("oracle") when the test rows carry them (synthetic data), the informed
+    oracle's when the training set names its source dataset, and the truth with the preference read from each row's
+    history (features.oracle.history_informed_probabilities): "oracle_history_<n>" from the newest `max_history`
+    events, the ranker's own, and "oracle_history_all" from every event the row holds; {} on other data."""
     from models.ranker.metrics import ranking_report
 
     if not all(f"p_{a}" in test_df.columns for a in actions):
@@ -297,6 +301,35 @@ def _oracle_reports(training_set: Path, test_df: pd.DataFrame, actions: list[str
     if informed is not None:
         report = ranking_report(labels, informed, test_df["user_id"], test_df["request_id"], actions)
         out["oracle_informed"] = {"seconds": 0.0, "report": _compact(report)}
+    out |= _history_oracles(training_set, test_df, actions, max_history)
+    return out
+
+
+def _history_oracles(
+    training_set: Path, test_df: pd.DataFrame, actions: list[str], max_history: int | None
+) -> dict[str, dict[str, Any]]:
+    """The truth with each user's preference read from the clicks of the row's history: the ranker's newest
+    `max_history` events and all of them (synthetic training sets with their source dataset and history columns)."""
+    from features.oracle import history_informed_probabilities, load_world
+    from models.ranker.metrics import ranking_report
+
+    meta_file = Path(training_set) / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    source = Path(meta["source"]) if meta.get("source") else None
+    if source is None or not (source / "manifest.json").is_file() or "hist_actions" not in test_df.columns:
+        return {}
+    world = load_world(source)
+    longest = int(test_df["hist_post_ids"].map(lambda v: 0 if v is None else len(v)).max())
+    out: dict[str, dict[str, Any]] = {}
+    for name, last in ((f"oracle_history_{max_history}", max_history), ("oracle_history_all", longest)):
+        if last is None or name in out:
+            continue
+        probs = history_informed_probabilities(world, test_df, max(int(last), 1))
+        if probs is None:
+            return {}
+        report = ranking_report(test_df[actions].astype(np.float64), probs, test_df["user_id"],
+                                test_df["request_id"], actions)  # fmt: skip
+        out[name] = {"seconds": 0.0, "report": _compact(report)}
     return out
 
 
@@ -357,7 +390,7 @@ def evaluate_ranker_job(
     log(f"split: {split}")
     models, actions = _train_rankers(cfg, head_modes, (train_df, valid_df, test_df), observed, tc, posts, log)
     models |= _baseline_reports(baselines, (train_df, valid_df, test_df), actions, seed, log)
-    models |= _oracle_reports(training_set, test_df, actions)
+    models |= _oracle_reports(training_set, test_df, actions, cfg.max_history)
     table = _auc_table(models, actions)
     report_out: dict[str, Any] = {
         "training_set": str(training_set),

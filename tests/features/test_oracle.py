@@ -113,3 +113,41 @@ def test_informed_oracle_declines_a_drifting_preference(tmp_path: Path) -> None:
     generate(SynthConfig.for_scale("nano", seed=5, drift="topic_shift", days=3, drift_day=1), tmp_path / "d")
     imp = read_table(tmp_path / "d", "impressions").to_pandas()
     assert informed_probabilities(load_world(tmp_path / "d"), tmp_path / "d", imp.head(50)) is None
+
+
+def test_the_history_informed_oracle_reads_the_clicks_of_the_newest_history_events_only(tmp_path: Path) -> None:
+    """The truth with each user's preference taken from the topic mix of the clicked posts among the newest `last`
+    events of the row's own history (uniform prior, 3 pseudo-events): checked by hand for rows whose histories
+    differ only in what falls outside the window or carries no click."""
+    from core.actions import ACTION_NAMES
+    from features.oracle import history_informed_probabilities
+
+    data, imp = _nano(tmp_path)
+    world = load_world(data)
+    click, like = 1 << ACTION_NAMES.index("click"), 1 << ACTION_NAMES.index("like")
+    row = imp.iloc[[5]].rename(columns={"ts": "event_timestamp"})
+    frame = pd.concat([row] * 4, ignore_index=True)
+    topic_a, topic_b = [int(np.flatnonzero((world.post_topic == t) & (world.post_topic2 < 0))[0]) + 1 for t in (0, 1)]
+    frame["hist_post_ids"] = [
+        [topic_b, topic_a, topic_a],  # newest two clicked on topic 0; the oldest (topic 1) outside last=2
+        [topic_a, topic_a],
+        [topic_b, topic_b],  # topic 1 events that carry a like but no click: not counted
+        [],
+    ]
+    frame["hist_actions"] = [[click, click, click], [click, click], [like, like], []]
+    probs = history_informed_probabilities(world, frame, last=2)
+    assert probs is not None
+    assert probs["click"][0] == pytest.approx(probs["click"][1], abs=1e-12)  # the window cut the oldest event
+    assert probs["click"][2] == pytest.approx(probs["click"][3], abs=1e-12)  # no clicks: the uniform preference
+    k, tm = world.cfg.n_topics, world.cfg.truth
+    post = int(row["post_id"].iloc[0]) - 1
+    mix = np.zeros(k)
+    mix[world.post_topic[post]] += world.post_weight[post]
+    if world.post_topic2[post] >= 0:
+        mix[world.post_topic2[post]] += 1 - world.post_weight[post]
+    truth = float(mix @ world.user_pref[int(row["user_id"].iloc[0]) - 1].astype(np.float64))
+    logit_true = np.log(row["p_click"].iloc[0] / (1 - row["p_click"].iloc[0]))
+    for i, pref in ((1, (np.eye(k)[0] * 2 + 3.0 / k) / 5.0), (3, np.full(k, 1.0 / k))):
+        est = float(mix @ pref)
+        logit = logit_true + tm.w_topic * (np.log(k * est + 0.05) - np.log(k * truth + 0.05))
+        assert probs["click"][i] == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-5)
