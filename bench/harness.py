@@ -37,15 +37,23 @@ class Row:
 
 
 def run_once(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Runs `argv` in a fresh process; returns (wall seconds, peak RSS in MB of that process tree)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise RuntimeError(f"{shlex.join(argv)} exited {proc.returncode}: {err[-2000:]}")
+    """Runs `argv` in a fresh process; returns (wall seconds, peak RSS in MB of that process tree).
+
+    Its stderr goes to a temporary file, read back only on failure: a pipe nobody drains while waiting would block a
+    chatty command (Prefect logs every flow run to the console) once the pipe's 64 KiB buffer is full.
+    """
+    import tempfile
+
+    with tempfile.TemporaryFile() as err_file:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err_file, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err_file.seek(0)
+            err = err_file.read().decode(errors="replace")
+            raise RuntimeError(f"{shlex.join(argv)} exited {proc.returncode}: {err[-2000:]}")
     return wall, usage.ru_maxrss / 1024.0  # ru_maxrss is KiB on Linux
 
 

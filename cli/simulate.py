@@ -42,12 +42,12 @@ def simulate(
         help="Serve the loop's requests through the real BentoML service (`ember serve` per day, POST /recommend, "
         "its own exposure log) instead of in-process; each day is then served at its start (the service's as_of).",
     ),
-    live_hours: int | None = typer.Option(
-        None,
+    live_hours: int = typer.Option(
+        1,
         "--live-hours",
-        help="In-process: serve each day this many hours at a time, the users' engagements pushed to the online "
-        "store as they happen (the next request that day sees them) and the hourly materialize flow run after each "
-        "block; 0: the whole day from its start's features. Default 1 (0 with --http).",
+        help="Serve each day this many hours at a time, the users' engagements pushed to the online store as they "
+        "happen (in-process through the push source, --http as POST /events; the next request that day sees them) "
+        "and the hourly materialize flow run after each block; 0: the whole day from its start's features.",
     ),
 ) -> None:
     """N simulated days of production: requests through the deployed pipeline, outcomes drawn from the truth, the
@@ -62,8 +62,7 @@ def simulate(
     check_args(days, requests_per_day, drift, drift_day, seed, k, retrain_every, explore_slots or 0)
     from monitoring.simulate_live import check_live_hours
 
-    hours = (0 if http else 1) if live_hours is None else live_hours
-    check_live_hours(hours, http)
+    check_live_hours(live_hours)
     load_synthetic(data)
     synth = synth_params(data)
     parsed = {}
@@ -84,7 +83,7 @@ def simulate(
         result = simulate_flow(
             data=str(data), out=str(out), days=days, policies=chosen, requests_per_day=requests_per_day, seed=seed,
             drift=drift, drift_day=drift_day, k=k, retrain_every=retrain_every, overrides=parsed,
-            explore_slots=EXPLORE_SLOTS if explore_slots is None else explore_slots, http=http, live_hours=hours,
+            explore_slots=EXPLORE_SLOTS if explore_slots is None else explore_slots, http=http, live_hours=live_hours,
         )  # fmt: skip
     typer.echo(result["summary"])
     typer.echo(f"per day: {Path(out) / 'simulate.csv'} (DVC plot), {Path(out) / 'simulate.json'}")

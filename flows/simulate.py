@@ -155,9 +155,10 @@ def posts_lacking(world: Any, day_start_s: int, index_ids: Any) -> Any:
 
 
 def serve_day_over_http(project: Path, params: dict[str, Any], world: Any, day: int, requests: Any, k: int,
-                        workdir: Path) -> Any:  # fmt: skip
+                        workdir: Path, live: Any = None) -> Any:  # fmt: skip
     """The loop's day through `ember serve` (monitoring/simulate_http.py): the deployment's variants with the
-    champion at the day's params, the posts its index lacks sent as POST /events, every request a POST /recommend."""
+    champion at the day's params, the posts its index lacks sent as POST /events, every request a POST /recommend;
+    `live` (a LiveHours): block by block, each block's engagements sent as POST /events."""
     from core.schema import MEDIA_TYPES
     from features.synth import DAY_S, EPOCH_MS
     from models.retrieval.index import load_index
@@ -170,10 +171,11 @@ def serve_day_over_http(project: Path, params: dict[str, Any], world: Any, day: 
          "created_ms": int(EPOCH_MS + world.post_created_s[p] * 1000)}
         for p in lacking
     ]  # fmt: skip
-    config = day_config(
-        project, project / DEPLOY_FILE, params, workdir, project / "features" / "repo" if posts else None
+    events = project / "features" / "repo" if posts or (live is not None and live.every) else None
+    config = day_config(project, project / DEPLOY_FILE, params, workdir, events)
+    return serve_day_http(
+        config, requests, k, posts, workdir, project, live if live is not None and live.every else None
     )
-    return serve_day_http(config, requests, k, posts, workdir, project)
 
 
 def serve_day(rec: Any, requests: Any, k: int) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
@@ -231,20 +233,22 @@ def _serve_policies(
 
     day_start = EPOCH + timedelta(days=day)
     outcomes = None
+    hours = LiveHours(project, sim, day, live_hours, seed, lambda: materialize_flow(project=str(project)))
     if http is not None:
-        over_http = serve_day_over_http(project, deployed_params(project, day_start), sim, day, requests, k, http)
+        over_http = serve_day_over_http(project, deployed_params(project, day_start), sim, day, requests, k, http,
+                                        hours)  # fmt: skip
         version, loop_items, loop_features = over_http.version, over_http.items, over_http.features
-        frozen_slates = None
+        frozen_slates, outcomes = None, over_http.outcomes
+        hours.pushed = over_http.engagements_sent
     else:
         loop = load_recommender(deployed_params(project, day_start), sim, day * DAY_S)
         version = loop.version
         frozen_rec = None
         if "frozen" in policies:
             frozen_rec = load_recommender(deployed_params(project, day_start, frozen), sim, day * DAY_S)
-        hours = LiveHours(project, sim, day, live_hours, seed, lambda: materialize_flow(project=str(project)))
         loop_items, loop_features, frozen_slates, outcomes = hours.serve(loop, frozen_rec, requests, k)
-        get_run_logger().info("day %d: %d engagements pushed live, %d hourly materializations", day,
-                              hours.pushed, hours.materializations)  # fmt: skip
+    get_run_logger().info("day %d: %d engagements pushed live, %d hourly materializations", day, hours.pushed,
+                          hours.materializations)  # fmt: skip
     served = {"loop": [[i["post_id"] for i in s] for s in loop_items]}
     for policy in policies:
         if policy == "frozen" and frozen_slates is not None:
@@ -359,7 +363,7 @@ def simulate_flow(
     source: str = str(PROJECT),
     explore_slots: int = EXPLORE_SLOTS,
     http: bool = False,
-    live_hours: int | None = None,  # None: 1 in-process, 0 with http (monitoring/simulate_live.py)
+    live_hours: int = 1,  # monitoring/simulate_live.py
 ) -> dict[str, Any]:
     """Runs the simulation (see the module doc) and returns {"rows", "summary", "out"}; `http`: the loop's requests
     through the real BentoML service (monitoring/simulate_http.py)."""
@@ -370,8 +374,7 @@ def simulate_flow(
 
     log = get_run_logger()
     simulated.check_args(days, requests_per_day, drift, drift_day, seed, k, retrain_every, explore_slots)
-    live_hours = (0 if http else 1) if live_hours is None else live_hours
-    check_live_hours(live_hours, http)
+    check_live_hours(live_hours)
     world = simulated.load_synthetic(Path(data))
     synth = simulated.synth_params(Path(data))
     first_day = world.cfg.days

@@ -9,6 +9,10 @@ is a POST /recommend on one keep-alive connection, in the day's order. The servi
 writes the exposure log out) and each request's items and user features are read back from its own exposure log by
 request id: what the rest of the simulation turns into the next day's data is exactly what the service logged.
 
+Served live (`--live-hours`, as in-process: monitoring/simulate_live.py), the requests go block by block and each
+block's drawn engagements reach the service as POST /events "engagement" events before the next block, so the
+service's own push path puts them in the users' histories.
+
 Differences from the in-process path, by design of the service's API: a request carries no time, so the day is
 served at the variant's fixed `as_of` (the day's start) rather than at each request's own time; the fresh feed and
 the shadow variant are off (the in-process path passes no seen set and runs no shadow).
@@ -43,6 +47,8 @@ class HttpDay:
     items: list[list[dict[str, Any]]]
     features: list[dict[str, Any]]
     posts_sent: int
+    outcomes: Any = None  # the users' drawn actions on the slates when served live (a DataFrame), else None
+    engagements_sent: int = 0
 
 
 PATH_KEYS = ("stats", "retrieval_model", "index", "ranker", "features", "sqlite_path")  # a variant's file inputs
@@ -71,6 +77,29 @@ def day_config(
     if events_repo is not None:
         body["events"] = {"store": "sqlite", "feast_repo": str(events_repo), "seen_path": str(workdir / "events.db")}
     return body
+
+
+def engagement_events(engagements: Iterable[Any]) -> list[dict[str, Any]]:
+    """POST /events "engagement" events, one per features.store.Engagement (a user engages with a post once per
+    request: user, post and time name it)."""
+    from core.actions import ACTION_NAMES
+
+    out = []
+    for e in engagements:
+        ts_ms = int(e.ts.timestamp() * 1000)
+        out.append(
+            {
+                "type": "engagement",
+                "event_id": f"sim-eng-{e.user_id}-{e.post_id}-{ts_ms}",
+                "user_id": e.user_id,
+                "post_id": e.post_id,
+                "author_id": e.author_id,
+                "surface": e.surface,
+                "ts_ms": ts_ms,
+                "actions": [a for bit, a in enumerate(ACTION_NAMES) if e.actions >> bit & 1],
+            }
+        )
+    return out  # fmt: skip
 
 
 def post_events(posts: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -104,10 +133,13 @@ class _Client:
 
 
 def serve_day_http(
-    config: dict[str, Any], requests: Any, k: int, posts: list[dict[str, Any]], workdir: Path, cwd: Path
-) -> HttpDay:
+    config: dict[str, Any], requests: Any, k: int, posts: list[dict[str, Any]], workdir: Path, cwd: Path,
+    live: Any = None,
+) -> HttpDay:  # fmt: skip
     """Starts `ember serve` with `config` (`day_config`), sends `posts` as events, serves every request (rows with
-    user_id, surface), stops the service and reads back what it logged.
+    user_id, surface), stops the service and reads back what it logged. With `live` (a
+    monitoring.simulate_live.LiveHours), the requests go block by block: after each, the users' actions on the
+    block's slates are drawn and sent as POST /events engagements, and the hourly materialize runs.
 
     Raises:
         UserError: the service did not start (its log's path in the message).
@@ -134,17 +166,55 @@ def serve_day_http(
                             + " | ".join(tail)) from None  # fmt: skip
         client = _Client(url)
         try:
-            events = post_events(posts)
-            for i in range(0, len(events), MAX_EVENTS):
-                client.post("/events", {"events": events[i : i + MAX_EVENTS]})
-            for r in requests.itertuples(index=False):
-                body = {"user_id": int(r.user_id), "k": k, "surface": int(r.surface)}
-                request_ids.append(client.post("/recommend", body)["request_id"])
+            _send(client, post_events(posts))
+            if live is None:
+                for r in requests.itertuples(index=False):
+                    request_ids.append(_recommend(client, r, k)[0])
+            else:
+                outcomes, sent = _serve_live(client, requests, k, live, request_ids)
         finally:
             client.close()
     finally:
         stop_group(proc)  # SIGTERM: the service's shutdown hook writes the rest of the exposure log
-    return _read_back(workdir / "exposure.jsonl", request_ids, len(posts))
+    day = _read_back(workdir / "exposure.jsonl", request_ids, len(posts))
+    if live is None:
+        return day
+    return HttpDay(day.version, day.items, day.features, day.posts_sent, outcomes, sent)
+
+
+def _send(client: _Client, events: list[dict[str, Any]]) -> None:
+    for i in range(0, len(events), MAX_EVENTS):
+        client.post("/events", {"events": events[i : i + MAX_EVENTS]})
+
+
+def _recommend(client: _Client, r: Any, k: int) -> tuple[str, list[int]]:
+    """One POST /recommend: (its request id, the post ids it served in order)."""
+    answer = client.post("/recommend", {"user_id": int(r.user_id), "k": k, "surface": int(r.surface)})
+    return answer["request_id"], [int(i["post_id"]) for i in answer.get("items", [])]
+
+
+def _serve_live(client: _Client, requests: Any, k: int, live: Any, request_ids: list[str]) -> tuple[Any, int]:
+    """The requests block by block (`live.blocks`), each block's drawn engagements sent as events after it and the
+    materialize run; returns (the drawn outcomes of every block, keyed by the simulation's request ids as the rest
+    of the day reads them, and the engagements sent)."""
+    import pandas as pd
+
+    n_blocks, block_of = live.blocks(requests)
+    outcomes, sent = [], 0
+    for block in range(n_blocks):
+        part = requests[block_of == block]
+        if len(part):
+            answered = [_recommend(client, r, k) for r in part.itertuples(index=False)]
+            request_ids += [rid for rid, _ in answered]
+            drawn, engagements = live.draw_block(block, part, [slate for _, slate in answered])
+            events = engagement_events(engagements)
+            _send(client, events)
+            sent += len(events)
+            outcomes.append(drawn)
+        if live.materialize is not None:
+            live.materialize()
+            live.materializations += 1
+    return (pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame()), sent
 
 
 def _read_back(log: Path, request_ids: list[str], posts_sent: int) -> HttpDay:

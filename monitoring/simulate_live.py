@@ -9,7 +9,8 @@ that day reads a history that holds it, as a real user's would; then the deploym
 reads the same online store, so it sees the same users' histories the loop does.
 
 `every` = 0 serves the whole day from the features of the day's start (the outcomes drawn after it), as the loop did
-before the live path existed; the `--http` loop serves the day at its start and takes no pushes.
+before the live path existed. The `--http` loop goes block by block the same way, its engagements sent to the
+service as POST /events (monitoring/simulate_http.py).
 """
 
 from __future__ import annotations
@@ -26,11 +27,9 @@ from core.errors import UserError
 HOUR_S = 3600
 
 
-def check_live_hours(live_hours: int, http: bool) -> None:
+def check_live_hours(live_hours: int) -> None:
     if not 0 <= live_hours <= 24:
         raise UserError(f"--live-hours: must be in [0, 24] (0 = the day served from its start), got {live_hours}")
-    if http and live_hours:
-        raise UserError("--live-hours: the --http loop serves each day at its start; use --live-hours 0 with it")
 
 
 class LiveHours:
@@ -57,12 +56,9 @@ class LiveHours:
             slates = [[i["post_id"] for i in s] for s in serve_day(frozen, requests, k)[0]] if frozen else None
             served = simulated.served_frame(requests, [[i["post_id"] for i in s] for s in items])
             return items, features, slates, simulated.slate_outcomes(self.world, served, self.seed + self.day)
-        from features.synth import DAY_S, EPOCH
-
-        start_s = int(EPOCH.timestamp()) + self.day * DAY_S  # the day's start, as the requests' ts count (unix s)
-        block_of = ((requests["ts"].to_numpy(np.float64) - start_s) // (self.every * HOUR_S)).astype(np.int64)
+        n_blocks, block_of = self.blocks(requests)
         items, features, slates, outcomes = [], [], [] if frozen is not None else None, []
-        for block in range(-(-24 // self.every)):
+        for block in range(n_blocks):
             part = requests[block_of == block]
             if len(part):
                 got, feats = serve_day(loop, part, k)
@@ -70,9 +66,8 @@ class LiveHours:
                 features += feats
                 if slates is not None:
                     slates += [[i["post_id"] for i in s] for s in serve_day(frozen, part, k)[0]]
-                served = simulated.served_frame(part, [[i["post_id"] for i in s] for s in got])
-                drawn = simulated.slate_outcomes(self.world, served, self._block_seed(block))
-                self._push(drawn, part)
+                drawn, engagements = self.draw_block(block, part, [[i["post_id"] for i in s] for s in got])
+                self._push(engagements)
                 outcomes.append(drawn)
             if self.materialize is not None:
                 self.materialize()
@@ -82,15 +77,31 @@ class LiveHours:
     def _block_seed(self, block: int) -> int:
         return int(np.random.SeedSequence([self.seed, self.day, block, 4242]).generate_state(1)[0])
 
-    def _push(self, drawn: pd.DataFrame, requests: pd.DataFrame) -> None:
-        """Every drawn item with an action, as an engagement at its request's time, through the push source."""
+    def draw_block(self, block: int, requests: pd.DataFrame, slates: list[list[int]]) -> tuple[pd.DataFrame, list]:
+        """The users' actions on one block's slates, drawn from the truth (the block's own seed), and the engagements
+        they make: (outcomes, [features.store.Engagement])."""
+        from monitoring import simulate as simulated
+
+        drawn = simulated.slate_outcomes(self.world, simulated.served_frame(requests, slates), self._block_seed(block))
+        return drawn, self._engagements(drawn, requests)
+
+    def blocks(self, requests: pd.DataFrame) -> tuple[int, np.ndarray]:
+        """(the number of blocks in the day, each request's block)."""
+        from features.synth import DAY_S, EPOCH
+
+        start_s = int(EPOCH.timestamp()) + self.day * DAY_S  # the day's start, as the requests' ts count (unix s)
+        block_of = ((requests["ts"].to_numpy(np.float64) - start_s) // (self.every * HOUR_S)).astype(np.int64)
+        return -(-24 // self.every), block_of
+
+    def _engagements(self, drawn: pd.DataFrame, requests: pd.DataFrame) -> list:
+        """Every drawn item with an action, as an engagement at its request's time."""
         from datetime import UTC, datetime
 
         from core.actions import ACTION_NAMES
         from features.store import Engagement
 
         if drawn.empty:
-            return
+            return []
         mask = np.zeros(len(drawn), dtype=np.int64)
         for bit, action in enumerate(ACTION_NAMES):
             if action in drawn.columns:
@@ -98,11 +109,14 @@ class LiveHours:
         surface = dict(zip(requests["request_id"].astype(str), requests["surface"].astype(int), strict=True))
         rows = drawn.assign(_mask=mask)[mask > 0]
         post = rows["post_id"].to_numpy(np.int64)
-        engagements = [
+        return [
             Engagement(int(u), int(p), int(self.world.post_author[p - 1] + 1), int(m), surface[str(r)],
                        datetime.fromtimestamp(float(t), UTC))
             for u, p, m, r, t in zip(rows["user_id"], post, rows["_mask"], rows["request_id"], rows["ts"], strict=True)
         ]  # fmt: skip
+
+    def _push(self, engagements: list) -> None:
+        """The engagements into the online store through the push source (what POST /events does)."""
         if engagements:
             self._store().push_engagements(engagements)
             self.pushed += len(engagements)

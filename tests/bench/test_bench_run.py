@@ -59,3 +59,16 @@ def test_the_header_says_whether_the_rows_share_their_code(tmp_path: Path, monke
     assert run.same_code([notes, first]).startswith("Every row was measured on the same code: the 2 commits")
     assert "whose code differs (2 changed code lines" in run.same_code([first, notes, code])
     assert "not all of them are in this clone" in run.same_code([first, "0123abc"])
+
+
+def test_run_once_outlasts_a_command_that_writes_more_than_a_pipe_holds_and_reports_a_failure() -> None:
+    """A chatty command (Prefect logs each flow run to stderr) must not block on a full pipe: 1 MiB of stderr."""
+    import sys
+
+    from bench.harness import run_once
+
+    chatty = "import sys; sys.stderr.write('x' * (1 << 20)); sys.stderr.flush()"
+    wall, rss = run_once([sys.executable, "-c", chatty])
+    assert wall > 0 and rss > 0
+    with pytest.raises(RuntimeError, match="exited 3: .*boom"):
+        run_once([sys.executable, "-c", "import sys; sys.stderr.write('y' * 100000 + 'boom'); sys.exit(3)"])

@@ -97,22 +97,16 @@ def test_what_the_loop_served_is_the_next_days_dvc_tracked_data(run: tuple[Path,
     assert len(reports) >= 2
 
 
-def test_within_a_day_a_users_engagements_reach_their_next_requests_history_hour_by_hour(
-    run: tuple[Path, Path, dict],
-) -> None:
-    """The live path (monitoring/simulate_live.py, one hour at a time): each request's history holds exactly the
-    engagements its user made in the day's earlier hours (hist_live, as the service logs it), none of the same hour;
-    and the monitor's skew check, which adds those to the offline history frozen at the day's start, finds no
-    history skew."""
+def _live_history_follows_the_earlier_hours(project: Path, days: int) -> int:
+    """Checks every logged request's hist_live against its user's engagements (outcome log) in the day's earlier
+    hours; returns how many requests had a live event."""
     from core.actions import ACTION_NAMES
 
-    _, out, _ = run
-    project = out / "project"
     outcomes = pd.read_json(project / "logs" / "simulated" / "outcomes.jsonl", lines=True, dtype={"request_id": str})
     engaged = outcomes.assign(n=(outcomes[[a for a in ACTION_NAMES if a in outcomes]] > 0).any(axis=1).astype(int))
     per_request = engaged.groupby("request_id")["n"].sum()
     live_seen = 0
-    for n in (1, 2):
+    for n in range(1, days + 1):
         records = [json.loads(line) for line in (project / "logs" / "simulated" / f"day-{n:02d}.jsonl").open()]
         frame = pd.DataFrame({"request_id": [r["request_id"] for r in records],
                               "user_id": [r["user_id"] for r in records], "ts": [r["ts"] for r in records],
@@ -123,7 +117,19 @@ def test_within_a_day_a_users_engagements_reach_their_next_requests_history_hour
             earlier = frame[(frame["user_id"] == row.user_id) & (frame["hour"] < row.hour)]
             assert row.live == int(earlier["engaged"].sum()), (n, row.request_id)
         live_seen += int((frame["live"] > 0).sum())
-    assert live_seen > 0  # some users came back later the same day after engaging
+    return live_seen
+
+
+def test_within_a_day_a_users_engagements_reach_their_next_requests_history_hour_by_hour(
+    run: tuple[Path, Path, dict],
+) -> None:
+    """The live path (monitoring/simulate_live.py, one hour at a time): each request's history holds exactly the
+    engagements its user made in the day's earlier hours (hist_live, as the service logs it), none of the same hour;
+    and the monitor's skew check, which adds those to the offline history frozen at the day's start, finds no
+    history skew."""
+    _, out, _ = run
+    project = out / "project"
+    assert _live_history_follows_the_earlier_hours(project, days=2) > 0  # users came back the same day
     compared = 0
     for result in (project / "monitoring" / "reports").glob("*/result.json"):
         history = json.loads(result.read_text())["checks"]["skew"]["per_feature"].get("hist_length")
@@ -148,14 +154,16 @@ def test_over_http_the_service_serves_the_loop_and_its_own_log_becomes_the_day(
     out = root / "run"
     with prefect_test_harness(server_startup_timeout=120):
         result = simulate_flow(
-            data=str(data), out=str(out), days=1, requests_per_day=30, seed=1, policies=("loop", "random"),
+            data=str(data), out=str(out), days=1, requests_per_day=60, seed=1, policies=("loop", "random"),
             retrain_every=0, overrides=NANO_MODELS, source=str(REPO), http=True,
         )  # fmt: skip
     meta = json.loads((out / "simulate.json").read_text())
     assert meta["served"] == "http"
     project = out / "project"
     records = [json.loads(line) for line in (project / "logs" / "simulated" / "day-01.jsonl").open()]
-    assert len(records) == 30 and all(r["variant"] == "ranker" and r["items"] for r in records)
+    assert len(records) == 60 and all(r["variant"] == "ranker" and r["items"] for r in records)
+    # served an hour at a time, each hour's engagements sent as POST /events: in the service's own histories
+    assert _live_history_follows_the_earlier_hours(project, days=1) > 0
     full = [r["items"] for r in records if len(r["items"]) == 10]
     assert full and all(i["propensity"] == 1.0 for items in full for i in items[:8])  # the deployment's explorer
     assert all(item["actions"] for r in records for item in r["items"])  # the ranker's predictions, as logged

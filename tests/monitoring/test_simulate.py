@@ -317,13 +317,11 @@ def test_appended_outcomes_are_what_the_monitor_reads_back(tmp_path: Path) -> No
     assert "true_reward" not in back.columns and "user_id" not in back.columns
 
 
-@pytest.mark.parametrize(
-    "hours, http, message",
-    [(-1, False, "must be in \\[0, 24\\]"), (25, False, "must be in \\[0, 24\\]"), (1, True, "--live-hours 0 with it")],
-)
-def test_bad_live_hours_are_named_before_anything_runs(hours: int, http: bool, message: str) -> None:
+@pytest.mark.parametrize("hours", [-1, 25])
+def test_bad_live_hours_are_named_before_anything_runs(hours: int) -> None:
     from monitoring.simulate_live import check_live_hours
 
-    with pytest.raises(UserError, match=message):
-        check_live_hours(hours, http)
-    check_live_hours(0, http)  # the day served from its start: always fine
+    with pytest.raises(UserError, match=r"--live-hours: must be in \[0, 24\]"):
+        check_live_hours(hours)
+    check_live_hours(0)  # the day served from its start
+    check_live_hours(24)
