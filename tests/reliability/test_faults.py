@@ -349,10 +349,12 @@ def test_exposure_disk_full_keeps_serving_and_counts_every_lost_record(
         print(f"disk full: 200 served, {written} records written, {dropped} dropped and counted")
         assert written + dropped == 200 and written > 0 and dropped > 0, (written, dropped)
 
-        # Space comes back (the old logs shipped away): the writer reopens the file and logs again.
+        # Space comes back (the old logs shipped away): the writer reopens the file and logs again. Five records,
+        # about half the disk: the first phase fit 10 in the 64 KiB, and ten more (their sizes vary by user) can
+        # miss it by a few bytes (9 of 10 once requests also logged hist_live).
         for f in full_disk.glob("exposure.jsonl*"):
             f.unlink()
-        again = [_recommend(server, u) for u in USERS[:10]]
-        assert again == [(200, False)] * 10
-        written_after, dropped_after = _settled(server, full_disk, dropped + 10)
-        assert dropped_after == dropped and written_after == 10, (written_after, dropped_after)
+        again = [_recommend(server, u) for u in USERS[:5]]
+        assert again == [(200, False)] * 5
+        written_after, dropped_after = _settled(server, full_disk, dropped + 5)
+        assert dropped_after == dropped and written_after == 5, (written_after, dropped_after)
